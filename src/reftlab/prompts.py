@@ -1,0 +1,57 @@
+"""Turn texts into chat prompts and Yes/No answers, as token ids.
+
+The prompt is the model's chat template with the dataset's system prompt and the text as the user
+message, ending with the assistant header. A text that does not fit `max_length` is cut (the
+template around it is kept, so the answer position is always the last prompt token).
+"""
+
+from __future__ import annotations
+
+from .data import NO, YES
+
+PLACEHOLDER = "\u2063TEXT\u2063"
+FALLBACK_TEMPLATE = "{system}\n\n{text}\nAnswer:"
+
+
+class PromptBuilder:
+    def __init__(self, tokenizer, system_prompt: str, max_length: int):
+        self.tokenizer = tokenizer
+        self.system_prompt = system_prompt
+        self.max_length = int(max_length)
+        if tokenizer.chat_template:
+            prompt = self._render(PLACEHOLDER, None)
+            answers = {a: self._render(PLACEHOLDER, a)[len(prompt) :] for a in (YES, NO)}
+        else:
+            prompt = FALLBACK_TEMPLATE.format(system=system_prompt, text=PLACEHOLDER)
+            answers = {a: f" {a}{tokenizer.eos_token}" for a in (YES, NO)}
+        before, after = prompt.split(PLACEHOLDER)
+        self.before = self._ids(before)
+        self.after = self._ids(after)
+        self.answer_ids = {a: self._ids(answers[a]) for a in (YES, NO)}
+        self.yes_id = self.answer_ids[YES][0]
+        self.no_id = self.answer_ids[NO][0]
+        if self.yes_id == self.no_id:
+            raise ValueError("The tokenizer gives 'Yes' and 'No' the same first token")
+        self.budget = self.max_length - len(self.before) - len(self.after)
+        if self.budget < 1:
+            raise ValueError(
+                f"trainer.max_length={self.max_length} leaves no room for text: the prompt template alone "
+                f"takes {len(self.before) + len(self.after)} tokens"
+            )
+
+    def _render(self, text: str, answer: str | None) -> str:
+        messages = [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": text}]
+        if answer is not None:
+            messages.append({"role": "assistant", "content": answer})
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=answer is None)
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def prompts(self, texts) -> list[list[int]]:
+        bodies = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        return [self.before + body[: self.budget] + self.after for body in bodies]
+
+    def examples(self, texts, labels) -> list[tuple[list[int], list[int]]]:
+        """(prompt ids, answer ids) pairs for training."""
+        return [(p, self.answer_ids[label]) for p, label in zip(self.prompts(texts), labels, strict=True)]

@@ -1,0 +1,93 @@
+"""LoReFT interventions with pyreft: build, locate, save and load.
+
+Vocabulary follows pyreft: `layer`, `component`, `low_rank_dimension` (our `rank`), and positions
+such as `l1` (last prompt token), `f1+l1` (first and last), `f3+l3`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyreft
+import torch
+
+from .positions import as_layers, intervention_slots
+
+def component_dim(config, component: str) -> int:
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    if component == "mlp_activation":
+        return config.intermediate_size
+    if component in ("key_output", "value_output"):
+        return config.num_key_value_heads * head_dim
+    return config.hidden_size
+
+
+class FP32LoreftIntervention(pyreft.LoreftIntervention):
+    """pyreft's LoReFT with fp32 parameters on a model of any dtype (bf16 on CPU/GPU).
+
+    The input is upcast for the intervention and the output cast back to the model's dtype, so the
+    trainable parameters and their optimizer state stay fp32 (stock pyreft keeps W in bf16).
+    """
+
+    def forward(self, base, source=None, subspaces=None):
+        return super().forward(base.float(), source, subspaces).to(base.dtype)
+
+
+def build(model, settings: dict):
+    """A pyreft ReftModel around the frozen `model` for the given intervention settings."""
+    layers = as_layers(settings["layer"])
+    slots = intervention_slots(layers, settings["positions"], settings.get("share_weights", False))
+    dim = component_dim(model.config, settings["component"])
+    representations = [
+        {
+            "layer": layer,
+            "component": settings["component"],
+            "low_rank_dimension": int(settings["rank"]),
+            "intervention": FP32LoreftIntervention(
+                embed_dim=dim,
+                low_rank_dimension=int(settings["rank"]),
+                dropout=float(settings.get("dropout", 0.0)),
+                dtype=torch.float32,
+            ),
+        }
+        for layer, _ in slots
+    ]
+    reft_model = pyreft.get_reft_model(model, pyreft.ReftConfig(representations=representations), set_device=False)
+    for intervention in reft_model.interventions.values():
+        intervention.to(model.device)
+    return reft_model
+
+
+def interventions(reft_model) -> list[torch.nn.Module]:
+    return list(reft_model.interventions.values())
+
+
+def trainable_parameters(reft_model) -> list[torch.nn.Parameter]:
+    return [p for iv in interventions(reft_model) for p in iv.parameters() if p.requires_grad]
+
+
+def count_trainable(reft_model) -> int:
+    return sum(p.numel() for p in trainable_parameters(reft_model))
+
+
+def save(reft_model, settings: dict, folder: Path) -> Path:
+    """Intervention weights (pyreft's compact state dicts) and the settings to rebuild them."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "reft_settings.json").write_text(json.dumps(settings, indent=2))
+    for i, iv in enumerate(interventions(reft_model)):
+        torch.save({k: v.detach().cpu() for k, v in iv.state_dict().items()}, folder / f"intervention_{i}.pt")
+    return folder
+
+
+def load(model, folder: Path):
+    """Rebuild the interventions saved by `save` on `model` (exact: fp32 weights, no bf16 rebuild)."""
+    folder = Path(folder)
+    settings = json.loads((folder / "reft_settings.json").read_text())
+    reft_model = build(model, settings)
+    for i, iv in enumerate(interventions(reft_model)):
+        state = torch.load(folder / f"intervention_{i}.pt", map_location=model.device)
+        iv.load_state_dict(state)
+        iv.to(model.device)
+    return reft_model, settings

@@ -1,0 +1,188 @@
+"""One job: check settings, prepare data, load the model, train, evaluate, log to MLflow.
+
+Everything a run produces is logged to one MLflow run; a job that fails at any point (bad
+settings included) is recorded as FAILED with its error, never as FINISHED.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import traceback
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from . import data, tracking, validate
+
+log = logging.getLogger(__name__)
+
+
+def default_run_name(cfg) -> str:
+    layer = cfg.intervention.layer
+    layer = "-".join(map(str, layer)) if not isinstance(layer, int | str) else layer
+    return f"{cfg.intervention.method}-L{layer}-r{cfg.intervention.rank}-{cfg.data.name}"
+
+
+def hydra_output_dir() -> Path | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
+
+
+def run(cfg, output_dir: Path | None = None) -> dict:
+    """Run the job described by the composed config; returns its metrics."""
+    import mlflow
+
+    output_dir = Path(output_dir or hydra_output_dir() or "outputs/adhoc")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+    tracking.setup(cfg.mlflow)
+    with mlflow.start_run(run_name=cfg.get("run_name") or default_run_name(cfg)) as active:
+        versions = tracking.package_versions()
+        mlflow.set_tags(
+            {
+                "method": cfg.intervention.method,
+                "model": cfg.model.name,
+                "dataset": cfg.data.name,
+                "git_sha": tracking.git_sha(),
+                "output_dir": str(output_dir.resolve()),
+                **{f"version.{k}": v for k, v in versions.items()},
+            }
+        )
+        mlflow.log_params(tracking.flatten(resolved))
+        mlflow.log_artifact(str(output_dir / "config.yaml"))
+        mlflow.log_dict(versions, "environment.json")
+        try:
+            metrics = execute(cfg, output_dir)
+        except BaseException as e:
+            mlflow.set_tag("error", f"{type(e).__name__}: {e}"[:5000])
+            mlflow.log_text(traceback.format_exc(), "error.txt")
+            log.error("Run %s failed: %s", active.info.run_id, e)
+            raise
+        log.info("Run %s finished: %s", active.info.run_id, {k: metrics[k] for k in ("accuracy", "f1")})
+    return metrics
+
+
+def execute(cfg, output_dir: Path) -> dict:
+    import mlflow
+
+    validate.check(cfg)  # seconds: bad settings stop here, before data or model loading
+    prepared = data.prepare(cfg.data)
+    data.write(prepared, cfg.data, output_dir / "data")
+    mlflow.set_tags({"data_version": prepared.version(), "data_split": str(cfg.data.split)})
+    mlflow.log_artifact(str(output_dir / "data" / "README.md"), "data")
+
+    import numpy as np
+    from transformers import set_seed
+
+    from . import models, reft, training
+    from .prompts import PromptBuilder
+
+    set_seed(cfg.seed)
+    model, tokenizer, device, dtype = models.load_model_and_tokenizer(cfg.model)
+    n_layers = models.num_layers(model)
+    validate.check_intervention(cfg.intervention, n_layers, cfg.model.name)  # the loaded model's truth
+    dim = reft.component_dim(model.config, cfg.intervention.component)
+    if cfg.intervention.rank > dim:
+        raise validate.ConfigError(
+            f"intervention.rank={cfg.intervention.rank} is larger than the {cfg.intervention.component} "
+            f"size of {cfg.model.name!r}: valid ranks are 1..{dim}"
+        )
+    mlflow.set_tags({"device": device, "dtype": str(dtype).replace("torch.", "")})
+
+    builder = PromptBuilder(tokenizer, cfg.data.system_prompt, cfg.trainer.max_length)
+    train_examples = builder.examples(prepared.train["text"], prepared.train["label"])
+    eval_prompts = builder.prompts(prepared.eval["text"])
+    settings = {
+        "method": cfg.intervention.method,
+        "model": cfg.model.name,
+        "layer": OmegaConf.to_container(cfg.intervention.layer)
+        if OmegaConf.is_list(cfg.intervention.layer)
+        else cfg.intervention.layer,
+        "component": cfg.intervention.component,
+        "rank": cfg.intervention.rank,
+        "positions": cfg.intervention.positions,
+        "share_weights": bool(cfg.intervention.share_weights),
+        "dropout": float(cfg.intervention.dropout),
+        "system_prompt": cfg.data.system_prompt,
+        "max_length": cfg.trainer.max_length,
+    }
+    reft_model = reft.build(model, settings)
+    trainable = reft.count_trainable(reft_model)
+    total = sum(p.numel() for p in model.parameters())
+
+    with tracking.PeakMemory(device) as memory:
+        result = training.train(
+            reft_model, settings, train_examples, cfg.trainer, tokenizer.pad_token_id, device, cfg.seed
+        )
+    start = time.perf_counter()
+    scores = training.predict(
+        reft_model, settings, eval_prompts, builder.yes_id, builder.no_id, tokenizer.pad_token_id, device,
+        cfg.trainer.eval_batch_size,
+    )
+    eval_seconds = time.perf_counter() - start
+    scored = training.metrics(list(prepared.eval["label"]), scores)
+
+    losses = result["losses"]
+    metrics = {
+        **scored,
+        "train_seconds": result["train_seconds"],
+        "eval_seconds": eval_seconds,
+        "trainable_params": trainable,
+        "trainable_percent": 100.0 * trainable / total,
+        "peak_memory_mb": memory.peak_mb,
+        "train_examples": len(train_examples),
+        "eval_examples": len(eval_prompts),
+        "train_loss_first": losses[0] if losses else float("nan"),
+        "train_loss_last": sum(losses[-10:]) / max(1, len(losses[-10:])),
+    }
+    log_losses(losses, cfg.trainer.log_every)
+    mlflow.log_metrics(metrics)
+
+    predictions = prepared.eval.assign(
+        score=scores, p_yes=1 / (1 + np.exp(-scores)), prediction=np.where(scores > 0, "Yes", "No")
+    )
+    predictions.to_parquet(output_dir / "predictions.parquet", index=False)
+    mlflow.log_artifact(str(output_dir / "predictions.parquet"))
+    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    plot_losses(losses, output_dir / "train_loss.png")
+    mlflow.log_artifact(str(output_dir / "train_loss.png"))
+    if cfg.get("save_intervention", True):
+        folder = reft.save(reft_model, settings, output_dir / "intervention")
+        mlflow.log_artifacts(str(folder), "intervention")
+    return metrics
+
+
+def log_losses(losses: list[float], every: int) -> None:
+    """The training loss curve as the MLflow metric train_loss (mean over `every` batches)."""
+    import mlflow
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    points = [
+        Metric("train_loss", sum(losses[i : i + every]) / len(losses[i : i + every]), now, i)
+        for i in range(0, len(losses), max(1, every))
+    ]
+    client = mlflow.tracking.MlflowClient()
+    run_id = mlflow.active_run().info.run_id
+    for i in range(0, len(points), 1000):
+        client.log_batch(run_id, metrics=points[i : i + 1000])
+
+
+def plot_losses(losses: list[float], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(range(len(losses)), losses, lw=0.8)
+    ax.set_xlabel("batch")
+    ax.set_ylabel("answer cross-entropy")
+    ax.set_title("training loss")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

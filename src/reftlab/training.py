@@ -1,0 +1,138 @@
+"""Batching, the training loop and the constrained Yes/No evaluation for a pyreft model."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import reft
+from .positions import unit_locations
+
+
+def left_pad(seqs: list[list[int]], pad_id: int, device) -> dict:
+    """Left-padded input_ids, attention_mask and position_ids (positions count real tokens only,
+    so an example's result does not depend on how much padding its batch needs)."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+        mask[i, width - len(s) :] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    starts = [width - len(s) for s in seqs]
+    return {
+        "input_ids": ids.to(device),
+        "attention_mask": mask.to(device),
+        "position_ids": positions.to(device),
+        "starts": starts,
+    }
+
+
+def batches(lengths: list[int], batch_size: int, rng: random.Random, group_by_length: bool) -> list[list[int]]:
+    """Shuffled batches of indices; with group_by_length, similar lengths share a batch."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    if group_by_length:
+        chunk = batch_size * 32
+        order = [
+            i for c in range(0, len(order), chunk) for i in sorted(order[c : c + chunk], key=lambda j: -lengths[j])
+        ]
+    out = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    rng.shuffle(out)
+    return out
+
+
+def batch_loss(reft_model, settings: dict, examples: list[tuple[list[int], list[int]]], pad_id: int, device):
+    """Mean cross-entropy of the answer tokens; the intervention sits on the prompt positions."""
+    seqs = [p + a for p, a in examples]
+    enc = left_pad(seqs, pad_id, device)
+    k = max(len(a) for _, a in examples) + 1  # logits needed: last prompt token .. last answer token
+    locations = unit_locations(settings, [len(p) for p, _ in examples], enc.pop("starts"))
+    _, out = reft_model({**enc, "logits_to_keep": k}, unit_locations=locations)
+    logits = out.logits[:, -k:-1].float()
+    targets = torch.full((len(examples), k - 1), -100, dtype=torch.long, device=device)
+    for i, (_, a) in enumerate(examples):
+        targets[i, k - 1 - len(a) :] = torch.tensor(a, device=device)
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+def train(reft_model, settings: dict, examples, trainer_cfg, pad_id: int, device, seed: int, progress=True) -> dict:
+    """Train the interventions; returns losses and the training wall-clock seconds."""
+    from transformers import get_linear_schedule_with_warmup
+
+    params = reft.trainable_parameters(reft_model)
+    optimizer = torch.optim.AdamW(params, lr=trainer_cfg.lr, weight_decay=trainer_cfg.weight_decay)
+    rng = random.Random(seed)
+    lengths = [len(p) + len(a) for p, a in examples]
+    steps_per_epoch = math.ceil(math.ceil(len(examples) / trainer_cfg.batch_size) / trainer_cfg.grad_accum)
+    total = steps_per_epoch * trainer_cfg.epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(trainer_cfg.warmup_ratio * total), total)
+    reft_model.model.eval()  # frozen model: no dropout; only the interventions train
+    for iv in reft.interventions(reft_model):
+        iv.train()
+    losses, step = [], 0
+    start = time.perf_counter()
+    bar = tqdm(total=total, desc="train", unit="step", disable=not progress)
+    for _epoch in range(trainer_cfg.epochs):
+        epoch_batches = batches(lengths, trainer_cfg.batch_size, rng, trainer_cfg.group_by_length)
+        for b, idx in enumerate(epoch_batches):
+            loss = batch_loss(reft_model, settings, [examples[i] for i in idx], pad_id, device)
+            (loss * len(idx) / (trainer_cfg.batch_size * trainer_cfg.grad_accum)).backward()
+            losses.append(loss.item())
+            if (b + 1) % trainer_cfg.grad_accum == 0 or b + 1 == len(epoch_batches):
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{np.mean(losses[-trainer_cfg.grad_accum * 10 :]):.4f}")
+    bar.close()
+    for iv in reft.interventions(reft_model):
+        iv.eval()
+    return {"losses": losses, "steps": step, "train_seconds": time.perf_counter() - start}
+
+
+@torch.no_grad()
+def predict(model, settings, prompts: list[list[int]], yes_id: int, no_id: int, pad_id: int, device,
+            batch_size: int = 16, progress=True) -> np.ndarray:
+    """Yes-minus-No logit at the answer position for each prompt (constrained to the two answers).
+
+    `model` is a pyreft ReftModel, or a plain causal LM for the frozen model (zero-shot).
+    """
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    scores = np.zeros(len(prompts), dtype=np.float64)
+    for b in tqdm(range(0, len(order), batch_size), desc="eval", unit="batch", disable=not progress):
+        idx = order[b : b + batch_size]
+        enc = left_pad([prompts[i] for i in idx], pad_id, device)
+        starts = enc.pop("starts")
+        base = {**enc, "logits_to_keep": 1}
+        if hasattr(model, "interventions"):
+            locations = unit_locations(settings, [len(prompts[i]) for i in idx], starts)
+            _, out = model(base, unit_locations=locations)
+        else:
+            out = model(**base)
+        last = out.logits[:, -1].float()
+        scores[idx] = (last[:, yes_id] - last[:, no_id]).cpu().numpy()
+    return scores
+
+
+def metrics(labels: list[str], scores: np.ndarray) -> dict:
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+
+    y_true = np.array([lab == "Yes" for lab in labels])
+    y_pred = scores > 0
+    tn, fp, fn, tp = confusion_matrix(y_true, y_pred, labels=[False, True]).ravel()
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "f1": float(f1_score(y_true, y_pred, zero_division=0)),
+        "yes_rate": float(y_pred.mean()),
+        "tp": int(tp),
+        "fp": int(fp),
+        "tn": int(tn),
+        "fn": int(fn),
+    }

@@ -1,0 +1,20 @@
+"""Fine-tune a language model with a LoReFT intervention, evaluate it, log it to MLflow.
+
+    python train.py                                  # the embedded default (SmolLM2-135M, opinion spam)
+    python train.py intervention.layer=8,16,24 -m    # a sweep: one MLflow run per job, in multirun/
+    python train.py --cfg job                        # print the composed config
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    from reftlab.run import run  # lazy: --help and --cfg stay fast
+
+    return run(cfg)["accuracy"]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,8 +1,8 @@
 """Fine-tune a language model with a LoReFT intervention, evaluate it, log it to MLflow.
 
-    python train.py                                  # the embedded default (SmolLM2-135M, opinion spam)
-    python train.py intervention.layer=8,16,24 -m    # a sweep: one MLflow run per job, in multirun/
-    python train.py --cfg job                        # print the composed config
+python train.py                                  # the embedded default (SmolLM2-135M, opinion spam)
+python train.py intervention.layer=8,16,24 -m    # a sweep: one MLflow run per job, in multirun/
+python train.py --cfg job                        # print the composed config
 """
 
 import hydra

@@ -8,7 +8,6 @@ Every recipe returns a `Prepared` with `train` and `eval` frames holding the col
 from __future__ import annotations
 
 import hashlib
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -189,7 +188,9 @@ def persuasion_recipe(cfg) -> Prepared:
     from sklearn.model_selection import train_test_split
 
     if cfg.split not in PERSUASION_SPLITS:
-        raise DataError(f"data.split={cfg.split!r} is not valid for data={cfg.name}: choose one of {list(PERSUASION_SPLITS)}")
+        raise DataError(
+            f"data.split={cfg.split!r} is not valid for data={cfg.name}: choose one of {list(PERSUASION_SPLITS)}"
+        )
     raw = read_table(cfg.path, cfg.get("format"))
     missing = [c for c in PERSUASION_COLUMNS if c not in raw.columns]
     if missing:
@@ -262,8 +263,3 @@ def write(prepared: Prepared, cfg, folder: Path) -> Path:
     (folder / "README.md").write_text(readme(prepared, cfg))
     return folder
 
-
-def to_buffer(df: pd.DataFrame) -> bytes:
-    buf = io.BytesIO()
-    df.to_parquet(buf, index=False)
-    return buf.getvalue()

@@ -58,7 +58,9 @@ def unit_locations(settings: dict, prompt_lens: list[int], starts: list[int]) ->
     answer tokens (during training) follow the prompt and are never intervened on.
     """
     first, last = parse_positions(settings["positions"])
-    slots = intervention_slots(as_layers(settings["layer"]), settings["positions"], settings.get("share_weights", False))
+    slots = intervention_slots(
+        as_layers(settings["layer"]), settings["positions"], settings.get("share_weights", False)
+    )
     per_which = {}
     for which in {w for _, w in slots}:
         rows = []
@@ -68,5 +70,3 @@ def unit_locations(settings: dict, prompt_lens: list[int], starts: list[int]) ->
             rows.append(f + l_)
         per_which[which] = rows
     return {"sources->base": (None, [per_which[w] for _, w in slots])}
-
-

@@ -43,7 +43,9 @@ class PromptBuilder:
         messages = [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": text}]
         if answer is not None:
             messages.append({"role": "assistant", "content": answer})
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=answer is None)
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=answer is None
+        )
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]

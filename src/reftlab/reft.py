@@ -14,6 +14,7 @@ import torch
 
 from .positions import as_layers, intervention_slots
 
+
 def component_dim(config, component: str) -> int:
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     if component == "mlp_activation":
@@ -53,7 +54,9 @@ def build(model, settings: dict):
         }
         for layer, _ in slots
     ]
-    reft_model = pyreft.get_reft_model(model, pyreft.ReftConfig(representations=representations), set_device=False)
+    reft_model = pyreft.get_reft_model(
+        model, pyreft.ReftConfig(representations=representations), set_device=False
+    )
     for intervention in reft_model.interventions.values():
         intervention.to(model.device)
     return reft_model

@@ -120,7 +120,13 @@ def execute(cfg, output_dir: Path) -> dict:
         )
     start = time.perf_counter()
     scores = training.predict(
-        reft_model, settings, eval_prompts, builder.yes_id, builder.no_id, tokenizer.pad_token_id, device,
+        reft_model,
+        settings,
+        eval_prompts,
+        builder.yes_id,
+        builder.no_id,
+        tokenizer.pad_token_id,
+        device,
         cfg.trainer.eval_batch_size,
     )
     eval_seconds = time.perf_counter() - start

@@ -33,14 +33,18 @@ def left_pad(seqs: list[list[int]], pad_id: int, device) -> dict:
     }
 
 
-def batches(lengths: list[int], batch_size: int, rng: random.Random, group_by_length: bool) -> list[list[int]]:
+def batches(
+    lengths: list[int], batch_size: int, rng: random.Random, group_by_length: bool
+) -> list[list[int]]:
     """Shuffled batches of indices; with group_by_length, similar lengths share a batch."""
     order = list(range(len(lengths)))
     rng.shuffle(order)
     if group_by_length:
         chunk = batch_size * 32
         order = [
-            i for c in range(0, len(order), chunk) for i in sorted(order[c : c + chunk], key=lambda j: -lengths[j])
+            i
+            for c in range(0, len(order), chunk)
+            for i in sorted(order[c : c + chunk], key=lambda j: -lengths[j])
         ]
     out = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     rng.shuffle(out)
@@ -61,7 +65,9 @@ def batch_loss(reft_model, settings: dict, examples: list[tuple[list[int], list[
     return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
-def train(reft_model, settings: dict, examples, trainer_cfg, pad_id: int, device, seed: int, progress=True) -> dict:
+def train(
+    reft_model, settings: dict, examples, trainer_cfg, pad_id: int, device, seed: int, progress=True
+) -> dict:
     """Train the interventions; returns losses and the training wall-clock seconds."""
     from transformers import get_linear_schedule_with_warmup
 
@@ -98,8 +104,17 @@ def train(reft_model, settings: dict, examples, trainer_cfg, pad_id: int, device
 
 
 @torch.no_grad()
-def predict(model, settings, prompts: list[list[int]], yes_id: int, no_id: int, pad_id: int, device,
-            batch_size: int = 16, progress=True) -> np.ndarray:
+def predict(
+    model,
+    settings,
+    prompts: list[list[int]],
+    yes_id: int,
+    no_id: int,
+    pad_id: int,
+    device,
+    batch_size: int = 16,
+    progress=True,
+) -> np.ndarray:
     """Yes-minus-No logit at the answer position for each prompt (constrained to the two answers).
 
     `model` is a pyreft ReftModel, or a plain causal LM for the frozen model (zero-shot).

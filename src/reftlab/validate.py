@@ -49,7 +49,13 @@ def check_intervention(icfg, n_layers: int, model_name: str) -> None:
 
 
 def check_trainer(tcfg) -> None:
-    for key, low in (("epochs", 0), ("batch_size", 1), ("grad_accum", 1), ("max_length", 8), ("eval_batch_size", 1)):
+    for key, low in (
+        ("epochs", 0),
+        ("batch_size", 1),
+        ("grad_accum", 1),
+        ("max_length", 8),
+        ("eval_batch_size", 1),
+    ):
         value = tcfg[key]
         if not isinstance(value, int) or value < low:
             raise ConfigError(f"trainer.{key}={value!r} is not valid: it must be an integer >= {low}")

@@ -1,0 +1,41 @@
+# reftlab: make help lists the targets.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ARGS ?=
+
+.PHONY: help install train sweep test lint format ui clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+install: $(VENV)/.installed ## create .venv from requirements/ (CPU torch from the local wheel first)
+
+$(VENV)/.installed: requirements/base.txt requirements/nodeps.txt pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -r requirements/base.txt
+	$(PY) -m pip install -q --no-deps -r requirements/nodeps.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+train: install ## the main job on the embedded default (SmolLM2-135M, opinion spam); ARGS="key=value ..."
+	$(PY) train.py $(ARGS)
+
+sweep: install ## a layer sweep (multirun/): ARGS overrides, e.g. ARGS="data.max_train=200"
+	$(PY) train.py -m intervention.layer=8,16,24 $(ARGS)
+
+test: install ## the test suite (tiny models and the shipped data)
+	$(PY) -m pytest -q $(ARGS)
+
+lint: install ## ruff lint and format check
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+format: install ## ruff fix and format
+	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .
+
+ui: install ## MLflow UI on the local database (http://127.0.0.1:5000)
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000 --workers 1
+
+clean: ## remove run outputs, the local MLflow database and artifacts (keeps .venv and .cache)
+	rm -rf outputs/* multirun/* mlruns mlflow.db .pytest_cache
+	touch outputs/.gitkeep multirun/.gitkeep

@@ -1,0 +1,63 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+# One converted copy of the bundled model/tokenizer for the whole suite (and the main job).
+os.environ.setdefault("REFTLAB_CACHE", str(ROOT / ".cache"))
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+def compose(*overrides: str):
+    """The config `python train.py <overrides>` would run, composed by Hydra."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return hydra_compose(config_name="train", overrides=list(overrides))
+
+
+@pytest.fixture
+def in_root(monkeypatch):
+    """Run from the project root (data paths in conf/ are relative to it)."""
+    monkeypatch.chdir(ROOT)
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    yield uri
+    mlflow.set_tracking_uri(None)
+
+
+def tiny_overrides(*extra: str) -> list[str]:
+    return [
+        "model=tiny_random",
+        "intervention.layer=1",
+        "data.max_train=24",
+        "data.max_eval=16",
+        "trainer.max_length=64",
+        "trainer.batch_size=8",
+        *extra,
+    ]
+
+
+def runs(uri: str, experiment: str = "reftlab"):
+    """All MLflow runs of an experiment as a DataFrame (metrics, params, tags, status)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        import pandas as pd
+
+        return pd.DataFrame()
+    return mlflow.search_runs([exp.experiment_id])
+
+
+PYTHON = sys.executable

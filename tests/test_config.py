@@ -1,0 +1,58 @@
+"""Every option of every config group composes, and the options mean what they say."""
+
+import subprocess
+
+import pytest
+from conftest import CONF, PYTHON, ROOT, compose
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group", ["model", "intervention", "data", "trainer", "mlflow", "experiment"])
+def test_every_option_composes(group):
+    names = options(group)
+    assert names, f"conf/{group} is empty"
+    for name in names:
+        cfg = compose(f"{group}={name}")
+        assert group == "experiment" or cfg[group] is not None
+
+
+def test_defaults_are_the_embedded_default():
+    cfg = compose()
+    assert cfg.model.name == "smollm2_135m" and cfg.model.source == "bundled"
+    assert cfg.intervention.method == "loreft"
+    assert cfg.intervention.component == "block_output"
+    assert cfg.intervention.rank == 4 and cfg.intervention.positions == "l1"
+    assert cfg.data.name == "opinion_spam" and cfg.data.split == "stratified"
+    assert (ROOT / cfg.data.path).is_file()
+
+
+def test_reference_model_and_data_settings():
+    llama = compose("model=llama3_8b_instruct").model
+    assert llama.path == "meta-llama/Meta-Llama-3-8B-Instruct"
+    assert llama.source == "hub" and llama.dtype == "bfloat16" and llama.num_layers == 32
+    persuasion = compose("data=persuasion").data
+    assert persuasion.path.startswith("https://huggingface.co/datasets/Anthropic/persuasion/")
+    assert persuasion.split == "argument" and persuasion.eval_fraction == 0.05
+    assert persuasion.system_prompt == "Detect whether the following message is being deceptive."
+    sample = compose("data=persuasion_sample").data
+    assert (ROOT / sample.path).is_file() and sample.recipe == "persuasion"
+
+
+def test_experiment_preset_overlays_globally():
+    cfg = compose("experiment=smoke")
+    assert cfg.model.name == "tiny_random"
+    assert cfg.data.max_train == 32 and cfg.trainer.epochs == 1
+
+
+def test_cli_help_and_cfg_are_fast_and_import_no_torch():
+    out = subprocess.run(
+        [PYTHON, "-X", "importtime", "train.py", "--cfg", "job", "intervention.rank=8"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "rank: 8" in out.stdout
+    imported = {line.split("|")[-1].strip() for line in out.stderr.splitlines() if "|" in line}
+    assert "torch" not in imported and "transformers" not in imported

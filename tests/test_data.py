@@ -1,0 +1,142 @@
+"""The data recipes: counts, labels, splits without leakage, the blog's seed split, bring-your-own files."""
+
+import pandas as pd
+import pytest
+from conftest import ROOT, compose
+from sklearn.model_selection import train_test_split
+from sklearn.utils import resample
+
+from reftlab import data
+
+SUBSET = ROOT / "data/persuasion/anthropic_persuasion_subset_3claims.csv"
+
+
+def prepared(*overrides):
+    cfg = compose(*overrides).data
+    if cfg.path is not None and not data.is_url(cfg.path):
+        cfg.path = str(ROOT / cfg.path)
+    return data.prepare(cfg), cfg
+
+
+def test_opinion_spam_counts_and_stratified_split():
+    p, _ = prepared()
+    assert len(p.full) == 1600
+    assert p.full["label"].value_counts().to_dict() == {"Yes": 800, "No": 800}
+    assert (len(p.train), len(p.eval)) == (1280, 320)
+    assert p.eval["label"].value_counts().to_dict() == {"Yes": 160, "No": 160}
+    assert set(p.train.columns) >= {"text", "label", "group"}
+
+
+def test_opinion_spam_hotel_split_holds_out_whole_hotels():
+    p, _ = prepared("data.split=hotel")
+    train_hotels, eval_hotels = set(p.train["group"]), set(p.eval["group"])
+    assert train_hotels.isdisjoint(eval_hotels)
+    assert len(train_hotels) + len(eval_hotels) == 20
+    assert len(p.train) + len(p.eval) == 1600
+
+
+def test_caps_keep_labels_balanced():
+    p, _ = prepared("data.max_train=10", "data.max_eval=6")
+    assert p.train["label"].value_counts().to_dict() == {"Yes": 5, "No": 5}
+    assert len(p.eval) == 6 and p.eval["label"].nunique() == 2
+
+
+def test_persuasion_recipe_counts_and_labels():
+    p, _ = prepared("data=persuasion_sample")
+    # 180 Claude rows: 135 honest, 45 deceptive upsampled to 135 -> 270 balanced rows.
+    assert len(p.full) == 270
+    assert p.full["label"].value_counts().to_dict() == {"No": 135, "Yes": 135}
+    assert set(p.full["source"]) == set(data.CLAUDE_SOURCES)
+    assert (p.full["label"] == "Yes").equals(p.full["prompt_type"] == "Deceptive")
+    assert not p.eval["text"].duplicated().any()
+
+
+@pytest.mark.parametrize("split,key", [("argument", "text"), ("claim", "claim")])
+def test_persuasion_default_splits_do_not_leak(split, key):
+    p, _ = prepared("data=persuasion_sample", f"data.split={split}")
+    assert set(p.train[key]).isdisjoint(set(p.eval[key]))
+    assert len(p.eval) > 0 and len(p.train) > 0
+
+
+def test_persuasion_default_split_is_leak_free_and_seed_split_leaks():
+    assert compose("data=persuasion_sample").data.split == "argument"
+    p, _ = prepared("data=persuasion_sample", "data.split=seed")
+    # The blog's split puts upsampled copies of one argument on both sides (why it is not the default).
+    assert not set(p.train["text"]).isdisjoint(set(p.eval["text"]))
+
+
+def test_seed_split_follows_the_blog_recipe_step_by_step():
+    p, cfg = prepared("data=persuasion_sample", "data.split=seed")
+    df = pd.read_csv(SUBSET, keep_default_na=False)
+    df = df[
+        df["source"].isin(["Claude 1.3", "Claude 2", "Claude 3 Haiku", "Claude 3 Opus", "Claude Instant 1.2"])
+    ]
+    df = df.assign(label=df["prompt_type"].map(lambda t: "Yes" if t == "Deceptive" else "No"))
+    honest = df[df["label"] == "No"]
+    deceptive = resample(df[df["label"] == "Yes"], replace=True, n_samples=len(honest), random_state=12)
+    balanced = pd.concat([honest, deceptive])
+    train, test = train_test_split(balanced, test_size=0.05, random_state=42)
+    test = test.drop_duplicates(subset=["argument"])
+    assert list(p.train["text"]) == list(train["argument"])
+    assert list(p.eval["text"]) == list(test["argument"])
+    assert list(p.eval["label"]) == list(test["label"])
+
+
+def test_full_persuasion_config_reads_a_local_copy_like_the_sample():
+    full, _ = prepared("data=persuasion", f"data.path={SUBSET}")
+    sample, _ = prepared("data=persuasion_sample")
+    assert full.train[["text", "label"]].equals(sample.train[["text", "label"]])
+
+
+def test_write_produces_parquet_and_readme(tmp_path):
+    p, cfg = prepared("data=persuasion_sample")
+    folder = data.write(p, cfg, tmp_path / "out")
+    for part in ("full", "train", "eval"):
+        assert len(pd.read_parquet(folder / f"{part}.parquet")) == len(getattr(p, part))
+    text = (folder / "README.md").read_text()
+    assert "CC BY-NC-SA" in text and p.version() in text and "270 rows" in text
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "parquet", "jsonl"])
+def test_bring_your_own_file(tmp_path, fmt):
+    df = pd.DataFrame({"body": [f"text {i}" for i in range(40)], "spam": [i % 2 for i in range(40)]})
+    path = tmp_path / f"mine.{fmt}"
+    {"csv": lambda: df.to_csv(path, index=False), "tsv": lambda: df.to_csv(path, sep="\t", index=False),
+     "parquet": lambda: df.to_parquet(path), "jsonl": lambda: df.to_json(path, orient="records", lines=True)}[fmt]()  # fmt: skip
+    p, _ = prepared("data=csv", f"data.path={path}", "data.text_column=body", "data.label_column=spam",
+                    "data.positive_label=1")  # fmt: skip
+    assert len(p.train) == 32 and len(p.eval) == 8
+    assert set(p.full.loc[df["spam"] == 1, "label"]) == {"Yes"}
+
+
+def test_headerless_file_uses_numbered_columns(tmp_path):
+    path = tmp_path / "noheader.csv"
+    path.write_text("".join(f"review {i},{'fake' if i % 2 else 'real'}\n" for i in range(20)))
+    p, _ = prepared("data=csv", f"data.path={path}", "data.header=false", "data.text_column=0",
+                    "data.label_column=1", "data.positive_label=fake")  # fmt: skip
+    assert p.full["label"].value_counts().to_dict() == {"Yes": 10, "No": 10}
+
+
+def test_missing_column_names_the_columns(tmp_path):
+    path = tmp_path / "x.csv"
+    pd.DataFrame({"a": ["t"] * 4, "b": [0, 1, 0, 1]}).to_csv(path, index=False)
+    with pytest.raises(data.DataError, match=r"data.text_column='text'.*columns are: a, b"):
+        prepared("data=csv", f"data.path={path}")
+
+
+def test_missing_file_and_bad_settings_are_named(tmp_path):
+    with pytest.raises(data.DataError, match="no such file"):
+        prepared("data=csv", f"data.path={tmp_path / 'nope.csv'}")
+    with pytest.raises(data.DataError, match="data.path is not set"):
+        prepared("data=csv")
+    with pytest.raises(data.DataError, match=r"data.split='nonsense'.*stratified"):
+        prepared("data.split=nonsense")
+    with pytest.raises(data.DataError, match=r"positive_label='maybe'.*deceptive, truthful"):
+        prepared("data.positive_label=maybe")
+
+
+def test_corrupt_file_is_reported(tmp_path):
+    path = tmp_path / "broken.parquet"
+    path.write_bytes(b"not a parquet file")
+    with pytest.raises(data.DataError, match="Could not read"):
+        prepared("data=csv", f"data.path={path}")

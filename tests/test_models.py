@@ -1,0 +1,55 @@
+"""Model loading: the bundled GGUF model really predicts text; the hub path loads a folder."""
+
+import pytest
+import torch
+from conftest import compose
+
+from reftlab import models, reft, training
+from reftlab.positions import COMPONENTS
+
+
+def test_bundled_model_predicts_text():
+    cfg = compose().model
+    model, tokenizer, device, dtype = models.load_model_and_tokenizer(cfg)
+    assert models.num_layers(model) == cfg.num_layers == 30
+    assert (
+        models.greedy_continuation(model, tokenizer, "The capital of France is").strip().startswith("Paris")
+    )
+    assert tokenizer.chat_template and tokenizer.padding_side == "left"
+    assert models.bundled_gguf().suffix == ".gguf"
+    converted = models.bundled_model_dir() / "config.json"
+    assert "quantization_config" not in converted.read_text()  # plain weights, fast kernels
+
+
+def test_hub_source_loads_a_saved_folder_like_a_hub_id(tmp_path):
+    cfg = compose("model=tiny_random").model
+    model, tokenizer, _, _ = models.load_model_and_tokenizer(cfg)
+    model.save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    hub = compose("model=llama3_8b_instruct", f"model.path={tmp_path / 'm'}", "model.dtype=float32",
+                  "model.device=cpu").model  # fmt: skip
+    loaded, loaded_tok, _, _ = models.load_model_and_tokenizer(hub)
+    ids = torch.tensor([tokenizer("Hello there")["input_ids"]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, loaded(ids).logits)
+    assert loaded_tok.chat_template == tokenizer.chat_template
+
+
+@pytest.mark.parametrize("dtype,expected", [("float32", torch.float32), ("bfloat16", torch.bfloat16)])
+def test_dtype_settings(dtype, expected):
+    assert models.resolve_dtype(dtype, "cpu") == expected
+    with pytest.raises(ValueError, match="model.dtype='fp8' is not valid"):
+        models.resolve_dtype("fp8", "cpu")
+
+
+@pytest.mark.parametrize("component", COMPONENTS)
+def test_every_component_runs(component):
+    cfg = compose("model=tiny_random").model
+    model, tokenizer, _, _ = models.load_model_and_tokenizer(cfg)
+    settings = {"layer": 0, "component": component, "rank": 2, "positions": "f1+l1"}
+    reft_model = reft.build(model, settings)
+    prompts = [tokenizer("a short text")["input_ids"], tokenizer("another, longer text here")["input_ids"]]
+    scores = training.predict(
+        reft_model, settings, prompts, 1, 2, tokenizer.pad_token_id, "cpu", progress=False
+    )
+    assert scores.shape == (2,)

@@ -1,0 +1,116 @@
+"""Whole jobs on the tiny model: what reaches MLflow, bad input, and sweeps."""
+
+import re
+import subprocess
+
+import pandas as pd
+import pytest
+from conftest import PYTHON, ROOT, compose, runs, tiny_overrides
+
+from reftlab import models, run
+
+METRICS = ["accuracy", "f1", "train_seconds", "eval_seconds", "trainable_params", "trainable_percent",
+           "peak_memory_mb"]  # fmt: skip
+TAGS = ["method", "model", "dataset", "git_sha", "data_version"]
+
+
+def test_a_run_logs_metrics_tags_and_artifacts(in_root, mlflow_uri, tmp_path):
+    import mlflow
+
+    cfg = compose(*tiny_overrides(f"mlflow.tracking_uri={mlflow_uri}"))
+    metrics = run.run(cfg, output_dir=tmp_path / "job")
+    (row,) = runs(mlflow_uri).to_dict("records")
+    assert row["status"] == "FINISHED"
+    for name in METRICS:
+        assert row[f"metrics.{name}"] == pytest.approx(metrics[name])
+    assert row["metrics.trainable_params"] == 2 * 32 * 4 + 4
+    assert row["metrics.train_seconds"] > 0 and row["metrics.peak_memory_mb"] > 0
+    for tag in TAGS:
+        assert row[f"tags.{tag}"]
+    assert row["tags.method"] == "loreft" and row["tags.model"] == "tiny_random"
+    assert row["params.intervention.layer"] == "1" and row["params.data.max_train"] == "24"
+    client = mlflow.tracking.MlflowClient(mlflow_uri)
+    artifacts = {a.path for a in client.list_artifacts(row["run_id"])}
+    assert {
+        "config.yaml",
+        "predictions.parquet",
+        "intervention",
+        "environment.json",
+        "train_loss.png",
+    } <= artifacts
+    assert len(client.get_metric_history(row["run_id"], "train_loss")) >= 1
+    predictions = pd.read_parquet(tmp_path / "job" / "predictions.parquet")
+    assert len(predictions) == 16 and set(predictions["prediction"]) <= {"Yes", "No"}
+    assert ((predictions["p_yes"] > 0.5) == (predictions["prediction"] == "Yes")).all()
+
+
+BAD = [
+    (
+        ["intervention.layer=30"],
+        r"intervention.layer=30 is not a layer of model 'smollm2_135m': valid layers are 0..29",
+    ),
+    (["intervention.layer=-1"], r"valid layers are 0..29"),
+    (["intervention.rank=0"], r"intervention.rank=0 .* integer >= 1"),
+    (
+        ["intervention.component=mlp_outptu"],
+        r"component='mlp_outptu' is not valid: choose one of block_output",
+    ),
+    (["intervention.positions=last"], r"positions='last' is not valid: use pyreft's form"),
+    (["data.path=data/nope.csv"], r"data.path='data/nope.csv': no such file"),
+    (["data.text_column=review"], r"data.text_column='review' is not a column .* deceptive, hotel, polarity"),
+    (["trainer.batch_size=0"], r"trainer.batch_size=0 is not valid"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", BAD, ids=[b[0][0] for b in BAD])
+def test_bad_input_fails_early_and_is_recorded_failed(
+    in_root, mlflow_uri, tmp_path, monkeypatch, overrides, message
+):
+    def no_loading(*_):
+        raise AssertionError("the model must not be loaded for bad settings")
+
+    monkeypatch.setattr(models, "load_model_and_tokenizer", no_loading)
+    cfg = compose(*overrides, f"mlflow.tracking_uri={mlflow_uri}")
+    with pytest.raises(ValueError, match=message):
+        run.run(cfg, output_dir=tmp_path / "bad")
+    (row,) = runs(mlflow_uri).to_dict("records")
+    assert row["status"] == "FAILED"
+    assert re.search(message, row["tags.error"])
+
+
+def test_rank_larger_than_the_model_is_refused(in_root, mlflow_uri, tmp_path):
+    cfg = compose(*tiny_overrides("intervention.rank=64", f"mlflow.tracking_uri={mlflow_uri}"))
+    with pytest.raises(
+        ValueError, match=r"rank=64 is larger than the block_output size .* valid ranks are 1..32"
+    ):
+        run.run(cfg, output_dir=tmp_path / "bad")
+    assert runs(mlflow_uri)["status"].tolist() == ["FAILED"]
+
+
+def sweep(tmp_path, mlflow_uri, *overrides):
+    return subprocess.run(
+        [PYTHON, "train.py", "-m", *tiny_overrides(*overrides), f"mlflow.tracking_uri={mlflow_uri}",
+         f"hydra.sweep.dir={tmp_path / 'multirun'}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+
+
+def test_two_job_sweep_leaves_two_finished_runs(mlflow_uri, tmp_path):
+    out = sweep(tmp_path, mlflow_uri, "intervention.layer=0,1")
+    assert out.returncode == 0, out.stderr[-3000:]
+    table = runs(mlflow_uri)
+    assert sorted(table["params.intervention.layer"]) == ["0", "1"]
+    assert set(table["status"]) == {"FINISHED"}
+    for name in METRICS:
+        assert table[f"metrics.{name}"].notna().all(), name
+    assert (tmp_path / "multirun" / "0" / "predictions.parquet").exists()
+    assert (tmp_path / "multirun" / "1" / "intervention" / "reft_settings.json").exists()
+
+
+def test_a_bad_job_in_a_sweep_fails_alone(mlflow_uri, tmp_path):
+    out = sweep(tmp_path, mlflow_uri, "intervention.layer=5,0")
+    assert out.returncode != 0  # Hydra re-raises the job's error once the sweep is over
+    assert "valid layers are 0..1" in out.stderr
+    table = runs(mlflow_uri).set_index("params.intervention.layer")
+    assert table.loc["5", "status"] == "FAILED"
+    assert table.loc["0", "status"] == "FINISHED"

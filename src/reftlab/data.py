@@ -262,4 +262,3 @@ def write(prepared: Prepared, cfg, folder: Path) -> Path:
         getattr(prepared, part).to_parquet(folder / f"{part}.parquet", index=False)
     (folder / "README.md").write_text(readme(prepared, cfg))
     return folder
-

@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: help install train sweep test lint format ui clean
+.PHONY: help install train sweep data test lint format ui clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -24,6 +24,9 @@ train: install ## the main job on the embedded default (SmolLM2-135M, opinion sp
 sweep: install ## a layer sweep (multirun/): ARGS overrides, e.g. ARGS="data.max_train=200"
 	$(PY) train.py -m intervention.layer=8,16,24 $(ARGS)
 
+data: install ## prepare a dataset into its Oxen repository data/repos/<name>: ARGS="data=persuasion_sample"
+	$(PY) -m reftlab.data prepare $(ARGS)
+
 test: install ## the test suite (tiny models and the shipped data)
 	$(PY) -m pytest -q $(ARGS)
 
@@ -37,5 +40,5 @@ ui: install ## MLflow UI on the local database (http://127.0.0.1:5000)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000 --workers 1
 
 clean: ## remove run outputs, the local MLflow database and artifacts (keeps .venv and .cache)
-	rm -rf outputs/* multirun/* mlruns mlflow.db .pytest_cache
+	rm -rf outputs/* multirun/* mlruns mlflow.db .pytest_cache  # data/repos (Oxen) is kept
 	touch outputs/.gitkeep multirun/.gitkeep

@@ -1,5 +1,6 @@
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,8 @@ CONF = ROOT / "conf"
 # One converted copy of the bundled model/tokenizer for the whole suite (and the main job).
 os.environ.setdefault("REFTLAB_CACHE", str(ROOT / ".cache"))
 os.environ.setdefault("TQDM_DISABLE", "1")
+# Dataset repositories (Oxen) of the suite live in a temporary folder, not in data/repos.
+os.environ["REFTLAB_DATA_REPOS"] = tempfile.mkdtemp(prefix="reftlab-repos-")
 
 
 def compose(*overrides: str):

@@ -11,7 +11,7 @@ from reftlab import models, run
 
 METRICS = ["accuracy", "f1", "train_seconds", "eval_seconds", "trainable_params", "trainable_percent",
            "peak_memory_mb"]  # fmt: skip
-TAGS = ["method", "model", "dataset", "git_sha", "data_version"]
+TAGS = ["method", "model", "dataset", "git_sha", "data_version", "data_repo"]
 
 
 def test_a_run_logs_metrics_tags_and_artifacts(in_root, mlflow_uri, tmp_path):
@@ -101,6 +101,7 @@ def test_two_job_sweep_leaves_two_finished_runs(mlflow_uri, tmp_path):
     table = runs(mlflow_uri)
     assert sorted(table["params.intervention.layer"]) == ["0", "1"]
     assert set(table["status"]) == {"FINISHED"}
+    assert table["tags.data_version"].notna().all() and table["tags.data_version"].nunique() == 1
     for name in METRICS:
         assert table[f"metrics.{name}"].notna().all(), name
     assert (tmp_path / "multirun" / "0" / "predictions.parquet").exists()

@@ -217,13 +217,17 @@ def persuasion_recipe(cfg) -> Prepared:
 RECIPES = {"table": table_recipe, "persuasion": persuasion_recipe}
 
 
-def prepare(cfg) -> Prepared:
-    """Run the dataset's recipe, then cap train/eval at max_train/max_eval."""
+def prepare(cfg, caps: bool = True) -> Prepared:
+    """Run the dataset's recipe; with `caps`, cap train/eval at max_train/max_eval."""
     if cfg.recipe not in RECIPES:
         raise DataError(f"data.recipe={cfg.recipe!r} is not valid: choose one of {list(RECIPES)}")
     if not 0 < float(cfg.eval_fraction) < 1:
         raise DataError(f"data.eval_fraction={cfg.eval_fraction} must be between 0 and 1")
     prepared = RECIPES[cfg.recipe](cfg)
+    return apply_caps(prepared, cfg) if caps else prepared
+
+
+def apply_caps(prepared: Prepared, cfg) -> Prepared:
     prepared.train = cap(prepared.train, cfg.get("max_train"), cfg.split_seed).reset_index(drop=True)
     prepared.eval = cap(prepared.eval, cfg.get("max_eval"), cfg.split_seed).reset_index(drop=True)
     for part in ("train", "eval"):
@@ -262,3 +266,11 @@ def write(prepared: Prepared, cfg, folder: Path) -> Path:
         getattr(prepared, part).to_parquet(folder / f"{part}.parquet", index=False)
     (folder / "README.md").write_text(readme(prepared, cfg))
     return folder
+
+
+if __name__ == "__main__":  # python -m reftlab.data prepare|log|push|pull data=<name>
+    import sys
+
+    from reftlab.versioning import main
+
+    sys.exit(main())

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from . import data, tracking, validate
+from . import data, tracking, validate, versioning
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +70,16 @@ def execute(cfg, output_dir: Path) -> dict:
     import mlflow
 
     validate.check(cfg)  # seconds: bad settings stop here, before data or model loading
-    prepared = data.prepare(cfg.data)
-    data.write(prepared, cfg.data, output_dir / "data")
-    mlflow.set_tags({"data_version": prepared.version(), "data_split": str(cfg.data.split)})
-    mlflow.log_artifact(str(output_dir / "data" / "README.md"), "data")
+    prepared, data_version = versioning.load(cfg.data)  # the Oxen commit the run reads
+    mlflow.set_tags(
+        {
+            "data_version": data_version,
+            "data_repo": str(versioning.repo_dir(cfg.data.name)),
+            "data_hash": prepared.version(),
+            "data_split": str(cfg.data.split),
+        }
+    )
+    mlflow.log_text(data.readme(prepared, cfg.data), "data/README.md")
 
     import numpy as np
     from transformers import set_seed

@@ -66,7 +66,8 @@ def check_trainer(tcfg) -> None:
 def check_data(dcfg) -> None:
     if dcfg.recipe not in data.RECIPES:
         raise ConfigError(f"data.recipe={dcfg.recipe!r} is not valid: choose one of {list(data.RECIPES)}")
-    data.check_path(dcfg.path)
+    if dcfg.get("revision") is None:  # a stored revision needs no source file
+        data.check_path(dcfg.path)
 
 
 def check(cfg) -> int:

@@ -1,0 +1,256 @@
+"""Prepared datasets under version control with Oxen: one local repository per dataset.
+
+`prepare` runs a dataset's recipe and commits full/train/eval parquet plus a README into
+`data/repos/<name>/` (only when the content changed). `load` gives a run the rows of one commit:
+the version its settings produce (prepared first if needed), or `data.revision=<commit id>`,
+read from a cache of that commit without touching the repository's working tree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from . import data
+
+FILES = ("full.parquet", "train.parquet", "eval.parquet", "README.md")
+# Settings that do not change the prepared files (applied at training time, or not data at all).
+NOT_RECIPE = {"name", "max_train", "max_eval", "system_prompt", "revision", "remote"}
+
+
+class VersionError(RuntimeError):
+    """A problem with a dataset repository: unknown revision, changes in the way, bad files."""
+
+
+def repos_root() -> Path:
+    return Path(os.environ.get("REFTLAB_DATA_REPOS", "data/repos")).resolve()
+
+
+def repo_dir(name: str) -> Path:
+    return repos_root() / name
+
+
+def ensure_user() -> None:
+    """Oxen needs a user before the first commit; set a local one if none is configured."""
+    from oxen import user
+    from oxen.oxen_py import util
+
+    if not (Path(util.get_oxen_config_dir()) / "user_config.toml").exists():
+        user.config_user("reftlab", "reftlab@localhost")
+
+
+@contextlib.contextmanager
+def locked(folder: Path):
+    """One process at a time per dataset repository (parallel sweep jobs)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{folder.name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def open_repo(folder: Path, create: bool = False):
+    import oxen
+
+    if (folder / ".oxen").is_dir():
+        return oxen.Repo(str(folder))
+    if not create:
+        raise VersionError(
+            f"No dataset repository at {folder}: run `python -m reftlab.data prepare data=...` first"
+        )
+    ensure_user()
+    repo = oxen.Repo(str(folder), mkdir=True)
+    repo.init()
+    return repo
+
+
+def commits(repo) -> list:
+    try:
+        return list(repo.log())
+    except Exception:  # a repository without commits
+        return []
+
+
+def recipe_settings(cfg) -> dict:
+    return {k: cfg[k] for k in cfg if k not in NOT_RECIPE}
+
+
+def content_key(folder: Path) -> str:
+    h = hashlib.sha256()
+    for name in FILES:
+        h.update((folder / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def commit_message(prepared: data.Prepared, cfg, key: str) -> str:
+    settings = " ".join(f"{k}={v}" for k, v in recipe_settings(cfg).items())
+    return (
+        f"prepare {cfg.name} (full {len(prepared.full)}, train {len(prepared.train)}, "
+        f"eval {len(prepared.eval)}) [content {key}]: {settings}"
+    )
+
+
+def check_clean(repo, folder: Path) -> None:
+    status = repo.status()
+    dirty = [*status.unstaged_modified_files(), *status.unstaged_removed_files(), *status.modified_files(),
+             *status.removed_files(), *status.added_files()]  # fmt: skip
+    if dirty:
+        raise VersionError(
+            f"The dataset repository {folder} has uncommitted changes ({', '.join(map(str, dirty))}); "
+            "commit them with oxen or restore them (oxen restore <file>) before preparing again"
+        )
+
+
+def prepare(cfg) -> tuple[str, bool]:
+    """Run the recipe and commit its outputs unless a commit already holds exactly them.
+
+    Returns (commit id, whether a new commit was made).
+    """
+    import tempfile
+
+    folder = repo_dir(cfg.name)
+    with locked(folder):
+        repo = open_repo(folder, create=True)
+        check_clean(repo, folder)
+        prepared = data.prepare(cfg, caps=False)
+        with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
+            data.write(prepared, cfg, Path(tmp))
+            key = content_key(Path(tmp))
+            for commit in commits(repo):  # newest first: the same content was committed before
+                if f"[content {key}]" in commit.message:
+                    return commit.id, False
+            for name in FILES:
+                shutil.copyfile(Path(tmp) / name, folder / name)
+        for name in FILES:
+            repo.add(str(folder / name))
+        return repo.commit(commit_message(prepared, cfg, key)).id, True
+
+
+def resolve(repo, folder: Path, revision: str) -> str:
+    ids = [c.id for c in commits(repo)]
+    matches = [i for i in ids if i.startswith(str(revision))]
+    if len(matches) != 1:
+        known = ", ".join(i[:12] for i in ids) or "none"
+        what = "is ambiguous" if matches else "is not a commit"
+        raise VersionError(
+            f"data.revision={revision!r} {what} of the dataset repository {folder}; its commits: {known}"
+        )
+    return matches[0]
+
+
+def snapshot(repo, folder: Path, commit_id: str) -> Path:
+    """The files of `commit_id`, copied once into a cache; the working tree is put back as it was."""
+    target = repos_root() / ".versions" / folder.name / commit_id
+    if all((target / f).exists() for f in FILES):
+        return target
+    check_clean(repo, folder)
+    head = commits(repo)[0].id
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    try:
+        for name in FILES:
+            repo.restore(str(folder / name), source=commit_id)
+            shutil.copy2(folder / name, tmp / name)
+    finally:
+        for name in FILES:
+            repo.restore(str(folder / name), source=head)
+    tmp.rename(target)
+    return target
+
+
+def read(folder: Path, where: Path, part: str) -> pd.DataFrame:
+    path = where / f"{part}.parquet"
+    try:
+        return pd.read_parquet(path)
+    except Exception as e:
+        raise VersionError(f"{path} in the dataset repository {folder} cannot be read: {e}") from e
+
+
+def load(cfg) -> tuple[data.Prepared, str]:
+    """The data a run uses and its Oxen commit id (caps applied after reading)."""
+    folder = repo_dir(cfg.name)
+    revision = cfg.get("revision")
+    commit_id = prepare(cfg)[0] if revision is None else None
+    with locked(folder):
+        repo = open_repo(folder)
+        commit_id = commit_id or resolve(repo, folder, revision)
+        where = folder if commit_id == commits(repo)[0].id else snapshot(repo, folder, commit_id)
+    prepared = data.Prepared(
+        cfg.name, read(folder, where, "full"), read(folder, where, "train"), read(folder, where, "eval"),
+        {"source": str(folder), "split": cfg.split},
+    )  # fmt: skip
+    return data.apply_caps(prepared, cfg), commit_id
+
+
+def history(cfg) -> list[dict]:
+    folder = repo_dir(cfg.name)
+    repo = open_repo(folder)
+    return [{"commit": c.id, "date": str(c.timestamp), "message": c.message} for c in commits(repo)]
+
+
+def push(cfg) -> None:
+    """Push the dataset repository to `data.remote` (an Oxen hub URL)."""
+    repo = open_repo(repo_dir(cfg.name))
+    set_remote(repo, cfg)
+    repo.push("origin", "main")
+
+
+def pull(cfg) -> None:
+    folder = repo_dir(cfg.name)
+    repo = open_repo(folder, create=True)
+    set_remote(repo, cfg)
+    repo.pull("origin", "main")
+
+
+def set_remote(repo, cfg) -> None:
+    remote = cfg.get("remote")
+    if not remote or not str(remote).startswith(("http://", "https://")):
+        raise VersionError(
+            f"data.remote={remote!r} is not valid: give the http(s) URL of an Oxen hub repository"
+        )
+    repo.set_remote("origin", str(remote))
+
+
+def compose(overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    conf = Path("conf") if Path("conf/train.yaml").exists() else Path(__file__).resolve().parents[2] / "conf"
+    with initialize_config_dir(config_dir=str(conf.resolve()), version_base="1.3"):
+        return hydra_compose(config_name="train", overrides=overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m reftlab.data prepare|log|push|pull [data=<name>] [data.key=value ...]"""
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = ("prepare", "log", "push", "pull")
+    if not argv or argv[0] not in commands:
+        print(f"usage: python -m reftlab.data {{{'|'.join(commands)}}} [data=<name>] [data.key=value ...]")
+        return 2
+    command, overrides = argv[0], argv[1:]
+    cfg = compose(overrides).data
+    try:
+        if command == "prepare":
+            commit_id, committed = prepare(cfg)
+            state = "committed" if committed else "unchanged, no new commit"
+            print(f"{cfg.name}: {repo_dir(cfg.name)} @ {commit_id} ({state})")
+        elif command == "log":
+            for row in history(cfg):
+                print(f"{row['commit']}  {row['date']}  {row['message']}")
+        else:
+            (push if command == "push" else pull)(cfg)
+            print(f"{command} {cfg.name}: done ({cfg.remote})")
+    except (VersionError, data.DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0

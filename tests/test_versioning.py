@@ -1,0 +1,115 @@
+"""Datasets under version control with Oxen: commits only on change, exact old versions, run tags."""
+
+import subprocess
+
+import oxen
+import pandas as pd
+import pytest
+from conftest import PYTHON, ROOT, compose, runs, tiny_overrides
+
+from reftlab import run, versioning
+
+
+@pytest.fixture
+def repos(tmp_path, monkeypatch):
+    monkeypatch.setenv("REFTLAB_DATA_REPOS", str(tmp_path / "repos"))
+    return tmp_path / "repos"
+
+
+def own_csv(path, offset: int):
+    texts = [f"review number {i + offset} about the hotel" for i in range(40)]
+    pd.DataFrame({"text": texts, "label": ["Yes", "No"] * 20}).to_csv(path, index=False)
+    return set(texts)
+
+
+def test_prepare_commits_only_when_the_content_changes(repos, in_root):
+    first, made = versioning.prepare(compose().data)
+    again, made_again = versioning.prepare(compose().data)
+    assert made and not made_again and again == first
+    second, made_second = versioning.prepare(compose("data.split=hotel").data)
+    assert made_second and second != first
+    history = versioning.history(compose().data)
+    assert [h["commit"] for h in history] == [second, first]
+    assert "split=hotel" in history[0]["message"] and "train 1280" in history[0]["message"]
+    # Back to the first settings: the existing commit is reused, no third commit.
+    assert versioning.prepare(compose().data) == (first, False)
+    repo = oxen.Repo(str(repos / "opinion_spam"))
+    assert "clean" in str(repo.status())
+    readme = (repos / "opinion_spam" / "README.md").read_text()
+    assert "CC BY-NC-SA" in readme and "split: hotel" in readme
+
+
+def test_a_run_reads_an_older_revision_and_logs_its_id(repos, tmp_path, mlflow_uri, in_root):
+    path = tmp_path / "mine.csv"
+    v1_texts = own_csv(path, 0)
+    v1, _ = versioning.prepare(compose("data=csv", f"data.path={path}").data)
+    v2_texts = own_csv(path, 1000)
+    v2, _ = versioning.prepare(compose("data=csv", f"data.path={path}").data)
+    assert v1 != v2
+    cfg = compose(*tiny_overrides("data=csv", f"data.path={path}", f"data.revision={v1[:10]}",
+                                  f"mlflow.tracking_uri={mlflow_uri}"))  # fmt: skip
+    run.run(cfg, output_dir=tmp_path / "job")
+    predictions = pd.read_parquet(tmp_path / "job" / "predictions.parquet")
+    assert set(predictions["text"]) <= v1_texts and not set(predictions["text"]) & v2_texts
+    (row,) = runs(mlflow_uri).to_dict("records")
+    assert row["tags.data_version"] == v1
+    assert row["tags.data_repo"].endswith("repos/csv")
+    # Reading the old version did not disturb the repository's working tree (still v2).
+    assert set(pd.read_parquet(repos / "csv" / "full.parquet")["text"]) == v2_texts
+    assert "clean" in str(oxen.Repo(str(repos / "csv")).status())
+
+
+def test_training_prepares_the_data_when_no_repository_exists(repos, tmp_path, mlflow_uri, in_root):
+    assert not (repos / "opinion_spam").exists()
+    run.run(compose(*tiny_overrides(f"mlflow.tracking_uri={mlflow_uri}")), output_dir=tmp_path / "job")
+    (row,) = runs(mlflow_uri).to_dict("records")
+    assert row["tags.data_version"] == versioning.history(compose().data)[0]["commit"]
+
+
+def test_unknown_revision_is_named_with_the_repository(repos, in_root):
+    versioning.prepare(compose().data)
+    with pytest.raises(
+        versioning.VersionError, match=r"data.revision='deadbeef' is not a commit of .*opinion_spam"
+    ):
+        versioning.load(compose("data.revision=deadbeef").data)
+
+
+def test_uncommitted_changes_stop_prepare_and_are_kept(repos, in_root):
+    versioning.prepare(compose().data)
+    readme = repos / "opinion_spam" / "README.md"
+    readme.write_text("my notes\n")
+    with pytest.raises(versioning.VersionError, match=r"uncommitted changes \(README.md\)"):
+        versioning.prepare(compose("data.split=hotel").data)
+    assert readme.read_text() == "my notes\n"
+
+
+def test_corrupt_parquet_is_reported(repos, tmp_path):
+    (tmp_path / "train.parquet").write_bytes(b"garbage")
+    with pytest.raises(
+        versioning.VersionError, match=r"train.parquet in the dataset repository .* cannot be read"
+    ):
+        versioning.read(repos / "x", tmp_path, "train")
+
+
+def test_remote_must_be_an_http_url(repos, in_root):
+    versioning.prepare(compose("data=persuasion_sample").data)
+    with pytest.raises(versioning.VersionError, match=r"data.remote=None is not valid"):
+        versioning.push(compose("data=persuasion_sample").data)
+    with pytest.raises(versioning.VersionError, match=r"data.remote='/tmp/x' is not valid"):
+        versioning.push(compose("data=persuasion_sample", "data.remote=/tmp/x").data)
+
+
+def test_cli_prepare_and_log(repos):
+    def cli(*args):
+        return subprocess.run([PYTHON, "-m", "reftlab.data", *args], cwd=ROOT, capture_output=True, text=True,
+                              timeout=120)  # fmt: skip
+
+    out = cli("prepare", "data=persuasion_sample")
+    assert out.returncode == 0, out.stderr
+    assert "(committed)" in out.stdout
+    assert "no new commit" in cli("prepare", "data=persuasion_sample").stdout
+    log = cli("log", "data=persuasion_sample").stdout
+    assert "prepare persuasion_sample (full 270" in log
+    missing = cli("log", "data=opinion_spam")
+    assert missing.returncode == 1 and "No dataset repository" in missing.stderr
+    assert cli("frobnicate").returncode == 2

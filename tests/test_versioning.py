@@ -2,7 +2,6 @@
 
 import subprocess
 
-import oxen
 import pandas as pd
 import pytest
 from conftest import PYTHON, ROOT, compose, runs, tiny_overrides
@@ -33,8 +32,7 @@ def test_prepare_commits_only_when_the_content_changes(repos, in_root):
     assert "split=hotel" in history[0]["message"] and "train 1280" in history[0]["message"]
     # Back to the first settings: the existing commit is reused, no third commit.
     assert versioning.prepare(compose().data) == (first, False)
-    repo = oxen.Repo(str(repos / "opinion_spam"))
-    assert "clean" in str(repo.status())
+    assert versioning.oxen("dirty", repos / "opinion_spam") == []
     readme = (repos / "opinion_spam" / "README.md").read_text()
     assert "CC BY-NC-SA" in readme and "split: hotel" in readme
 
@@ -56,7 +54,7 @@ def test_a_run_reads_an_older_revision_and_logs_its_id(repos, tmp_path, mlflow_u
     assert row["tags.data_repo"].endswith("repos/csv")
     # Reading the old version did not disturb the repository's working tree (still v2).
     assert set(pd.read_parquet(repos / "csv" / "full.parquet")["text"]) == v2_texts
-    assert "clean" in str(oxen.Repo(str(repos / "csv")).status())
+    assert versioning.oxen("dirty", repos / "csv") == []
 
 
 def test_training_prepares_the_data_when_no_repository_exists(repos, tmp_path, mlflow_uri, in_root):
@@ -94,9 +92,22 @@ def test_corrupt_parquet_is_reported(repos, tmp_path):
 def test_remote_must_be_an_http_url(repos, in_root):
     versioning.prepare(compose("data=persuasion_sample").data)
     with pytest.raises(versioning.VersionError, match=r"data.remote=None is not valid"):
+        versioning.pull(compose("data=persuasion_sample").data)
+    with pytest.raises(versioning.VersionError, match=r"data.remote=None is not valid"):
         versioning.push(compose("data=persuasion_sample").data)
     with pytest.raises(versioning.VersionError, match=r"data.remote='/tmp/x' is not valid"):
         versioning.push(compose("data=persuasion_sample", "data.remote=/tmp/x").data)
+
+
+def test_repositories_stay_usable_from_other_processes(repos, in_root):
+    # liboxen locks a repository for the life of a process that opened it; reftlab opens it only in
+    # short-lived helper processes, so this process and others can keep working on it.
+    versioning.prepare(compose("data=persuasion_sample").data)
+    code = "from reftlab import versioning as v; print(len(v.oxen('log', v.repo_dir('persuasion_sample'))))"
+    out = subprocess.run([PYTHON, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "1", out.stderr
+    versioning.prepare(compose("data=persuasion_sample", "data.split=claim").data)
+    assert len(versioning.history(compose("data=persuasion_sample").data)) == 2
 
 
 def test_cli_prepare_and_log(repos):

@@ -11,8 +11,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -36,15 +39,6 @@ def repo_dir(name: str) -> Path:
     return repos_root() / name
 
 
-def ensure_user() -> None:
-    """Oxen needs a user before the first commit; set a local one if none is configured."""
-    from oxen import user
-    from oxen.oxen_py import util
-
-    if not (Path(util.get_oxen_config_dir()) / "user_config.toml").exists():
-        user.config_user("reftlab", "reftlab@localhost")
-
-
 @contextlib.contextmanager
 def locked(folder: Path):
     """One process at a time per dataset repository (parallel sweep jobs)."""
@@ -57,26 +51,28 @@ def locked(folder: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def open_repo(folder: Path, create: bool = False):
-    import oxen
+def oxen(op: str, folder: Path, **request):
+    """Run one Oxen operation in a short-lived process (see reftlab.oxen_ops for why)."""
+    from .oxen_ops import MARK
 
-    if (folder / ".oxen").is_dir():
-        return oxen.Repo(str(folder))
-    if not create:
+    payload = json.dumps({"op": op, "folder": str(folder), **request})
+    out = subprocess.run([sys.executable, "-m", "reftlab.oxen_ops", payload], capture_output=True, text=True)
+    results = [line[len(MARK) :] for line in out.stdout.splitlines() if line.startswith(MARK)]
+    if out.returncode != 0 or not results:
+        reason = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        raise VersionError(f"oxen {op} failed in the dataset repository {folder}: {reason}")
+    return json.loads(results[-1])
+
+
+def exists(folder: Path) -> bool:
+    return (folder / ".oxen").is_dir()
+
+
+def require(folder: Path) -> None:
+    if not exists(folder):
         raise VersionError(
             f"No dataset repository at {folder}: run `python -m reftlab.data prepare data=...` first"
         )
-    ensure_user()
-    repo = oxen.Repo(str(folder), mkdir=True)
-    repo.init()
-    return repo
-
-
-def commits(repo) -> list:
-    try:
-        return list(repo.log())
-    except Exception:  # a repository without commits
-        return []
 
 
 def recipe_settings(cfg) -> dict:
@@ -98,10 +94,8 @@ def commit_message(prepared: data.Prepared, cfg, key: str) -> str:
     )
 
 
-def check_clean(repo, folder: Path) -> None:
-    status = repo.status()
-    dirty = [*status.unstaged_modified_files(), *status.unstaged_removed_files(), *status.modified_files(),
-             *status.removed_files(), *status.added_files()]  # fmt: skip
+def check_clean(folder: Path) -> None:
+    dirty = oxen("dirty", folder)
     if dirty:
         raise VersionError(
             f"The dataset repository {folder} has uncommitted changes ({', '.join(map(str, dirty))}); "
@@ -118,24 +112,23 @@ def prepare(cfg) -> tuple[str, bool]:
 
     folder = repo_dir(cfg.name)
     with locked(folder):
-        repo = open_repo(folder, create=True)
-        check_clean(repo, folder)
+        if not exists(folder):
+            oxen("init", folder)
+        check_clean(folder)
         prepared = data.prepare(cfg, caps=False)
         with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
             data.write(prepared, cfg, Path(tmp))
             key = content_key(Path(tmp))
-            for commit in commits(repo):  # newest first: the same content was committed before
-                if f"[content {key}]" in commit.message:
-                    return commit.id, False
+            for commit in oxen("log", folder):  # newest first: the same content was committed before
+                if f"[content {key}]" in commit["message"]:
+                    return commit["id"], False
             for name in FILES:
                 shutil.copyfile(Path(tmp) / name, folder / name)
-        for name in FILES:
-            repo.add(str(folder / name))
-        return repo.commit(commit_message(prepared, cfg, key)).id, True
+        return oxen("commit", folder, files=list(FILES), message=commit_message(prepared, cfg, key)), True
 
 
-def resolve(repo, folder: Path, revision: str) -> str:
-    ids = [c.id for c in commits(repo)]
+def resolve(folder: Path, revision: str, history: list[dict]) -> str:
+    ids = [c["id"] for c in history]
     matches = [i for i in ids if i.startswith(str(revision))]
     if len(matches) != 1:
         known = ", ".join(i[:12] for i in ids) or "none"
@@ -146,22 +139,15 @@ def resolve(repo, folder: Path, revision: str) -> str:
     return matches[0]
 
 
-def snapshot(repo, folder: Path, commit_id: str) -> Path:
+def snapshot(folder: Path, commit_id: str, head: str) -> Path:
     """The files of `commit_id`, copied once into a cache; the working tree is put back as it was."""
     target = repos_root() / ".versions" / folder.name / commit_id
     if all((target / f).exists() for f in FILES):
         return target
-    check_clean(repo, folder)
-    head = commits(repo)[0].id
+    check_clean(folder)
     tmp = target.with_name(target.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    try:
-        for name in FILES:
-            repo.restore(str(folder / name), source=commit_id)
-            shutil.copy2(folder / name, tmp / name)
-    finally:
-        for name in FILES:
-            repo.restore(str(folder / name), source=head)
+    shutil.rmtree(tmp, ignore_errors=True)
+    oxen("export", folder, files=list(FILES), commit=commit_id, head=head, dest=str(tmp))
     tmp.rename(target)
     return target
 
@@ -180,9 +166,11 @@ def load(cfg) -> tuple[data.Prepared, str]:
     revision = cfg.get("revision")
     commit_id = prepare(cfg)[0] if revision is None else None
     with locked(folder):
-        repo = open_repo(folder)
-        commit_id = commit_id or resolve(repo, folder, revision)
-        where = folder if commit_id == commits(repo)[0].id else snapshot(repo, folder, commit_id)
+        require(folder)
+        history = oxen("log", folder)
+        commit_id = commit_id or resolve(folder, revision, history)
+        head = history[0]["id"]
+        where = folder if commit_id == head else snapshot(folder, commit_id, head)
     prepared = data.Prepared(
         cfg.name, read(folder, where, "full"), read(folder, where, "train"), read(folder, where, "eval"),
         {"source": str(folder), "split": cfg.split},
@@ -192,31 +180,33 @@ def load(cfg) -> tuple[data.Prepared, str]:
 
 def history(cfg) -> list[dict]:
     folder = repo_dir(cfg.name)
-    repo = open_repo(folder)
-    return [{"commit": c.id, "date": str(c.timestamp), "message": c.message} for c in commits(repo)]
+    require(folder)
+    return [{"commit": c["id"], "date": c["timestamp"], "message": c["message"]} for c in oxen("log", folder)]
+
+
+def remote(cfg) -> str:
+    url = cfg.get("remote")
+    if not url or not str(url).startswith(("http://", "https://")):
+        raise VersionError(
+            f"data.remote={url!r} is not valid: give the http(s) URL of an Oxen hub repository"
+        )
+    return str(url)
 
 
 def push(cfg) -> None:
     """Push the dataset repository to `data.remote` (an Oxen hub URL)."""
-    repo = open_repo(repo_dir(cfg.name))
-    set_remote(repo, cfg)
-    repo.push("origin", "main")
+    folder = repo_dir(cfg.name)
+    url = remote(cfg)
+    require(folder)
+    oxen("push", folder, remote=url)
 
 
 def pull(cfg) -> None:
     folder = repo_dir(cfg.name)
-    repo = open_repo(folder, create=True)
-    set_remote(repo, cfg)
-    repo.pull("origin", "main")
-
-
-def set_remote(repo, cfg) -> None:
-    remote = cfg.get("remote")
-    if not remote or not str(remote).startswith(("http://", "https://")):
-        raise VersionError(
-            f"data.remote={remote!r} is not valid: give the http(s) URL of an Oxen hub repository"
-        )
-    repo.set_remote("origin", str(remote))
+    url = remote(cfg)
+    if not exists(folder):
+        oxen("init", folder)
+    oxen("pull", folder, remote=url)
 
 
 def compose(overrides: list[str]):

@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: help install train sweep data test lint format ui clean
+.PHONY: help install train sweep data test lint format ui mlflow-server clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -39,6 +39,12 @@ format: install ## ruff fix and format
 ui: install ## MLflow UI on the local database (http://127.0.0.1:5000)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000 --workers 1
 
+MLFLOW_PORT ?= 5001
+MLFLOW_BACKEND_STORE_URI ?= sqlite:///$(CURDIR)/mlflow-server.db
+mlflow-server: install ## team tracking server on 127.0.0.1:5001 (MLFLOW_PORT; SQLite, or PostgreSQL via MLFLOW_BACKEND_STORE_URI), proxied artifacts
+	$(VENV)/bin/mlflow server --backend-store-uri "$(MLFLOW_BACKEND_STORE_URI)" --serve-artifacts \
+		--artifacts-destination "$(CURDIR)/mlartifacts" --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
+
 clean: ## remove run outputs, the local MLflow database and artifacts (keeps .venv and .cache)
-	rm -rf outputs/* multirun/* mlruns mlflow.db .pytest_cache  # data/repos (Oxen) is kept
+	rm -rf outputs/* multirun/* mlruns mlflow.db mlflow-server.db mlartifacts .pytest_cache  # data/repos (Oxen) is kept
 	touch outputs/.gitkeep multirun/.gitkeep

@@ -6,8 +6,11 @@ settings included) is recorded as FAILED with its error, never as FINISHED.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import signal
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -31,38 +34,98 @@ def hydra_output_dir() -> Path | None:
     return Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
 
 
-def run(cfg, output_dir: Path | None = None) -> dict:
-    """Run the job described by the composed config; returns its metrics."""
+class Terminated(BaseException):
+    """SIGTERM (as SLURM sends before a time limit) turned into an exception, so the run is closed."""
+
+
+def _terminate(signum, frame):
+    raise Terminated(f"terminated by signal {signum}")
+
+
+# Settings that do not change what a job computes: ignored when resuming a sweep.
+NOT_RESULT = ("force", "run_name", "mlflow")
+
+
+def config_hash(resolved: dict) -> str:
+    """Identity of a job for resume: the resolved config without bookkeeping keys."""
+    kept = {k: v for k, v in resolved.items() if k not in NOT_RESULT}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def finished_run(experiment_id: str, key: str):
     import mlflow
+
+    found = mlflow.search_runs(
+        [experiment_id],
+        filter_string=f"tags.config_hash = '{key}' and attributes.status = 'FINISHED'",
+        max_results=1,
+        output_format="list",
+    )
+    return found[0] if found else None
+
+
+def run(cfg, output_dir: Path | None = None) -> dict:
+    """Run the job described by the composed config; returns its metrics.
+
+    A job whose resolved config already has a FINISHED run in the experiment is skipped (resume),
+    unless force=true. Failures are recorded as FAILED, SIGTERM/Ctrl-C as KILLED, then re-raised.
+    """
+    import mlflow
+
+    from .sweep import write_status
 
     output_dir = Path(output_dir or hydra_output_dir() or "outputs/adhoc")
     output_dir.mkdir(parents=True, exist_ok=True)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
-    tracking.setup(cfg.mlflow)
-    with mlflow.start_run(run_name=cfg.get("run_name") or default_run_name(cfg)) as active:
-        versions = tracking.package_versions()
-        mlflow.set_tags(
-            {
-                "method": cfg.intervention.method,
-                "model": cfg.model.name,
-                "dataset": cfg.data.name,
-                "git_sha": tracking.git_sha(),
-                "output_dir": str(output_dir.resolve()),
-                **{f"version.{k}": v for k, v in versions.items()},
-            }
+    experiment_id = tracking.setup(cfg.mlflow)
+    key = config_hash(resolved)
+    previous = None if cfg.get("force", False) else finished_run(experiment_id, key)
+    if previous is not None:
+        log.info(
+            "Skipping: run %s already FINISHED with this config (force=true re-runs it)", previous.info.run_id
         )
-        mlflow.log_params(tracking.flatten(resolved))
-        mlflow.log_artifact(str(output_dir / "config.yaml"))
-        mlflow.log_dict(versions, "environment.json")
-        try:
-            metrics = execute(cfg, output_dir)
-        except BaseException as e:
-            mlflow.set_tag("error", f"{type(e).__name__}: {e}"[:5000])
-            mlflow.log_text(traceback.format_exc(), "error.txt")
-            log.error("Run %s failed: %s", active.info.run_id, e)
-            raise
+        write_status(output_dir, "skipped", run_id=previous.info.run_id)
+        return dict(previous.data.metrics)
+
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    old_handler = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
+    try:
+        with mlflow.start_run(run_name=cfg.get("run_name") or default_run_name(cfg)) as active:
+            versions = tracking.package_versions()
+            mlflow.set_tags(
+                {
+                    "method": cfg.intervention.method,
+                    "model": cfg.model.name,
+                    "dataset": cfg.data.name,
+                    "git_sha": tracking.git_sha(),
+                    "config_hash": key,
+                    "output_dir": str(output_dir.resolve()),
+                    **{f"version.{k}": v for k, v in versions.items()},
+                }
+            )
+            mlflow.log_params(tracking.flatten(resolved))
+            mlflow.log_artifact(str(output_dir / "config.yaml"))
+            mlflow.log_dict(versions, "environment.json")
+            try:
+                metrics = execute(cfg, output_dir)
+            except BaseException as e:
+                killed = isinstance(e, Terminated | KeyboardInterrupt)
+                error = f"{type(e).__name__}: {e}"[:5000]
+                mlflow.set_tag("error", error)
+                mlflow.log_text(traceback.format_exc(), "error.txt")
+                write_status(
+                    output_dir, "killed" if killed else "failed", run_id=active.info.run_id, error=error
+                )
+                log.error("Run %s %s: %s", active.info.run_id, "killed" if killed else "failed", e)
+                if killed:
+                    mlflow.end_run(status="KILLED")
+                raise
+            write_status(output_dir, "finished", run_id=active.info.run_id)
         log.info("Run %s finished: %s", active.info.run_id, {k: metrics[k] for k in ("accuracy", "f1")})
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, old_handler)
     return metrics
 
 

@@ -1,0 +1,187 @@
+"""Sweeps that scale and survive: parallel launchers, resume, SIGTERM, a shared tracking server."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from conftest import PYTHON, ROOT, runs, tiny_overrides
+
+
+def train(tmp_path, uri, *overrides, multirun=True, timeout=600):
+    args = [PYTHON, "train.py", *(["-m"] if multirun else []), *tiny_overrides(*overrides),
+            f"mlflow.tracking_uri={uri}", f"hydra.sweep.dir={tmp_path / 'multirun'}",
+            f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def test_joblib_runs_two_jobs_in_parallel(tmp_path, mlflow_uri):
+    out = train(tmp_path, mlflow_uri, "hydra/launcher=local_parallel", "intervention.layer=0,1")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "sweep summary: 2 jobs: 2 finished, 0 failed, 0 skipped" in out.stderr
+    table = runs(mlflow_uri)
+    assert sorted(table["params.intervention.layer"]) == ["0", "1"]
+    assert set(table["status"]) == {"FINISHED"} and table["metrics.accuracy"].notna().all()
+    # The two jobs overlapped in time (parallel), each in its own process.
+    start, end = table["start_time"], table["end_time"]
+    assert start.max() < end.min()
+
+
+def test_submitit_local_runs_the_same_code_path(tmp_path, mlflow_uri):
+    out = train(tmp_path, mlflow_uri, "hydra/launcher=submitit_local", "intervention.rank=1,2")
+    assert out.returncode == 0, out.stderr[-3000:]
+    table = runs(mlflow_uri)
+    assert sorted(table["params.intervention.rank"]) == ["1", "2"]
+    assert set(table["status"]) == {"FINISHED"}
+
+
+def test_rerunning_a_finished_sweep_skips_every_job(tmp_path, mlflow_uri):
+    first = train(tmp_path / "a", mlflow_uri, "intervention.layer=0,1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = train(tmp_path / "b", mlflow_uri, "intervention.layer=0,1")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "2 jobs: 0 finished, 0 failed, 2 skipped" in again.stderr
+    assert len(runs(mlflow_uri)) == 2
+    forced = train(tmp_path / "c", mlflow_uri, "intervention.layer=0", "force=true")
+    assert forced.returncode == 0 and "1 finished" in forced.stderr
+    assert len(runs(mlflow_uri)) == 3
+
+
+def test_a_failing_job_is_summarised_and_the_rest_run(tmp_path, mlflow_uri):
+    out = train(tmp_path, mlflow_uri, "intervention.layer=0,9,1")
+    assert out.returncode != 0
+    assert "3 jobs: 2 finished, 1 failed, 0 skipped" in out.stderr
+    assert "valid layers are 0..1" in out.stderr
+    table = runs(mlflow_uri).set_index("params.intervention.layer")
+    assert table.loc["9", "status"] == "FAILED" and table.loc["9", "tags.error"]
+    assert table.loc["0", "status"] == table.loc["1", "status"] == "FINISHED"
+
+
+def test_sigterm_marks_the_run_killed(tmp_path, mlflow_uri):
+    args = [PYTHON, "train.py", *tiny_overrides("trainer.epochs=100000", "data.max_train=64",
+            f"mlflow.tracking_uri={mlflow_uri}", f"hydra.run.dir={tmp_path / 'run'}")]  # fmt: skip
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:  # wait until training has started (the run exists and is RUNNING)
+            table = runs(mlflow_uri)
+            if (
+                len(table)
+                and (tmp_path / "run" / "config.yaml").exists()
+                and table["status"].iloc[0] == "RUNNING"
+            ):
+                break
+            time.sleep(1)
+        time.sleep(3)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0
+    table = runs(mlflow_uri)
+    assert table["status"].tolist() == ["KILLED"]
+    assert "Terminated" in table["tags.error"].iloc[0]
+    assert '"killed"' in (tmp_path / "run" / "status.json").read_text()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float, proc=None) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+def postgres_bin() -> Path | None:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return (
+        found[-1].parent
+        if found
+        else (Path(shutil.which("initdb")).parent if shutil.which("initdb") else None)
+    )
+
+
+@pytest.fixture
+def postgres():
+    """A real PostgreSQL on loopback, run as the postgres user when we are root; stopped by its pid."""
+    bin_dir = postgres_bin()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL is not installed (.ci/run installs Debian's postgresql)")
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    top = Path(tempfile.mkdtemp(prefix="reftlab-pg-"))  # pytest's tmp dirs are private to root
+    os.chmod(top, 0o755)
+    data = top / "pg"
+    data.mkdir()
+    if as_user:
+        shutil.chown(data, "postgres")
+    port = free_port()
+    subprocess.run([*as_user, str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
+                   check=True, capture_output=True)  # fmt: skip
+    server = subprocess.Popen(
+        [*as_user, str(bin_dir / "postgres"), "-D", str(data), "-p", str(port), "-k", str(data),
+         "-c", "listen_addresses=127.0.0.1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_for_port(port, 60, server)
+        time.sleep(1)
+        subprocess.run([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "mlflow"],
+                       check=True, capture_output=True)  # fmt: skip
+        yield f"postgresql://postgres@127.0.0.1:{port}/mlflow"
+    finally:
+        pid = (
+            int((data / "postmaster.pid").read_text().split()[0])
+            if (data / "postmaster.pid").exists()
+            else None
+        )
+        if pid:
+            os.kill(pid, signal.SIGINT)  # PostgreSQL's fast shutdown, by its own pid
+        server.wait(timeout=60)
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def test_parallel_sweep_against_a_tracking_server_on_postgresql(tmp_path, postgres):
+    import mlflow
+
+    port = free_port()
+    server = subprocess.Popen(
+        [str(Path(PYTHON).parent / "mlflow"), "server", "--backend-store-uri", postgres, "--serve-artifacts",
+         "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "mlflow-server.log", "w"), start_new_session=True,
+    )  # fmt: skip
+    try:
+        try:
+            wait_for_port(port, 180, server)
+        except RuntimeError as e:
+            raise RuntimeError(f"{e}: {(tmp_path / 'mlflow-server.log').read_text()[-2000:]}") from e
+        uri = f"http://127.0.0.1:{port}"
+        out = train(tmp_path, uri, "hydra/launcher=local_parallel", "intervention.layer=0,1")
+        assert out.returncode == 0, out.stderr[-3000:]
+        table = runs(uri)
+        assert sorted(table["params.intervention.layer"]) == ["0", "1"]
+        assert set(table["status"]) == {"FINISHED"}
+        assert table["metrics.accuracy"].notna().all() and table["metrics.train_seconds"].notna().all()
+        client = mlflow.tracking.MlflowClient(uri)
+        artifacts = {a.path for a in client.list_artifacts(table["run_id"].iloc[0])}
+        assert "predictions.parquet" in artifacts  # proxied artifact store
+        assert any((tmp_path / "artifacts").rglob("predictions.parquet"))
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)  # the server and its workers, by the server's own pid
+        server.wait(timeout=60)

@@ -45,7 +45,12 @@ def intervention_slots(layers: list[int], positions: str, share_weights: bool) -
     return [(layer, which) for layer in layers]
 
 
-def as_layers(layer) -> list[int]:
+def as_layers(layer, num_layers: int | None = None) -> list[int]:
+    """An int, a list of ints, or "all" (needs num_layers) as a list of layer indices."""
+    if layer == "all":
+        if num_layers is None:
+            raise ValueError("intervention.layer=all needs the model's layer count")
+        return list(range(num_layers))
     if isinstance(layer, int | str):
         return [int(layer)]
     return [int(x) for x in layer]
@@ -59,7 +64,9 @@ def unit_locations(settings: dict, prompt_lens: list[int], starts: list[int]) ->
     """
     first, last = parse_positions(settings["positions"])
     slots = intervention_slots(
-        as_layers(settings["layer"]), settings["positions"], settings.get("share_weights", False)
+        as_layers(settings["layer"], settings.get("num_layers")),
+        settings["positions"],
+        settings.get("share_weights", False),
     )
     per_which = {}
     for which in {w for _, w in slots}:

@@ -6,11 +6,15 @@ such as `l1` (last prompt token), `f1+l1` (first and last), `f3+l3`.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from pathlib import Path
 
-import pyreft
 import torch
+
+with contextlib.redirect_stdout(io.StringIO()):  # pyvene prints an "nnsight is not detected" notice
+    import pyreft
 
 from .positions import as_layers, intervention_slots
 
@@ -24,20 +28,33 @@ def component_dim(config, component: str) -> int:
     return config.hidden_size
 
 
-class FP32LoreftIntervention(pyreft.LoreftIntervention):
-    """pyreft's LoReFT with fp32 parameters on a model of any dtype (bf16 on CPU/GPU).
+class FP32Intervention:
+    """Mixin: run a pyreft intervention with fp32 parameters on a model of any dtype (bf16 here).
 
     The input is upcast for the intervention and the output cast back to the model's dtype, so the
-    trainable parameters and their optimizer state stay fp32 (stock pyreft keeps W in bf16).
+    trainable parameters and their optimizer state stay fp32 (stock pyreft keeps them in bf16).
     """
 
     def forward(self, base, source=None, subspaces=None):
         return super().forward(base.float(), source, subspaces).to(base.dtype)
 
 
+def _fp32(cls):
+    return type(f"FP32{cls.__name__}", (FP32Intervention, cls), {})
+
+
+# reftlab method name -> pyreft intervention (direft is pyreft's NodireftIntervention, the paper's DiReFT)
+INTERVENTIONS = {
+    "loreft": _fp32(pyreft.LoreftIntervention),
+    "noreft": _fp32(pyreft.NoreftIntervention),
+    "direft": _fp32(pyreft.NodireftIntervention),
+    "consreft": _fp32(pyreft.ConsreftIntervention),
+}
+
+
 def build(model, settings: dict):
     """A pyreft ReftModel around the frozen `model` for the given intervention settings."""
-    layers = as_layers(settings["layer"])
+    layers = as_layers(settings["layer"], model.config.num_hidden_layers)
     slots = intervention_slots(layers, settings["positions"], settings.get("share_weights", False))
     dim = component_dim(model.config, settings["component"])
     representations = [
@@ -45,11 +62,12 @@ def build(model, settings: dict):
             "layer": layer,
             "component": settings["component"],
             "low_rank_dimension": int(settings["rank"]),
-            "intervention": FP32LoreftIntervention(
+            "intervention": INTERVENTIONS[settings.get("method", "loreft")](
                 embed_dim=dim,
                 low_rank_dimension=int(settings["rank"]),
                 dropout=float(settings.get("dropout", 0.0)),
                 dtype=torch.float32,
+                add_bias=True,
             ),
         }
         for layer, _ in slots
@@ -58,7 +76,7 @@ def build(model, settings: dict):
         model, pyreft.ReftConfig(representations=representations), set_device=False
     )
     for intervention in reft_model.interventions.values():
-        intervention.to(model.device)
+        intervention.to(model.device).float()
     return reft_model
 
 

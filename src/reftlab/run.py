@@ -23,9 +23,14 @@ log = logging.getLogger(__name__)
 
 
 def default_run_name(cfg) -> str:
-    layer = cfg.intervention.layer
-    layer = "-".join(map(str, layer)) if not isinstance(layer, int | str) else layer
-    return f"{cfg.intervention.method}-L{layer}-r{cfg.intervention.rank}-{cfg.data.name}"
+    icfg = cfg.intervention
+    if icfg.method in ("none", "tfidf"):
+        return f"{icfg.method}-{cfg.data.name}"
+    layer = icfg.get("layer")
+    layer = (
+        "all" if layer is None else ("-".join(map(str, layer)) if not isinstance(layer, int | str) else layer)
+    )
+    return f"{icfg.method}-L{layer}-r{icfg.rank}-{cfg.data.name}"
 
 
 def hydra_output_dir() -> Path | None:
@@ -129,6 +134,22 @@ def run(cfg, output_dir: Path | None = None) -> dict:
     return metrics
 
 
+REFT_METHODS = ("loreft", "noreft", "direft", "consreft")
+
+
+def settings_of(cfg, n_layers: int | None = None) -> dict:
+    """What is needed to rebuild the trained intervention/adapter (saved beside its weights)."""
+    icfg = OmegaConf.to_container(cfg.intervention, resolve=True)
+    return {
+        **icfg,
+        "model": cfg.model.name,
+        "model_config": OmegaConf.to_container(cfg.model, resolve=True),
+        "num_layers": n_layers,
+        "system_prompt": cfg.data.system_prompt,
+        "max_length": cfg.trainer.max_length,
+    }
+
+
 def execute(cfg, output_dir: Path) -> dict:
     import mlflow
 
@@ -143,92 +164,127 @@ def execute(cfg, output_dir: Path) -> dict:
         }
     )
     mlflow.log_text(data.readme(prepared, cfg.data), "data/README.md")
+    method = cfg.intervention.method
+    if method == "tfidf":
+        metrics, scores = run_tfidf(cfg, prepared)
+    else:
+        metrics, scores = run_language_model(cfg, prepared, output_dir)
+    mlflow.log_metrics(metrics)
+    save_predictions(prepared, scores, output_dir)
+    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
 
-    import numpy as np
+
+def run_tfidf(cfg, prepared) -> tuple[dict, object]:
+    from . import baselines, training
+
+    result = baselines.tfidf(
+        prepared.train["text"], prepared.train["label"], prepared.eval["text"], cfg.intervention
+    )
+    metrics = {
+        **training.metrics(list(prepared.eval["label"]), result["scores"]),
+        "train_seconds": result["train_seconds"],
+        "eval_seconds": result["eval_seconds"],
+        "trainable_params": result["trainable_params"],
+        "trainable_percent": float("nan"),  # no language model underneath
+        "peak_memory_mb": float("nan"),
+        "train_examples": len(prepared.train),
+        "eval_examples": len(prepared.eval),
+    }
+    return metrics, result["scores"]
+
+
+def run_language_model(cfg, prepared, output_dir: Path) -> tuple[dict, object]:
+    import mlflow
     from transformers import set_seed
 
-    from . import models, reft, training
+    from . import lora, models, reft, training
     from .prompts import PromptBuilder
 
+    method = cfg.intervention.method
     set_seed(cfg.seed)
     model, tokenizer, device, dtype = models.load_model_and_tokenizer(cfg.model)
     n_layers = models.num_layers(model)
     validate.check_intervention(cfg.intervention, n_layers, cfg.model.name)  # the loaded model's truth
-    dim = reft.component_dim(model.config, cfg.intervention.component)
-    if cfg.intervention.rank > dim:
-        raise validate.ConfigError(
-            f"intervention.rank={cfg.intervention.rank} is larger than the {cfg.intervention.component} "
-            f"size of {cfg.model.name!r}: valid ranks are 1..{dim}"
-        )
+    if method in REFT_METHODS:
+        dim = reft.component_dim(model.config, cfg.intervention.component)
+        if cfg.intervention.rank > dim:
+            raise validate.ConfigError(
+                f"intervention.rank={cfg.intervention.rank} is larger than the {cfg.intervention.component} "
+                f"size of {cfg.model.name!r}: valid ranks are 1..{dim}"
+            )
     mlflow.set_tags({"device": device, "dtype": str(dtype).replace("torch.", "")})
-
+    settings = settings_of(cfg, n_layers)
     builder = PromptBuilder(tokenizer, cfg.data.system_prompt, cfg.trainer.max_length)
-    train_examples = builder.examples(prepared.train["text"], prepared.train["label"])
-    eval_prompts = builder.prompts(prepared.eval["text"])
-    settings = {
-        "method": cfg.intervention.method,
-        "model": cfg.model.name,
-        "layer": OmegaConf.to_container(cfg.intervention.layer)
-        if OmegaConf.is_list(cfg.intervention.layer)
-        else cfg.intervention.layer,
-        "component": cfg.intervention.component,
-        "rank": cfg.intervention.rank,
-        "positions": cfg.intervention.positions,
-        "share_weights": bool(cfg.intervention.share_weights),
-        "dropout": float(cfg.intervention.dropout),
-        "system_prompt": cfg.data.system_prompt,
-        "max_length": cfg.trainer.max_length,
-    }
-    reft_model = reft.build(model, settings)
-    trainable = reft.count_trainable(reft_model)
     total = sum(p.numel() for p in model.parameters())
+    eval_args = (builder.yes_id, builder.no_id, tokenizer.pad_token_id, device, cfg.trainer.eval_batch_size)
 
+    if method == "none":  # the frozen model, zero-shot, with the data's prompt and with an answer hint
+        start = time.perf_counter()
+        scores = training.predict(model, settings, builder.prompts(prepared.eval["text"]), *eval_args)
+        eval_seconds = time.perf_counter() - start
+        hinted = PromptBuilder(
+            tokenizer, f"{cfg.data.system_prompt} {cfg.intervention.hint}", cfg.trainer.max_length
+        )
+        hint_scores = training.predict(model, settings, hinted.prompts(prepared.eval["text"]), *eval_args)
+        hint = training.metrics(list(prepared.eval["label"]), hint_scores)
+        metrics = {
+            **training.metrics(list(prepared.eval["label"]), scores),
+            **{f"hint_{k}": v for k, v in hint.items() if k in ("accuracy", "f1", "yes_rate")},
+            "train_seconds": 0.0,
+            "eval_seconds": eval_seconds,
+            "trainable_params": 0,
+            "trainable_percent": 0.0,
+            "peak_memory_mb": float("nan"),
+            "train_examples": 0,
+            "eval_examples": len(prepared.eval),
+        }
+        return metrics, scores
+
+    if method == "lora":
+        trained = lora.build(model, settings)
+    else:
+        trained = reft.build(model, settings)
+    n_trainable = sum(p.numel() for p in training.trainable(trained))
+    train_examples = builder.examples(prepared.train["text"], prepared.train["label"])
     with tracking.PeakMemory(device) as memory:
         result = training.train(
-            reft_model, settings, train_examples, cfg.trainer, tokenizer.pad_token_id, device, cfg.seed
+            trained, settings, train_examples, cfg.trainer, tokenizer.pad_token_id, device, cfg.seed
         )
     start = time.perf_counter()
-    scores = training.predict(
-        reft_model,
-        settings,
-        eval_prompts,
-        builder.yes_id,
-        builder.no_id,
-        tokenizer.pad_token_id,
-        device,
-        cfg.trainer.eval_batch_size,
-    )
+    scores = training.predict(trained, settings, builder.prompts(prepared.eval["text"]), *eval_args)
     eval_seconds = time.perf_counter() - start
-    scored = training.metrics(list(prepared.eval["label"]), scores)
-
     losses = result["losses"]
     metrics = {
-        **scored,
+        **training.metrics(list(prepared.eval["label"]), scores),
         "train_seconds": result["train_seconds"],
         "eval_seconds": eval_seconds,
-        "trainable_params": trainable,
-        "trainable_percent": 100.0 * trainable / total,
+        "trainable_params": n_trainable,
+        "trainable_percent": 100.0 * n_trainable / (total - (n_trainable if method == "lora" else 0)),
         "peak_memory_mb": memory.peak_mb,
         "train_examples": len(train_examples),
-        "eval_examples": len(eval_prompts),
+        "eval_examples": len(prepared.eval),
         "train_loss_first": losses[0] if losses else float("nan"),
         "train_loss_last": sum(losses[-10:]) / max(1, len(losses[-10:])),
     }
     log_losses(losses, cfg.trainer.log_every)
-    mlflow.log_metrics(metrics)
+    plot_losses(losses, output_dir / "train_loss.png")
+    mlflow.log_artifact(str(output_dir / "train_loss.png"))
+    if cfg.get("save_intervention", True):
+        folder = (lora if method == "lora" else reft).save(trained, settings, output_dir / "intervention")
+        mlflow.log_artifacts(str(folder), "intervention")
+    return metrics, scores
+
+
+def save_predictions(prepared, scores, output_dir: Path) -> None:
+    import mlflow
+    import numpy as np
 
     predictions = prepared.eval.assign(
         score=scores, p_yes=1 / (1 + np.exp(-scores)), prediction=np.where(scores > 0, "Yes", "No")
     )
     predictions.to_parquet(output_dir / "predictions.parquet", index=False)
     mlflow.log_artifact(str(output_dir / "predictions.parquet"))
-    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    plot_losses(losses, output_dir / "train_loss.png")
-    mlflow.log_artifact(str(output_dir / "train_loss.png"))
-    if cfg.get("save_intervention", True):
-        folder = reft.save(reft_model, settings, output_dir / "intervention")
-        mlflow.log_artifacts(str(folder), "intervention")
-    return metrics
 
 
 def log_losses(losses: list[float], every: int) -> None:

@@ -51,14 +51,44 @@ def batches(
     return out
 
 
-def batch_loss(reft_model, settings: dict, examples: list[tuple[list[int], list[int]]], pad_id: int, device):
-    """Mean cross-entropy of the answer tokens; the intervention sits on the prompt positions."""
+def is_reft(model) -> bool:
+    return hasattr(model, "interventions")
+
+
+def forward_logits(model, settings: dict, enc: dict, prompt_lens: list[int], k: int):
+    """Logits of the last k positions: through pyreft (interventions on the prompt positions) or a
+    plain/peft causal LM."""
+    starts = enc.pop("starts")
+    base = {**enc, "logits_to_keep": k}
+    if is_reft(model):
+        _, out = model(base, unit_locations=unit_locations(settings, prompt_lens, starts))
+    else:
+        out = model(**base)
+    return out.logits
+
+
+def trainable(model) -> list[torch.nn.Parameter]:
+    if is_reft(model):
+        return reft.trainable_parameters(model)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def set_training(model, on: bool) -> None:
+    """Train mode for what trains; the frozen model itself stays in eval mode."""
+    if is_reft(model):
+        model.model.eval()
+        for iv in reft.interventions(model):
+            iv.train(on)
+    else:
+        model.train(on)
+
+
+def batch_loss(model, settings: dict, examples: list[tuple[list[int], list[int]]], pad_id: int, device):
+    """Mean cross-entropy of the answer tokens that follow each prompt."""
     seqs = [p + a for p, a in examples]
     enc = left_pad(seqs, pad_id, device)
     k = max(len(a) for _, a in examples) + 1  # logits needed: last prompt token .. last answer token
-    locations = unit_locations(settings, [len(p) for p, _ in examples], enc.pop("starts"))
-    _, out = reft_model({**enc, "logits_to_keep": k}, unit_locations=locations)
-    logits = out.logits[:, -k:-1].float()
+    logits = forward_logits(model, settings, enc, [len(p) for p, _ in examples], k)[:, -k:-1].float()
     targets = torch.full((len(examples), k - 1), -100, dtype=torch.long, device=device)
     for i, (_, a) in enumerate(examples):
         targets[i, k - 1 - len(a) :] = torch.tensor(a, device=device)
@@ -66,28 +96,26 @@ def batch_loss(reft_model, settings: dict, examples: list[tuple[list[int], list[
 
 
 def train(
-    reft_model, settings: dict, examples, trainer_cfg, pad_id: int, device, seed: int, progress=True
+    model, settings: dict, examples, trainer_cfg, pad_id: int, device, seed: int, progress=True
 ) -> dict:
     """Train the interventions; returns losses and the training wall-clock seconds."""
     from transformers import get_linear_schedule_with_warmup
 
-    params = reft.trainable_parameters(reft_model)
+    params = trainable(model)
     optimizer = torch.optim.AdamW(params, lr=trainer_cfg.lr, weight_decay=trainer_cfg.weight_decay)
     rng = random.Random(seed)
     lengths = [len(p) + len(a) for p, a in examples]
     steps_per_epoch = math.ceil(math.ceil(len(examples) / trainer_cfg.batch_size) / trainer_cfg.grad_accum)
     total = steps_per_epoch * trainer_cfg.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(trainer_cfg.warmup_ratio * total), total)
-    reft_model.model.eval()  # frozen model: no dropout; only the interventions train
-    for iv in reft.interventions(reft_model):
-        iv.train()
+    set_training(model, True)
     losses, step = [], 0
     start = time.perf_counter()
     bar = tqdm(total=total, desc="train", unit="step", disable=not progress)
     for _epoch in range(trainer_cfg.epochs):
         epoch_batches = batches(lengths, trainer_cfg.batch_size, rng, trainer_cfg.group_by_length)
         for b, idx in enumerate(epoch_batches):
-            loss = batch_loss(reft_model, settings, [examples[i] for i in idx], pad_id, device)
+            loss = batch_loss(model, settings, [examples[i] for i in idx], pad_id, device)
             (loss * len(idx) / (trainer_cfg.batch_size * trainer_cfg.grad_accum)).backward()
             losses.append(loss.item())
             if (b + 1) % trainer_cfg.grad_accum == 0 or b + 1 == len(epoch_batches):
@@ -98,8 +126,7 @@ def train(
                 bar.update(1)
                 bar.set_postfix(loss=f"{np.mean(losses[-trainer_cfg.grad_accum * 10 :]):.4f}")
     bar.close()
-    for iv in reft.interventions(reft_model):
-        iv.eval()
+    set_training(model, False)
     return {"losses": losses, "steps": step, "train_seconds": time.perf_counter() - start}
 
 
@@ -117,21 +144,14 @@ def predict(
 ) -> np.ndarray:
     """Yes-minus-No logit at the answer position for each prompt (constrained to the two answers).
 
-    `model` is a pyreft ReftModel, or a plain causal LM for the frozen model (zero-shot).
+    `model` is a pyreft ReftModel, a peft model, or a plain causal LM (zero-shot).
     """
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     scores = np.zeros(len(prompts), dtype=np.float64)
     for b in tqdm(range(0, len(order), batch_size), desc="eval", unit="batch", disable=not progress):
         idx = order[b : b + batch_size]
         enc = left_pad([prompts[i] for i in idx], pad_id, device)
-        starts = enc.pop("starts")
-        base = {**enc, "logits_to_keep": 1}
-        if hasattr(model, "interventions"):
-            locations = unit_locations(settings, [len(prompts[i]) for i in idx], starts)
-            _, out = model(base, unit_locations=locations)
-        else:
-            out = model(**base)
-        last = out.logits[:, -1].float()
+        last = forward_logits(model, settings, enc, [len(prompts[i]) for i in idx], 1)[:, -1].float()
         scores[idx] = (last[:, yes_id] - last[:, no_id]).cpu().numpy()
     return scores
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 from . import data
 from .positions import COMPONENTS, parse_positions
 
-METHODS = ("loreft",)
+REFT_METHODS = ("loreft", "noreft", "direft", "consreft")
+METHODS = (*REFT_METHODS, "lora", "none", "tfidf")
+LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 class ConfigError(ValueError):
@@ -24,28 +26,55 @@ def model_num_layers(model_cfg) -> int:
     return int(AutoConfig.from_pretrained(str(model_cfg.path)).num_hidden_layers)
 
 
-def check_intervention(icfg, n_layers: int, model_name: str) -> None:
+def integer(value, name: str, low: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ConfigError(f"intervention.{name}={value!r} is not valid: it must be an integer >= {low}")
+
+
+def check_layers(layer, n_layers: int, model_name: str) -> None:
+    if layer == "all":
+        return
+    layers = [layer] if isinstance(layer, int | str) else list(layer)
+    for value in layers:
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < n_layers:
+            raise ConfigError(
+                f"intervention.layer={value!r} is not a layer of model {model_name!r}: "
+                f"valid layers are 0..{n_layers - 1} ({n_layers} layers), a list of them, or all"
+            )
+
+
+def check_intervention(icfg, n_layers: int | None, model_name: str) -> None:
     if icfg.method not in METHODS:
         raise ConfigError(f"intervention.method={icfg.method!r} is not valid: choose one of {list(METHODS)}")
-    layers = icfg.layer if not isinstance(icfg.layer, int | str) else [icfg.layer]
-    for layer in layers:
-        if not isinstance(layer, int) or isinstance(layer, bool) or not 0 <= layer < n_layers:
+    if icfg.method in REFT_METHODS or icfg.method == "lora":
+        if icfg.method in REFT_METHODS or icfg.get("layer") is not None:
+            check_layers(icfg.layer, n_layers, model_name)
+        integer(icfg.rank, "rank", 1)
+        if not 0.0 <= float(icfg.get("dropout", 0.0)) < 1.0:
+            raise ConfigError(f"intervention.dropout={icfg.dropout!r} is not valid: it must be in [0, 1)")
+    if icfg.method in REFT_METHODS:
+        if icfg.component not in COMPONENTS:
             raise ConfigError(
-                f"intervention.layer={layer!r} is not a layer of model {model_name!r}: "
-                f"valid layers are 0..{n_layers - 1} ({n_layers} layers)"
+                f"intervention.component={icfg.component!r} is not valid: choose one of {', '.join(COMPONENTS)}"
             )
-    if icfg.component not in COMPONENTS:
-        raise ConfigError(
-            f"intervention.component={icfg.component!r} is not valid: choose one of {', '.join(COMPONENTS)}"
-        )
-    if not isinstance(icfg.rank, int) or isinstance(icfg.rank, bool) or icfg.rank < 1:
-        raise ConfigError(f"intervention.rank={icfg.rank!r} is not valid: it must be an integer >= 1")
-    if not 0.0 <= float(icfg.get("dropout", 0.0)) < 1.0:
-        raise ConfigError(f"intervention.dropout={icfg.dropout!r} is not valid: it must be in [0, 1)")
-    try:
-        parse_positions(icfg.positions)
-    except ValueError as e:
-        raise ConfigError(str(e)) from e
+        try:
+            parse_positions(icfg.positions)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+    elif icfg.method == "lora":
+        modules = list(icfg.target_modules or [])
+        bad = [m for m in modules if m not in LORA_MODULES]
+        if not modules or bad:
+            raise ConfigError(
+                f"intervention.target_modules={bad or modules!r} is not valid: choose from {', '.join(LORA_MODULES)}"
+            )
+        if not float(icfg.alpha) > 0:
+            raise ConfigError(f"intervention.alpha={icfg.alpha!r} is not valid: it must be > 0")
+    elif icfg.method == "tfidf":
+        integer(icfg.max_ngram, "max_ngram", 1)
+        integer(icfg.min_df, "min_df", 1)
+        if not float(icfg.C) > 0:
+            raise ConfigError(f"intervention.C={icfg.C!r} is not valid: it must be > 0")
 
 
 def check_trainer(tcfg) -> None:
@@ -70,9 +99,9 @@ def check_data(dcfg) -> None:
         data.check_path(dcfg.path)
 
 
-def check(cfg) -> int:
-    """Validate the whole job; returns the model's layer count."""
-    n_layers = model_num_layers(cfg.model)
+def check(cfg) -> int | None:
+    """Validate the whole job; returns the model's layer count (None for tfidf: no model)."""
+    n_layers = None if cfg.intervention.method == "tfidf" else model_num_layers(cfg.model)
     check_intervention(cfg.intervention, n_layers, cfg.model.name)
     check_trainer(cfg.trainer)
     check_data(cfg.data)

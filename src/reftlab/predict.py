@@ -1,0 +1,94 @@
+"""Classify texts with a trained intervention or adapter (a saved folder or an MLflow run).
+
+python predict.py --run <mlflow run id> --input reviews.csv --column text
+echo "Best hotel ever!!!" | python predict.py --path outputs/<date>/<time>/intervention
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def fetch(run_id: str, tracking_uri: str | None) -> Path:
+    import mlflow
+
+    return Path(
+        mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path="intervention", tracking_uri=tracking_uri
+        )
+    )
+
+
+def read_texts(path: str | None, column: str) -> list[str]:
+    if path is None:
+        return [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    from . import data
+
+    frame = data.read_table(path)
+    if column not in frame.columns:
+        raise SystemExit(
+            f"--column {column!r} is not a column of {path}; its columns are: {', '.join(map(str, frame.columns))}"
+        )
+    return frame[column].astype(str).tolist()
+
+
+def load(folder: Path):
+    """(model or adapter, settings, tokenizer, device) from a saved folder."""
+    from omegaconf import OmegaConf
+
+    from . import lora, models, reft
+
+    settings = json.loads((Path(folder) / "reft_settings.json").read_text())
+    model, tokenizer, device, _ = models.load_model_and_tokenizer(OmegaConf.create(settings["model_config"]))
+    trained, _ = (lora if settings["method"] == "lora" else reft).load(model, folder)
+    return trained, settings, tokenizer, device
+
+
+def classify(folder: Path, texts: list[str], batch_size: int = 16) -> pd.DataFrame:
+    from . import training
+    from .prompts import PromptBuilder
+
+    trained, settings, tokenizer, device = load(folder)
+    builder = PromptBuilder(tokenizer, settings["system_prompt"], settings["max_length"])
+    scores = training.predict(trained, settings, builder.prompts(texts), builder.yes_id, builder.no_id,
+                              tokenizer.pad_token_id, device, batch_size)  # fmt: skip
+    return pd.DataFrame(
+        {"text": texts, "label": np.where(scores > 0, "Yes", "No"), "p_yes": 1 / (1 + np.exp(-scores))}
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Classify texts with a trained reftlab intervention or adapter."
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", help="MLflow run id (its 'intervention' artifacts are used)")
+    source.add_argument("--path", help="a saved intervention/adapter folder (outputs/.../intervention)")
+    parser.add_argument(
+        "--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite:///mlflow.db)"
+    )
+    parser.add_argument("--input", help="CSV/TSV/parquet/JSONL file; default: one text per line on stdin")
+    parser.add_argument("--column", default="text", help="the text column of --input")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--output", help="also write the predictions to this CSV/parquet file")
+    args = parser.parse_args(argv)
+    texts = read_texts(args.input, args.column)
+    if args.run:
+        uri = args.tracking_uri or f"sqlite:///{Path('mlflow.db').resolve()}"
+        folder = fetch(args.run, uri)
+    else:
+        folder = Path(args.path)
+    if not (folder / "reft_settings.json").exists():
+        raise SystemExit(f"{folder} holds no trained intervention or adapter (no reft_settings.json)")
+    result = classify(folder, texts, args.batch_size)
+    for row in result.itertuples():
+        print(f"{row.label}\t{row.p_yes:.4f}\t{row.text[:80]}")
+    if args.output:
+        (result.to_parquet if args.output.endswith(".parquet") else result.to_csv)(args.output, index=False)
+    return 0

@@ -52,8 +52,10 @@ NOT_RESULT = ("force", "run_name", "mlflow")
 
 
 def config_hash(resolved: dict) -> str:
-    """Identity of a job for resume: the resolved config without bookkeeping keys."""
-    kept = {k: v for k, v in resolved.items() if k not in NOT_RESULT}
+    """Identity of a job for resume: the resolved config without bookkeeping keys (and without the
+    seed for methods that do not use it)."""
+    ignored = NOT_RESULT + (("seed",) if resolved["intervention"]["method"] in ("none", "tfidf") else ())
+    kept = {k: v for k, v in resolved.items() if k not in ignored}
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 

@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: help install train sweep data test lint format ui mlflow-server clean
+.PHONY: help install train sweep data report test lint format ui mlflow-server clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -26,6 +26,9 @@ sweep: install ## a layer sweep (multirun/): ARGS overrides, e.g. ARGS="data.max
 
 data: install ## prepare a dataset into its Oxen repository data/repos/<name>: ARGS="data=persuasion_sample"
 	$(PY) -m reftlab.data prepare $(ARGS)
+
+report: install ## comparison report of an experiment's runs: ARGS="--experiment reft_vs_lora"
+	$(PY) report.py $(ARGS)
 
 test: install ## the test suite (tiny models and the shipped data)
 	$(PY) -m pytest -q $(ARGS)

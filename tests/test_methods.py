@@ -142,3 +142,19 @@ def test_report_on_synthetic_runs(tmp_path, mlflow_uri):
     client = mlflow.tracking.MlflowClient(mlflow_uri)
     logged = {a.path for a in client.list_artifacts(summary["run_id"].iloc[0], "report")}
     assert "report/report.html" in logged and "report/accuracy_vs_params.png" in logged
+
+
+def test_reft_vs_lora_preset_is_one_command(tmp_path, mlflow_uri):
+    out = subprocess.run(
+        [PYTHON, "train.py", "experiment=reft_vs_lora", "model=tiny_random", "model.num_layers=16", "data.max_train=16",
+         "data.max_eval=16", "trainer.max_length=64", f"mlflow.tracking_uri={mlflow_uri}",
+         f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "8 jobs: 6 finished, 0 failed, 2 skipped" in out.stderr  # none/tfidf do not depend on the seed
+    table = runs(mlflow_uri, "reft_vs_lora")
+    assert sorted(table["tags.method"]) == ["lora", "lora", "loreft", "loreft", "none", "tfidf"]
+    assert report.main(["--experiment", "reft_vs_lora", "--tracking-uri", mlflow_uri, "--out", str(tmp_path / "r"),
+                        "--no-mlflow"]) == 0  # fmt: skip
+    assert "| loreft | 15 | 4 | 2 |" in (tmp_path / "r" / "report.md").read_text()

@@ -118,6 +118,9 @@ def plot_against(finished: pd.DataFrame, x: str, path: Path, title: str, log_x: 
     points = finished[~finished["method"].isin(["none", "tfidf"])].assign(x=lambda f: numeric(f[x]))
     points = points[points["x"].notna() & (points["x"] > 0 if log_x else True)]
     for method, rows in points.groupby("method"):
+        if x == "train_seconds":  # one point per run: times differ between seeds
+            ax.scatter(rows["x"], rows["accuracy"], label=method)
+            continue
         stats = rows.groupby("x")["accuracy"].agg(["mean", "std"]).reset_index().sort_values("x")
         ax.errorbar(
             stats["x"], stats["mean"], yerr=stats["std"].fillna(0), marker="o", capsize=3, label=method

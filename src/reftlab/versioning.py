@@ -171,10 +171,11 @@ def load(cfg) -> tuple[data.Prepared, str]:
         commit_id = commit_id or resolve(folder, revision, history)
         head = history[0]["id"]
         where = folder if commit_id == head else snapshot(folder, commit_id, head)
-    prepared = data.Prepared(
-        cfg.name, read(folder, where, "full"), read(folder, where, "train"), read(folder, where, "eval"),
-        {"source": str(folder), "split": cfg.split},
-    )  # fmt: skip
+        # Read under the lock: a parallel job may commit other settings into the working tree next.
+        prepared = data.Prepared(
+            cfg.name, read(folder, where, "full"), read(folder, where, "train"), read(folder, where, "eval"),
+            {"source": str(folder), "split": cfg.split},
+        )  # fmt: skip
     return data.apply_caps(prepared, cfg), commit_id
 
 

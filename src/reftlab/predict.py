@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import tracking
+
 
 def fetch(run_id: str, tracking_uri: str | None) -> Path:
     import mlflow
@@ -80,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     texts = read_texts(args.input, args.column)
     if args.run:
-        uri = args.tracking_uri or f"sqlite:///{Path('mlflow.db').resolve()}"
+        uri = tracking.tracking_uri(args.tracking_uri)
         folder = fetch(args.run, uri)
     else:
         folder = Path(args.path)

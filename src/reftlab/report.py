@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import tracking
+
 GROUP = ["method", "layer", "rank"]
 PLOTS = {
     "accuracy_vs_layer.png": "accuracy vs layer",
@@ -193,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="report folder (default: reports/<experiment>)")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log the report as a summary run")
     args = parser.parse_args(argv)
-    uri = args.tracking_uri or f"sqlite:///{Path('mlflow.db').resolve()}"
+    uri = tracking.tracking_uri(args.tracking_uri)
     runs = load_runs(args.experiment, uri, args.filter)
     out = Path(args.out or f"reports/{args.experiment}")
     result = write(runs, out, f"reftlab report: {args.experiment}")

@@ -15,16 +15,16 @@ PACKAGES = (
 MAX_PARAM_CHARS = 6000
 
 
-def tracking_uri(mlflow_cfg) -> str:
+def tracking_uri(configured: str | None = None) -> str:
     """The configured URI, else a SQLite database mlflow.db in the working directory."""
-    return mlflow_cfg.get("tracking_uri") or f"sqlite:///{Path('mlflow.db').resolve()}"
+    return configured or f"sqlite:///{Path('mlflow.db').resolve()}"
 
 
 def setup(mlflow_cfg) -> str:
     """Point MLflow at the tracking URI and make sure the experiment exists; returns its id."""
     import mlflow
 
-    uri = tracking_uri(mlflow_cfg)
+    uri = tracking_uri(mlflow_cfg.get("tracking_uri"))
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.get_experiment_by_name(mlflow_cfg.experiment)
     if experiment is not None:

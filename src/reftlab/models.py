@@ -9,6 +9,7 @@ Three sources:
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
@@ -160,7 +161,32 @@ def load_model_and_tokenizer(model_cfg):
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    contiguous_lm_head(model)
     return model, tokenizer, device, dtype
+
+
+def contiguous_lm_head(model) -> None:
+    """Give the output layer contiguous input. transformers slices the last positions
+    (`logits_to_keep`) as a strided view, and PyTorch's CPU bf16 linear on a strided 3-D input
+    takes a slow path (measured here: 1.4 s instead of 5 ms for 16 x 49,152 logits), which doubled
+    the cost of a forward pass with logits_to_keep. The class is swapped rather than hooked because
+    pyvene removes every forward hook of the model after each intervened forward."""
+    import torch
+
+    head = model.get_output_embeddings()
+    if type(head) is torch.nn.Linear:
+        head.__class__ = _contiguous_linear()
+
+
+@functools.cache
+def _contiguous_linear():
+    import torch
+
+    class ContiguousLinear(torch.nn.Linear):
+        def forward(self, x):
+            return super().forward(x.contiguous())
+
+    return ContiguousLinear
 
 
 def num_layers(model) -> int:

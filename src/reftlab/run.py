@@ -200,7 +200,7 @@ def run_language_model(cfg, prepared, output_dir: Path) -> tuple[dict, object]:
     import mlflow
     from transformers import set_seed
 
-    from . import lora, models, reft, training
+    from . import cached, lora, models, reft, training
     from .prompts import PromptBuilder
 
     method = cfg.intervention.method
@@ -249,13 +249,34 @@ def run_language_model(cfg, prepared, output_dir: Path) -> tuple[dict, object]:
         trained = reft.build(model, settings)
     n_trainable = sum(p.numel() for p in training.trainable(trained))
     train_examples = builder.examples(prepared.train["text"], prepared.train["label"])
+    eval_prompts = builder.prompts(prepared.eval["text"])
+    path, reason = choose_path(cfg, trained, settings, train_examples)
+    mlflow.set_tags(
+        {"train_path": path, "train_path_reason": reason or "exact here", "trainable_dtype": "float32"}
+    )
+    describe = {"model": cfg.model.name, "data": cfg.data.name, "data_hash": prepared.version()}
+    extra = {}
     with tracking.PeakMemory(device) as memory:
-        result = training.train(
-            trained, settings, train_examples, cfg.trainer, tokenizer.pad_token_id, device, cfg.seed
-        )
+        if path == "cached":
+            result, info = cached.train(trained, settings, train_examples, cfg.trainer, tokenizer.pad_token_id,
+                                        device, cfg.seed, describe)  # fmt: skip
+            mlflow.set_tag("cache_source", info["source"])
+            extra = {"cache_seconds": info["seconds"], "cache_mb": info["mb"]}
+        else:
+            result = training.train(
+                trained, settings, train_examples, cfg.trainer, tokenizer.pad_token_id, device, cfg.seed
+            )
     start = time.perf_counter()
-    scores = training.predict(trained, settings, builder.prompts(prepared.eval["text"]), *eval_args)
+    eval_path = "stock"
+    if path == "cached" and cached.plan(settings, trained, eval_prompts, [cached.n_positions(settings)] * len(
+        eval_prompts), int(cfg.trainer.cache_max_gb * 2**30)) is None:  # fmt: skip
+        scores, _ = cached.evaluate(trained, settings, eval_prompts, builder.yes_id, builder.no_id,
+                                    tokenizer.pad_token_id, cfg.trainer, describe)  # fmt: skip
+        eval_path = "cached"
+    else:
+        scores = training.predict(trained, settings, eval_prompts, *eval_args)
     eval_seconds = time.perf_counter() - start
+    mlflow.set_tag("eval_path", eval_path)
     losses = result["losses"]
     metrics = {
         **training.metrics(list(prepared.eval["label"]), scores),
@@ -268,6 +289,7 @@ def run_language_model(cfg, prepared, output_dir: Path) -> tuple[dict, object]:
         "eval_examples": len(prepared.eval),
         "train_loss_first": losses[0] if losses else float("nan"),
         "train_loss_last": sum(losses[-10:]) / max(1, len(losses[-10:])),
+        **extra,
     }
     log_losses(losses, cfg.trainer.log_every)
     plot_losses(losses, output_dir / "train_loss.png")
@@ -276,6 +298,26 @@ def run_language_model(cfg, prepared, output_dir: Path) -> tuple[dict, object]:
         folder = (lora if method == "lora" else reft).save(trained, settings, output_dir / "intervention")
         mlflow.log_artifacts(str(folder), "intervention")
     return metrics, scores
+
+
+def choose_path(cfg, model, settings: dict, examples) -> tuple[str, str | None]:
+    """Which training path runs: 'cached' where exact (trainer.cache=auto), else stock pyreft (or
+    peft for LoRA), with the reason; logged so a run says which path it used."""
+    from . import cached
+
+    if cfg.intervention.method not in REFT_METHODS:
+        return "peft", "LoRA changes the model's weights: nothing below it can be cached"
+    if cfg.trainer.get("cache", "auto") == "off":
+        return "pyreft", "trainer.cache=off"
+    seqs, suffix = cached.train_inputs(
+        examples, cached.n_positions(settings) if cached.why_not(settings) is None else 1
+    )
+    reason = cached.plan(settings, model, seqs, suffix, int(cfg.trainer.cache_max_gb * 2**30))
+    if reason:
+        log.warning("Training with the stock pyreft path: %s", reason)
+        return "pyreft", reason
+    log.info("Training with the cached-prefix path (exact for these settings)")
+    return "cached", None
 
 
 def save_predictions(prepared, scores, output_dir: Path) -> None:

@@ -96,10 +96,19 @@ def batch_loss(model, settings: dict, examples: list[tuple[list[int], list[int]]
 
 
 def train(
-    model, settings: dict, examples, trainer_cfg, pad_id: int, device, seed: int, progress=True
+    model, settings: dict, examples, trainer_cfg, pad_id: int, device, seed: int, progress=True, loss_of=None
 ) -> dict:
-    """Train the interventions; returns losses and the training wall-clock seconds."""
+    """Train the interventions; returns losses and the training wall-clock seconds.
+
+    `loss_of(indices)` computes a batch's loss (default: the full pyreft forward, `batch_loss`); the
+    cached path passes its own, so batches, optimizer and schedule are the same for both.
+    """
     from transformers import get_linear_schedule_with_warmup
+
+    if loss_of is None:
+
+        def loss_of(idx):
+            return batch_loss(model, settings, [examples[i] for i in idx], pad_id, device)
 
     params = trainable(model)
     optimizer = torch.optim.AdamW(params, lr=trainer_cfg.lr, weight_decay=trainer_cfg.weight_decay)
@@ -115,7 +124,7 @@ def train(
     for _epoch in range(trainer_cfg.epochs):
         epoch_batches = batches(lengths, trainer_cfg.batch_size, rng, trainer_cfg.group_by_length)
         for b, idx in enumerate(epoch_batches):
-            loss = batch_loss(model, settings, [examples[i] for i in idx], pad_id, device)
+            loss = loss_of(idx)
             (loss * len(idx) / (trainer_cfg.batch_size * trainer_cfg.grad_accum)).backward()
             losses.append(loss.item())
             if (b + 1) % trainer_cfg.grad_accum == 0 or b + 1 == len(epoch_batches):

@@ -77,6 +77,9 @@ def check_intervention(icfg, n_layers: int | None, model_name: str) -> None:
             raise ConfigError(f"intervention.C={icfg.C!r} is not valid: it must be > 0")
 
 
+CACHE_MODES = ("auto", "off")
+
+
 def check_trainer(tcfg) -> None:
     for key, low in (
         ("epochs", 0),
@@ -90,6 +93,12 @@ def check_trainer(tcfg) -> None:
             raise ConfigError(f"trainer.{key}={value!r} is not valid: it must be an integer >= {low}")
     if not float(tcfg.lr) > 0:
         raise ConfigError(f"trainer.lr={tcfg.lr!r} is not valid: it must be > 0")
+    if tcfg.get("cache", "auto") not in CACHE_MODES:
+        raise ConfigError(f"trainer.cache={tcfg.cache!r} is not valid: choose one of {list(CACHE_MODES)}")
+    for key in ("cache_max_gb", "cache_disk_gb"):
+        value = tcfg.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ConfigError(f"trainer.{key}={value!r} is not valid: it must be a number of GB >= 0")
 
 
 def check_data(dcfg) -> None:

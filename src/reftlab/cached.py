@@ -1,0 +1,284 @@
+"""The suffix pass of cached-prefix ReFT: when it is exact, the training loss and predictions.
+
+A step runs the suffix tokens (see `prefix_cache`) from the intervention point through the
+model's own decoder layers. Each layer's attention reads the stored prefix keys/values through a
+one-step cache object, and uses a grouped-query attention registered with transformers that does
+not copy the keys per query head; the interventions are the ReftModel's pyreft modules, applied
+where pyvene applies them.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import torch
+
+from . import reft
+from .positions import as_layers, parse_positions
+
+ATTENTION = "reftlab_grouped"
+# Decoder layers whose forward is (hidden, attention_mask, position_ids, cache, position_embeddings).
+SUPPORTED = ("LlamaDecoderLayer", "MistralDecoderLayer")
+POINT_OFFSET = {"block_input": 0, "block_output": 1}  # residual-stream point = layer + offset
+
+
+def grouped_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """Attention for few queries over many keys. The query heads of a KV group are stacked, so the
+    keys/values are read once (no repeat_kv copy). Scores and softmax are fp32 and the weighted sum
+    takes the probabilities in the model's dtype, as PyTorch's CPU flash attention (the stock
+    path's sdpa) does."""
+    b, heads, q_len, d = query.shape
+    kv = key.shape[1]
+    q = query.reshape(b, kv, (heads // kv) * q_len, d)
+    scores = torch.matmul(q.float(), key.float().transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        scores = scores.view(b, kv, heads // kv, q_len, -1) + attention_mask.unsqueeze(2)
+    probs = torch.softmax(scores.view(b, kv, (heads // kv) * q_len, -1), dim=-1).to(value.dtype)
+    out = torch.matmul(probs, value).view(b, heads, q_len, d)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def register_attention() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTENTION, grouped_attention)
+
+
+class _StoredPrefix:
+    """Duck-typed KV cache for one layer: prepends the stored prefix, never grows."""
+
+    def __init__(self, keys, values):
+        self.keys, self.values = keys, values
+
+    def update(self, key_states, value_states, layer_idx=None, *args, **kwargs):
+        return torch.cat([self.keys, key_states], dim=2), torch.cat([self.values, value_states], dim=2)
+
+
+def why_not(settings: dict, model=None) -> str | None:
+    """None where the cached path is exact for these settings (and this model, when given), else
+    the reason the stock pyreft path is used."""
+    if settings.get("method", "loreft") not in ("loreft", "noreft", "direft", "consreft"):
+        return f"method {settings.get('method')} is not a ReFT intervention"
+    first, last = parse_positions(settings["positions"])
+    if first:
+        return f"positions={settings['positions']}: a first-token intervention changes every later token"
+    if settings["component"] not in POINT_OFFSET:
+        return f"component={settings['component']}: the cached path supports {', '.join(POINT_OFFSET)}"
+    if model is not None:
+        kind = type(model.model.layers[0]).__name__
+        if kind not in SUPPORTED:
+            return f"{kind} layers: the cached path supports {', '.join(SUPPORTED)}"
+    return None
+
+
+class SuffixRunner:
+    """Runs the suffix of a batch of cached examples through the frozen model with interventions."""
+
+    def __init__(self, reft_model, settings: dict):
+        self.base = reft_model.model
+        self.body = self.base.model
+        n = self.base.config.num_hidden_layers
+        layers = as_layers(settings["layer"], n)
+        self.n_pos = parse_positions(settings["positions"])[1]
+        offset = POINT_OFFSET[settings["component"]]
+        self.at: dict[int, list] = {}
+        for layer, iv in zip(layers, reft.interventions(reft_model), strict=True):
+            self.at.setdefault(layer + offset, []).append(iv)
+        self.start = min(self.at)
+        params = inspect.signature(self.body.layers[0].forward).parameters
+        self.cache_arg = "cache" if "cache" in params else "past_key_values"
+
+    def _intervene(self, h, point):
+        for iv in self.at.get(point, ()):
+            h = torch.cat([iv(h[:, : self.n_pos]), h[:, self.n_pos :]], dim=1)
+        return h
+
+    def hidden(self, cache, idx) -> tuple[torch.Tensor, np.ndarray]:
+        """Final hidden states [B, S, H] of the suffixes of examples `idx` (right-padded), and their lengths."""
+        device = cache.keys.device
+        p, s = cache.prefix_len[idx], cache.suffix_len[idx]
+        width, slen = int(p.max()), int(s.max())
+        cols = np.arange(width)
+        pad = cols[None, :] < (width - p)[:, None]  # left padding of the prefix
+        gather = np.where(pad, 0, cache.prefix_offset[idx][:, None] + cols[None, :] - (width - p)[:, None])
+        scols = np.arange(slen)
+        sgather = np.where(scols[None, :] < s[:, None], cache.suffix_offset[idx][:, None] + scols[None, :], 0)
+        g = torch.from_numpy(gather.reshape(-1)).to(device)
+        keys = cache.keys.index_select(1, g).view(cache.keys.shape[0], len(idx), width, *cache.keys.shape[2:])
+        values = cache.values.index_select(1, g).view_as(keys)
+        h = cache.hidden.index_select(0, torch.from_numpy(sgather.reshape(-1)).to(device)).view(
+            len(idx), slen, -1
+        )
+
+        # additive mask [B, 1, S, width + S]: prefix padding and future/padded suffix keys are hidden
+        allowed = torch.cat(
+            [
+                torch.from_numpy(~pad)[:, None, :].expand(-1, slen, -1),
+                torch.tril(torch.ones(slen, slen, dtype=torch.bool))[None].expand(len(idx), -1, -1)
+                & torch.from_numpy(scols[None, :] < s[:, None])[:, None, :],
+            ],
+            dim=2,
+        )
+        mask = torch.zeros(allowed.shape, dtype=torch.float32).masked_fill_(~allowed, float("-inf"))
+        mask = mask[:, None].to(device)
+        positions = torch.from_numpy(p[:, None] + scols[None, :]).to(device)
+        position_embeddings = self.body.rotary_emb(h, positions)
+
+        h = self._intervene(h, cache.start)
+        for j in range(cache.start, len(self.body.layers)):
+            stored = _StoredPrefix(
+                keys[j - cache.start].transpose(1, 2), values[j - cache.start].transpose(1, 2)
+            )
+            out = self.body.layers[j](
+                h,
+                attention_mask=mask,
+                position_ids=positions,
+                position_embeddings=position_embeddings,
+                **{self.cache_arg: stored},
+            )
+            h = out[0] if isinstance(out, tuple) else out
+            h = self._intervene(h, j + 1)
+        return self.body.norm(h), s
+
+    def loss(self, cache, idx, answers: list[list[int]]) -> torch.Tensor:
+        """Mean cross-entropy of the answer tokens (the same quantity as `training.batch_loss`)."""
+        h, _ = self.hidden(cache, idx)
+        first = self.n_pos - 1  # the last prompt token predicts the first answer token
+        logits = self.base.lm_head(h[:, first:].contiguous()).float()
+        targets = torch.full(logits.shape[:2], -100, dtype=torch.long)
+        for row, a in enumerate(answers):
+            targets[row, : len(a)] = torch.tensor(a)
+        targets = targets.to(logits.device)
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+    @torch.no_grad()
+    def last_logits(self, cache, idx) -> torch.Tensor:
+        h, s = self.hidden(cache, idx)
+        last = torch.from_numpy(s - 1).to(h.device)
+        return self.base.lm_head(h[torch.arange(len(idx), device=h.device), last]).float()
+
+
+def check_start(runner: SuffixRunner, cache) -> None:
+    if runner.start != cache.start:
+        raise ValueError(f"prefix cache starts at point {cache.start}, the interventions at {runner.start}")
+
+
+class attention_implementation:
+    """Context: the frozen model's layers use `name` (our grouped attention) inside, then the old one."""
+
+    def __init__(self, model, name: str = ATTENTION):
+        self.model, self.name = model, name
+
+    def __enter__(self):
+        register_attention()
+        self.old = self.model.config._attn_implementation
+        self.model.set_attn_implementation(self.name)
+        return self
+
+    def __exit__(self, *exc):
+        self.model.set_attn_implementation(self.old)
+
+
+def train_inputs(examples, n_pos: int) -> tuple[list[list[int]], list[int]]:
+    """Sequences for the cache pass (prompt + answer but its last token) and their suffix lengths."""
+    return [p + a[:-1] for p, a in examples], [n_pos + len(a) - 1 for _, a in examples]
+
+
+def plan(settings: dict, reft_model, seqs, suffix_lens, max_bytes: int) -> str | None:
+    """None if the cached path will be used for these inputs, else why not (logged by the caller)."""
+    from . import prefix_cache
+
+    reason = why_not(settings, reft_model.model)
+    if reason:
+        return reason
+    shortest = min(len(s) - n for s, n in zip(seqs, suffix_lens, strict=True))
+    if shortest < 1:
+        return f"a prompt is not longer than positions={settings['positions']}: nothing to cache before it"
+    runner_start = min(
+        layer + POINT_OFFSET[settings["component"]]
+        for layer in as_layers(settings["layer"], reft_model.model.config.num_hidden_layers)
+    )
+    need = prefix_cache.estimate_bytes(reft_model.model, runner_start, seqs, suffix_lens)
+    if need > max_bytes:
+        return (
+            f"the prefix cache needs {need / 2**30:.2f} GB, more than trainer.cache_max_gb={max_bytes / 2**30:.2f} "
+            "(raise it, or lower trainer.max_length / data.max_train)"
+        )
+    return None
+
+
+def prepare(reft_model, settings, seqs, suffix_lens, pad_id, store, batch_size, describe, progress=True):
+    """A SuffixRunner and the cache for these sequences; info says where the cache came from."""
+    from . import prefix_cache
+
+    runner = SuffixRunner(reft_model, settings)
+    cache, source, seconds = prefix_cache.obtain(
+        reft_model.model, runner.start, seqs, suffix_lens, pad_id, describe, store, batch_size, progress
+    )
+    check_start(runner, cache)
+    return runner, cache, {"source": source, "seconds": seconds, "mb": cache.nbytes / 2**20}
+
+
+def predict(runner, cache, yes_id: int, no_id: int, batch_size: int = 16) -> np.ndarray:
+    """Yes-minus-No logit at the last prompt position for every cached prompt."""
+    n = len(cache.prefix_len)
+    order = sorted(range(n), key=lambda i: -int(cache.prefix_len[i]))
+    scores = np.zeros(n, dtype=np.float64)
+    with attention_implementation(runner.base):
+        for b in range(0, n, batch_size):
+            idx = order[b : b + batch_size]
+            last = runner.last_logits(cache, np.asarray(idx))
+            scores[idx] = (last[:, yes_id] - last[:, no_id]).cpu().numpy()
+    return scores
+
+
+def n_positions(settings: dict) -> int:
+    return parse_positions(settings["positions"])[1]
+
+
+def store_for(trainer_cfg):
+    """The on-disk store of prefix caches (trainer.cache_dir, default $REFTLAB_CACHE/prefix), or None
+    if trainer.cache_disk_gb=0."""
+    from pathlib import Path
+
+    from .models import cache_root
+    from .prefix_cache import DiskStore
+
+    gb = float(trainer_cfg.get("cache_disk_gb", 0))
+    folder = trainer_cfg.get("cache_dir") or cache_root() / "prefix"
+    return DiskStore(Path(folder), int(gb * 2**30)) if gb > 0 else None
+
+
+def train(
+    reft_model, settings, examples, trainer_cfg, pad_id, device, seed, describe, progress=True, store="config"
+):
+    """`training.train` with the cached loss; train_seconds includes obtaining the cache.
+    `store`: the DiskStore to use (default: the one trainer_cfg names; None: memory only)."""
+    from . import training
+
+    seqs, suffix = train_inputs(examples, n_positions(settings))
+    store = store_for(trainer_cfg) if store == "config" else store
+    runner, cache, info = prepare(reft_model, settings, seqs, suffix, pad_id, store, trainer_cfg.eval_batch_size,
+                                  {**describe, "role": "train"}, progress)  # fmt: skip
+    answers = [a for _, a in examples]
+
+    def loss_of(idx):
+        return runner.loss(cache, idx, [answers[i] for i in idx])
+
+    with attention_implementation(reft_model.model):
+        result = training.train(
+            reft_model, settings, examples, trainer_cfg, pad_id, device, seed, progress, loss_of
+        )
+    result["train_seconds"] += info["seconds"]
+    return result, info
+
+
+def evaluate(reft_model, settings, prompts, yes_id, no_id, pad_id, trainer_cfg, describe, progress=True,
+             store="config"):  # fmt: skip
+    """Cached predictions for `prompts` (their cache is stored like the training one)."""
+    n = n_positions(settings)
+    store = store_for(trainer_cfg) if store == "config" else store
+    runner, cache, info = prepare(reft_model, settings, prompts, [n] * len(prompts), pad_id, store,
+                                  trainer_cfg.eval_batch_size, {**describe, "role": "eval"}, progress)  # fmt: skip
+    return predict(runner, cache, yes_id, no_id, trainer_cfg.eval_batch_size), info

@@ -1,0 +1,285 @@
+"""Cached-prefix ReFT: one no-grad pass over the data, then training steps on a few tokens.
+
+With the model frozen and attention causal, an intervention on the last `n` prompt positions at
+layers >= L changes nothing below L, and nothing at the prompt positions before it. So one
+forward pass (no grad) stores, per example:
+
+- the keys/values of the unchanged prefix (prompt minus its last n tokens) at layers L.. N-1, with
+  rotary embeddings applied (Hugging Face's own KV cache, read out once);
+- the residual stream at the intervention point for the suffix (the last n prompt tokens and,
+  when training, the answer tokens but the last).
+
+A training step then runs only the suffix, from the intervention point up, through the model's own
+decoder layers, attending to the stored prefix; the interventions are pyreft's own modules.
+This module holds the cache and its on-disk store; `cached.py` the suffix pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import inspect
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PrefixCache:
+    """Prefix keys/values and suffix hidden states for a list of examples, packed without padding.
+
+    keys/values: [layers, 1 + prefix tokens, kv_heads, head_dim]; row 0 is a zero pad slot.
+    hidden: [1 + suffix tokens, hidden size]; row 0 is a zero pad slot.
+    """
+
+    start: int  # the residual-stream point the suffix starts from (input of layer `start`)
+    keys: torch.Tensor
+    values: torch.Tensor
+    hidden: torch.Tensor
+    prefix_offset: np.ndarray
+    prefix_len: np.ndarray
+    suffix_offset: np.ndarray
+    suffix_len: np.ndarray
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.keys, self.values, self.hidden))
+
+    def state(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def split_lengths(seqs: list[list[int]], suffix_lens: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    s = np.asarray(suffix_lens, dtype=np.int64)
+    p = np.asarray([len(q) for q in seqs], dtype=np.int64) - s
+    return p, s
+
+
+def estimate_bytes(model, start: int, seqs: list[list[int]], suffix_lens: list[int]) -> int:
+    """Size of the cache `build` would make, from the lengths alone (checked before building)."""
+    cfg = model.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    itemsize = torch.finfo(model.dtype).bits // 8
+    p, s = split_lengths(seqs, suffix_lens)
+    layers = cfg.num_hidden_layers - start
+    kv = 2 * layers * (int(p.sum()) + 1) * cfg.num_key_value_heads * head_dim
+    return (kv + (int(s.sum()) + 1) * cfg.hidden_size) * itemsize
+
+
+def _layer_input_hook(model, start: int, store: list):
+    """Capture the residual stream at point `start` (input of layer `start`, or the last output)."""
+    layers = model.model.layers
+    if start < len(layers):
+
+        def pre(module, args, kwargs):
+            store.append(args[0] if args else kwargs["hidden_states"])
+
+        return layers[start].register_forward_pre_hook(pre, with_kwargs=True)
+
+    def post(module, args, output):
+        store.append(output[0] if isinstance(output, tuple) else output)
+
+    return layers[-1].register_forward_hook(post)
+
+
+@torch.no_grad()
+def build(
+    model,
+    start: int,
+    seqs: list[list[int]],
+    suffix_lens: list[int],
+    pad_id: int,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> PrefixCache:
+    """One no-grad pass of the frozen causal LM `model` over `seqs` (left-padded, sorted by length).
+
+    `suffix_lens[i]`: how many trailing tokens of seqs[i] the training step will recompute.
+    """
+    from transformers import DynamicCache
+
+    from .training import left_pad
+
+    device = next(model.parameters()).device
+    cfg = model.config
+    n_layers = cfg.num_hidden_layers
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    p_len, s_len = split_lengths(seqs, suffix_lens)
+    if (p_len < 0).any():
+        raise ValueError("a suffix is longer than its sequence")
+    p_off = 1 + np.concatenate([[0], np.cumsum(p_len)[:-1]])
+    s_off = 1 + np.concatenate([[0], np.cumsum(s_len)[:-1]])
+    shape = (n_layers - start, 1 + int(p_len.sum()), cfg.num_key_value_heads, head_dim)
+    keys = torch.zeros(shape, dtype=model.dtype, device=device)
+    values = torch.zeros(shape, dtype=model.dtype, device=device)
+    hidden = torch.zeros((1 + int(s_len.sum()), cfg.hidden_size), dtype=model.dtype, device=device)
+
+    params = inspect.signature(model.model.forward).parameters
+    cache_arg = "cache" if "cache" in params else "past_key_values"
+    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+    captured: list[torch.Tensor] = []
+    hook = _layer_input_hook(model, start, captured)
+    try:
+        for b in tqdm(
+            range(0, len(order), batch_size), desc="prefix cache", unit="batch", disable=not progress
+        ):
+            idx = order[b : b + batch_size]
+            enc = left_pad([seqs[i] for i in idx], pad_id, device)
+            width = enc["input_ids"].shape[1]
+            kv_cache = DynamicCache(config=cfg)
+            captured.clear()
+            model.model(
+                input_ids=enc["input_ids"],
+                attention_mask=enc["attention_mask"],
+                position_ids=enc["position_ids"],
+                use_cache=True,
+                **{cache_arg: kv_cache},
+            )
+            h = captured[-1]
+            for row, i in enumerate(idx):
+                first = width - len(seqs[i])  # left padding
+                p, s = int(p_len[i]), int(s_len[i])
+                for j in range(start, n_layers):
+                    layer = kv_cache.layers[j]
+                    keys[j - start, p_off[i] : p_off[i] + p] = layer.keys[
+                        row, :, first : first + p
+                    ].transpose(0, 1)
+                    values[j - start, p_off[i] : p_off[i] + p] = layer.values[
+                        row, :, first : first + p
+                    ].transpose(0, 1)
+                hidden[s_off[i] : s_off[i] + s] = h[row, first + p : first + p + s]
+    finally:
+        hook.remove()
+    return PrefixCache(start, keys, values, hidden, p_off, p_len, s_off, s_len)
+
+
+# --- on-disk store: later jobs of a sweep (other ranks, seeds, learning rates) reuse the pass ---
+
+
+def weights_fingerprint(model) -> str:
+    """A cheap identity of the frozen weights (sums of every parameter), for the cache key."""
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            flat = p.detach().reshape(-1)
+            h.update(name.encode())
+            h.update(np.float64(flat.float().sum().item()).tobytes())
+            h.update(np.float64(flat[:: max(1, flat.numel() // 4096)].float().abs().sum().item()).tobytes())
+    return h.hexdigest()[:16]
+
+
+def cache_key(model, start: int, seqs: list[list[int]], suffix_lens: list[int], describe: dict) -> str:
+    """Keyed by the model (its config, dtype and weights), the intervention point, and the exact
+    token ids (which carry the data version, the prompt and the max length)."""
+    import transformers
+
+    h = hashlib.sha256()
+    h.update(repr(sorted(describe.items())).encode())
+    h.update(model.config.to_json_string(use_diff=False).encode())
+    h.update(f"{model.dtype}|{start}|{transformers.__version__}|{torch.__version__}".encode())
+    h.update(weights_fingerprint(model).encode())
+    h.update(np.asarray(suffix_lens, dtype=np.int64).tobytes())
+    for s in seqs:
+        h.update(np.asarray(s, dtype=np.int64).tobytes())
+        h.update(b"|")
+    return h.hexdigest()[:24]
+
+
+class DiskStore:
+    """`<folder>/<key>.pt` files, at most `max_bytes` in all (least recently used removed first)."""
+
+    def __init__(self, folder: Path, max_bytes: int):
+        self.folder = Path(folder)
+        self.max_bytes = int(max_bytes)
+
+    def path(self, key: str) -> Path:
+        return self.folder / f"{key}.pt"
+
+    @contextlib.contextmanager
+    def lock(self, key: str):
+        """One builder per key across processes (parallel jobs of a sweep wait, then load)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / f"{key}.lock", "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def load(self, key: str, device) -> PrefixCache | None:
+        path = self.path(key)
+        if not path.exists():
+            return None
+        try:
+            state = torch.load(path, map_location=device, weights_only=False)
+        except Exception as e:  # a truncated or foreign file: rebuild
+            log.warning("Prefix cache %s is unreadable (%s): rebuilding it", path, e)
+            return None
+        os.utime(path)
+        return PrefixCache(**state)
+
+    def save(self, key: str, cache: PrefixCache) -> bool:
+        if self.max_bytes <= 0:
+            return False
+        if cache.nbytes > self.max_bytes:
+            log.warning(
+                "Prefix cache (%.0f MB) is larger than trainer.cache_disk_gb=%.1f: kept in memory only",
+                cache.nbytes / 2**20,
+                self.max_bytes / 2**30,
+            )
+            return False
+        self.evict(self.max_bytes - cache.nbytes)
+        tmp = self.path(key).with_suffix(f".tmp{os.getpid()}")
+        torch.save({k: (v.cpu() if torch.is_tensor(v) else v) for k, v in cache.state().items()}, tmp)
+        tmp.replace(self.path(key))
+        return True
+
+    def evict(self, budget: int) -> None:
+        files = sorted(self.folder.glob("*.pt"), key=lambda p: p.stat().st_mtime)
+        total = sum(p.stat().st_size for p in files)
+        while files and total > budget:
+            old = files.pop(0)
+            total -= old.stat().st_size
+            old.unlink(missing_ok=True)
+            log.info("Removed old prefix cache %s (trainer.cache_disk_gb bound)", old.name)
+
+
+_MEMORY: dict[str, PrefixCache] = {}  # this process's caches: jobs of an in-process sweep share them
+MEMORY_ENTRIES = 2  # a training and an evaluation cache
+
+
+def obtain(model, start, seqs, suffix_lens, pad_id, describe, store: DiskStore | None, batch_size, progress):
+    """The cache for these sequences: from memory, from disk, or built (and saved). Returns
+    (cache, source, seconds)."""
+    t0 = time.perf_counter()
+    key = cache_key(model, start, seqs, suffix_lens, describe)
+    device = next(model.parameters()).device
+    if key in _MEMORY:
+        return _MEMORY[key], "memory", time.perf_counter() - t0
+    with store.lock(key) if store else contextlib.nullcontext():
+        cache = store.load(key, device) if store else None
+        source = "disk"
+        if cache is None:
+            cache = build(model, start, seqs, suffix_lens, pad_id, batch_size, progress)
+            source = "built"
+            if store:
+                store.save(key, cache)
+    cache.meta = {"key": key, **describe}
+    while len(_MEMORY) >= MEMORY_ENTRIES:
+        _MEMORY.pop(next(iter(_MEMORY)))
+    _MEMORY[key] = cache
+    return cache, source, time.perf_counter() - t0
+
+
+def clear_memory() -> None:
+    _MEMORY.clear()

@@ -1,0 +1,177 @@
+"""Cached-prefix ReFT is exact: on a tiny fp32 model it gives the stock pyreft path's per-step loss,
+trained weights and predictions; it is used only where exact, is bounded, and is reused from disk."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, compose, runs, tiny_overrides
+
+from reftlab import cached, data, models, prefix_cache, reft, training
+from reftlab.prompts import PromptBuilder
+
+BASE = {"method": "loreft", "rank": 4, "share_weights": False, "dropout": 0.0}
+CASES = [
+    {"layer": 1, "component": "block_output", "positions": "l1"},  # the default shape
+    {"layer": [0, 2], "component": "block_output", "positions": "l2"},  # a set of layers, two positions
+    {"layer": 1, "component": "block_input", "positions": "l3"},
+    {"layer": 3, "component": "block_output", "positions": "l1"},  # the last layer: no layer above it
+]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    # 4 layers, so the suffix pass runs through real decoder layers with a stored prefix (GQA: 4 q / 2 kv heads).
+    cfg = compose("model=tiny_random", "model.num_layers=4")
+    model, tokenizer, device, dtype = models.load_model_and_tokenizer(cfg.model)
+    assert dtype == torch.float32
+    dcfg = compose("data.max_train=24", "data.max_eval=16").data
+    dcfg.path = str(ROOT / dcfg.path)
+    prepared = data.prepare(dcfg)
+    builder = PromptBuilder(tokenizer, dcfg.system_prompt, 64)
+    examples = builder.examples(prepared.train["text"], prepared.train["label"])
+    prompts = builder.prompts(prepared.eval["text"])
+    return model, tokenizer, builder, examples, prompts
+
+
+def flat(reft_model):
+    return torch.cat([p.detach().flatten() for p in reft.trainable_parameters(reft_model)])
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c['component']}-L{c['layer']}-{c['positions']}")
+def test_cached_path_matches_stock_pyreft(tiny, case):
+    model, tokenizer, builder, examples, prompts = tiny
+    settings = {**BASE, **case}
+    trainer = compose("trainer.epochs=2", "trainer.lr=0.02", "trainer.batch_size=4").trainer  # 12 steps
+    torch.manual_seed(0)
+    stock = reft.build(model, settings)
+    torch.manual_seed(0)
+    fast = reft.build(model, settings)
+    initial = flat(fast).clone()
+    pad = tokenizer.pad_token_id
+    ref = training.train(stock, settings, examples, trainer, pad, "cpu", seed=0, progress=False)
+    prefix_cache.clear_memory()
+    got, info = cached.train(fast, settings, examples, trainer, pad, "cpu", 0, {}, progress=False, store=None)
+    assert info["source"] == "built"
+    assert got["steps"] == ref["steps"] == 12
+    ref_loss, got_loss = np.array(ref["losses"]), np.array(got["losses"])
+    assert np.max(np.abs(ref_loss - got_loss) / np.abs(ref_loss)) < 1e-4
+    w_ref, w_got = flat(stock), flat(fast)
+    assert (w_ref - initial).norm() > 0.1  # training moved the weights ...
+    assert ((w_ref - w_got).norm() / w_ref.norm()).item() < 1e-4  # ... to the same place
+    # predictions of the cached evaluation equal the stock ones (same trained intervention)
+    want = training.predict(
+        stock, settings, prompts, builder.yes_id, builder.no_id, pad, "cpu", progress=False
+    )
+    have, _ = cached.evaluate(stock, settings, prompts, builder.yes_id, builder.no_id, pad, trainer, {},
+                              progress=False, store=None)  # fmt: skip
+    assert np.max(np.abs(want - have)) < 1e-4 * max(1.0, np.abs(want).max())
+
+
+def test_the_model_is_left_as_it_was(tiny):
+    model, tokenizer, builder, examples, prompts = tiny
+    before = model.config._attn_implementation
+    settings = {**BASE, **CASES[0]}
+    trainer = compose("trainer.batch_size=8").trainer
+    cached.train(reft.build(model, settings), settings, examples, trainer, tokenizer.pad_token_id, "cpu", 0, {},
+                 progress=False, store=None)  # fmt: skip
+    assert model.config._attn_implementation == before
+    assert all(not p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"positions": "f1+l1"}, "first-token"),
+        ({"positions": "f2"}, "first-token"),
+        ({"component": "mlp_output"}, "component=mlp_output"),
+        ({"method": "lora"}, "not a ReFT"),
+    ],
+)
+def test_stock_path_where_caching_is_not_exact(change, words):
+    assert words in cached.why_not({**BASE, **CASES[0], **change})
+
+
+def test_exact_settings_are_cached(tiny):
+    model, *_ = tiny
+    for case in CASES:
+        assert cached.why_not({**BASE, **case}, model) is None
+
+
+def test_cache_bound_falls_back_with_the_size_named(tiny):
+    model, tokenizer, builder, examples, _ = tiny
+    settings = {**BASE, **CASES[0]}
+    seqs, suffix = cached.train_inputs(examples, 1)
+    need = prefix_cache.estimate_bytes(model, 2, seqs, suffix)
+    assert cached.plan(settings, reft.build(model, settings), seqs, suffix, need) is None
+    reason = cached.plan(settings, reft.build(model, settings), seqs, suffix, need - 1)
+    assert "trainer.cache_max_gb" in reason and "GB" in reason
+    built = prefix_cache.build(model, 2, seqs, suffix, tokenizer.pad_token_id, progress=False)
+    assert built.nbytes == need  # the estimate is the real size
+
+
+def test_disk_store_round_trip_key_and_bound(tiny, tmp_path):
+    model, tokenizer, builder, examples, _ = tiny
+    seqs, suffix = cached.train_inputs(examples, 1)
+    a = prefix_cache.build(model, 2, seqs, suffix, tokenizer.pad_token_id, progress=False)
+    key = prefix_cache.cache_key(model, 2, seqs, suffix, {})
+    # other tokens (another max length, prompt or data version) or another layer: another key
+    assert key != prefix_cache.cache_key(model, 2, [s[1:] for s in seqs], suffix, {})
+    assert key != prefix_cache.cache_key(model, 1, seqs, suffix, {})
+    store = prefix_cache.DiskStore(tmp_path, int(a.nbytes * 1.5))
+    assert store.save(key, a)
+    b = store.load(key, "cpu")
+    assert torch.equal(a.keys, b.keys) and torch.equal(a.hidden, b.hidden)
+    assert np.array_equal(a.prefix_len, b.prefix_len)
+    # a second entry does not fit beside the first: the older one is removed
+    other = prefix_cache.cache_key(model, 1, seqs, suffix, {})
+    assert store.save(other, a)
+    assert store.load(key, "cpu") is None and store.load(other, "cpu") is not None
+    # larger than the whole bound: not written
+    assert not prefix_cache.DiskStore(tmp_path / "small", a.nbytes // 2).save(key, a)
+
+
+def test_runs_log_their_path_and_reuse_the_cache(in_root, mlflow_uri, tmp_path):
+    from reftlab import run
+
+    common = tiny_overrides("model.num_layers=3", f"mlflow.tracking_uri={mlflow_uri}", "save_intervention=false",
+                            f"trainer.cache_dir={tmp_path / 'prefix'}")  # fmt: skip
+    metrics = {}
+    for name, extra in [
+        ("auto", []),
+        ("again", ["seed=1"]),
+        ("off", ["trainer.cache=off"]),
+        ("first", ["intervention.positions=f1+l1"]),
+    ]:
+        prefix_cache.clear_memory()  # a new job: the training cache must come from disk
+        cfg = compose(*common, f"run_name={name}", *extra)
+        metrics[name] = run.run(cfg, tmp_path / name)
+    df = runs(mlflow_uri).set_index("tags.mlflow.runName")
+    assert (df["status"] == "FINISHED").all()
+    assert df.loc["auto", "tags.train_path"] == "cached" and df.loc["auto", "tags.eval_path"] == "cached"
+    assert df.loc["auto", "tags.cache_source"] == "built"
+    assert df.loc["again", "tags.cache_source"] == "disk"
+    assert (
+        df.loc["off", "tags.train_path"] == "pyreft"
+        and df.loc["off", "tags.train_path_reason"] == "trainer.cache=off"
+    )
+    assert (
+        df.loc["first", "tags.train_path"] == "pyreft"
+        and "first-token" in df.loc["first", "tags.train_path_reason"]
+    )
+    assert df.loc["auto", "metrics.cache_mb"] > 0
+    # the same job with and without the cache: same result (fp32)
+    assert metrics["auto"]["accuracy"] == metrics["off"]["accuracy"]
+    assert abs(metrics["auto"]["train_loss_last"] - metrics["off"]["train_loss_last"]) < 1e-4 * abs(
+        metrics["off"]["train_loss_last"]
+    )
+
+
+@pytest.mark.parametrize(
+    "bad, words", [("trainer.cache=maybe", "['auto', 'off']"), ("trainer.cache_max_gb=-1", ">= 0")]
+)
+def test_bad_cache_settings_are_named(bad, words):
+    from reftlab import validate
+
+    with pytest.raises(validate.ConfigError, match="trainer.cache") as e:
+        validate.check_trainer(compose(bad).trainer)
+    assert words in str(e.value)

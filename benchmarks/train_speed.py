@@ -56,6 +56,7 @@ def parse_args(argv=None):
     ap.add_argument(
         "--tokenizer", default=None, help="tokenizer folder for llama3_8b_random (default: bundled)"
     )
+    ap.add_argument("--random-divide", type=int, default=1, help="llama3_8b_random: divide widths (smoke runs)")
     ap.add_argument("--data", default="opinion_spam", help="a conf/data name")
     ap.add_argument("--examples", type=int, default=256, help="training examples")
     ap.add_argument("--eval", type=int, default=200, help="held-out examples for accuracy (0: skip)")

@@ -97,32 +97,33 @@ class SuffixRunner:
     def hidden(self, cache, idx) -> tuple[torch.Tensor, np.ndarray]:
         """Final hidden states [B, S, H] of the suffixes of examples `idx` (right-padded), and their lengths."""
         device = cache.keys.device
+        idx = np.asarray(idx)
         p, s = cache.prefix_len[idx], cache.suffix_len[idx]
-        width, slen = int(p.max()), int(s.max())
-        cols = np.arange(width)
+        b, width, slen = len(idx), int(p.max()), int(s.max())
+        cols, scols = np.arange(width), np.arange(slen)
         pad = cols[None, :] < (width - p)[:, None]  # left padding of the prefix
         gather = np.where(pad, 0, cache.prefix_offset[idx][:, None] + cols[None, :] - (width - p)[:, None])
-        scols = np.arange(slen)
-        sgather = np.where(scols[None, :] < s[:, None], cache.suffix_offset[idx][:, None] + scols[None, :], 0)
-        g = torch.from_numpy(gather.reshape(-1)).to(device)
-        keys = cache.keys.index_select(1, g).view(cache.keys.shape[0], len(idx), width, *cache.keys.shape[2:])
-        values = cache.values.index_select(1, g).view_as(keys)
-        h = cache.hidden.index_select(0, torch.from_numpy(sgather.reshape(-1)).to(device)).view(
-            len(idx), slen, -1
-        )
-
-        # additive mask [B, 1, S, width + S]: prefix padding and future/padded suffix keys are hidden
-        allowed = torch.cat(
+        svalid = scols[None, :] < s[:, None]
+        sgather = np.where(svalid, cache.suffix_offset[idx][:, None] + scols[None, :], 0)
+        positions = p[:, None] + scols[None, :]  # true positions: the suffix follows its own prefix
+        # keys a suffix token may attend to: its prefix (not the padding) and the suffix up to itself
+        allowed = np.concatenate(
             [
-                torch.from_numpy(~pad)[:, None, :].expand(-1, slen, -1),
-                torch.tril(torch.ones(slen, slen, dtype=torch.bool))[None].expand(len(idx), -1, -1)
-                & torch.from_numpy(scols[None, :] < s[:, None])[:, None, :],
+                np.broadcast_to(~pad[:, None, :], (b, slen, width)),
+                np.tril(np.ones((slen, slen), bool)) & svalid[:, None, :],
             ],
-            dim=2,
+            axis=2,
         )
-        mask = torch.zeros(allowed.shape, dtype=torch.float32).masked_fill_(~allowed, float("-inf"))
-        mask = mask[:, None].to(device)
-        positions = torch.from_numpy(p[:, None] + scols[None, :]).to(device)
+        # one host-to-device copy per step
+        parts = (gather, sgather, positions, allowed)
+        packed = torch.from_numpy(np.concatenate([a.reshape(-1).astype(np.int64) for a in parts])).to(device)
+        g, sg, positions, allowed = torch.split(packed, [a.size for a in parts])
+        keys = cache.keys.index_select(1, g).view(cache.keys.shape[0], b, width, *cache.keys.shape[2:])
+        values = cache.values.index_select(1, g).view_as(keys)
+        h = cache.hidden.index_select(0, sg).view(b, slen, -1)
+        mask = torch.zeros((b, 1, slen, width + slen), dtype=torch.float32, device=device)
+        mask.masked_fill_(allowed.view(b, 1, slen, width + slen) == 0, float("-inf"))
+        positions = positions.view(b, slen)
         position_embeddings = self.body.rotary_emb(h, positions)
 
         h = self._intervene(h, cache.start)
@@ -141,16 +142,33 @@ class SuffixRunner:
             h = self._intervene(h, j + 1)
         return self.body.norm(h), s
 
-    def loss(self, cache, idx, answers: list[list[int]]) -> torch.Tensor:
-        """Mean cross-entropy of the answer tokens (the same quantity as `training.batch_loss`)."""
+    def step_loss(self, cache, groups: list[list[int]], answers: list[list[int]], denominator: int):
+        """One suffix pass over all batches of an optimizer step: (sum of each batch's mean answer
+        cross-entropy x len(batch) / denominator, the batch means), as `training.train` wants."""
+        idx = np.concatenate([np.asarray(g) for g in groups])
         h, _ = self.hidden(cache, idx)
         first = self.n_pos - 1  # the last prompt token predicts the first answer token
         logits = self.base.lm_head(h[:, first:].contiguous()).float()
         targets = torch.full(logits.shape[:2], -100, dtype=torch.long)
-        for row, a in enumerate(answers):
-            targets[row, : len(a)] = torch.tensor(a)
+        for row, i in enumerate(idx):
+            targets[row, : len(answers[i])] = torch.tensor(answers[i])
         targets = targets.to(logits.device)
-        return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+        valid = (targets != -100).sum(1)
+        per_batch, total, row = [], 0.0, 0
+        for g in groups:
+            rows = slice(row, row + len(g))
+            row += len(g)
+            mean = ce[rows].sum() / valid[rows].sum()
+            per_batch.append(mean.detach())
+            total = total + mean * len(g) / denominator
+        return total, per_batch
+
+    def loss(self, cache, idx, answers: list[list[int]]) -> torch.Tensor:
+        """Mean cross-entropy of the answer tokens of the batch `idx` (`answers`: of every example),
+        what `training.batch_loss` computes."""
+        total, _ = self.step_loss(cache, [list(idx)], answers, len(idx))
+        return total
 
     @torch.no_grad()
     def last_logits(self, cache, idx) -> torch.Tensor:
@@ -263,12 +281,12 @@ def train(
                                   {**describe, "role": "train"}, progress)  # fmt: skip
     answers = [a for _, a in examples]
 
-    def loss_of(idx):
-        return runner.loss(cache, idx, [answers[i] for i in idx])
+    def step_loss(groups, denominator):
+        return runner.step_loss(cache, groups, answers, denominator)
 
     with attention_implementation(reft_model.model):
         result = training.train(
-            reft_model, settings, examples, trainer_cfg, pad_id, device, seed, progress, loss_of
+            reft_model, settings, examples, trainer_cfg, pad_id, device, seed, progress, step_loss
         )
     result["train_seconds"] += info["seconds"]
     return result, info

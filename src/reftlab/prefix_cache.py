@@ -22,6 +22,7 @@ import hashlib
 import inspect
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,18 +147,26 @@ def build(
                 **{cache_arg: kv_cache},
             )
             h = captured[-1]
+            # gather every example's prefix rows (all cached layers at once) into the packed cache
+            src, dst, ssrc, sdst = [], [], [], []
             for row, i in enumerate(idx):
                 first = width - len(seqs[i])  # left padding
                 p, s = int(p_len[i]), int(s_len[i])
-                for j in range(start, n_layers):
-                    layer = kv_cache.layers[j]
-                    keys[j - start, p_off[i] : p_off[i] + p] = layer.keys[
-                        row, :, first : first + p
-                    ].transpose(0, 1)
-                    values[j - start, p_off[i] : p_off[i] + p] = layer.values[
-                        row, :, first : first + p
-                    ].transpose(0, 1)
-                hidden[s_off[i] : s_off[i] + s] = h[row, first + p : first + p + s]
+                src.append(np.arange(row * width + first, row * width + first + p))
+                dst.append(np.arange(p_off[i], p_off[i] + p))
+                ssrc.append(np.arange(row * width + first + p, row * width + first + p + s))
+                sdst.append(np.arange(s_off[i], s_off[i] + s))
+            src, dst, ssrc, sdst = (
+                torch.from_numpy(np.concatenate(a)).to(device) for a in (src, dst, ssrc, sdst)
+            )
+            for store, name in ((keys, "keys"), (values, "values")):
+                if start == n_layers:  # intervention after the last layer: no keys/values to keep
+                    break
+                stacked = torch.stack([getattr(kv_cache.layers[j], name) for j in range(start, n_layers)])
+                # [layers, B, kv, W, d] -> [layers, B * W, kv, d]
+                flat = stacked.transpose(2, 3).reshape(stacked.shape[0], -1, stacked.shape[2], head_dim)
+                store.index_copy_(1, dst, flat.index_select(1, src))
+            hidden.index_copy_(0, sdst, h.reshape(-1, h.shape[-1]).index_select(0, ssrc))
     finally:
         hook.remove()
     return PrefixCache(start, keys, values, hidden, p_off, p_len, s_off, s_len)
@@ -266,19 +275,37 @@ def obtain(model, start, seqs, suffix_lens, pad_id, describe, store: DiskStore |
     device = next(model.parameters()).device
     if key in _MEMORY:
         return _MEMORY[key], "memory", time.perf_counter() - t0
-    with store.lock(key) if store else contextlib.nullcontext():
+    lock = store.lock(key) if store else contextlib.nullcontext()
+    lock.__enter__()
+    try:
         cache = store.load(key, device) if store else None
         source = "disk"
         if cache is None:
             cache = build(model, start, seqs, suffix_lens, pad_id, batch_size, progress)
             source = "built"
-            if store:
-                store.save(key, cache)
+    except BaseException:
+        lock.__exit__(None, None, None)
+        raise
+    if store and source == "built":
+        # written while training runs; the lock (per key, across processes) is held until the
+        # file is complete, so a parallel job of the sweep waits for it instead of building again
+        threading.Thread(target=_save_then_unlock, args=(store, key, cache, lock), daemon=False).start()
+    else:
+        lock.__exit__(None, None, None)
     cache.meta = {"key": key, **describe}
     while len(_MEMORY) >= MEMORY_ENTRIES:
         _MEMORY.pop(next(iter(_MEMORY)))
     _MEMORY[key] = cache
     return cache, source, time.perf_counter() - t0
+
+
+def _save_then_unlock(store, key, cache, lock) -> None:
+    try:
+        store.save(key, cache)
+    except Exception as e:  # a full disk must not fail the run: the cache is in memory
+        log.warning("Could not store the prefix cache %s: %s", key, e)
+    finally:
+        lock.__exit__(None, None, None)
 
 
 def clear_memory() -> None:

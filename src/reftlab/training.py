@@ -96,25 +96,33 @@ def batch_loss(model, settings: dict, examples: list[tuple[list[int], list[int]]
 
 
 def train(
-    model, settings: dict, examples, trainer_cfg, pad_id: int, device, seed: int, progress=True, loss_of=None
+    model,
+    settings: dict,
+    examples,
+    trainer_cfg,
+    pad_id: int,
+    device,
+    seed: int,
+    progress=True,
+    step_loss=None,
 ) -> dict:
-    """Train the interventions; returns losses and the training wall-clock seconds.
+    """Train the interventions; returns the per-batch losses and the training wall-clock seconds.
 
-    `loss_of(indices)` computes a batch's loss (default: the full pyreft forward, `batch_loss`); the
-    cached path passes its own, so batches, optimizer and schedule are the same for both.
+    Each optimizer step covers `grad_accum` batches. `step_loss(batches, denominator)` returns
+    (sum over its batches of loss x len(batch) / denominator, the batch losses); the default runs
+    each batch through the full pyreft forward (`batch_loss`) and backpropagates it on its own; the
+    cached path passes one that runs all batches of a step in one pass. Batches, optimizer and
+    schedule are the same for both.
     """
     from transformers import get_linear_schedule_with_warmup
-
-    if loss_of is None:
-
-        def loss_of(idx):
-            return batch_loss(model, settings, [examples[i] for i in idx], pad_id, device)
 
     params = trainable(model)
     optimizer = torch.optim.AdamW(params, lr=trainer_cfg.lr, weight_decay=trainer_cfg.weight_decay)
     rng = random.Random(seed)
     lengths = [len(p) + len(a) for p, a in examples]
-    steps_per_epoch = math.ceil(math.ceil(len(examples) / trainer_cfg.batch_size) / trainer_cfg.grad_accum)
+    accum = trainer_cfg.grad_accum
+    denominator = trainer_cfg.batch_size * accum
+    steps_per_epoch = math.ceil(math.ceil(len(examples) / trainer_cfg.batch_size) / accum)
     total = steps_per_epoch * trainer_cfg.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(trainer_cfg.warmup_ratio * total), total)
     set_training(model, True)
@@ -123,17 +131,23 @@ def train(
     bar = tqdm(total=total, desc="train", unit="step", disable=not progress)
     for _epoch in range(trainer_cfg.epochs):
         epoch_batches = batches(lengths, trainer_cfg.batch_size, rng, trainer_cfg.group_by_length)
-        for b, idx in enumerate(epoch_batches):
-            loss = loss_of(idx)
-            (loss * len(idx) / (trainer_cfg.batch_size * trainer_cfg.grad_accum)).backward()
-            losses.append(loss.item())
-            if (b + 1) % trainer_cfg.grad_accum == 0 or b + 1 == len(epoch_batches):
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{np.mean(losses[-trainer_cfg.grad_accum * 10 :]):.4f}")
+        for first in range(0, len(epoch_batches), accum):
+            group = epoch_batches[first : first + accum]
+            if step_loss is None:
+                for idx in group:  # one backward per batch: memory of one batch at a time
+                    loss = batch_loss(model, settings, [examples[i] for i in idx], pad_id, device)
+                    (loss * len(idx) / denominator).backward()
+                    losses.append(loss.item())
+            else:
+                total_loss, per_batch = step_loss(group, denominator)
+                total_loss.backward()
+                losses.extend(torch.stack(per_batch).tolist())
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(losses[-accum * 10 :]):.4f}")
     bar.close()
     set_training(model, False)
     return {"losses": losses, "steps": step, "train_seconds": time.perf_counter() - start}

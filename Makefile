@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: help install train sweep data report test lint format ui mlflow-server clean
+.PHONY: help install train sweep data report test bench lint format ui mlflow-server clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -29,6 +29,9 @@ data: install ## prepare a dataset into its Oxen repository data/repos/<name>: A
 
 report: install ## comparison report of an experiment's runs: ARGS="--experiment reft_vs_lora"
 	$(PY) report.py $(ARGS)
+
+bench: install ## training speed: stock pyreft vs cached prefix vs one forward pass (about 25 min here); ARGS="--examples 64"
+	$(PY) benchmarks/train_speed.py $(ARGS)
 
 test: install ## the test suite (tiny models and the shipped data)
 	$(PY) -m pytest -q $(ARGS)

@@ -12,7 +12,8 @@ where the hardware is fast at it):
             the whole left-padded sequence, logits of the answer positions only, length-grouped
             batches (the same batches as the cached path, so per-step losses compare);
 - cached:   trainer.cache=auto: one no-grad pass builds the prefix cache, steps run the suffix only;
-- floor:    one plain no-grad forward pass over the same training prompts (eval batching).
+- floor:    one plain no-grad forward pass over the same training prompts (eval batching; the
+            faster of two passes).
 The sweep is ranks 1,2,4,8 at one layer; the cached sweep builds the cache once (first job) and the
 other jobs load it from the on-disk store, as parallel jobs of a Hydra sweep would. A stock sweep
 repeats the whole work per job (the rank does not change its cost): by default it is 4 x the
@@ -56,7 +57,9 @@ def parse_args(argv=None):
     ap.add_argument(
         "--tokenizer", default=None, help="tokenizer folder for llama3_8b_random (default: bundled)"
     )
-    ap.add_argument("--random-divide", type=int, default=1, help="llama3_8b_random: divide widths (smoke runs)")
+    ap.add_argument(
+        "--random-divide", type=int, default=1, help="llama3_8b_random: divide widths (smoke runs)"
+    )
     ap.add_argument("--data", default="opinion_spam", help="a conf/data name")
     ap.add_argument("--examples", type=int, default=256, help="training examples")
     ap.add_argument("--eval", type=int, default=200, help="held-out examples for accuracy (0: skip)")
@@ -330,8 +333,9 @@ def main(argv=None):
     )
     b.warm_up()
     rows = {}
-    rows["floor"] = b.floor()
-    print(f"floor: {rows['floor']['train_s']:.1f} s", flush=True)
+    floors = [b.floor(), b.floor()]  # the faster of two passes: the first also warms kernels up
+    rows["floor"] = min(floors, key=lambda r: r["train_s"])
+    print("floor: " + ", ".join(f"{r['train_s']:.1f} s" for r in floors), flush=True)
     rows["cached"] = b.cached(args.rank)
     print(
         f"cached: build {rows['cached']['build_s']:.1f} s, train {rows['cached']['train_s']:.1f} s",
@@ -393,7 +397,8 @@ def main(argv=None):
                 f"{100 * rows['cached'].get('accuracy', float('nan')):.1f}%, prediction agreement {100 * agree:.1f}%")  # fmt: skip
         if key == "uncached":
             l_s, l_c = np.array(row["losses"]), np.array(rows["cached"]["losses"])
-            line += f"; per-step loss vs cached (same batches): max rel diff {np.max(np.abs(l_s - l_c) / np.abs(l_s)):.2e}"
+            rel = np.abs(l_s - l_c) / np.abs(l_s)
+            line += f"; per-step loss vs cached (same batches): rel diff median {np.median(rel):.1e}, max {rel.max():.1e}"
         print(line)
         ratios[key] = (r1, r2)
         result[key] = {"train_s": row["train_s"], "sweep_s": sum(sweeps[key]), "accuracy": row.get("accuracy"),

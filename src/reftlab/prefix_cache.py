@@ -182,8 +182,12 @@ def weights_fingerprint(model) -> str:
         for name, p in model.named_parameters():
             flat = p.detach().reshape(-1)
             h.update(name.encode())
-            h.update(np.float64(flat.float().sum().item()).tobytes())
-            h.update(np.float64(flat[:: max(1, flat.numel() // 4096)].float().abs().sum().item()).tobytes())
+            h.update(np.float64(flat.sum(dtype=torch.float64).item()).tobytes())
+            h.update(
+                np.float64(
+                    flat[:: max(1, flat.numel() // 4096)].abs().sum(dtype=torch.float64).item()
+                ).tobytes()
+            )
     return h.hexdigest()[:16]
 
 

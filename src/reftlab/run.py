@@ -309,9 +309,7 @@ def choose_path(cfg, model, settings: dict, examples) -> tuple[str, str | None]:
         return "peft", "LoRA changes the model's weights: nothing below it can be cached"
     if cfg.trainer.get("cache", "auto") == "off":
         return "pyreft", "trainer.cache=off"
-    seqs, suffix = cached.train_inputs(
-        examples, cached.n_positions(settings) if cached.why_not(settings) is None else 1
-    )
+    seqs, suffix = cached.train_inputs(examples, cached.n_positions(settings))
     reason = cached.plan(settings, model, seqs, suffix, int(cfg.trainer.cache_max_gb * 2**30))
     if reason:
         log.warning("Training with the stock pyreft path: %s", reason)

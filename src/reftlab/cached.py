@@ -24,19 +24,27 @@ POINT_OFFSET = {"block_input": 0, "block_output": 1}  # residual-stream point = 
 
 
 def grouped_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
-    """Attention for few queries over many keys. The query heads of a KV group are stacked, so the
-    keys/values are read once (no repeat_kv copy). Scores and softmax are fp32 and the weighted sum
-    takes the probabilities in the model's dtype, as PyTorch's CPU flash attention (the stock
-    path's sdpa) does."""
+    """Attention for few queries over many keys.
+
+    The query heads of a KV group are stacked, so keys/values are read once (no repeat_kv copy).
+    `key`/`value` may be (stored prefix, new tokens) pairs, as `_StoredPrefix` hands them over:
+    the prefix is then neither copied nor differentiated (it is a constant). Scores and softmax
+    are fp32 and the weighted sum takes the probabilities in the model's dtype, as PyTorch's CPU
+    flash attention (the stock path's sdpa) does.
+    """
+    keys, values = (key, value) if isinstance(key, tuple) else ((key,), (value,))
     b, heads, q_len, d = query.shape
-    kv = key.shape[1]
-    q = query.reshape(b, kv, (heads // kv) * q_len, d)
-    scores = torch.matmul(q.float(), key.float().transpose(2, 3)) * scaling
+    kv = keys[0].shape[1]
+    q = query.reshape(b, kv, (heads // kv) * q_len, d).float()
+    scores = torch.cat([torch.matmul(q, k.float().transpose(2, 3)) for k in keys], dim=-1) * scaling
     if attention_mask is not None:
         scores = scores.view(b, kv, heads // kv, q_len, -1) + attention_mask.unsqueeze(2)
-    probs = torch.softmax(scores.view(b, kv, (heads // kv) * q_len, -1), dim=-1).to(value.dtype)
-    out = torch.matmul(probs, value).view(b, heads, q_len, d)
-    return out.transpose(1, 2).contiguous(), None
+    probs = torch.softmax(scores.view(b, kv, (heads // kv) * q_len, -1), dim=-1).to(values[0].dtype)
+    out, first = 0, 0
+    for v in values:  # sum over the key blocks of probabilities x values
+        out = out + torch.matmul(probs[..., first : first + v.shape[2]], v)
+        first += v.shape[2]
+    return out.view(b, heads, q_len, d).transpose(1, 2).contiguous(), None
 
 
 def register_attention() -> None:
@@ -46,13 +54,14 @@ def register_attention() -> None:
 
 
 class _StoredPrefix:
-    """Duck-typed KV cache for one layer: prepends the stored prefix, never grows."""
+    """Duck-typed KV cache for one layer: hands the stored prefix and the new keys/values to
+    `grouped_attention` as pairs (no concatenated copy), and never grows."""
 
     def __init__(self, keys, values):
         self.keys, self.values = keys, values
 
     def update(self, key_states, value_states, layer_idx=None, *args, **kwargs):
-        return torch.cat([self.keys, key_states], dim=2), torch.cat([self.values, value_states], dim=2)
+        return (self.keys, key_states), (self.values, value_states)
 
 
 def why_not(settings: dict, model=None) -> str | None:
@@ -153,7 +162,9 @@ class SuffixRunner:
         for row, i in enumerate(idx):
             targets[row, : len(answers[i])] = torch.tensor(answers[i])
         targets = targets.to(logits.device)
-        ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+        ce = torch.nn.functional.cross_entropy(  # on [rows, vocab]: a strided layout is slow on CPU
+            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
+        ).view(targets.shape)
         valid = (targets != -100).sum(1)
         per_batch, total, row = [], 0.0, 0
         for g in groups:

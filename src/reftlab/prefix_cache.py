@@ -17,7 +17,6 @@ This module holds the cache and its on-disk store; `cached.py` the suffix pass.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import inspect
 import logging
@@ -30,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+from .locks import file_lock
 
 log = logging.getLogger(__name__)
 
@@ -218,16 +219,9 @@ class DiskStore:
     def path(self, key: str) -> Path:
         return self.folder / f"{key}.pt"
 
-    @contextlib.contextmanager
     def lock(self, key: str):
         """One builder per key across processes (parallel jobs of a sweep wait, then load)."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with open(self.folder / f"{key}.lock", "w") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        return file_lock(self.folder / f"{key}.lock")
 
     def load(self, key: str, device) -> PrefixCache | None:
         path = self.path(key)

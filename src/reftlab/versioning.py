@@ -8,8 +8,6 @@ read from a cache of that commit without touching the repository's working tree.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -21,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import data
+from .locks import file_lock
 
 FILES = ("full.parquet", "train.parquet", "eval.parquet", "README.md")
 # Settings that do not change the prepared files (applied at training time, or not data at all).
@@ -39,16 +38,9 @@ def repo_dir(name: str) -> Path:
     return repos_root() / name
 
 
-@contextlib.contextmanager
 def locked(folder: Path):
     """One process at a time per dataset repository (parallel sweep jobs)."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(folder.parent / f".{folder.name}.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return file_lock(folder.parent / f".{folder.name}.lock")
 
 
 def oxen(op: str, folder: Path, **request):

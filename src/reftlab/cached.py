@@ -237,6 +237,15 @@ def plan(settings: dict, reft_model, seqs, suffix_lens, max_bytes: int) -> str |
     return None
 
 
+def max_bytes(trainer_cfg) -> int:
+    return int(float(trainer_cfg.get("cache_max_gb", 8)) * 2**30)
+
+
+def plan_eval(settings: dict, reft_model, prompts, trainer_cfg) -> str | None:
+    """`plan` for the evaluation prompts (the suffix is the intervened prompt positions)."""
+    return plan(settings, reft_model, prompts, [n_positions(settings)] * len(prompts), max_bytes(trainer_cfg))
+
+
 def prepare(reft_model, settings, seqs, suffix_lens, pad_id, store, batch_size, describe, progress=True):
     """A SuffixRunner and the cache for these sequences; info says where the cache came from."""
     from . import prefix_cache

@@ -268,8 +268,7 @@ def run_language_model(cfg, prepared, output_dir: Path) -> tuple[dict, object]:
             )
     start = time.perf_counter()
     eval_path = "stock"
-    if path == "cached" and cached.plan(settings, trained, eval_prompts, [cached.n_positions(settings)] * len(
-        eval_prompts), int(cfg.trainer.cache_max_gb * 2**30)) is None:  # fmt: skip
+    if path == "cached" and cached.plan_eval(settings, trained, eval_prompts, cfg.trainer) is None:
         scores, _ = cached.evaluate(trained, settings, eval_prompts, builder.yes_id, builder.no_id,
                                     tokenizer.pad_token_id, cfg.trainer, describe)  # fmt: skip
         eval_path = "cached"
@@ -310,7 +309,7 @@ def choose_path(cfg, model, settings: dict, examples) -> tuple[str, str | None]:
     if cfg.trainer.get("cache", "auto") == "off":
         return "pyreft", "trainer.cache=off"
     seqs, suffix = cached.train_inputs(examples, cached.n_positions(settings))
-    reason = cached.plan(settings, model, seqs, suffix, int(cfg.trainer.cache_max_gb * 2**30))
+    reason = cached.plan(settings, model, seqs, suffix, cached.max_bytes(cfg.trainer))
     if reason:
         log.warning("Training with the stock pyreft path: %s", reason)
         return "pyreft", reason

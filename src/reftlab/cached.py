@@ -81,6 +81,13 @@ def why_not(settings: dict, model=None) -> str | None:
     return None
 
 
+def start_point(settings: dict, n_layers: int) -> int:
+    """The residual-stream point the suffix pass starts from: the first intervention's."""
+    return min(
+        layer + POINT_OFFSET[settings["component"]] for layer in as_layers(settings["layer"], n_layers)
+    )
+
+
 class SuffixRunner:
     """Runs the suffix of a batch of cached examples through the frozen model with interventions."""
 
@@ -94,7 +101,7 @@ class SuffixRunner:
         self.at: dict[int, list] = {}
         for layer, iv in zip(layers, reft.interventions(reft_model), strict=True):
             self.at.setdefault(layer + offset, []).append(iv)
-        self.start = min(self.at)
+        self.start = start_point(settings, n)
         params = inspect.signature(self.body.layers[0].forward).parameters
         self.cache_arg = "cache" if "cache" in params else "past_key_values"
 
@@ -175,22 +182,11 @@ class SuffixRunner:
             total = total + mean * len(g) / denominator
         return total, per_batch
 
-    def loss(self, cache, idx, answers: list[list[int]]) -> torch.Tensor:
-        """Mean cross-entropy of the answer tokens of the batch `idx` (`answers`: of every example),
-        what `training.batch_loss` computes."""
-        total, _ = self.step_loss(cache, [list(idx)], answers, len(idx))
-        return total
-
     @torch.no_grad()
     def last_logits(self, cache, idx) -> torch.Tensor:
         h, s = self.hidden(cache, idx)
         last = torch.from_numpy(s - 1).to(h.device)
         return self.base.lm_head(h[torch.arange(len(idx), device=h.device), last]).float()
-
-
-def check_start(runner: SuffixRunner, cache) -> None:
-    if runner.start != cache.start:
-        raise ValueError(f"prefix cache starts at point {cache.start}, the interventions at {runner.start}")
 
 
 class attention_implementation:
@@ -224,11 +220,8 @@ def plan(settings: dict, reft_model, seqs, suffix_lens, max_bytes: int) -> str |
     shortest = min(len(s) - n for s, n in zip(seqs, suffix_lens, strict=True))
     if shortest < 1:
         return f"a prompt is not longer than positions={settings['positions']}: nothing to cache before it"
-    runner_start = min(
-        layer + POINT_OFFSET[settings["component"]]
-        for layer in as_layers(settings["layer"], reft_model.model.config.num_hidden_layers)
-    )
-    need = prefix_cache.estimate_bytes(reft_model.model, runner_start, seqs, suffix_lens)
+    start = start_point(settings, reft_model.model.config.num_hidden_layers)
+    need = prefix_cache.estimate_bytes(reft_model.model, start, seqs, suffix_lens)
     if need > max_bytes:
         return (
             f"the prefix cache needs {need / 2**30:.2f} GB, more than trainer.cache_max_gb={max_bytes / 2**30:.2f} "
@@ -254,7 +247,8 @@ def prepare(reft_model, settings, seqs, suffix_lens, pad_id, store, batch_size, 
     cache, source, seconds = prefix_cache.obtain(
         reft_model.model, runner.start, seqs, suffix_lens, pad_id, describe, store, batch_size, progress
     )
-    check_start(runner, cache)
+    if runner.start != cache.start:
+        raise ValueError(f"prefix cache starts at point {cache.start}, the interventions at {runner.start}")
     return runner, cache, {"source": source, "seconds": seconds, "mb": cache.nbytes / 2**20}
 
 

@@ -189,6 +189,11 @@ def _contiguous_linear():
     return ContiguousLinear
 
 
+def head_dim(config) -> int:
+    """Size of one attention head (configs that do not say: hidden size / heads)."""
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
 def num_layers(model) -> int:
     return int(model.config.num_hidden_layers)
 

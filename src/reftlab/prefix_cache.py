@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .locks import file_lock
+from .models import head_dim
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +71,10 @@ def split_lengths(seqs: list[list[int]], suffix_lens: list[int]) -> tuple[np.nda
 def estimate_bytes(model, start: int, seqs: list[list[int]], suffix_lens: list[int]) -> int:
     """Size of the cache `build` would make, from the lengths alone (checked before building)."""
     cfg = model.config
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     itemsize = torch.finfo(model.dtype).bits // 8
     p, s = split_lengths(seqs, suffix_lens)
     layers = cfg.num_hidden_layers - start
-    kv = 2 * layers * (int(p.sum()) + 1) * cfg.num_key_value_heads * head_dim
+    kv = 2 * layers * (int(p.sum()) + 1) * cfg.num_key_value_heads * head_dim(cfg)
     return (kv + (int(s.sum()) + 1) * cfg.hidden_size) * itemsize
 
 
@@ -115,13 +115,12 @@ def build(
     device = next(model.parameters()).device
     cfg = model.config
     n_layers = cfg.num_hidden_layers
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     p_len, s_len = split_lengths(seqs, suffix_lens)
     if (p_len < 0).any():
         raise ValueError("a suffix is longer than its sequence")
     p_off = 1 + np.concatenate([[0], np.cumsum(p_len)[:-1]])
     s_off = 1 + np.concatenate([[0], np.cumsum(s_len)[:-1]])
-    shape = (n_layers - start, 1 + int(p_len.sum()), cfg.num_key_value_heads, head_dim)
+    shape = (n_layers - start, 1 + int(p_len.sum()), cfg.num_key_value_heads, head_dim(cfg))
     keys = torch.zeros(shape, dtype=model.dtype, device=device)
     values = torch.zeros(shape, dtype=model.dtype, device=device)
     hidden = torch.zeros((1 + int(s_len.sum()), cfg.hidden_size), dtype=model.dtype, device=device)
@@ -165,7 +164,7 @@ def build(
                     break
                 stacked = torch.stack([getattr(kv_cache.layers[j], name) for j in range(start, n_layers)])
                 # [layers, B, kv, W, d] -> [layers, B * W, kv, d]
-                flat = stacked.transpose(2, 3).reshape(stacked.shape[0], -1, stacked.shape[2], head_dim)
+                flat = stacked.transpose(2, 3).reshape(stacked.shape[0], -1, *stacked.shape[2:3], shape[-1])
                 store.index_copy_(1, dst, flat.index_select(1, src))
             hidden.index_copy_(0, sdst, h.reshape(-1, h.shape[-1]).index_select(0, ssrc))
     finally:

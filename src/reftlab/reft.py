@@ -16,15 +16,15 @@ import torch
 with contextlib.redirect_stdout(io.StringIO()):  # pyvene prints an "nnsight is not detected" notice
     import pyreft
 
+from .models import head_dim
 from .positions import as_layers, intervention_slots
 
 
 def component_dim(config, component: str) -> int:
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     if component == "mlp_activation":
         return config.intermediate_size
     if component in ("key_output", "value_output"):
-        return config.num_key_value_heads * head_dim
+        return config.num_key_value_heads * head_dim(config)
     return config.hidden_size
 
 

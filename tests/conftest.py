@@ -46,6 +46,7 @@ def tiny_overrides(*extra: str) -> list[str]:
         "data.max_eval=16",
         "trainer.max_length=64",
         "trainer.batch_size=8",
+        "data.max_val=16",
         *extra,
     ]
 

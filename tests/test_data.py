@@ -22,22 +22,34 @@ def test_opinion_spam_counts_and_stratified_split():
     p, _ = prepared()
     assert len(p.full) == 1600
     assert p.full["label"].value_counts().to_dict() == {"Yes": 800, "No": 800}
-    assert (len(p.train), len(p.eval)) == (1280, 320)
+    # test 20%; validation 15% of the remaining 80%, both stratified; no row on two sides
+    assert (len(p.train), len(p.val), len(p.eval)) == (1088, 192, 320)
     assert p.eval["label"].value_counts().to_dict() == {"Yes": 160, "No": 160}
+    assert p.val["label"].value_counts().to_dict() == {"Yes": 96, "No": 96}
     assert set(p.train.columns) >= {"text", "label", "group"}
+    parts = [set(p.train["group"]), set(p.val["group"]), set(p.eval["group"])]  # row ids here
+    assert all(a.isdisjoint(b) for i, a in enumerate(parts) for b in parts[i + 1 :])
+
+
+def test_no_validation_split_with_val_fraction_zero_and_bad_fraction_named():
+    p, _ = prepared("data.val_fraction=0")
+    assert (len(p.train), len(p.val), len(p.eval)) == (1280, 0, 320)
+    with pytest.raises(data.DataError, match=r"data.val_fraction=1.5 must be >= 0 and < 1"):
+        prepared("data.val_fraction=1.5")
 
 
 def test_opinion_spam_hotel_split_holds_out_whole_hotels():
     p, _ = prepared("data.split=hotel")
-    train_hotels, eval_hotels = set(p.train["group"]), set(p.eval["group"])
-    assert train_hotels.isdisjoint(eval_hotels)
-    assert len(train_hotels) + len(eval_hotels) == 20
-    assert len(p.train) + len(p.eval) == 1600
+    train_hotels, val_hotels, eval_hotels = set(p.train["group"]), set(p.val["group"]), set(p.eval["group"])
+    assert train_hotels.isdisjoint(eval_hotels) and val_hotels.isdisjoint(train_hotels | eval_hotels)
+    assert len(train_hotels) + len(val_hotels) + len(eval_hotels) == 20 and len(val_hotels) >= 1
+    assert len(p.train) + len(p.val) + len(p.eval) == 1600
 
 
 def test_caps_keep_labels_balanced():
-    p, _ = prepared("data.max_train=10", "data.max_eval=6")
+    p, _ = prepared("data.max_train=10", "data.max_eval=6", "data.max_val=4")
     assert p.train["label"].value_counts().to_dict() == {"Yes": 5, "No": 5}
+    assert p.val["label"].value_counts().to_dict() == {"Yes": 2, "No": 2}
     assert len(p.eval) == 6 and p.eval["label"].nunique() == 2
 
 
@@ -54,8 +66,9 @@ def test_persuasion_recipe_counts_and_labels():
 @pytest.mark.parametrize("split,key", [("argument", "text"), ("claim", "claim")])
 def test_persuasion_default_splits_do_not_leak(split, key):
     p, _ = prepared("data=persuasion_sample", f"data.split={split}")
-    assert set(p.train[key]).isdisjoint(set(p.eval[key]))
-    assert len(p.eval) > 0 and len(p.train) > 0
+    train, val, test = set(p.train[key]), set(p.val[key]), set(p.eval[key])
+    assert train.isdisjoint(test) and val.isdisjoint(train | test)
+    assert len(p.eval) > 0 and len(p.val) > 0 and len(p.train) > 0
 
 
 def test_persuasion_default_split_is_leak_free_and_seed_split_leaks():
@@ -66,7 +79,7 @@ def test_persuasion_default_split_is_leak_free_and_seed_split_leaks():
 
 
 def test_seed_split_follows_the_blog_recipe_step_by_step():
-    p, cfg = prepared("data=persuasion_sample", "data.split=seed")
+    p, cfg = prepared("data=persuasion_sample", "data.split=seed", "data.val_fraction=0")
     df = pd.read_csv(SUBSET, keep_default_na=False)
     df = df[
         df["source"].isin(["Claude 1.3", "Claude 2", "Claude 3 Haiku", "Claude 3 Opus", "Claude Instant 1.2"])
@@ -91,7 +104,7 @@ def test_full_persuasion_config_reads_a_local_copy_like_the_sample():
 def test_write_produces_parquet_and_readme(tmp_path):
     p, cfg = prepared("data=persuasion_sample")
     folder = data.write(p, cfg, tmp_path / "out")
-    for part in ("full", "train", "eval"):
+    for part in ("full", "train", "val", "eval"):
         assert len(pd.read_parquet(folder / f"{part}.parquet")) == len(getattr(p, part))
     text = (folder / "README.md").read_text()
     assert "CC BY-NC-SA" in text and p.version() in text and "270 rows" in text
@@ -105,7 +118,7 @@ def test_bring_your_own_file(tmp_path, fmt):
      "parquet": lambda: df.to_parquet(path), "jsonl": lambda: df.to_json(path, orient="records", lines=True)}[fmt]()  # fmt: skip
     p, _ = prepared("data=csv", f"data.path={path}", "data.text_column=body", "data.label_column=spam",
                     "data.positive_label=1")  # fmt: skip
-    assert len(p.train) == 32 and len(p.eval) == 8
+    assert (len(p.train), len(p.val), len(p.eval)) == (27, 5, 8)
     assert set(p.full.loc[df["spam"] == 1, "label"]) == {"Yes"}
 
 

@@ -40,7 +40,12 @@ def test_a_run_logs_metrics_tags_and_artifacts(in_root, mlflow_uri, tmp_path):
     } <= artifacts
     assert len(client.get_metric_history(row["run_id"], "train_loss")) >= 1
     predictions = pd.read_parquet(tmp_path / "job" / "predictions.parquet")
-    assert len(predictions) == 16 and set(predictions["prediction"]) <= {"Yes", "No"}
+    assert predictions["split"].value_counts().to_dict() == {"val": 16, "test": 16}
+    assert set(predictions["prediction"]) <= {"Yes", "No"}
+    test = predictions[predictions["split"] == "test"]
+    assert row["metrics.accuracy"] == pytest.approx((test["prediction"] == test["label"]).mean())
+    val = predictions[predictions["split"] == "val"]
+    assert row["metrics.val_accuracy"] == pytest.approx((val["prediction"] == val["label"]).mean())
     assert ((predictions["p_yes"] > 0.5) == (predictions["prediction"] == "Yes")).all()
 
 

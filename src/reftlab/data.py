@@ -1,8 +1,12 @@
 """Datasets: read, label Yes/No, split, cap, and write the prepared files.
 
-Every recipe returns a `Prepared` with `train` and `eval` frames holding the columns
+Every recipe returns a `Prepared` with `train`, `val` and `eval` frames holding the columns
 ``text``, ``label`` ("Yes"/"No") and ``group`` (what a leak-free split keeps on one side), plus
 ``full`` (everything before the split) and a description for the dataset README.
+
+`eval` is the test split: evaluated once per run, never used to choose a setting. `val` is carved
+out of the training part (``data.val_fraction``), stratified or grouped like the test split:
+presets and reports choose settings on it.
 """
 
 from __future__ import annotations
@@ -33,11 +37,12 @@ class Prepared:
     train: pd.DataFrame
     eval: pd.DataFrame
     info: dict = field(default_factory=dict)
+    val: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["text", "label", "group"]))
 
     def version(self) -> str:
-        """Content hash of the train and eval rows (text, label): what the run actually saw."""
+        """Content hash of the train, validation and test rows (text, label): what the run saw."""
         h = hashlib.sha256()
-        for part in (self.train, self.eval):
+        for part in (self.train, self.eval) + ((self.val,) if len(self.val) else ()):
             h.update(part[["text", "label"]].to_csv(index=False).encode())
         return h.hexdigest()[:16]
 
@@ -148,12 +153,18 @@ def table_recipe(cfg) -> Prepared:
     choices = ["stratified"] + ([str(group_col)] if group_col is not None else [])
     if split == "stratified":
         full["group"] = range(len(full))
-        train, eval_ = stratified_split(full, cfg.eval_fraction, cfg.split_seed)
+
+        def splitter(df, fraction):
+            return stratified_split(df, fraction, cfg.split_seed)
     elif group_col is not None and split == str(group_col):
         full["group"] = raw[column(raw, group_col, "data.group_column", cfg.path)].astype(str).values
-        train, eval_ = group_split(full, full["group"], cfg.eval_fraction, cfg.split_seed)
+
+        def splitter(df, fraction):
+            return group_split(df, df["group"], fraction, cfg.split_seed)
     else:
         raise DataError(f"data.split={split!r} is not valid for data={cfg.name}: choose one of {choices}")
+    train, eval_ = splitter(full, cfg.eval_fraction)
+    train, val = carve_val(train, cfg, splitter)
     info = {
         "source": str(cfg.path),
         "text_column": str(text_col),
@@ -161,7 +172,16 @@ def table_recipe(cfg) -> Prepared:
         "positive_label": positive,
         "split": split,
     }
-    return Prepared(cfg.name, full, train, eval_, info)
+    return Prepared(cfg.name, full, train, eval_, info, val)
+
+
+def carve_val(train: pd.DataFrame, cfg, splitter) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The validation split: `data.val_fraction` of the training part, split the way the test split
+    was (stratified, or whole groups); 0 gives no validation split."""
+    fraction = float(cfg.get("val_fraction", 0) or 0)
+    if fraction == 0:
+        return train, train.iloc[:0]
+    return splitter(train, fraction)
 
 
 def persuasion_balance(raw: pd.DataFrame, upsample_seed: int) -> pd.DataFrame:
@@ -199,11 +219,16 @@ def persuasion_recipe(cfg) -> Prepared:
             f"its columns are: {', '.join(map(str, raw.columns))}"
         )
     balanced = persuasion_balance(raw, cfg.upsample_seed)
-    if cfg.split == "seed":
-        train, eval_ = train_test_split(balanced, test_size=cfg.eval_fraction, random_state=cfg.split_seed)
-    else:
-        train, eval_ = group_split(balanced, balanced[cfg.split], cfg.eval_fraction, cfg.split_seed)
+
+    def splitter(df, fraction):
+        if cfg.split == "seed":
+            return train_test_split(df, test_size=fraction, random_state=cfg.split_seed)
+        return group_split(df, df[cfg.split], fraction, cfg.split_seed)
+
+    train, eval_ = splitter(balanced, cfg.eval_fraction)
+    train, val = carve_val(train, cfg, splitter)
     eval_ = eval_.drop_duplicates(subset=["argument"])
+    val = val.drop_duplicates(subset=["argument"])
 
     def tidy(df: pd.DataFrame) -> pd.DataFrame:
         group = df["argument"] if cfg.split in ("seed", "argument") else df["claim"]
@@ -211,7 +236,7 @@ def persuasion_recipe(cfg) -> Prepared:
         return pd.concat([out, df[["claim", "source", "prompt_type"]]], axis=1)
 
     info = {"source": str(cfg.path), "split": cfg.split, "upsample_seed": cfg.upsample_seed}
-    return Prepared(cfg.name, tidy(balanced), tidy(train), tidy(eval_), info)
+    return Prepared(cfg.name, tidy(balanced), tidy(train), tidy(eval_), info, tidy(val))
 
 
 RECIPES = {"table": table_recipe, "persuasion": persuasion_recipe}
@@ -223,6 +248,8 @@ def prepare(cfg, caps: bool = True) -> Prepared:
         raise DataError(f"data.recipe={cfg.recipe!r} is not valid: choose one of {list(RECIPES)}")
     if not 0 < float(cfg.eval_fraction) < 1:
         raise DataError(f"data.eval_fraction={cfg.eval_fraction} must be between 0 and 1")
+    if not 0 <= float(cfg.get("val_fraction", 0) or 0) < 1:
+        raise DataError(f"data.val_fraction={cfg.val_fraction} must be >= 0 and < 1 (0: no validation split)")
     prepared = RECIPES[cfg.recipe](cfg)
     return apply_caps(prepared, cfg) if caps else prepared
 
@@ -230,6 +257,7 @@ def prepare(cfg, caps: bool = True) -> Prepared:
 def apply_caps(prepared: Prepared, cfg) -> Prepared:
     prepared.train = cap(prepared.train, cfg.get("max_train"), cfg.split_seed).reset_index(drop=True)
     prepared.eval = cap(prepared.eval, cfg.get("max_eval"), cfg.split_seed).reset_index(drop=True)
+    prepared.val = cap(prepared.val, cfg.get("max_val"), cfg.split_seed).reset_index(drop=True)
     for part in ("train", "eval"):
         if len(getattr(prepared, part)) == 0:
             raise DataError(f"The {part} split of data={cfg.name} is empty")
@@ -250,8 +278,10 @@ def readme(prepared: Prepared, cfg) -> str:
         f"split seed {cfg.split_seed}",
         f"- full: {counts(prepared.full)}",
         f"- train: {counts(prepared.train)}",
-        f"- eval: {counts(prepared.eval)}",
-        f"- Content version (sha256 of train+eval text/label, first 16 hex): {prepared.version()}",
+        f"- val (validation, {cfg.get('val_fraction', 0)} of the training part; settings are chosen on it): "
+        f"{counts(prepared.val)}",
+        f"- eval (test: reported, never used to choose): {counts(prepared.eval)}",
+        f"- Content version (sha256 of train+val+eval text/label, first 16 hex): {prepared.version()}",
         "- Labels: `Yes` = deceptive, `No` = not deceptive.",
         "- License: CC BY-NC-SA (see the source's SOURCE.md for attribution).",
     ]
@@ -262,7 +292,7 @@ def write(prepared: Prepared, cfg, folder: Path) -> Path:
     """full/train/eval parquet plus a README describing the dataset."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    for part in ("full", "train", "eval"):
+    for part in ("full", "train", "val", "eval"):
         getattr(prepared, part).to_parquet(folder / f"{part}.parquet", index=False)
     (folder / "README.md").write_text(readme(prepared, cfg))
     return folder

@@ -272,6 +272,8 @@ def obtain(model, start, seqs, suffix_lens, pad_id, describe, store: DiskStore |
     device = next(model.parameters()).device
     if key in _MEMORY:
         return _MEMORY[key], "memory", time.perf_counter() - t0
+    while len(_MEMORY) >= MEMORY_ENTRIES:  # make room first: two large caches plus a third may not fit
+        _MEMORY.pop(next(iter(_MEMORY)))
     lock = store.lock(key) if store else contextlib.nullcontext()
     lock.__enter__()
     try:
@@ -290,8 +292,6 @@ def obtain(model, start, seqs, suffix_lens, pad_id, describe, store: DiskStore |
     else:
         lock.__exit__(None, None, None)
     cache.meta = {"key": key, **describe}
-    while len(_MEMORY) >= MEMORY_ENTRIES:
-        _MEMORY.pop(next(iter(_MEMORY)))
     _MEMORY[key] = cache
     return cache, source, time.perf_counter() - t0
 

@@ -129,7 +129,8 @@ def run(cfg, output_dir: Path | None = None) -> dict:
                     mlflow.end_run(status="KILLED")
                 raise
             write_status(output_dir, "finished", run_id=active.info.run_id)
-        log.info("Run %s finished: %s", active.info.run_id, {k: metrics[k] for k in ("accuracy", "f1")})
+        shown = {k: metrics[k] for k in ("val_accuracy", "accuracy", "f1") if k in metrics}
+        log.info("Run %s finished: %s", active.info.run_id, shown)
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, old_handler)
@@ -181,19 +182,37 @@ def run_tfidf(cfg, prepared) -> tuple[dict, object]:
     from . import baselines, training
 
     result = baselines.tfidf(
-        prepared.train["text"], prepared.train["label"], prepared.eval["text"], cfg.intervention
+        prepared.train["text"], prepared.train["label"], scored_texts(prepared), cfg.intervention
     )
     metrics = {
-        **training.metrics(list(prepared.eval["label"]), result["scores"]),
+        **split_metrics(prepared, result["scores"]),
         "train_seconds": result["train_seconds"],
         "eval_seconds": result["eval_seconds"],
         "trainable_params": result["trainable_params"],
         "trainable_percent": float("nan"),  # no language model underneath
         "peak_memory_mb": float("nan"),
         "train_examples": len(prepared.train),
-        "eval_examples": len(prepared.eval),
     }
     return metrics, result["scores"]
+
+
+def scored_texts(prepared) -> list[str]:
+    """What every run scores: the validation texts, then the test texts."""
+    return list(prepared.val["text"]) + list(prepared.eval["text"])
+
+
+def split_metrics(prepared, scores) -> dict:
+    """Test metrics under their plain names (accuracy, f1, ...), validation ones as val_*; `scores`
+    cover the validation rows, then the test rows (`scored_texts`)."""
+    from . import training
+
+    n_val = len(prepared.val)
+    out = {**training.metrics(list(prepared.eval["label"]), scores[n_val:]), "eval_examples": len(prepared.eval)}
+    out["val_examples"] = n_val
+    if n_val:
+        val = training.metrics(list(prepared.val["label"]), scores[:n_val])
+        out.update({f"val_{k}": val[k] for k in ("accuracy", "f1", "yes_rate")})
+    return out
 
 
 def run_language_model(cfg, prepared, output_dir: Path) -> tuple[dict, object]:
@@ -223,7 +242,7 @@ def run_language_model(cfg, prepared, output_dir: Path) -> tuple[dict, object]:
 
     if method == "none":  # the frozen model, zero-shot, with the data's prompt and with an answer hint
         start = time.perf_counter()
-        scores = training.predict(model, settings, builder.prompts(prepared.eval["text"]), *eval_args)
+        scores = training.predict(model, settings, builder.prompts(scored_texts(prepared)), *eval_args)
         eval_seconds = time.perf_counter() - start
         hinted = PromptBuilder(
             tokenizer, f"{cfg.data.system_prompt} {cfg.intervention.hint}", cfg.trainer.max_length
@@ -231,7 +250,7 @@ def run_language_model(cfg, prepared, output_dir: Path) -> tuple[dict, object]:
         hint_scores = training.predict(model, settings, hinted.prompts(prepared.eval["text"]), *eval_args)
         hint = training.metrics(list(prepared.eval["label"]), hint_scores)
         metrics = {
-            **training.metrics(list(prepared.eval["label"]), scores),
+            **split_metrics(prepared, scores),
             **{f"hint_{k}": v for k, v in hint.items() if k in ("accuracy", "f1", "yes_rate")},
             "train_seconds": 0.0,
             "eval_seconds": eval_seconds,
@@ -239,7 +258,6 @@ def run_language_model(cfg, prepared, output_dir: Path) -> tuple[dict, object]:
             "trainable_percent": 0.0,
             "peak_memory_mb": float("nan"),
             "train_examples": 0,
-            "eval_examples": len(prepared.eval),
         }
         return metrics, scores
 
@@ -249,7 +267,7 @@ def run_language_model(cfg, prepared, output_dir: Path) -> tuple[dict, object]:
         trained = reft.build(model, settings)
     n_trainable = sum(p.numel() for p in training.trainable(trained))
     train_examples = builder.examples(prepared.train["text"], prepared.train["label"])
-    eval_prompts = builder.prompts(prepared.eval["text"])
+    eval_prompts = builder.prompts(scored_texts(prepared))  # validation + test, in one pass
     path, reason = choose_path(cfg, trained, settings, train_examples)
     mlflow.set_tags(
         {"train_path": path, "train_path_reason": reason or "exact here", "trainable_dtype": "float32"}
@@ -278,14 +296,13 @@ def run_language_model(cfg, prepared, output_dir: Path) -> tuple[dict, object]:
     mlflow.set_tag("eval_path", eval_path)
     losses = result["losses"]
     metrics = {
-        **training.metrics(list(prepared.eval["label"]), scores),
+        **split_metrics(prepared, scores),
         "train_seconds": result["train_seconds"],
         "eval_seconds": eval_seconds,
         "trainable_params": n_trainable,
         "trainable_percent": 100.0 * n_trainable / (total - (n_trainable if method == "lora" else 0)),
         "peak_memory_mb": memory.peak_mb,
         "train_examples": len(train_examples),
-        "eval_examples": len(prepared.eval),
         "train_loss_first": losses[0] if losses else float("nan"),
         "train_loss_last": sum(losses[-10:]) / max(1, len(losses[-10:])),
         **extra,
@@ -321,7 +338,10 @@ def save_predictions(prepared, scores, output_dir: Path) -> None:
     import mlflow
     import numpy as np
 
-    predictions = prepared.eval.assign(
+    import pandas as pd
+
+    rows = pd.concat([prepared.val.assign(split="val"), prepared.eval.assign(split="test")], ignore_index=True)
+    predictions = rows.assign(
         score=scores, p_yes=1 / (1 + np.exp(-scores)), prediction=np.where(scores > 0, "Yes", "No")
     )
     predictions.to_parquet(output_dir / "predictions.parquet", index=False)

@@ -21,9 +21,9 @@ import pandas as pd
 from . import data
 from .locks import file_lock
 
-FILES = ("full.parquet", "train.parquet", "eval.parquet", "README.md")
+FILES = ("full.parquet", "train.parquet", "val.parquet", "eval.parquet", "README.md")
 # Settings that do not change the prepared files (applied at training time, or not data at all).
-NOT_RECIPE = {"name", "max_train", "max_eval", "system_prompt", "revision", "remote"}
+NOT_RECIPE = {"name", "max_train", "max_val", "max_eval", "system_prompt", "revision", "remote"}
 
 
 class VersionError(RuntimeError):
@@ -81,7 +81,7 @@ def content_key(folder: Path) -> str:
 def commit_message(prepared: data.Prepared, cfg, key: str) -> str:
     settings = " ".join(f"{k}={v}" for k, v in recipe_settings(cfg).items())
     return (
-        f"prepare {cfg.name} (full {len(prepared.full)}, train {len(prepared.train)}, "
+        f"prepare {cfg.name} (full {len(prepared.full)}, train {len(prepared.train)}, val {len(prepared.val)}, "
         f"eval {len(prepared.eval)}) [content {key}]: {settings}"
     )
 
@@ -134,7 +134,7 @@ def resolve(folder: Path, revision: str, history: list[dict]) -> str:
 def snapshot(folder: Path, commit_id: str, head: str) -> Path:
     """The files of `commit_id`, copied once into a cache; the working tree is put back as it was."""
     target = repos_root() / ".versions" / folder.name / commit_id
-    if all((target / f).exists() for f in FILES):
+    if target.is_dir():  # written whole: renamed from its temp folder at the end
         return target
     check_clean(folder)
     tmp = target.with_name(target.name + ".tmp")
@@ -146,6 +146,8 @@ def snapshot(folder: Path, commit_id: str, head: str) -> Path:
 
 def read(folder: Path, where: Path, part: str) -> pd.DataFrame:
     path = where / f"{part}.parquet"
+    if part == "val" and not path.exists():  # a version prepared before validation splits existed
+        return pd.DataFrame(columns=["text", "label", "group"])
     try:
         return pd.read_parquet(path)
     except Exception as e:
@@ -166,7 +168,7 @@ def load(cfg) -> tuple[data.Prepared, str]:
         # Read under the lock: a parallel job may commit other settings into the working tree next.
         prepared = data.Prepared(
             cfg.name, read(folder, where, "full"), read(folder, where, "train"), read(folder, where, "eval"),
-            {"source": str(folder), "split": cfg.split},
+            {"source": str(folder), "split": cfg.split}, read(folder, where, "val"),
         )  # fmt: skip
     return data.apply_caps(prepared, cfg), commit_id
 

@@ -179,7 +179,7 @@ def execute(cfg, output_dir: Path) -> dict:
 
 
 def run_tfidf(cfg, prepared) -> tuple[dict, object]:
-    from . import baselines, training
+    from . import baselines
 
     result = baselines.tfidf(
         prepared.train["text"], prepared.train["label"], scored_texts(prepared), cfg.intervention
@@ -207,7 +207,10 @@ def split_metrics(prepared, scores) -> dict:
     from . import training
 
     n_val = len(prepared.val)
-    out = {**training.metrics(list(prepared.eval["label"]), scores[n_val:]), "eval_examples": len(prepared.eval)}
+    out = {
+        **training.metrics(list(prepared.eval["label"]), scores[n_val:]),
+        "eval_examples": len(prepared.eval),
+    }
     out["val_examples"] = n_val
     if n_val:
         val = training.metrics(list(prepared.val["label"]), scores[:n_val])
@@ -337,10 +340,11 @@ def choose_path(cfg, model, settings: dict, examples) -> tuple[str, str | None]:
 def save_predictions(prepared, scores, output_dir: Path) -> None:
     import mlflow
     import numpy as np
-
     import pandas as pd
 
-    rows = pd.concat([prepared.val.assign(split="val"), prepared.eval.assign(split="test")], ignore_index=True)
+    rows = pd.concat(
+        [prepared.val.assign(split="val"), prepared.eval.assign(split="test")], ignore_index=True
+    )
     predictions = rows.assign(
         score=scores, p_yes=1 / (1 + np.exp(-scores)), prediction=np.where(scores > 0, "Yes", "No")
     )

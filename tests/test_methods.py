@@ -105,13 +105,19 @@ def test_predict_round_trip(method, in_root, mlflow_uri, tmp_path):
     assert stdin.returncode == 0 and len(stdin.stdout.strip().splitlines()) == 2
 
 
-def fake_run(method, accuracy, layer=None, rank=None, seed=1, params=100, seconds=10.0, status="FINISHED"):
+def fake_run(method, accuracy, layer=None, rank=None, seed=1, params=100, seconds=10.0, status="FINISHED",
+             val=None, lr=0.004, data="d1"):  # fmt: skip
+    """A run logged the way run.py logs one (params, tags, metrics), with chosen numbers."""
     with mlflow.start_run() as active:
-        mlflow.set_tag("method", method)
-        mlflow.log_params({"intervention.layer": layer, "intervention.rank": rank, "seed": seed})
+        mlflow.set_tags({"method": method, "data_hash": data, "model": "tiny"})
+        mlflow.log_params({"intervention.method": method, "intervention.layer": layer, "intervention.rank": rank,
+                           "trainer.lr": lr, "seed": seed, "mlflow.experiment": "x", "run_name": f"r{seed}"})  # fmt: skip
         if status == "FINISHED":
-            mlflow.log_metrics({"accuracy": accuracy, "f1": accuracy, "trainable_params": params,
-                                "train_seconds": seconds, "peak_memory_mb": 1000.0, "trainable_percent": 0.01})  # fmt: skip
+            tp = round(accuracy * 50)
+            mlflow.log_metrics({"accuracy": accuracy, "val_accuracy": accuracy if val is None else val,
+                                "f1": accuracy, "trainable_params": params, "train_seconds": seconds,
+                                "peak_memory_mb": 1000.0, "trainable_percent": 0.01,
+                                "tp": tp, "fn": 50 - tp, "tn": tp, "fp": 50 - tp})  # fmt: skip
         else:
             mlflow.set_tag("error", "ConfigError: boom")
             mlflow.end_run(status=status)
@@ -130,18 +136,59 @@ def test_report_on_synthetic_runs(tmp_path, mlflow_uri):
     failed = fake_run("loreft", 0, layer=99, rank=4, status="FAILED")
     out = tmp_path / "report"
     assert report.main(["--experiment", "cmp", "--tracking-uri", mlflow_uri, "--out", str(out)]) == 0
-    for name in ("report.md", "report.html", *report.PLOTS):
-        assert (out / name).stat().st_size > 0, name
     md = (out / "report.md").read_text()
-    assert "0.720 ± 0.028" in md  # loreft L15 over 2 seeds
+    # 95% CI over 2 seeds: t(0.975, 1) * sd / sqrt(2) = 12.706 * 0.0283 / 1.414 = 25.4 points
+    assert "72.0% ± 25.4" in md and "| LoReFT | 15 | 4 | 2 |" in md
     assert failed in md and "ConfigError: boom" in md  # failed runs are listed
-    assert all(m in md for m in ("loreft", "lora", "none", "tfidf"))
+    assert all(m in md for m in ("LoReFT", "LoRA", "zero-shot", "TF-IDF"))
+    assert "4,612" in md and "460,800" in md and "300 s" in md  # counts as integers, seconds rounded
+    html = (out / "report.html").read_text()
+    assert "<style>" in html and "<table>" in html and "4612.0" not in html and "0.72000" not in html  # formatted
+    # Only the plots of what varies here: layer and rank differ, so do parameters and train times.
+    plots = sorted(p.name for p in out.glob("*.png"))
+    assert plots == ["accuracy_vs_layer.png", "accuracy_vs_rank.png", "accuracy_vs_train_time.png",
+                     "accuracy_vs_trainable_params.png"]  # fmt: skip
     table = runs(mlflow_uri, "cmp")
     summary = table[table.get("tags.kind") == "report"]
     assert len(summary) == 1
     client = mlflow.tracking.MlflowClient(mlflow_uri)
     logged = {a.path for a in client.list_artifacts(summary["run_id"].iloc[0], "report")}
-    assert "report/report.html" in logged and "report/accuracy_vs_params.png" in logged
+    assert "report/report.html" in logged and "report/accuracy_vs_layer.png" in logged
+
+
+def test_report_chooses_on_validation_never_on_test(tmp_path, mlflow_uri):
+    """Layer 8 is best on test, layer 15 on validation: the report must choose 15 and say so."""
+    mlflow.set_tracking_uri(mlflow_uri)
+    mlflow.set_experiment("sel")
+    for seed in (1, 2, 3):
+        fake_run("loreft", 0.90, layer=8, rank=4, seed=seed, val=0.70)
+        fake_run("loreft", 0.80, layer=15, rank=4, seed=seed, val=0.85)
+        fake_run("loreft", 0.75, layer=22, rank=4, seed=seed, val=0.80)
+    result = report.write(report.load_runs("sel", mlflow_uri), tmp_path / "r", "sel")
+    chosen = result["table"].loc[result["chosen"]["overall"]]
+    assert chosen["intervention.layer"] == "15" and chosen["accuracy"] == pytest.approx(0.80)
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "**Chosen on the validation split**" in md and "layer=15" in md
+    assert "| **15** | **3** |" in md  # the chosen row is bold, not the test-best layer 8
+    assert "| 8 | 3 |" in md
+
+
+def test_report_groups_every_differing_setting_and_counts_duplicates_once(tmp_path, mlflow_uri):
+    mlflow.set_tracking_uri(mlflow_uri)
+    mlflow.set_experiment("grp")
+    fake_run("loreft", 0.60, layer=15, rank=4, seed=1, lr=0.004)
+    fake_run("loreft", 0.90, layer=15, rank=4, seed=1, lr=0.02)  # another learning rate: not a seed
+    fake_run("loreft", 0.70, layer=15, rank=4, seed=1, lr=0.004, data="d2")  # other data: not a seed
+    fake_run("loreft", 0.64, layer=15, rank=4, seed=2, lr=0.004)
+    fake_run("loreft", 0.66, layer=15, rank=4, seed=2, lr=0.004)  # the same seed again: counts once (latest)
+    result = report.write(report.load_runs("grp", mlflow_uri), tmp_path / "r", "grp")
+    assert result["keys"] == ["trainer.lr", "data"]
+    table = result["table"].set_index(["trainer.lr", "data"])
+    assert table.loc[("0.004", "d1"), "seeds"] == 2
+    assert table.loc[("0.004", "d1"), "accuracy"] == pytest.approx((0.60 + 0.66) / 2)
+    assert table.loc[("0.02", "d1"), "seeds"] == 1 and table.loc[("0.004", "d2"), "seeds"] == 1
+    assert (tmp_path / "r" / "accuracy_vs_learning_rate.png").exists()
+    assert not (tmp_path / "r" / "accuracy_vs_layer.png").exists()
 
 
 def test_reft_vs_lora_preset_is_one_command(tmp_path, mlflow_uri):
@@ -157,4 +204,4 @@ def test_reft_vs_lora_preset_is_one_command(tmp_path, mlflow_uri):
     assert sorted(table["tags.method"]) == ["lora", "lora", "loreft", "loreft", "none", "tfidf"]
     assert report.main(["--experiment", "reft_vs_lora", "--tracking-uri", mlflow_uri, "--out", str(tmp_path / "r"),
                         "--no-mlflow"]) == 0  # fmt: skip
-    assert "| loreft | 15 | 4 | 2 |" in (tmp_path / "r" / "report.md").read_text()
+    assert "| LoReFT | 15 | 4 |" in (tmp_path / "r" / "report.md").read_text()

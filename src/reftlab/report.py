@@ -1,12 +1,24 @@
-"""A comparison report over the runs of an MLflow experiment: tables (Markdown, HTML) and plots.
+"""A paper-style report over the runs of an MLflow experiment: tables (Markdown, HTML) and plots.
 
-python report.py --experiment reftlab [--filter "tags.dataset = 'opinion_spam'"] [--out reports/x]
+python report.py --experiment ablate_layer [--filter "tags.dataset = 'opinion_spam'"] [--out reports/x]
+
+- Groups are every setting that differs between the runs except the seed (and bookkeeping such as
+  the tracking URI or cache folders), plus the data content: runs on different data, models or
+  learning rates are never averaged together. A run repeated with the same seed counts once.
+- Per group: seeds, validation accuracy, test accuracy mean with a 95% confidence interval over
+  seeds (Student t), F1, trainable parameters, train time; Welch's t-test of test accuracy against
+  the reference group (the project's default settings, or --reference).
+- Choices are made on validation accuracy only: the best group overall and per method are chosen
+  by mean validation accuracy; their test accuracy is reported beside it, never used to choose.
+- Plots only for settings the experiment varies, with 95% CIs and reference lines (chance,
+  zero-shot, TF-IDF, LoRA at its validation-chosen best, from any experiment on the same data).
 """
 
 from __future__ import annotations
 
 import argparse
 import html
+import math
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +26,24 @@ import pandas as pd
 
 from . import tracking
 
-GROUP = ["method", "layer", "rank"]
-PLOTS = {
-    "accuracy_vs_layer.png": "accuracy vs layer",
-    "accuracy_vs_rank.png": "accuracy vs rank",
-    "accuracy_vs_params.png": "accuracy vs trainable parameters",
-    "accuracy_vs_train_time.png": "accuracy vs train time",
-}
+BASELINES = ("none", "tfidf")
+# Settings that do not change what a run computes (never a reason to split a group).
+IGNORED = ("seed", "intervention.method", "run_name", "force", "save_intervention", "trainer.log_every", "trainer.eval_batch_size",
+           "data.remote", "data.revision")  # fmt: skip
+IGNORED_PREFIXES = ("mlflow.", "trainer.cache", "hydra.")
+METRICS = ("accuracy", "val_accuracy", "f1", "trainable_params", "trainable_percent", "train_seconds",
+           "eval_seconds", "peak_memory_mb", "tp", "fp", "tn", "fn")  # fmt: skip
+# Axes a plot can have, in order of preference: (setting, label, numeric, log scale).
+AXES = (
+    ("intervention.layer", "layer", True, False),
+    ("intervention.rank", "rank", True, True),
+    ("intervention.positions", "positions", False, False),
+    ("trainer.epochs", "epochs", True, False),
+    ("trainer.lr", "learning rate", True, True),
+    ("data.max_train", "training examples", True, False),
+    ("trainer.max_length", "max prompt tokens", True, False),
+)
+METHOD_NAMES = {"none": "zero-shot", "tfidf": "TF-IDF", "lora": "LoRA", "loreft": "LoReFT"}
 
 
 def load_runs(experiment: str, tracking_uri: str | None, filter_string: str = "") -> pd.DataFrame:
@@ -30,149 +53,444 @@ def load_runs(experiment: str, tracking_uri: str | None, filter_string: str = ""
     exp = mlflow.get_experiment_by_name(experiment)
     if exp is None:
         raise SystemExit(f"No MLflow experiment named {experiment!r} at {mlflow.get_tracking_uri()}")
-    runs = mlflow.search_runs([exp.experiment_id], filter_string=filter_string)
-    if "tags.kind" in runs:
-        runs = runs[runs["tags.kind"] != "report"]
-    return runs
+    return drop_reports(mlflow.search_runs([exp.experiment_id], filter_string=filter_string))
+
+
+def drop_reports(runs: pd.DataFrame) -> pd.DataFrame:
+    return runs[runs["tags.kind"] != "report"] if "tags.kind" in runs else runs
 
 
 def column(runs: pd.DataFrame, name: str, default=np.nan) -> pd.Series:
     return runs[name] if name in runs else pd.Series(default, index=runs.index)
 
 
+def setting_columns(runs: pd.DataFrame) -> list[str]:
+    """The params that define what a run computes."""
+    names = [c[len("params.") :] for c in runs.columns if c.startswith("params.")]
+    return sorted(n for n in names if n not in IGNORED and not n.startswith(IGNORED_PREFIXES))
+
+
 def tidy(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per run with the columns the report uses."""
+    """One row per run: status, method, seed, every setting (as text), data content and metrics."""
     out = pd.DataFrame(
         {
             "run_id": runs["run_id"],
             "status": runs["status"],
-            "method": column(runs, "tags.method", "?"),
-            "layer": column(runs, "params.intervention.layer", "-").fillna("-"),
-            "rank": column(runs, "params.intervention.rank", "-").fillna("-"),
-            "seed": column(runs, "params.seed", "-"),
-            "error": column(runs, "tags.error", ""),
+            "method": column(runs, "tags.method", "?").fillna("?"),
+            "seed": column(runs, "params.seed", "-").fillna("-"),
+            "data": column(runs, "tags.data_hash", "-").fillna("-"),
+            "model": column(runs, "tags.model", "-").fillna("-"),
+            "experiment": column(runs, "experiment_id", "-"),
+            "error": column(runs, "tags.error", "").fillna(""),
+            "start_time": column(runs, "start_time", pd.NaT),
         }
     )
-    for metric in (
-        "accuracy",
-        "f1",
-        "trainable_params",
-        "trainable_percent",
-        "train_seconds",
-        "peak_memory_mb",
-    ):
+    for name in setting_columns(runs):
+        out[name] = runs[f"params.{name}"].fillna("-").astype(str).replace("None", "-")
+    for name in ("intervention.layer", "intervention.rank"):  # the baselines have neither
+        if name in out:
+            out.loc[out["method"].isin(BASELINES), name] = "-"
+    for metric in METRICS:
         out[metric] = pd.to_numeric(column(runs, f"metrics.{metric}"), errors="coerce")
-    out.loc[out["method"].isin(["none", "tfidf"]), ["layer", "rank"]] = "-"
     return out
 
 
-def summarise(finished: pd.DataFrame) -> pd.DataFrame:
-    grouped = finished.groupby(GROUP, dropna=False)
-    table = grouped.agg(
-        runs=("run_id", "count"),
-        accuracy_mean=("accuracy", "mean"),
-        accuracy_std=("accuracy", "std"),
-        f1=("f1", "mean"),
-        trainable_params=("trainable_params", "max"),
-        trainable_percent=("trainable_percent", "max"),
-        train_seconds=("train_seconds", "mean"),
-        peak_memory_mb=("peak_memory_mb", "mean"),
-    ).reset_index()
-    return table.sort_values(["accuracy_mean"], ascending=False).reset_index(drop=True)
+def varying(rows: pd.DataFrame) -> list[str]:
+    """Settings (and the data content) that differ between these runs: the group keys."""
+    keys = ["method"] + [c for c in rows.columns if "." in c] + ["data"]
+    return [k for k in keys if k in rows and rows[k].nunique(dropna=False) > 1] or ["method"]
 
 
-def fmt(value, digits=3) -> str:
-    if isinstance(value, float):
-        if np.isnan(value):
-            return "-"
-        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.{digits}g}"
-    return str(value)
+def dedupe(rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """A run repeated with the same settings and seed counts once (the latest)."""
+    ordered = rows.sort_values("start_time", na_position="first")
+    return ordered.drop_duplicates(subset=keys + ["seed"], keep="last")
 
 
-def markdown_table(frame: pd.DataFrame) -> str:
-    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+def ci95(values: pd.Series) -> float:
+    """Half-width of the 95% confidence interval of the mean (Student t); NaN for one value."""
+    from scipy import stats
+
+    v = values.dropna()
+    if len(v) < 2:
+        return float("nan")
+    return float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+
+
+def welch_p(a: pd.Series, b: pd.Series) -> float:
+    from scipy import stats
+
+    a, b = a.dropna(), b.dropna()
+    if len(a) < 2 or len(b) < 2 or (a.std() == 0 and b.std() == 0):
+        return float("nan")
+    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def summarise(finished: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """One row per group (the keys' values) with means over seeds and the 95% CI of test accuracy."""
+    rows = []
+    for values, g in finished.groupby(keys, sort=False, dropna=False):
+        values = values if isinstance(values, tuple) else (values,)
+        rows.append(
+            {
+                "method": g["method"].iloc[0],
+                **dict(zip(keys, values, strict=True)),
+                "seeds": len(g),
+                "val_accuracy": g["val_accuracy"].mean(),
+                "accuracy": g["accuracy"].mean(),
+                "ci95": ci95(g["accuracy"]),
+                "f1": g["f1"].mean(),
+                "trainable_params": g["trainable_params"].max(),
+                "trainable_percent": g["trainable_percent"].max(),
+                "train_seconds": g["train_seconds"].mean(),
+                "peak_memory_mb": g["peak_memory_mb"].mean(),
+                "chance": chance(g),
+                "_runs": g,
+            }
+        )
+    table = pd.DataFrame(rows)
+    return table.sort_values(keys, key=lambda s: s.map(sort_key)).reset_index(drop=True)
+
+
+def sort_key(value):
+    """Numbers in numeric order, then text (layers 3, 9, 15; lists and 'all' after them)."""
+    try:
+        return (0, float(value), "")
+    except (TypeError, ValueError):
+        return (1, 0.0, str(value))
+
+
+def chance(g: pd.DataFrame) -> float:
+    """Accuracy of always answering the majority label of the test set."""
+    pos = (g["tp"] + g["fn"]).iloc[0]
+    neg = (g["tn"] + g["fp"]).iloc[0]
+    return float(max(pos, neg) / (pos + neg)) if pos + neg > 0 else float("nan")
+
+
+def choose(table: pd.DataFrame) -> dict:
+    """Index of the chosen group overall and per method: highest mean validation accuracy.
+    Test accuracy plays no part. Groups without a validation score cannot be chosen."""
+    scored = table[table["val_accuracy"].notna()]
+    if scored.empty:
+        return {"overall": None, "per_method": {}}
+    per_method = {m: int(g["val_accuracy"].idxmax()) for m, g in scored.groupby("method", sort=False)}
+    return {"overall": int(scored["val_accuracy"].idxmax()), "per_method": per_method}
+
+
+def default_settings() -> dict:
+    """The project's default settings (conf/ composed without overrides), flattened."""
+    try:
+        from omegaconf import OmegaConf
+
+        from .configs import compose
+
+        flat = tracking.flatten(OmegaConf.to_container(compose([]), resolve=False))
+        return {**flat, "method": flat.get("intervention.method")}
+    except Exception:  # no conf/ at hand: no reference group
+        return {}
+
+
+def reference_group(table: pd.DataFrame, keys: list[str], reference: dict) -> int | None:
+    """The group whose settings match `reference` on every key it names (and the method)."""
+    wanted = {k: str(v) for k, v in reference.items() if k in keys}
+    if not wanted:
+        return None
+    match = table[np.logical_and.reduce([table[k].astype(str) == v for k, v in wanted.items()])]
+    return int(match.index[0]) if len(match) == 1 else None
+
+
+def label(key: str, keys: list[str]) -> str:
+    """Short column name: the last part, unless two keys share it."""
+    short = key.split(".")[-1]
+    return short if sum(k.split(".")[-1] == short for k in keys) == 1 else key
+
+
+def pct(value, ci=None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    text = f"{100 * value:.1f}%"
+    if ci is not None and not math.isnan(ci):
+        text += f" ± {100 * ci:.1f}"
+    return text
+
+
+def count(value) -> str:
+    return (
+        "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{int(round(value)):,}"
+    )
+
+
+def seconds(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.1f} s" if value < 10 else f"{value:,.0f} s"
+
+
+def share(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.4f}%" if value < 0.1 else f"{value:.2f}%"
+
+
+def display(table: pd.DataFrame, keys: list[str], chosen: dict, ref: int | None) -> pd.DataFrame:
+    """The table as people read it: formatted numbers, marks for what was chosen."""
+    rows = []
+    ref_runs = table.loc[ref, "_runs"] if ref is not None else None
+    for i, row in table.iterrows():
+        marks = []
+        if i == chosen["overall"]:
+            marks.append("**chosen** (best validation)")
+        elif i in chosen["per_method"].values():
+            marks.append(f"best {METHOD_NAMES.get(row['method'], row['method'])} (validation)")
+        if i == ref:
+            marks.append("reference")
+        out = {label(k, keys): (METHOD_NAMES.get(row[k], row[k]) if k == "method" else row[k]) for k in keys}
+        out |= {
+            "seeds": int(row["seeds"]),
+            "val acc": pct(row["val_accuracy"]),
+            "test acc (95% CI)": pct(row["accuracy"], row["ci95"]),
+            "F1": f"{row['f1']:.3f}" if not math.isnan(row["f1"]) else "-",
+            "trainable": count(row["trainable_params"]),
+            "% of model": share(row["trainable_percent"]),
+            "train time": seconds(row["train_seconds"]),
+        }
+        if ref_runs is not None:
+            p = welch_p(row["_runs"]["accuracy"], ref_runs["accuracy"]) if i != ref else float("nan")
+            out["p vs reference"] = "-" if math.isnan(p) else (f"{p:.3f}" + (" *" if p < 0.05 else ""))
+        out["note"] = ", ".join(marks)
+        rows.append(out)
+    return pd.DataFrame(rows)
+
+
+def markdown_table(frame: pd.DataFrame, bold: set[int] = frozenset()) -> str:
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
+    for i, row in enumerate(frame.itertuples(index=False)):
+        cells = [str(v) for v in row]
+        if i in bold:
+            cells = [f"**{c}**" if c and not c.startswith("**") else c for c in cells]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def display_table(table: pd.DataFrame) -> pd.DataFrame:
-    shown = table.copy()
-    shown["accuracy"] = [
-        f"{m:.3f} ± {s:.3f}" if not np.isnan(s) else f"{m:.3f}"
-        for m, s in zip(shown.pop("accuracy_mean"), shown.pop("accuracy_std"), strict=True)
-    ]
-    return shown[["method", "layer", "rank", "runs", "accuracy", "f1", "trainable_params", "trainable_percent",
-                  "train_seconds", "peak_memory_mb"]]  # fmt: skip
+def html_table(frame: pd.DataFrame, bold: set[int] = frozenset()) -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    body = []
+    for i, row in enumerate(frame.itertuples(index=False)):
+        cells = "".join(f"<td>{html.escape(str(v).replace('**', ''))}</td>" for v in row)
+        body.append(f"<tr class='chosen'>{cells}</tr>" if i in bold else f"<tr>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def numeric(series: pd.Series) -> pd.Series:
-    return pd.to_numeric(series, errors="coerce")
+def reference_lines(table: pd.DataFrame, others: pd.DataFrame) -> list[tuple[str, float]]:
+    """Chance, zero-shot, TF-IDF and LoRA at its validation-chosen best, from this experiment's runs
+    or, failing that, from runs of any experiment on the same data and model (`others`)."""
+    lines = []
+    c = table["chance"].dropna()
+    if len(c):
+        lines.append(("chance (majority)", float(c.iloc[0])))
+    for method in ("none", "tfidf", "lora"):
+        source = table[table["method"] == method]
+        if source.empty and len(others):
+            pool = others[others["method"] == method]
+            if len(pool):
+                source = summarise(pool, varying(pool))
+        if source.empty:
+            continue
+        scored = source[source["val_accuracy"].notna()]
+        best = scored.loc[scored["val_accuracy"].idxmax()] if len(scored) else source.iloc[0]
+        name = METHOD_NAMES[method] + (" (best by validation)" if method == "lora" else "")
+        lines.append((name, float(best["accuracy"])))
+    return lines
 
 
-def plot_against(finished: pd.DataFrame, x: str, path: Path, title: str, log_x: bool = False) -> None:
+def plot(table: pd.DataFrame, keys: list[str], x: str, numeric: bool, log_x: bool, path: Path, title: str,
+         refs: list[tuple[str, float]]) -> None:  # fmt: skip
+    """Test accuracy (mean, 95% CI) against one setting or metric, one line per other group; the
+    validation accuracy dotted beside it; reference lines for the baselines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    baselines = finished[finished["method"].isin(["none", "tfidf"])]
-    points = finished[~finished["method"].isin(["none", "tfidf"])].assign(x=lambda f: numeric(f[x]))
-    points = points[points["x"].notna() & (points["x"] > 0 if log_x else True)]
-    for method, rows in points.groupby("method"):
-        if x == "train_seconds":  # one point per run: times differ between seeds
-            ax.scatter(rows["x"], rows["accuracy"], label=method)
-            continue
-        stats = rows.groupby("x")["accuracy"].agg(["mean", "std"]).reset_index().sort_values("x")
-        ax.errorbar(
-            stats["x"], stats["mean"], yerr=stats["std"].fillna(0), marker="o", capsize=3, label=method
+    points = table[~table["method"].isin(BASELINES)]
+    series = [k for k in keys if k != x and k != "data"]
+    categories = None
+    if not numeric:
+        categories = sorted(points[x].astype(str).unique(), key=sort_key)
+    for name, g in points.groupby(series, sort=False) if series else [((), points)]:
+        g = g.assign(
+            _x=pd.to_numeric(g[x], errors="coerce") if numeric else g[x].astype(str).map(categories.index)
         )
-    for (method, rows), style in zip(baselines.groupby("method"), ("--", ":"), strict=False):
-        ax.axhline(rows["accuracy"].mean(), linestyle=style, color="gray", label=f"{method} (mean)")
-    if points.empty and baselines.empty:
-        ax.text(0.5, 0.5, "no finished runs with this axis", ha="center", transform=ax.transAxes)
+        g = g[g["_x"].notna()].sort_values("_x")
+        if g.empty:
+            continue
+        name = name if isinstance(name, tuple) else (name,)
+        text = ", ".join(
+            f"{label(k, keys)}={METHOD_NAMES.get(v, v) if k == 'method' else v}"
+            for k, v in zip(series, name, strict=True)
+        )
+        line = ax.errorbar(g["_x"], g["accuracy"], yerr=g["ci95"].fillna(0), marker="o", capsize=3,
+                           label=f"{text or 'test'} (test)")  # fmt: skip
+        ax.plot(g["_x"], g["val_accuracy"], linestyle=":", marker=".", color=line.lines[0].get_color(),
+                label=f"{text or 'validation'} (validation)")  # fmt: skip
+    for (name, value), style in zip(refs, ("-", "--", "-.", ":"), strict=False):
+        ax.axhline(value, linestyle=style, color="gray", lw=1)
+        ax.annotate(f"{name} {100 * value:.1f}%", (0.01, value), xycoords=("axes fraction", "data"),
+                    fontsize=7, color="dimgray", va="bottom")  # fmt: skip
+    if categories is not None:
+        ax.set_xticks(range(len(categories)), categories, rotation=20 if len(categories) > 4 else 0)
     if log_x:
         ax.set_xscale("log")
-    ax.set_xlabel(x.replace("_", " "))
-    ax.set_ylabel("accuracy")
-    ax.set_title(title)
+    ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+    ax.set_xlabel(title)
+    ax.set_ylabel("accuracy (mean, 95% CI over seeds)")
+    ax.set_title(f"accuracy vs {title}")
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def write(runs: pd.DataFrame, out: Path, title: str) -> dict:
-    """Write report.md, report.html and the plots into `out`; returns the paths."""
+def plots_for(table: pd.DataFrame, keys: list[str]) -> list[tuple[str, str, bool, bool, str]]:
+    """(column, file, numeric, log x, title) for each plot worth drawing: one per varied setting,
+    then trainable parameters and train time where they differ."""
+    trained = table[~table["method"].isin(BASELINES)]
+    out = []
+    for key, title, numeric, log_x in AXES:
+        if key in keys and trained[key].nunique() > 1:
+            is_number = pd.to_numeric(trained[key], errors="coerce").notna().all()
+            out.append(
+                (key, f"accuracy_vs_{title.replace(' ', '_')}.png", numeric and is_number, log_x, title)
+            )
+    if trained["trainable_params"].nunique() > 1:
+        out.append(
+            ("trainable_params", "accuracy_vs_trainable_params.png", True, True, "trainable parameters")
+        )
+    if len(trained) > 1:
+        out.append(("train_seconds", "accuracy_vs_train_time.png", True, False, "train time (s)"))
+    return out
+
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222;line-height:1.45}
+table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{padding:4px 10px;border-bottom:1px solid #ddd;
+text-align:right}th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}tr.chosen td{font-weight:bold;
+background:#eef6ee}.plots img{width:48%;margin:1%;border:1px solid #eee}.note{color:#555;font-size:14px}"""
+
+
+def write(runs: pd.DataFrame, out: Path, title: str, others: pd.DataFrame | None = None,
+          reference: dict | None = None) -> dict:  # fmt: skip
+    """Write report.md, report.html and the plots into `out`; returns what was found and chosen."""
     out.mkdir(parents=True, exist_ok=True)
     rows = tidy(runs)
-    finished = rows[rows["status"] == "FINISHED"]
-    failed = rows[rows["status"] != "FINISHED"][
-        ["run_id", "status", "method", "layer", "rank", "seed", "error"]
+    finished_all = rows[rows["status"] == "FINISHED"]
+    failed = rows[rows["status"] != "FINISHED"][["run_id", "status", "method", "seed", "error"]]
+    keys = varying(finished_all) if len(finished_all) else ["method"]
+    finished = dedupe(finished_all, keys)
+    others = tidy(others) if others is not None and len(others) else pd.DataFrame()
+    if len(others):
+        others = others[(others["status"] == "FINISHED") & others["data"].isin(set(finished["data"]))]
+        others = others[others["model"].isin(set(finished["model"])) | (others["method"] == "tfidf")]
+    result = {"finished": len(finished), "failed": len(failed), "keys": keys, "chosen": None, "table": None}
+    md = [f"# {title}", "", f"{len(finished)} finished runs, {len(failed)} failed or unfinished."]
+    page = [f"<html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
+            f"<h1>{html.escape(title)}</h1>", f"<p>{len(finished)} finished runs, {len(failed)} failed or unfinished.</p>"]  # fmt: skip
+    if len(finished):
+        table = summarise(finished, keys)
+        chosen = choose(table)
+        ref = reference_group(table, keys, default_settings() if reference is None else reference)
+        shown = display(table, keys, chosen, ref)
+        bold = {chosen["overall"]} if chosen["overall"] is not None else set()
+        refs = reference_lines(table, others)
+        plots = plots_for(table, keys)
+        for col, name, numeric, log_x, axis_title in plots:
+            plot(table, keys, col, numeric, log_x, out / name, axis_title, refs)
+        constant = {k: v for k, v in constant_settings(finished, keys).items()}
+        how = how_to_read(table, keys, chosen, ref)
+        md += ["", "## Results", "", *how, "", markdown_table(shown, bold), ""]
+        md += ["Reference lines: " + "; ".join(f"{n} {pct(v)}" for n, v in refs) + "." if refs else "", ""]
+        md += ["## Plots", ""] + [f"![accuracy vs {t}]({n})" for _, n, _, _, t in plots]
+        md += ["", "## Settings shared by all runs", "", *[f"- `{k}` = {v}" for k, v in constant.items()]]
+        page += ["<h2>Results</h2>", *[f"<p class='note'>{html.escape(h).replace('**', '')}</p>" for h in how],
+                 html_table(shown, bold)]  # fmt: skip
+        if refs:
+            page.append("<p class='note'>Reference lines: " + html.escape("; ".join(f"{n} {pct(v)}" for n, v in refs)) + "</p>")  # fmt: skip
+        page += ["<h2>Plots</h2><div class='plots'>"] + [
+            f"<img src='{n}' alt='accuracy vs {t}'>" for _, n, _, _, t in plots
+        ]
+        page += ["</div><h2>Settings shared by all runs</h2><ul>"]
+        page += [
+            f"<li><code>{html.escape(k)}</code> = {html.escape(str(v))}</li>" for k, v in constant.items()
+        ] + ["</ul>"]
+        result.update(chosen=chosen, table=table, reference=ref, plots=[p[1] for p in plots])
+    else:
+        md += ["", "No finished runs."]
+        page.append("<p>No finished runs.</p>")
+    md += ["", "## Failed or unfinished runs", "", markdown_table(failed) if len(failed) else "None.", ""]
+    page += [
+        "<h2>Failed or unfinished runs</h2>",
+        html_table(failed) if len(failed) else "<p>None.</p>",
+        "</body></html>",
     ]
-    table = display_table(summarise(finished)) if len(finished) else pd.DataFrame()
-    axes = {"accuracy_vs_layer.png": ("layer", False), "accuracy_vs_rank.png": ("rank", False),
-            "accuracy_vs_params.png": ("trainable_params", True), "accuracy_vs_train_time.png": ("train_seconds", False)}  # fmt: skip
-    for name, (x, log_x) in axes.items():
-        plot_against(finished, x, out / name, PLOTS[name], log_x)
-    md = [f"# {title}", "", f"{len(finished)} finished runs, {len(failed)} failed or unfinished.", ""]
-    md += [
-        "## Results (mean ± std over seeds)",
-        "",
-        markdown_table(table) if len(table) else "No finished runs.",
-        "",
-    ]
-    md += ["## Failed or unfinished runs", "", markdown_table(failed) if len(failed) else "None.", ""]
-    md += ["## Plots", ""] + [f"![{PLOTS[name]}]({name})" for name in PLOTS]
     (out / "report.md").write_text("\n".join(md) + "\n")
-    page = [f"<html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head><body>",
-            f"<h1>{html.escape(title)}</h1>", f"<p>{len(finished)} finished runs, {len(failed)} failed or unfinished.</p>",
-            "<h2>Results (mean ± std over seeds)</h2>", table.to_html(index=False, na_rep="-") if len(table) else "<p>No finished runs.</p>",
-            "<h2>Failed or unfinished runs</h2>", failed.to_html(index=False) if len(failed) else "<p>None.</p>",
-            "<h2>Plots</h2>"] + [f"<img src='{name}' alt='{PLOTS[name]}'>" for name in PLOTS] + ["</body></html>"]  # fmt: skip
     (out / "report.html").write_text("\n".join(page))
-    return {"finished": len(finished), "failed": len(failed), "table": table}
+    return result
+
+
+def constant_settings(finished: pd.DataFrame, keys: list[str]) -> dict:
+    cols = [c for c in finished.columns if "." in c and c not in keys] + ["model"]
+    return {c: finished[c].iloc[0] for c in cols if finished[c].nunique() == 1 and finished[c].iloc[0] != "-"}
+
+
+def how_to_read(table: pd.DataFrame, keys: list[str], chosen: dict, ref: int | None) -> list[str]:
+    lines = [
+        f"Groups: every setting that differs ({', '.join(f'`{k}`' for k in keys)}); seeds are averaged. "
+        "Test accuracy: mean ± half-width of the 95% confidence interval over seeds (Student t)."
+    ]
+    if chosen["overall"] is not None:
+        row = table.loc[chosen["overall"]]
+        what = ", ".join(f"{label(k, keys)}={row[k]}" for k in keys)
+        lines.append(
+            f"**Chosen on the validation split** (highest mean validation accuracy, {pct(row['val_accuracy'])}): "
+            f"{what}; its test accuracy, reported once, is {pct(row['accuracy'], row['ci95'])}. "
+            "The test split played no part in any choice."
+        )
+    else:
+        lines.append("No run has a validation score (data.val_fraction=0): nothing is chosen.")
+    if ref is not None:
+        lines.append("p vs reference: Welch's t-test of test accuracy over seeds against the group with the "
+                     "project's default settings (* p < 0.05).")  # fmt: skip
+    return lines
+
+
+def parse_reference(items: list[str] | None) -> dict | None:
+    if not items:
+        return None
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise SystemExit(f"--reference {item!r}: use key=value, e.g. intervention.layer=15")
+        key, value = item.split("=", 1)
+        out[key] = value
+    return out
+
+
+def baseline_runs(data_hashes: set[str]) -> pd.DataFrame:
+    """Finished zero-shot, TF-IDF and LoRA runs of every experiment on the same data."""
+    import mlflow
+
+    frames = [
+        mlflow.search_runs(
+            search_all_experiments=True,
+            filter_string=f"tags.data_hash = '{h}' and attributes.status = 'FINISHED'",
+        )
+        for h in sorted(data_hashes)
+    ]
+    found = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    if found.empty or "tags.method" not in found:
+        return pd.DataFrame()
+    return drop_reports(found[found["tags.method"].isin(["none", "tfidf", "lora"])])
 
 
 def log_to_mlflow(out: Path, experiment: str, filter_string: str) -> str:
@@ -193,13 +511,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracking-uri", default=None, help="default: sqlite:///mlflow.db in this directory")
     parser.add_argument("--filter", default="", help="MLflow filter, e.g. \"tags.dataset = 'opinion_spam'\"")
     parser.add_argument("--out", default=None, help="report folder (default: reports/<experiment>)")
+    parser.add_argument("--reference", nargs="*", help="the group to test against, e.g. intervention.layer=15 "
+                        "(default: the project's default settings)")  # fmt: skip
     parser.add_argument("--no-mlflow", action="store_true", help="do not log the report as a summary run")
     args = parser.parse_args(argv)
     uri = tracking.tracking_uri(args.tracking_uri)
     runs = load_runs(args.experiment, uri, args.filter)
+    others = baseline_runs(set(runs.get("tags.data_hash", pd.Series(dtype=str)).dropna()))
     out = Path(args.out or f"reports/{args.experiment}")
-    result = write(runs, out, f"reftlab report: {args.experiment}")
+    result = write(runs, out, f"reftlab report: {args.experiment}", others, parse_reference(args.reference))
     print(f"{out / 'report.md'}: {result['finished']} finished, {result['failed']} failed or unfinished runs")
+    if result["chosen"] and result["chosen"]["overall"] is not None:
+        row = result["table"].loc[result["chosen"]["overall"]]
+        what = ", ".join(f"{k}={row[k]}" for k in result["keys"])
+        print(
+            f"chosen on validation: {what} (val {pct(row['val_accuracy'])}, test {pct(row['accuracy'], row['ci95'])})"
+        )
     if not args.no_mlflow:
         print(f"logged as MLflow run {log_to_mlflow(out, args.experiment, args.filter)} (tag kind=report)")
     return 0

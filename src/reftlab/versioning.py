@@ -204,15 +204,6 @@ def pull(cfg) -> None:
     oxen("pull", folder, remote=url)
 
 
-def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    conf = Path("conf") if Path("conf/train.yaml").exists() else Path(__file__).resolve().parents[2] / "conf"
-    with initialize_config_dir(config_dir=str(conf.resolve()), version_base="1.3"):
-        return hydra_compose(config_name="train", overrides=overrides)
-
-
 def main(argv: list[str] | None = None) -> int:
     """python -m reftlab.data prepare|log|push|pull [data=<name>] [data.key=value ...]"""
     import sys
@@ -223,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"usage: python -m reftlab.data {{{'|'.join(commands)}}} [data=<name>] [data.key=value ...]")
         return 2
     command, overrides = argv[0], argv[1:]
+    from .configs import compose
+
     cfg = compose(overrides).data
     try:
         if command == "prepare":

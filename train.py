@@ -16,10 +16,13 @@ def main(cfg: DictConfig) -> float:
 
     from reftlab.run import run  # lazy: --help and --cfg stay fast
 
+    def objective(metrics: dict) -> float:  # what a sweeper optimises: validation, never test accuracy
+        return metrics.get("val_accuracy", float("nan"))
+
     if HydraConfig.get().mode != RunMode.MULTIRUN:
-        return run(cfg)["accuracy"]
+        return objective(run(cfg))
     try:  # in a sweep a failed job is recorded (MLflow FAILED, status.json) and the others go on
-        return run(cfg)["accuracy"]
+        return objective(run(cfg))
     except Exception:
         return float("nan")
 

@@ -56,3 +56,42 @@ def test_cli_help_and_cfg_are_fast_and_import_no_torch():
     assert "rank: 8" in out.stdout
     imported = {line.split("|")[-1].strip() for line in out.stderr.splitlines() if "|" in line}
     assert "torch" not in imported and "transformers" not in imported
+
+
+ABLATIONS = {
+    "ablate_layer": ("intervention.layer", ["3", "9", "15", "21", "27"]),
+    "ablate_rank": ("intervention.rank", ["1", "4", "16", "32"]),
+    "ablate_positions": ("intervention.positions", ["l1", "l3", "l5", "l9"]),
+    "ablate_epochs": ("trainer.epochs", ["1", "3", "5", "10"]),
+    "ablate_layers_multi": ("intervention.layer", ["[15]", "[9, 15, 21]", "[3, 9, 15, 21, 27]",
+                                                   "[0, 3, 6, 9, 12, 15, 18, 21, 24, 27]"]),
+}  # fmt: skip
+
+
+def sweep_of(preset: str) -> dict[str, list[str]]:
+    """The values each swept key takes in a preset, as Hydra's sweeper expands them."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from reftlab.configs import compose as reftlab_compose
+
+    cfg = reftlab_compose([f"experiment={preset}"], return_hydra_config=True)
+    parser = OverridesParser.create()
+    params = cfg.hydra.sweeper.params
+    return {k: [str(v) for v in parser.parse_overrides([f"{k}={params[k]}"])[0].sweep_iterator()] for k in params}
+
+
+@pytest.mark.parametrize("preset", sorted(ABLATIONS))
+def test_ablation_presets_vary_one_setting_over_three_seeds_on_the_full_split(preset):
+    cfg = compose(f"experiment={preset}")
+    key, values = ABLATIONS[preset]
+    assert sweep_of(preset) == {key: values, "seed": ["1", "2", "3"]}
+    assert cfg.mlflow.experiment == preset
+    assert cfg.data.max_train is None and cfg.data.max_eval is None and cfg.data.max_val is None
+    assert cfg.data.val_fraction > 0  # the report chooses on validation
+    assert cfg.trainer.epochs == 5 and cfg.trainer.max_length == 512 and cfg.intervention.rank == 4
+
+
+def test_reft_vs_lora_gives_each_method_the_same_learning_rate_grid_and_three_seeds():
+    sweep = sweep_of("reft_vs_lora")
+    assert sweep["intervention"] == ["loreft", "lora", "none", "tfidf"]
+    assert len(sweep["trainer.lr"]) >= 3 and sweep["seed"] == ["1", "2", "3"]

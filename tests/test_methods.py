@@ -194,14 +194,20 @@ def test_report_groups_every_differing_setting_and_counts_duplicates_once(tmp_pa
 def test_reft_vs_lora_preset_is_one_command(tmp_path, mlflow_uri):
     out = subprocess.run(
         [PYTHON, "train.py", "experiment=reft_vs_lora", "model=tiny_random", "model.num_layers=16", "data.max_train=16",
-         "data.max_eval=16", "trainer.max_length=64", f"mlflow.tracking_uri={mlflow_uri}",
-         f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+         "data.max_val=16", "data.max_eval=16", "trainer.max_length=64", "trainer.epochs=1",
+         "trainer.lr=1e-3,4e-3", "seed=1,2",
+         f"mlflow.tracking_uri={mlflow_uri}", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "8 jobs: 6 finished, 0 failed, 2 skipped" in out.stderr  # none/tfidf do not depend on the seed
+    # none and tfidf depend on neither the seed nor the learning rate: run once each
+    assert "16 jobs: 10 finished, 0 failed, 6 skipped" in out.stderr
     table = runs(mlflow_uri, "reft_vs_lora")
-    assert sorted(table["tags.method"]) == ["lora", "lora", "loreft", "loreft", "none", "tfidf"]
-    assert report.main(["--experiment", "reft_vs_lora", "--tracking-uri", mlflow_uri, "--out", str(tmp_path / "r"),
-                        "--no-mlflow"]) == 0  # fmt: skip
-    assert "| LoReFT | 15 | 4 |" in (tmp_path / "r" / "report.md").read_text()
+    assert sorted(table["tags.method"]) == ["lora"] * 4 + ["loreft"] * 4 + ["none", "tfidf"]
+    result = report.write(report.load_runs("reft_vs_lora", mlflow_uri), tmp_path / "r", "r")
+    table = result["table"]
+    chosen = result["chosen"]["per_method"]
+    for method in ("loreft", "lora"):  # each method's learning rate is its best on validation
+        rows = table[table["method"] == method]
+        assert table.loc[chosen[method], "val_accuracy"] == rows["val_accuracy"].max()
+    assert "best LoRA (validation)" in (tmp_path / "r" / "report.md").read_text()

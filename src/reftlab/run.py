@@ -51,11 +51,20 @@ def _terminate(signum, frame):
 NOT_RESULT = ("force", "run_name", "mlflow")
 
 
+# What the untrained methods (zero-shot, TF-IDF) ignore: a sweep over these runs them once.
+UNTRAINED_IGNORE = ("seed", "trainer.lr", "trainer.epochs", "trainer.batch_size", "trainer.grad_accum",
+                    "trainer.weight_decay", "trainer.warmup_ratio", "trainer.group_by_length")  # fmt: skip
+
+
 def config_hash(resolved: dict) -> str:
     """Identity of a job for resume: the resolved config without bookkeeping keys (and without the
-    seed for methods that do not use it)."""
-    ignored = NOT_RESULT + (("seed",) if resolved["intervention"]["method"] in ("none", "tfidf") else ())
-    kept = {k: v for k, v in resolved.items() if k not in ignored}
+    seed and training settings for methods that do not train)."""
+    kept = {k: v for k, v in resolved.items() if k not in NOT_RESULT}
+    if resolved["intervention"]["method"] in ("none", "tfidf"):
+        kept = {**kept, "trainer": dict(kept.get("trainer", {}))}
+        for name in UNTRAINED_IGNORE:
+            section, _, key = name.partition(".")
+            (kept[section] if key else kept).pop(key or section, None)
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 

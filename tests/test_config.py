@@ -77,7 +77,9 @@ def sweep_of(preset: str) -> dict[str, list[str]]:
     cfg = reftlab_compose([f"experiment={preset}"], return_hydra_config=True)
     parser = OverridesParser.create()
     params = cfg.hydra.sweeper.params
-    return {k: [str(v) for v in parser.parse_overrides([f"{k}={params[k]}"])[0].sweep_iterator()] for k in params}
+    return {
+        k: [str(v) for v in parser.parse_overrides([f"{k}={params[k]}"])[0].sweep_iterator()] for k in params
+    }
 
 
 @pytest.mark.parametrize("preset", sorted(ABLATIONS))

@@ -143,7 +143,9 @@ def test_report_on_synthetic_runs(tmp_path, mlflow_uri):
     assert all(m in md for m in ("LoReFT", "LoRA", "zero-shot", "TF-IDF"))
     assert "4,612" in md and "460,800" in md and "300 s" in md  # counts as integers, seconds rounded
     html = (out / "report.html").read_text()
-    assert "<style>" in html and "<table>" in html and "4612.0" not in html and "0.72000" not in html  # formatted
+    assert (
+        "<style>" in html and "<table>" in html and "4612.0" not in html and "0.72000" not in html
+    )  # formatted
     # Only the plots of what varies here: layer and rank differ, so do parameters and train times.
     plots = sorted(p.name for p in out.glob("*.png"))
     assert plots == ["accuracy_vs_layer.png", "accuracy_vs_rank.png", "accuracy_vs_train_time.png",

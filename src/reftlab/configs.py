@@ -18,4 +18,6 @@ def compose(overrides: list[str], return_hydra_config: bool = False):
     from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        return hydra_compose(config_name="train", overrides=list(overrides), return_hydra_config=return_hydra_config)
+        return hydra_compose(
+            config_name="train", overrides=list(overrides), return_hydra_config=return_hydra_config
+        )

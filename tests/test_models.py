@@ -42,6 +42,29 @@ def test_dtype_settings(dtype, expected):
         models.resolve_dtype("fp8", "cpu")
 
 
+@pytest.mark.parametrize(
+    "bf16,fp32,expected", [(900.0, 200.0, torch.bfloat16), (115.0, 289.0, torch.float32)]
+)
+def test_auto_dtype_follows_the_measured_speed_not_a_cpu_flag(bf16, fp32, expected, monkeypatch, tmp_path):
+    monkeypatch.setenv("REFTLAB_CACHE", str(tmp_path))
+    calls = []
+
+    def fake(dtype, **_):
+        calls.append(dtype)
+        return {torch.bfloat16: bf16, torch.float32: fp32}[dtype]
+
+    monkeypatch.setattr(models, "measure_matmul", fake)
+    chosen, why = models.choose_dtype("auto", "cpu")
+    assert chosen == expected and f"{bf16 / fp32:.2f}x fp32" in why
+    assert models.choose_dtype("auto", "cpu")[0] == expected and len(calls) == 2  # measured once, then read
+    assert (tmp_path / "dtype_probe.json").exists()
+
+
+def test_matmul_probe_measures_both_dtypes():
+    assert models.measure_matmul(torch.float32, m=64, reps=1) > 0
+    assert models.measure_matmul(torch.bfloat16, m=64, reps=1) > 0
+
+
 @pytest.mark.parametrize("component", COMPONENTS)
 def test_every_component_runs(component):
     cfg = compose("model=tiny_random").model

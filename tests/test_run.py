@@ -11,7 +11,7 @@ from reftlab import models, run
 
 METRICS = ["accuracy", "f1", "train_seconds", "eval_seconds", "trainable_params", "trainable_percent",
            "peak_memory_mb"]  # fmt: skip
-TAGS = ["method", "model", "dataset", "git_sha", "data_version", "data_repo"]
+TAGS = ["method", "model", "dataset", "git_sha", "data_version", "data_repo", "dtype", "dtype_reason"]
 
 
 def test_a_run_logs_metrics_tags_and_artifacts(in_root, mlflow_uri, tmp_path):

@@ -246,7 +246,8 @@ def run_language_model(cfg, prepared, output_dir: Path) -> tuple[dict, object]:
                 f"intervention.rank={cfg.intervention.rank} is larger than the {cfg.intervention.component} "
                 f"size of {cfg.model.name!r}: valid ranks are 1..{dim}"
             )
-    mlflow.set_tags({"device": device, "dtype": str(dtype).replace("torch.", "")})
+    why = models.choose_dtype(cfg.model.dtype, device)[1]
+    mlflow.set_tags({"device": device, "dtype": str(dtype).replace("torch.", ""), "dtype_reason": why})
     settings = settings_of(cfg, n_layers)
     builder = PromptBuilder(tokenizer, cfg.data.system_prompt, cfg.trainer.max_length)
     total = sum(p.numel() for p in model.parameters())

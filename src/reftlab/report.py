@@ -336,9 +336,9 @@ def plot(table: pd.DataFrame, keys: list[str], x: str, numeric: bool, log_x: boo
             for k, v in zip(series, name, strict=True)
         )
         line = ax.errorbar(g["_x"], g["accuracy"], yerr=g["ci95"].fillna(0), marker="o", capsize=3,
-                           label=f"{text or 'test'} (test)")  # fmt: skip
+                           label=f"{text}: test" if text else "test")  # fmt: skip
         ax.plot(g["_x"], g["val_accuracy"], linestyle=":", marker=".", color=line.lines[0].get_color(),
-                label=f"{text or 'validation'} (validation)")  # fmt: skip
+                label=f"{text}: validation" if text else "validation")  # fmt: skip
     for (name, value), style in zip(refs, ("-", "--", "-.", ":"), strict=False):
         ax.axhline(value, linestyle=style, color="gray", lw=1)
         ax.annotate(f"{name} {100 * value:.1f}%", (0.01, value), xycoords=("axes fraction", "data"),

@@ -29,7 +29,7 @@ def test_prepare_commits_only_when_the_content_changes(repos, in_root):
     assert made_second and second != first
     history = versioning.history(compose().data)
     assert [h["commit"] for h in history] == [second, first]
-    assert "split=hotel" in history[0]["message"] and "train 1280" in history[0]["message"]
+    assert "split=hotel" in history[0]["message"] and "train 1040, val 240" in history[0]["message"]
     # Back to the first settings: the existing commit is reused, no third commit.
     assert versioning.prepare(compose().data) == (first, False)
     assert versioning.oxen("dirty", repos / "opinion_spam") == []
@@ -112,7 +112,7 @@ def test_repositories_stay_usable_from_other_processes(repos, in_root):
 
 def test_cli_prepare_and_log(repos):
     def cli(*args):
-        return subprocess.run([PYTHON, "-m", "reftlab.data", *args], cwd=ROOT, capture_output=True, text=True,
+        return subprocess.run([PYTHON, "-m", "reftlab.data_cli", *args], cwd=ROOT, capture_output=True, text=True,
                               timeout=120)  # fmt: skip
 
     out = cli("prepare", "data=persuasion_sample")

@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: help install train sweep data report test bench lint format ui mlflow-server clean
+.PHONY: help install train sweep data report test test-fast bench lint format ui mlflow-server clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -25,7 +25,7 @@ sweep: install ## a layer sweep (multirun/): ARGS overrides, e.g. ARGS="data.max
 	$(PY) train.py -m intervention.layer=8,16,24 $(ARGS)
 
 data: install ## prepare a dataset into its Oxen repository data/repos/<name>: ARGS="data=persuasion_sample"
-	$(PY) -m reftlab.data prepare $(ARGS)
+	$(PY) -m reftlab.data_cli prepare $(ARGS)
 
 report: install ## comparison report of an experiment's runs: ARGS="--experiment reft_vs_lora"
 	$(PY) report.py $(ARGS)
@@ -35,6 +35,9 @@ bench: install ## training speed: stock pyreft vs cached prefix vs one forward p
 
 test: install ## the test suite (tiny models and the shipped data)
 	$(PY) -m pytest -q $(ARGS)
+
+test-fast: install ## the unit tests only (about a minute; skips whole jobs, sweeps and the bundled model)
+	$(PY) -m pytest -q -m "not slow" $(ARGS)
 
 lint: install ## ruff lint and format check
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

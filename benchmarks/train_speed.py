@@ -86,11 +86,9 @@ def parse_args(argv=None):
 
 
 def compose(*overrides):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from reftlab.configs import compose as reftlab_compose
 
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return hydra_compose(config_name="train", overrides=list(overrides))
+    return reftlab_compose(list(overrides))
 
 
 def load(args):
@@ -112,7 +110,9 @@ def load(args):
         with torch.device(device):
             model = LlamaForCausalLM._from_config(config, dtype=dtype)
         model.eval().requires_grad_(False)
-        models.contiguous_lm_head(model)
+        from reftlab import hf_compat
+
+        hf_compat.contiguous_lm_head(model)
         name = "Llama-3-8B architecture, random weights" + (
             f" (widths / {args.random_divide})" if args.random_divide > 1 else ""
         )
@@ -193,43 +193,52 @@ class Bench:
         self.sync()
         return {"path": "floor (1 no-grad forward)", "train_s": time.perf_counter() - t0, "build_s": 0.0}
 
-    def stock(self, rank, evaluate=True) -> dict:
-        from reftlab import tracking, training
+    def engine(self, model, rank, cache: str, store=None):
+        from reftlab.engine import Engine
+
+        trainer = self.trainer.copy()
+        trainer.cache, trainer.cache_max_gb = cache, 64
+        return Engine(model, self.settings(rank), trainer, self.tok.pad_token_id, self.device, {"bench": "train"},
+                      paths=("stock", "cached"), store=store)  # fmt: skip
+
+    def through_engine(self, rank, cache: str, evaluate: bool, label: str) -> dict:
+        """reftlab's own training (trainer.cache=off: stock; auto: cached) through the run's Engine."""
+        from reftlab import prefix_cache
 
         model = self.fresh(rank)
-        with tracking.PeakMemory(self.device) as mem:
-            self.sync()
-            res = training.train(model, self.settings(rank), self.train, self.trainer, self.tok.pad_token_id,
-                                 self.device, seed=0)  # fmt: skip
-            self.sync()
-        out = {"path": f"stock pyreft r{rank}", "build_s": 0.0, "train_s": res["train_seconds"],
-               "peak_mb": mem.peak_mb, "losses": res["losses"], "steps": res["steps"]}  # fmt: skip
+        engine = self.engine(model, rank, cache, self.store)
+        prefix_cache.clear_memory()  # each job is a fresh process in a parallel sweep: disk or build
+        if cache == "auto" and engine.plan(self.train)[0] != "cached":
+            raise SystemExit(f"cached path not applicable: {engine.plan(self.train)[1]}")
+        self.sync()
+        res = engine.train(self.train, seed=0)
+        self.sync()
+        out = {"path": label.format(rank=rank, source=res.cache_source), "build_s": res.cache_seconds,
+               "train_s": res.step_seconds, "peak_mb": res.peak_memory_mb, "losses": res.losses, "steps": res.steps,
+               "cache_mb": res.cache_mb}  # fmt: skip
+        prefix_cache.clear_memory()
         if evaluate and self.evals:
             t0 = time.perf_counter()
-            scores = training.predict(model, self.settings(rank), self.evals, self.builder.yes_id,
-                                      self.builder.no_id, self.tok.pad_token_id, self.device,
-                                      self.trainer.eval_batch_size)  # fmt: skip
+            scores, _ = self.engine(model, rank, cache).predict(
+                self.evals, self.builder.yes_id, self.builder.no_id
+            )
             out.update(eval_s=time.perf_counter() - t0, accuracy=self.accuracy(scores), scores=scores)
+            prefix_cache.clear_memory()
         return out
+
+    def stock(self, rank, evaluate=True) -> dict:
+        return self.through_engine(rank, "off", evaluate, "stock pyreft r{rank}")
 
     def pyreft_trainer(self, rank) -> dict:
         """pyreft's own training loop: ReftTrainerForCausalLM over right-padded prompt+answer batches,
         loss from the full logits (as pyreft's examples and the reference blog train)."""
-        import contextlib
-        import io
-
         from transformers import DataCollatorForSeq2Seq, TrainingArguments
 
-        with contextlib.redirect_stdout(io.StringIO()):
-            import pyreft
-        from reftlab import tracking, training
+        from reftlab import hf_compat, tracking, training
 
-        class Trainer(pyreft.ReftTrainerForCausalLM):
-            def compute_loss(self, intervenable, inputs, return_outputs=False, num_items_in_batch=None):
-                return super().compute_loss(
-                    intervenable, inputs, return_outputs
-                )  # newer Trainers pass the count
+        pyreft = hf_compat.pyreft()
 
+        Trainer = hf_compat.reft_trainer_class()  # noqa: N806 (a class)
         model = self.fresh(rank)
         n = int(self.args.positions.lstrip("l"))
         rows = [{"input_ids": p + a, "labels": [-100] * len(p) + a,
@@ -271,31 +280,7 @@ class Bench:
         return out
 
     def cached(self, rank, evaluate=True) -> dict:
-        from reftlab import cached, prefix_cache, tracking
-
-        model = self.fresh(rank)
-        settings = self.settings(rank)
-        seqs, suffix = cached.train_inputs(self.train, cached.n_positions(settings))
-        reason = cached.plan(settings, model, seqs, suffix, 64 * 2**30)
-        if reason:
-            raise SystemExit(f"cached path not applicable: {reason}")
-        prefix_cache.clear_memory()  # each job is a fresh process in a parallel sweep: disk or build
-        with tracking.PeakMemory(self.device) as mem:
-            self.sync()
-            res, info = cached.train(model, settings, self.train, self.trainer, self.tok.pad_token_id, self.device,
-                                     0, {"bench": "train"}, store=self.store)  # fmt: skip
-            self.sync()
-        out = {"path": f"cached r{rank} ({info['source']})", "build_s": info["seconds"],
-               "train_s": res["train_seconds"] - info["seconds"], "peak_mb": mem.peak_mb, "losses": res["losses"],
-               "steps": res["steps"], "cache_mb": info["mb"]}  # fmt: skip
-        prefix_cache.clear_memory()
-        if evaluate and self.evals:
-            t0 = time.perf_counter()
-            scores, _ = cached.evaluate(model, settings, self.evals, self.builder.yes_id, self.builder.no_id,
-                                        self.tok.pad_token_id, self.trainer, {"bench": "eval"}, store=None)  # fmt: skip
-            out.update(eval_s=time.perf_counter() - t0, accuracy=self.accuracy(scores), scores=scores)
-            prefix_cache.clear_memory()
-        return out
+        return self.through_engine(rank, "auto", evaluate, "cached r{rank} ({source})")
 
 
 def fmt_row(r, n_examples, epochs):
@@ -318,7 +303,6 @@ def main(argv=None):
     from reftlab import prefix_cache, tracking
 
     args = parse_args(argv)
-    torch.set_num_threads(torch.get_num_threads())
     b = Bench(args)
     tmp = tempfile.TemporaryDirectory(prefix="reftlab-bench-cache-")
     b.store = prefix_cache.DiskStore(Path(tmp.name), 64 * 2**30)

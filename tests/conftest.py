@@ -16,11 +16,9 @@ os.environ["REFTLAB_DATA_REPOS"] = tempfile.mkdtemp(prefix="reftlab-repos-")
 
 def compose(*overrides: str):
     """The config `python train.py <overrides>` would run, composed by Hydra."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from reftlab.configs import compose as reftlab_compose
 
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return hydra_compose(config_name="train", overrides=list(overrides))
+    return reftlab_compose(list(overrides))
 
 
 @pytest.fixture
@@ -65,3 +63,12 @@ def runs(uri: str, experiment: str = "reftlab"):
 
 
 PYTHON = sys.executable
+
+
+def pytest_collection_modifyitems(config, items):
+    """`slow`: tests that run whole jobs or sweeps (they use a tracking database) or load the
+    bundled model; `make test-fast` (-m "not slow") runs the rest, the unit tests, in about a minute."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & {"mlflow_uri", "repos"} or "bundled" in item.name:
+            item.add_marker(pytest.mark.slow)

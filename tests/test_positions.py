@@ -2,7 +2,8 @@
 
 import pytest
 
-from reftlab.positions import intervention_slots, parse_positions, unit_locations
+from reftlab.positions import intervention_slots, parse_positions
+from reftlab.spec import unit_locations
 
 
 @pytest.mark.parametrize(

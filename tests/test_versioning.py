@@ -112,7 +112,7 @@ def test_repositories_stay_usable_from_other_processes(repos, in_root):
 
 def test_cli_prepare_and_log(repos):
     def cli(*args):
-        return subprocess.run([PYTHON, "-m", "reftlab.data", *args], cwd=ROOT, capture_output=True, text=True,
+        return subprocess.run([PYTHON, "-m", "reftlab.data_cli", *args], cwd=ROOT, capture_output=True, text=True,
                               timeout=120)  # fmt: skip
 
     out = cli("prepare", "data=persuasion_sample")

@@ -9,13 +9,11 @@ where pyvene applies them.
 
 from __future__ import annotations
 
-import inspect
-
 import numpy as np
 import torch
 
-from . import reft
-from .positions import as_layers, parse_positions
+from . import hf_compat, reft
+from .spec import InterventionSpec
 
 ATTENTION = "reftlab_grouped"
 # Decoder layers whose forward is (hidden, attention_mask, position_ids, cache, position_embeddings).
@@ -47,12 +45,6 @@ def grouped_attention(module, query, key, value, attention_mask, scaling, dropou
     return out.view(b, heads, q_len, d).transpose(1, 2).contiguous(), None
 
 
-def register_attention() -> None:
-    from transformers import AttentionInterface
-
-    AttentionInterface.register(ATTENTION, grouped_attention)
-
-
 class _StoredPrefix:
     """Duck-typed KV cache for one layer: hands the stored prefix and the new keys/values to
     `grouped_attention` as pairs (no concatenated copy), and never grows."""
@@ -64,16 +56,16 @@ class _StoredPrefix:
         return (self.keys, key_states), (self.values, value_states)
 
 
-def why_not(settings: dict, model=None) -> str | None:
+def why_not(spec, model=None) -> str | None:
     """None where the cached path is exact for these settings (and this model, when given), else
     the reason the stock pyreft path is used."""
-    if settings.get("method", "loreft") not in ("loreft", "noreft", "direft", "consreft"):
-        return f"method {settings.get('method')} is not a ReFT intervention"
-    first, last = parse_positions(settings["positions"])
-    if first:
-        return f"positions={settings['positions']}: a first-token intervention changes every later token"
-    if settings["component"] not in POINT_OFFSET:
-        return f"component={settings['component']}: the cached path supports {', '.join(POINT_OFFSET)}"
+    spec = InterventionSpec.of(spec)
+    if spec.method not in reft.PYREFT_CLASSES:
+        return f"method {spec.method} is not a ReFT intervention"
+    if spec.first:
+        return f"positions={spec.positions}: a first-token intervention changes every later token"
+    if spec.component not in POINT_OFFSET:
+        return f"component={spec.component}: the cached path supports {', '.join(POINT_OFFSET)}"
     if model is not None:
         kind = type(model.model.layers[0]).__name__
         if kind not in SUPPORTED:
@@ -81,29 +73,25 @@ def why_not(settings: dict, model=None) -> str | None:
     return None
 
 
-def start_point(settings: dict, n_layers: int) -> int:
+def start_point(spec: InterventionSpec) -> int:
     """The residual-stream point the suffix pass starts from: the first intervention's."""
-    return min(
-        layer + POINT_OFFSET[settings["component"]] for layer in as_layers(settings["layer"], n_layers)
-    )
+    return min(layer + POINT_OFFSET[spec.component] for layer in spec.layers)
 
 
 class SuffixRunner:
     """Runs the suffix of a batch of cached examples through the frozen model with interventions."""
 
-    def __init__(self, reft_model, settings: dict):
+    def __init__(self, reft_model, spec):
         self.base = reft_model.model
         self.body = self.base.model
-        n = self.base.config.num_hidden_layers
-        layers = as_layers(settings["layer"], n)
-        self.n_pos = parse_positions(settings["positions"])[1]
-        offset = POINT_OFFSET[settings["component"]]
+        spec = InterventionSpec.of(spec, self.base.config.num_hidden_layers)
+        self.n_pos = spec.last
+        offset = POINT_OFFSET[spec.component]
         self.at: dict[int, list] = {}
-        for layer, iv in zip(layers, reft.interventions(reft_model), strict=True):
+        for layer, iv in zip(spec.layers, reft.interventions(reft_model), strict=True):
             self.at.setdefault(layer + offset, []).append(iv)
-        self.start = start_point(settings, n)
-        params = inspect.signature(self.body.layers[0].forward).parameters
-        self.cache_arg = "cache" if "cache" in params else "past_key_values"
+        self.start = start_point(spec)
+        self.cache_arg = hf_compat.cache_kwarg(self.body.layers[0].forward)
 
     def _intervene(self, h, point):
         for iv in self.at.get(point, ()):
@@ -140,7 +128,7 @@ class SuffixRunner:
         mask = torch.zeros((b, 1, slen, width + slen), dtype=torch.float32, device=device)
         mask.masked_fill_(allowed.view(b, 1, slen, width + slen) == 0, float("-inf"))
         positions = positions.view(b, slen)
-        position_embeddings = self.body.rotary_emb(h, positions)
+        position_embeddings = hf_compat.rotary(self.body, h, positions)
 
         h = self._intervene(h, cache.start)
         for j in range(cache.start, len(self.body.layers)):
@@ -154,8 +142,7 @@ class SuffixRunner:
                 position_embeddings=position_embeddings,
                 **{self.cache_arg: stored},
             )
-            h = out[0] if isinstance(out, tuple) else out
-            h = self._intervene(h, j + 1)
+            h = self._intervene(hf_compat.layer_output(out), j + 1)
         return self.body.norm(h), s
 
     def step_loss(self, cache, groups: list[list[int]], answers: list[list[int]], denominator: int):
@@ -189,20 +176,10 @@ class SuffixRunner:
         return self.base.lm_head(h[torch.arange(len(idx), device=h.device), last]).float()
 
 
-class attention_implementation:
-    """Context: the frozen model's layers use `name` (our grouped attention) inside, then the old one."""
-
-    def __init__(self, model, name: str = ATTENTION):
-        self.model, self.name = model, name
-
-    def __enter__(self):
-        register_attention()
-        self.old = self.model.config._attn_implementation
-        self.model.set_attn_implementation(self.name)
-        return self
-
-    def __exit__(self, *exc):
-        self.model.set_attn_implementation(self.old)
+def attention_implementation(model):
+    """Context: the frozen model's layers use our grouped attention inside, then the old one."""
+    hf_compat.register_attention(ATTENTION, grouped_attention)
+    return hf_compat.attention_implementation(model, ATTENTION)
 
 
 def train_inputs(examples, n_pos: int) -> tuple[list[list[int]], list[int]]:
@@ -210,17 +187,18 @@ def train_inputs(examples, n_pos: int) -> tuple[list[list[int]], list[int]]:
     return [p + a[:-1] for p, a in examples], [n_pos + len(a) - 1 for _, a in examples]
 
 
-def plan(settings: dict, reft_model, seqs, suffix_lens, max_bytes: int) -> str | None:
+def plan(spec, reft_model, seqs, suffix_lens, max_bytes: int) -> str | None:
     """None if the cached path will be used for these inputs, else why not (logged by the caller)."""
     from . import prefix_cache
 
-    reason = why_not(settings, reft_model.model)
+    spec = InterventionSpec.of(spec, reft_model.model.config.num_hidden_layers)
+    reason = why_not(spec, reft_model.model)
     if reason:
         return reason
     shortest = min(len(s) - n for s, n in zip(seqs, suffix_lens, strict=True))
     if shortest < 1:
-        return f"a prompt is not longer than positions={settings['positions']}: nothing to cache before it"
-    start = start_point(settings, reft_model.model.config.num_hidden_layers)
+        return f"a prompt is not longer than positions={spec.positions}: nothing to cache before it"
+    start = start_point(spec)
     need = prefix_cache.estimate_bytes(reft_model.model, start, seqs, suffix_lens)
     if need > max_bytes:
         return (
@@ -231,19 +209,20 @@ def plan(settings: dict, reft_model, seqs, suffix_lens, max_bytes: int) -> str |
 
 
 def max_bytes(trainer_cfg) -> int:
-    return int(float(trainer_cfg.get("cache_max_gb", 8)) * 2**30)
+    return int(float(trainer_cfg.cache_max_gb) * 2**30)
 
 
-def plan_eval(settings: dict, reft_model, prompts, trainer_cfg) -> str | None:
+def plan_eval(spec, reft_model, prompts, trainer_cfg) -> str | None:
     """`plan` for the evaluation prompts (the suffix is the intervened prompt positions)."""
-    return plan(settings, reft_model, prompts, [n_positions(settings)] * len(prompts), max_bytes(trainer_cfg))
+    n = InterventionSpec.of(spec).last
+    return plan(spec, reft_model, prompts, [n] * len(prompts), max_bytes(trainer_cfg))
 
 
-def prepare(reft_model, settings, seqs, suffix_lens, pad_id, store, batch_size, describe, progress=True):
+def prepare(reft_model, spec, seqs, suffix_lens, pad_id, store, batch_size, describe, progress=True):
     """A SuffixRunner and the cache for these sequences; info says where the cache came from."""
     from . import prefix_cache
 
-    runner = SuffixRunner(reft_model, settings)
+    runner = SuffixRunner(reft_model, spec)
     cache, source, seconds = prefix_cache.obtain(
         reft_model.model, runner.start, seqs, suffix_lens, pad_id, describe, store, batch_size, progress
     )
@@ -265,10 +244,6 @@ def predict(runner, cache, yes_id: int, no_id: int, batch_size: int = 16) -> np.
     return scores
 
 
-def n_positions(settings: dict) -> int:
-    return parse_positions(settings["positions"])[1]
-
-
 def store_for(trainer_cfg):
     """The on-disk store of prefix caches (trainer.cache_dir, default $REFTLAB_CACHE/prefix), or None
     if trainer.cache_disk_gb=0."""
@@ -277,21 +252,23 @@ def store_for(trainer_cfg):
     from .models import cache_root
     from .prefix_cache import DiskStore
 
-    gb = float(trainer_cfg.get("cache_disk_gb", 0))
+    gb = float(trainer_cfg.cache_disk_gb)
     folder = trainer_cfg.get("cache_dir") or cache_root() / "prefix"
     return DiskStore(Path(folder), int(gb * 2**30)) if gb > 0 else None
 
 
 def train(
-    reft_model, settings, examples, trainer_cfg, pad_id, device, seed, describe, progress=True, store="config"
+    reft_model, spec, examples, trainer_cfg, pad_id, device, seed, describe, progress=True, store="config"
 ):
-    """`training.train` with the cached loss; train_seconds includes obtaining the cache.
+    """`training.train` with the cached loss; `info` says where the cache came from and how long
+    obtaining it took (not counted in the result's train_seconds: the steps alone).
     `store`: the DiskStore to use (default: the one trainer_cfg names; None: memory only)."""
     from . import training
 
-    seqs, suffix = train_inputs(examples, n_positions(settings))
+    spec = InterventionSpec.of(spec, reft_model.model.config.num_hidden_layers)
+    seqs, suffix = train_inputs(examples, spec.last)
     store = store_for(trainer_cfg) if store == "config" else store
-    runner, cache, info = prepare(reft_model, settings, seqs, suffix, pad_id, store, trainer_cfg.eval_batch_size,
+    runner, cache, info = prepare(reft_model, spec, seqs, suffix, pad_id, store, trainer_cfg.eval_batch_size,
                                   {**describe, "role": "train"}, progress)  # fmt: skip
     answers = [a for _, a in examples]
 
@@ -300,17 +277,17 @@ def train(
 
     with attention_implementation(reft_model.model):
         result = training.train(
-            reft_model, settings, examples, trainer_cfg, pad_id, device, seed, progress, step_loss
+            reft_model, spec, examples, trainer_cfg, pad_id, device, seed, progress, step_loss
         )
-    result["train_seconds"] += info["seconds"]
     return result, info
 
 
-def evaluate(reft_model, settings, prompts, yes_id, no_id, pad_id, trainer_cfg, describe, progress=True,
+def evaluate(reft_model, spec, prompts, yes_id, no_id, pad_id, trainer_cfg, describe, progress=True,
              store="config"):  # fmt: skip
     """Cached predictions for `prompts` (their cache is stored like the training one)."""
-    n = n_positions(settings)
+    spec = InterventionSpec.of(spec, reft_model.model.config.num_hidden_layers)
+    n = spec.last
     store = store_for(trainer_cfg) if store == "config" else store
-    runner, cache, info = prepare(reft_model, settings, prompts, [n] * len(prompts), pad_id, store,
+    runner, cache, info = prepare(reft_model, spec, prompts, [n] * len(prompts), pad_id, store,
                                   trainer_cfg.eval_batch_size, {**describe, "role": "eval"}, progress)  # fmt: skip
     return predict(runner, cache, yes_id, no_id, trainer_cfg.eval_batch_size), info

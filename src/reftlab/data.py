@@ -296,11 +296,3 @@ def write(prepared: Prepared, cfg, folder: Path) -> Path:
         getattr(prepared, part).to_parquet(folder / f"{part}.parquet", index=False)
     (folder / "README.md").write_text(readme(prepared, cfg))
     return folder
-
-
-if __name__ == "__main__":  # python -m reftlab.data prepare|log|push|pull data=<name>
-    import sys
-
-    from reftlab.versioning import main
-
-    sys.exit(main())

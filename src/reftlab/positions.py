@@ -54,26 +54,3 @@ def as_layers(layer, num_layers: int | None = None) -> list[int]:
     if isinstance(layer, int | str):
         return [int(layer)]
     return [int(x) for x in layer]
-
-
-def unit_locations(settings: dict, prompt_lens: list[int], starts: list[int]) -> dict:
-    """pyvene's unit_locations for a left-padded batch.
-
-    `starts[i]` is the index of example i's first prompt token, `prompt_lens[i]` its prompt length;
-    answer tokens (during training) follow the prompt and are never intervened on.
-    """
-    first, last = parse_positions(settings["positions"])
-    slots = intervention_slots(
-        as_layers(settings["layer"], settings.get("num_layers")),
-        settings["positions"],
-        settings.get("share_weights", False),
-    )
-    per_which = {}
-    for which in {w for _, w in slots}:
-        rows = []
-        for start, n in zip(starts, prompt_lens, strict=True):
-            f = [start + k for k in range(min(first, n))] if "f" in which else []
-            l_ = [start + n - last + k for k in range(last) if n - last + k >= 0] if "l" in which else []
-            rows.append(f + l_)
-        per_which[which] = rows
-    return {"sources->base": (None, [per_which[w] for _, w in slots])}

@@ -44,11 +44,11 @@ def load(folder: Path):
     """(model or adapter, settings, tokenizer, device) from a saved folder."""
     from omegaconf import OmegaConf
 
-    from . import lora, models, reft
+    from . import methods, models
 
     settings = json.loads((Path(folder) / "reft_settings.json").read_text())
     model, tokenizer, device, _ = models.load_model_and_tokenizer(OmegaConf.create(settings["model_config"]))
-    trained, _ = (lora if settings["method"] == "lora" else reft).load(model, folder)
+    trained, _ = methods.get(settings["method"]).load(model, folder)
     return trained, settings, tokenizer, device
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import inspect
 import logging
 import os
 import threading
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import hf_compat
 from .locks import file_lock
 from .models import head_dim
 
@@ -89,7 +89,7 @@ def _layer_input_hook(model, start: int, store: list):
         return layers[start].register_forward_pre_hook(pre, with_kwargs=True)
 
     def post(module, args, output):
-        store.append(output[0] if isinstance(output, tuple) else output)
+        store.append(hf_compat.layer_output(output))
 
     return layers[-1].register_forward_hook(post)
 
@@ -108,8 +108,6 @@ def build(
 
     `suffix_lens[i]`: how many trailing tokens of seqs[i] the training step will recompute.
     """
-    from transformers import DynamicCache
-
     from .training import left_pad
 
     device = next(model.parameters()).device
@@ -125,8 +123,7 @@ def build(
     values = torch.zeros(shape, dtype=model.dtype, device=device)
     hidden = torch.zeros((1 + int(s_len.sum()), cfg.hidden_size), dtype=model.dtype, device=device)
 
-    params = inspect.signature(model.model.forward).parameters
-    cache_arg = "cache" if "cache" in params else "past_key_values"
+    cache_arg = hf_compat.cache_kwarg(model.model.forward)
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
     captured: list[torch.Tensor] = []
     hook = _layer_input_hook(model, start, captured)
@@ -137,7 +134,7 @@ def build(
             idx = order[b : b + batch_size]
             enc = left_pad([seqs[i] for i in idx], pad_id, device)
             width = enc["input_ids"].shape[1]
-            kv_cache = DynamicCache(config=cfg)
+            kv_cache = hf_compat.new_kv_cache(cfg)
             captured.clear()
             model.model(
                 input_ids=enc["input_ids"],
@@ -159,10 +156,12 @@ def build(
             src, dst, ssrc, sdst = (
                 torch.from_numpy(np.concatenate(a)).to(device) for a in (src, dst, ssrc, sdst)
             )
-            for store, name in ((keys, "keys"), (values, "values")):
+            for store, part in ((keys, 0), (values, 1)):
                 if start == n_layers:  # intervention after the last layer: no keys/values to keep
                     break
-                stacked = torch.stack([getattr(kv_cache.layers[j], name) for j in range(start, n_layers)])
+                stacked = torch.stack(
+                    [hf_compat.cached_keys_values(kv_cache, j)[part] for j in range(start, n_layers)]
+                )
                 # [layers, B, kv, W, d] -> [layers, B * W, kv, d]
                 flat = stacked.transpose(2, 3).reshape(stacked.shape[0], -1, *stacked.shape[2:3], shape[-1])
                 store.index_copy_(1, dst, flat.index_select(1, src))

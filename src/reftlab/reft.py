@@ -6,18 +6,15 @@ such as `l1` (last prompt token), `f1+l1` (first and last), `f3+l3`.
 
 from __future__ import annotations
 
-import contextlib
-import io
+import functools
 import json
 from pathlib import Path
 
 import torch
 
-with contextlib.redirect_stdout(io.StringIO()):  # pyvene prints an "nnsight is not detected" notice
-    import pyreft
-
+from .hf_compat import pyreft
 from .models import head_dim
-from .positions import as_layers, intervention_slots
+from .spec import InterventionSpec
 
 
 def component_dim(config, component: str) -> int:
@@ -44,36 +41,40 @@ def _fp32(cls):
 
 
 # reftlab method name -> pyreft intervention (direft is pyreft's NodireftIntervention, the paper's DiReFT)
-INTERVENTIONS = {
-    "loreft": _fp32(pyreft.LoreftIntervention),
-    "noreft": _fp32(pyreft.NoreftIntervention),
-    "direft": _fp32(pyreft.NodireftIntervention),
-    "consreft": _fp32(pyreft.ConsreftIntervention),
+PYREFT_CLASSES = {
+    "loreft": "LoreftIntervention",
+    "noreft": "NoreftIntervention",
+    "direft": "NodireftIntervention",
+    "consreft": "ConsreftIntervention",
 }
 
 
-def build(model, settings: dict):
-    """A pyreft ReftModel around the frozen `model` for the given intervention settings."""
-    layers = as_layers(settings["layer"], model.config.num_hidden_layers)
-    slots = intervention_slots(layers, settings["positions"], settings.get("share_weights", False))
-    dim = component_dim(model.config, settings["component"])
+@functools.cache
+def intervention_class(method: str):
+    return _fp32(getattr(pyreft(), PYREFT_CLASSES[method]))
+
+
+def build(model, settings):
+    """A pyreft ReftModel around the frozen `model` for the given intervention (spec or settings)."""
+    spec = InterventionSpec.of(settings, model.config.num_hidden_layers)
+    dim = component_dim(model.config, spec.component)
     representations = [
         {
             "layer": layer,
-            "component": settings["component"],
-            "low_rank_dimension": int(settings["rank"]),
-            "intervention": INTERVENTIONS[settings.get("method", "loreft")](
+            "component": spec.component,
+            "low_rank_dimension": spec.rank,
+            "intervention": intervention_class(spec.method)(
                 embed_dim=dim,
-                low_rank_dimension=int(settings["rank"]),
-                dropout=float(settings.get("dropout", 0.0)),
+                low_rank_dimension=spec.rank,
+                dropout=spec.dropout,
                 dtype=torch.float32,
                 add_bias=True,
             ),
         }
-        for layer, _ in slots
+        for layer, _ in spec.slots
     ]
-    reft_model = pyreft.get_reft_model(
-        model, pyreft.ReftConfig(representations=representations), set_device=False
+    reft_model = pyreft().get_reft_model(
+        model, pyreft().ReftConfig(representations=representations), set_device=False
     )
     for intervention in reft_model.interventions.values():
         intervention.to(model.device).float()

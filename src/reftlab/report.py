@@ -26,7 +26,6 @@ import pandas as pd
 
 from . import tracking
 
-BASELINES = ("none", "tfidf")
 # Settings that do not change what a run computes (never a reason to split a group).
 IGNORED = ("seed", "intervention.method", "run_name", "force", "save_intervention", "trainer.log_every", "trainer.eval_batch_size",
            "data.remote", "data.revision")  # fmt: skip
@@ -43,7 +42,24 @@ AXES = (
     ("data.max_train", "training examples", True, False),
     ("trainer.max_length", "max prompt tokens", True, False),
 )
-METHOD_NAMES = {"none": "zero-shot", "tfidf": "TF-IDF", "lora": "LoRA", "loreft": "LoReFT"}
+
+
+def method_name(name: str) -> str:
+    """How reports name a method (its plugin's display name)."""
+    from . import methods
+
+    try:
+        return methods.get(name).display or name
+    except ValueError:
+        return name
+
+
+def untrained(names: pd.Series) -> pd.Series:
+    """Which of these methods train nothing (zero-shot, TF-IDF): no layer, rank or seed."""
+    from . import methods
+
+    known = {n for n in methods.names() if not methods.get(n).trains}
+    return names.isin(known)
 
 
 def load_runs(experiment: str, tracking_uri: str | None, filter_string: str = "") -> pd.DataFrame:
@@ -89,7 +105,7 @@ def tidy(runs: pd.DataFrame) -> pd.DataFrame:
         out[name] = runs[f"params.{name}"].fillna("-").astype(str).replace("None", "-")
     for name in ("intervention.layer", "intervention.rank"):  # the baselines have neither
         if name in out:
-            out.loc[out["method"].isin(BASELINES), name] = "-"
+            out.loc[untrained(out["method"]), name] = "-"
     for metric in METRICS:
         out[metric] = pd.to_numeric(column(runs, f"metrics.{metric}"), errors="coerce")
     # train_seconds includes building the prefix cache, which only the first job of a sweep does:
@@ -245,10 +261,10 @@ def display(table: pd.DataFrame, keys: list[str], chosen: dict, ref: int | None)
         if i == chosen["overall"]:
             marks.append("**chosen** (best validation)")
         elif i in chosen["per_method"].values():
-            marks.append(f"best {METHOD_NAMES.get(row['method'], row['method'])} (validation)")
+            marks.append(f"best {method_name(row['method'])} (validation)")
         if i == ref:
             marks.append("reference")
-        out = {label(k, keys): (METHOD_NAMES.get(row[k], row[k]) if k == "method" else row[k]) for k in keys}
+        out = {label(k, keys): (method_name(row[k]) if k == "method" else row[k]) for k in keys}
         out |= {
             "seeds": int(row["seeds"]),
             "val acc": pct(row["val_accuracy"]),
@@ -287,24 +303,29 @@ def html_table(frame: pd.DataFrame, bold: set[int] = frozenset()) -> str:
 
 
 def reference_lines(table: pd.DataFrame, others: pd.DataFrame) -> list[tuple[str, float]]:
-    """Chance, zero-shot, TF-IDF and LoRA at its validation-chosen best, from this experiment's runs
-    or, failing that, from runs of any experiment on the same data and model (`others`)."""
+    """Chance, every method that trains nothing (zero-shot, TF-IDF), and every trained method this
+    experiment did not run (e.g. LoRA beside a LoReFT ablation) at its validation-chosen best; from
+    this experiment's runs or, failing that, from runs of any experiment on the same data (`others`)."""
     lines = []
     c = table["chance"].dropna()
     if len(c):
         lines.append(("chance (majority)", float(c.iloc[0])))
-    for method in ("none", "tfidf", "lora"):
+    pool = others if len(others) else pd.DataFrame(columns=["method"])
+    wanted = list(dict.fromkeys(list(table.loc[untrained(table["method"]), "method"]) + list(pool["method"])))
+    here = set(table["method"])
+    for method in wanted:
+        is_baseline = bool(untrained(pd.Series([method])).iloc[0])
+        if method in here and not is_baseline:
+            continue  # a method of this experiment is in the table, not a reference line
         source = table[table["method"] == method]
-        if source.empty and len(others):
-            pool = others[others["method"] == method]
-            if len(pool):
-                source = summarise(pool, varying(pool))
         if source.empty:
-            continue
+            rows = pool[pool["method"] == method]
+            source = summarise(rows, varying(rows))
         scored = source[source["val_accuracy"].notna()]
         best = scored.loc[scored["val_accuracy"].idxmax()] if len(scored) else source.iloc[0]
-        name = METHOD_NAMES[method] + (" (best by validation)" if method == "lora" else "")
-        lines.append((name, float(best["accuracy"])))
+        lines.append(
+            (method_name(method) + ("" if is_baseline else " (best by validation)"), float(best["accuracy"]))
+        )
     return lines
 
 
@@ -318,7 +339,7 @@ def plot(table: pd.DataFrame, keys: list[str], x: str, numeric: bool, log_x: boo
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    points = table[~table["method"].isin(BASELINES)]
+    points = table[~untrained(table["method"])]
     series = [k for k in keys if k != x and k != "data"]
     categories = None
     if not numeric:
@@ -332,7 +353,7 @@ def plot(table: pd.DataFrame, keys: list[str], x: str, numeric: bool, log_x: boo
             continue
         name = name if isinstance(name, tuple) else (name,)
         text = ", ".join(
-            f"{label(k, keys)}={METHOD_NAMES.get(v, v) if k == 'method' else v}"
+            f"{label(k, keys)}={method_name(v) if k == 'method' else v}"
             for k, v in zip(series, name, strict=True)
         )
         line = ax.errorbar(g["_x"], g["accuracy"], yerr=g["ci95"].fillna(0), marker="o", capsize=3,
@@ -361,7 +382,7 @@ def plot(table: pd.DataFrame, keys: list[str], x: str, numeric: bool, log_x: boo
 def plots_for(table: pd.DataFrame, keys: list[str]) -> list[tuple[str, str, bool, bool, str]]:
     """(column, file, numeric, log x, title) for each plot worth drawing: one per varied setting,
     then trainable parameters and train time where they differ."""
-    trained = table[~table["method"].isin(BASELINES)]
+    trained = table[~untrained(table["method"])]
     out = []
     for key, title, numeric, log_x in AXES:
         if key in keys and trained[key].nunique() > 1:
@@ -396,7 +417,7 @@ def write(runs: pd.DataFrame, out: Path, title: str, others: pd.DataFrame | None
     others = tidy(others) if others is not None and len(others) else pd.DataFrame()
     if len(others):
         others = others[(others["status"] == "FINISHED") & others["data"].isin(set(finished["data"]))]
-        others = others[others["model"].isin(set(finished["model"])) | (others["method"] == "tfidf")]
+        others = others[others["model"].isin(set(finished["model"])) | others["model"].isin(["-", ""])]
     result = {"finished": len(finished), "failed": len(failed), "keys": keys, "chosen": None, "table": None}
     md = [f"# {title}", "", f"{len(finished)} finished runs, {len(failed)} failed or unfinished."]
     page = [f"<html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
@@ -484,7 +505,7 @@ def parse_reference(items: list[str] | None) -> dict | None:
 
 
 def baseline_runs(data_hashes: set[str]) -> pd.DataFrame:
-    """Finished zero-shot, TF-IDF and LoRA runs of every experiment on the same data."""
+    """Finished runs of every experiment on the same data (candidates for reference lines)."""
     import mlflow
 
     frames = [
@@ -497,7 +518,7 @@ def baseline_runs(data_hashes: set[str]) -> pd.DataFrame:
     found = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if found.empty or "tags.method" not in found:
         return pd.DataFrame()
-    return drop_reports(found[found["tags.method"].isin(["none", "tfidf", "lora"])])
+    return drop_reports(found)
 
 
 def log_to_mlflow(out: Path, experiment: str, filter_string: str) -> str:

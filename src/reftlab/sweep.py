@@ -14,12 +14,9 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
+from .tracking import STATUS_FILE
+
 log = logging.getLogger(__name__)
-STATUS_FILE = "status.json"
-
-
-def write_status(output_dir: Path, status: str, **extra) -> None:
-    (Path(output_dir) / STATUS_FILE).write_text(json.dumps({"status": status, **extra}))
 
 
 def read_statuses(sweep_dir: Path) -> list[dict]:

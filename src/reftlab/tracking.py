@@ -117,3 +117,115 @@ class PeakMemory:
             self._stop.set()
             self._thread.join()
         return False
+
+
+# --- the life of one run: resume, FAILED/KILLED on errors and signals, status file, loss curve ---
+
+STATUS_FILE = "status.json"
+
+
+def write_status(output_dir: Path, status: str, **extra) -> None:
+    """`status.json` in the job's folder: what the sweep summary counts (any launcher)."""
+    import json
+
+    (Path(output_dir) / STATUS_FILE).write_text(json.dumps({"status": status, **extra}))
+
+
+def finished_run(experiment_id: str, key: str):
+    """A FINISHED run of the experiment tagged with this config hash, or None (resume)."""
+    import mlflow
+
+    found = mlflow.search_runs(
+        [experiment_id],
+        filter_string=f"tags.config_hash = '{key}' and attributes.status = 'FINISHED'",
+        max_results=1,
+        output_format="list",
+    )
+    return found[0] if found else None
+
+
+class Terminated(BaseException):
+    """SIGTERM (as SLURM sends before a time limit) turned into an exception, so the run is closed."""
+
+
+def _terminate(signum, frame):
+    raise Terminated(f"terminated by signal {signum}")
+
+
+class recorded_run:
+    """`with recorded_run(name, output_dir) as active:` an MLflow run that ends FINISHED only when
+    the block does; an exception marks it FAILED (tag `error`, artifact `error.txt`), SIGTERM or
+    Ctrl-C marks it KILLED, and either is re-raised. The job's status file says the same (in the
+    spirit of lightning-hydra-template's task_wrapper)."""
+
+    def __init__(self, run_name: str, output_dir: Path):
+        self.run_name, self.output_dir = run_name, Path(output_dir)
+
+    def __enter__(self):
+        import signal
+
+        import mlflow
+
+        self._main = threading.current_thread() is threading.main_thread()
+        self._old = signal.signal(signal.SIGTERM, _terminate) if self._main else None
+        self._run = mlflow.start_run(run_name=self.run_name)
+        self.active = self._run.__enter__()
+        return self.active
+
+    def __exit__(self, kind, error, tb):
+        import signal
+        import traceback
+
+        import mlflow
+
+        run_id = self.active.info.run_id
+        try:
+            if error is None:
+                write_status(self.output_dir, "finished", run_id=run_id)
+                return False
+            killed = isinstance(error, Terminated | KeyboardInterrupt)
+            text = f"{kind.__name__}: {error}"[:5000]
+            mlflow.set_tag("error", text)
+            mlflow.log_text("".join(traceback.format_exception(kind, error, tb)), "error.txt")
+            write_status(self.output_dir, "killed" if killed else "failed", run_id=run_id, error=text)
+            if killed:
+                mlflow.end_run(status="KILLED")
+            return False
+        finally:
+            self._run.__exit__(kind, error, tb)  # FAILED on an exception, unless ended KILLED above
+            if self._main:
+                signal.signal(signal.SIGTERM, self._old)
+
+
+def log_losses(losses: list[float], every: int) -> None:
+    """The training loss curve as the MLflow metric train_loss (mean over `every` batches)."""
+    import time
+
+    import mlflow
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    points = [
+        Metric("train_loss", sum(losses[i : i + every]) / len(losses[i : i + every]), now, i)
+        for i in range(0, len(losses), max(1, every))
+    ]
+    client = mlflow.tracking.MlflowClient()
+    run_id = mlflow.active_run().info.run_id
+    for i in range(0, len(points), 1000):
+        client.log_batch(run_id, metrics=points[i : i + 1000])
+
+
+def plot_losses(losses: list[float], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(range(len(losses)), losses, lw=0.8)
+    ax.set_xlabel("batch")
+    ax.set_ylabel("answer cross-entropy")
+    ax.set_title("training loss")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

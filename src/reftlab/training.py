@@ -11,7 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import reft
-from .positions import unit_locations
+from .spec import unit_locations
 
 
 def left_pad(seqs: list[list[int]], pad_id: int, device) -> dict:

@@ -6,11 +6,6 @@ Each error names the bad value and what is allowed.
 from __future__ import annotations
 
 from . import data
-from .positions import COMPONENTS, parse_positions
-
-REFT_METHODS = ("loreft", "noreft", "direft", "consreft")
-METHODS = (*REFT_METHODS, "lora", "none", "tfidf")
-LORA_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 class ConfigError(ValueError):
@@ -43,38 +38,10 @@ def check_layers(layer, n_layers: int, model_name: str) -> None:
             )
 
 
-def check_intervention(icfg, n_layers: int | None, model_name: str) -> None:
-    if icfg.method not in METHODS:
-        raise ConfigError(f"intervention.method={icfg.method!r} is not valid: choose one of {list(METHODS)}")
-    if icfg.method in REFT_METHODS or icfg.method == "lora":
-        if icfg.method in REFT_METHODS or icfg.get("layer") is not None:
-            check_layers(icfg.layer, n_layers, model_name)
-        integer(icfg.rank, "rank", 1)
-        if not 0.0 <= float(icfg.get("dropout", 0.0)) < 1.0:
-            raise ConfigError(f"intervention.dropout={icfg.dropout!r} is not valid: it must be in [0, 1)")
-    if icfg.method in REFT_METHODS:
-        if icfg.component not in COMPONENTS:
-            raise ConfigError(
-                f"intervention.component={icfg.component!r} is not valid: choose one of {', '.join(COMPONENTS)}"
-            )
-        try:
-            parse_positions(icfg.positions)
-        except ValueError as e:
-            raise ConfigError(str(e)) from e
-    elif icfg.method == "lora":
-        modules = list(icfg.target_modules or [])
-        bad = [m for m in modules if m not in LORA_MODULES]
-        if not modules or bad:
-            raise ConfigError(
-                f"intervention.target_modules={bad or modules!r} is not valid: choose from {', '.join(LORA_MODULES)}"
-            )
-        if not float(icfg.alpha) > 0:
-            raise ConfigError(f"intervention.alpha={icfg.alpha!r} is not valid: it must be > 0")
-    elif icfg.method == "tfidf":
-        integer(icfg.max_ngram, "max_ngram", 1)
-        integer(icfg.min_df, "min_df", 1)
-        if not float(icfg.C) > 0:
-            raise ConfigError(f"intervention.C={icfg.C!r} is not valid: it must be > 0")
+def check_rank_dropout(icfg) -> None:
+    integer(icfg.rank, "rank", 1)
+    if not 0.0 <= float(icfg.get("dropout", 0.0)) < 1.0:
+        raise ConfigError(f"intervention.dropout={icfg.dropout!r} is not valid: it must be in [0, 1)")
 
 
 CACHE_MODES = ("auto", "off")
@@ -93,10 +60,10 @@ def check_trainer(tcfg) -> None:
             raise ConfigError(f"trainer.{key}={value!r} is not valid: it must be an integer >= {low}")
     if not float(tcfg.lr) > 0:
         raise ConfigError(f"trainer.lr={tcfg.lr!r} is not valid: it must be > 0")
-    if tcfg.get("cache", "auto") not in CACHE_MODES:
+    if tcfg.cache not in CACHE_MODES:
         raise ConfigError(f"trainer.cache={tcfg.cache!r} is not valid: choose one of {list(CACHE_MODES)}")
     for key in ("cache_max_gb", "cache_disk_gb"):
-        value = tcfg.get(key, 0)
+        value = tcfg[key]
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
             raise ConfigError(f"trainer.{key}={value!r} is not valid: it must be a number of GB >= 0")
 
@@ -108,10 +75,11 @@ def check_data(dcfg) -> None:
         data.check_path(dcfg.path)
 
 
-def check(cfg) -> int | None:
-    """Validate the whole job; returns the model's layer count (None for tfidf: no model)."""
-    n_layers = None if cfg.intervention.method == "tfidf" else model_num_layers(cfg.model)
-    check_intervention(cfg.intervention, n_layers, cfg.model.name)
+def check(cfg, method) -> int | None:
+    """Validate the whole job for `method` (a reftlab.methods plugin, which checks its own
+    settings); returns the model's layer count (None for a method without a model)."""
+    n_layers = model_num_layers(cfg.model) if method.needs_model else None
+    method.validate(cfg.intervention, n_layers, cfg.model.name)
     check_trainer(cfg.trainer)
     check_data(cfg.data)
     return n_layers

@@ -63,7 +63,7 @@ def exists(folder: Path) -> bool:
 def require(folder: Path) -> None:
     if not exists(folder):
         raise VersionError(
-            f"No dataset repository at {folder}: run `python -m reftlab.data prepare data=...` first"
+            f"No dataset repository at {folder}: run `python -m reftlab.data_cli prepare data=...` first"
         )
 
 
@@ -202,33 +202,3 @@ def pull(cfg) -> None:
     if not exists(folder):
         oxen("init", folder)
     oxen("pull", folder, remote=url)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """python -m reftlab.data prepare|log|push|pull [data=<name>] [data.key=value ...]"""
-    import sys
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    commands = ("prepare", "log", "push", "pull")
-    if not argv or argv[0] not in commands:
-        print(f"usage: python -m reftlab.data {{{'|'.join(commands)}}} [data=<name>] [data.key=value ...]")
-        return 2
-    command, overrides = argv[0], argv[1:]
-    from .configs import compose
-
-    cfg = compose(overrides).data
-    try:
-        if command == "prepare":
-            commit_id, committed = prepare(cfg)
-            state = "committed" if committed else "unchanged, no new commit"
-            print(f"{cfg.name}: {repo_dir(cfg.name)} @ {commit_id} ({state})")
-        elif command == "log":
-            for row in history(cfg):
-                print(f"{row['commit']}  {row['date']}  {row['message']}")
-        else:
-            (push if command == "push" else pull)(cfg)
-            print(f"{command} {cfg.name}: done ({cfg.remote})")
-    except (VersionError, data.DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0

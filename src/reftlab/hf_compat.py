@@ -1,0 +1,125 @@
+"""Every place reftlab depends on internals of transformers, pyreft or pyvene, in one module.
+
+Written against transformers 5.24.0, pyreft 0.1.0 and pyvene 0.1.8 (see requirements/). Each
+function says what it relies on; tests/test_hf_compat.py exercises each one on a tiny model and
+fails loudly when a library changes under it. When transformers moves (pyreft's most common
+issue), look here first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import io
+
+
+@functools.cache
+def pyreft():
+    """pyreft, imported without the "nnsight is not detected" notice pyvene prints on stdout."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        import pyreft as module
+    return module
+
+
+def cache_kwarg(forward) -> str:
+    """The keyword a decoder layer's / model's forward takes its KV cache by: `cache` since
+    transformers 5.x, `past_key_values` before."""
+    params = inspect.signature(forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def layer_output(out):
+    """A decoder layer returns a tensor in transformers 5.x, a tuple (hidden, ...) before."""
+    return out[0] if isinstance(out, tuple) else out
+
+
+def cached_keys_values(kv_cache, layer: int):
+    """(keys, values) a DynamicCache holds for one layer, [batch, kv_heads, tokens, head_dim], rotary
+    already applied (transformers 5.x: `cache.layers[i].keys/.values`)."""
+    entry = kv_cache.layers[layer]
+    return entry.keys, entry.values
+
+
+def new_kv_cache(config):
+    from transformers import DynamicCache
+
+    return DynamicCache(config=config)
+
+
+def rotary(body, hidden, position_ids):
+    """The model's (cos, sin) rotary embeddings for these positions (Llama/Mistral `rotary_emb`)."""
+    return body.rotary_emb(hidden, position_ids)
+
+
+def register_attention(name: str, function) -> None:
+    """Make `function` selectable as attn_implementation=`name` (transformers AttentionInterface)."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(name, function)
+
+
+class attention_implementation:
+    """Context: the model's layers use the registered attention `name` inside, then the old one
+    (reads the private `config._attn_implementation`, switches with `set_attn_implementation`)."""
+
+    def __init__(self, model, name: str):
+        self.model, self.name = model, name
+
+    def __enter__(self):
+        self.old = self.model.config._attn_implementation
+        self.model.set_attn_implementation(self.name)
+        return self
+
+    def __exit__(self, *exc):
+        self.model.set_attn_implementation(self.old)
+
+
+def contiguous_lm_head(model) -> None:
+    """Give the output layer contiguous input. transformers slices the last positions
+    (`logits_to_keep`) as a strided view, and PyTorch's CPU bf16 linear on a strided 3-D input
+    takes a slow path (measured here: 1.4 s instead of 5 ms for 16 x 49,152 logits). The class is
+    swapped rather than hooked because pyvene removes every forward hook of the model after each
+    intervened forward."""
+    import torch
+
+    head = model.get_output_embeddings()
+    if type(head) is torch.nn.Linear:
+        head.__class__ = _contiguous_linear()
+
+
+@functools.cache
+def _contiguous_linear():
+    import torch
+
+    class ContiguousLinear(torch.nn.Linear):
+        def forward(self, x):
+            return super().forward(x.contiguous())
+
+    return ContiguousLinear
+
+
+def plain_copy_of_gguf_model(loaded):
+    """transformers 5.x refuses `save_pretrained` on a GGUF-loaded model: rebuild it from its config
+    without the GGUF quantization config (which would keep later loads on slow packed kernels)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    return model
+
+
+@functools.cache
+def reft_trainer_class():
+    """pyreft's ReftTrainerForCausalLM accepting `num_items_in_batch`, which Trainers since
+    transformers 4.46 pass to compute_loss (pyreft 0.1.0 predates it)."""
+
+    class ReftTrainer(pyreft().ReftTrainerForCausalLM):
+        def compute_loss(self, intervenable, inputs, return_outputs=False, num_items_in_batch=None):
+            return super().compute_loss(intervenable, inputs, return_outputs)
+
+    return ReftTrainer

@@ -1,0 +1,163 @@
+"""The method protocol, and the shared flow of the methods that train a language model.
+
+A `Method` says what it is (names, display name, whether it trains, which execution strategies it
+can use), checks its settings before anything is loaded, and runs on a `Job` (config, prepared
+data, output folder), returning an `Outcome`: metrics, tags, and the scores of the validation then
+test texts. `LanguageModelMethod` implements `run` for every method that wraps the frozen model:
+load the model, build what trains, train through the `Engine`, score, save. A subclass supplies
+`build`, `trainable`, `save`, `load` (and may override `check_model`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Job:
+    cfg: object  # the composed config
+    prepared: object  # data.Prepared
+    output_dir: Path
+
+    @property
+    def texts(self) -> list[str]:
+        """What a run scores: the validation texts, then the test texts."""
+        return list(self.prepared.val["text"]) + list(self.prepared.eval["text"])
+
+
+@dataclass
+class Outcome:
+    scores: object  # Yes-minus-No scores of Job.texts
+    metrics: dict = field(default_factory=dict)
+    tags: dict = field(default_factory=dict)
+    artifacts: list = field(default_factory=list)  # (artifact folder or None, local path) to log
+    losses: list = field(default_factory=list)  # per batch, logged as the train_loss curve
+
+
+class Method:
+    names: tuple[str, ...] = ()
+    display: str = ""  # how reports name it
+    trains: bool = True  # False: neither the seed nor the training settings change what it computes
+    needs_model: bool = True  # False: no language model is loaded (layer checks skipped)
+    paths: tuple[str, ...] = ("stock",)  # execution strategies it can use (engine.STRATEGIES)
+    stock_name: str = "pyreft"  # what runs call its stock path (tag train_path)
+    has_layers: bool = True  # `intervention.layer` applies (run names, reports)
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def validate(self, icfg, n_layers: int | None, model_name: str) -> None:
+        """Raise validate.ConfigError naming a bad setting and what is allowed (no model loaded)."""
+
+    def run_name(self, cfg) -> str:
+        if not self.has_layers:
+            return f"{self.name}-{cfg.data.name}"
+        layer = cfg.intervention.get("layer")
+        if layer is None:
+            layer = "all"
+        elif not isinstance(layer, int | str):
+            layer = "-".join(map(str, layer))
+        return f"{self.name}-L{layer}-r{cfg.intervention.rank}-{cfg.data.name}"
+
+    def run(self, job: Job) -> Outcome:
+        raise NotImplementedError
+
+
+class LanguageModelMethod(Method):
+    """Train something small on the frozen language model, evaluate it constrained to Yes/No."""
+
+    def build(self, model, settings: dict):
+        raise NotImplementedError
+
+    def trainable(self, trained) -> list:
+        return [p for p in trained.parameters() if p.requires_grad]
+
+    def trainable_percent(self, n_trainable: int, total: int) -> float:
+        """Share of the frozen model's parameters (`total` counts what was there before building)."""
+        return 100.0 * n_trainable / total
+
+    def save(self, trained, settings: dict, folder: Path) -> Path:
+        raise NotImplementedError
+
+    def load(self, model, folder: Path):
+        raise NotImplementedError
+
+    def check_model(self, cfg, model) -> None:
+        """Checks that need the loaded model (e.g. a rank larger than the component)."""
+
+    def settings(self, cfg, n_layers: int) -> dict:
+        """What is needed to rebuild the trained intervention/adapter (saved beside its weights)."""
+        from omegaconf import OmegaConf
+
+        return {
+            **OmegaConf.to_container(cfg.intervention, resolve=True),
+            "model": cfg.model.name,
+            "model_config": OmegaConf.to_container(cfg.model, resolve=True),
+            "num_layers": n_layers,
+            "system_prompt": cfg.data.system_prompt,
+            "max_length": cfg.trainer.max_length,
+        }
+
+    def load_model(self, job: Job):
+        from transformers import set_seed
+
+        from .. import models
+        from ..prompts import PromptBuilder
+
+        cfg = job.cfg
+        set_seed(cfg.seed)
+        model, tokenizer, device, dtype = models.load_model_and_tokenizer(cfg.model)
+        n_layers = models.num_layers(model)
+        self.validate(cfg.intervention, n_layers, cfg.model.name)  # against the loaded model's layer count
+        self.check_model(cfg, model)
+        why = models.choose_dtype(cfg.model.dtype, device)[1]
+        tags = {"device": device, "dtype": str(dtype).replace("torch.", ""), "dtype_reason": why}
+        builder = PromptBuilder(tokenizer, cfg.data.system_prompt, cfg.trainer.max_length)
+        return model, tokenizer, device, n_layers, builder, tags
+
+    def run(self, job: Job) -> Outcome:
+        from ..engine import Engine
+        from ..tracking import plot_losses
+
+        cfg = job.cfg
+        model, tokenizer, device, n_layers, builder, tags = self.load_model(job)
+        total = sum(p.numel() for p in model.parameters())
+        settings = self.settings(cfg, n_layers)
+        trained = self.build(model, settings)
+        n_trainable = sum(p.numel() for p in self.trainable(trained))
+        describe = {"model": cfg.model.name, "data": cfg.data.name, "data_hash": job.prepared.version()}
+        engine = Engine(trained, settings, cfg.trainer, tokenizer.pad_token_id, device, describe, self.paths,
+                        self.stock_name)  # fmt: skip
+        examples = builder.examples(job.prepared.train["text"], job.prepared.train["label"])
+        result = engine.train(examples, cfg.seed)
+        start = time.perf_counter()
+        scores, eval_path = engine.predict(builder.prompts(job.texts), builder.yes_id, builder.no_id)
+        eval_seconds = time.perf_counter() - start
+        tags |= {"train_path": result.path, "train_path_reason": result.reason or "exact here",
+                 "trainable_dtype": "float32", "eval_path": eval_path}  # fmt: skip
+        if result.cache_source:
+            tags["cache_source"] = result.cache_source
+        losses = result.losses
+        metrics = {
+            "train_seconds": result.train_seconds,
+            "eval_seconds": eval_seconds,
+            "trainable_params": n_trainable,
+            "trainable_percent": self.trainable_percent(n_trainable, total),
+            "peak_memory_mb": result.peak_memory_mb,
+            "train_examples": len(examples),
+            "train_loss_first": losses[0] if losses else float("nan"),
+            "train_loss_last": sum(losses[-10:]) / max(1, len(losses[-10:])),
+        }
+        if result.cache_source:
+            metrics |= {"cache_seconds": result.cache_seconds, "cache_mb": result.cache_mb}
+        artifacts = []
+        if cfg.get("save_intervention", True):  # the trained weights first: nothing after this can lose them
+            artifacts.append(("intervention", self.save(trained, settings, job.output_dir / "intervention")))
+        plot_losses(losses, job.output_dir / "train_loss.png")
+        artifacts.append((None, job.output_dir / "train_loss.png"))
+        return Outcome(scores, metrics, tags, artifacts, losses)

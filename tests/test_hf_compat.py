@@ -1,0 +1,90 @@
+"""Each dependence on library internals (reftlab.hf_compat) checked on a tiny model: when
+transformers, pyreft or pyvene change under one of them, the test that names it fails."""
+
+import inspect
+
+import pytest
+import torch
+from conftest import compose
+
+from reftlab import hf_compat, models
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model, tokenizer, _, _ = models.load_model_and_tokenizer(compose("model=tiny_random").model)
+    return model, tokenizer
+
+
+def test_pyreft_imports_quietly_with_what_reftlab_uses(capsys):
+    module = hf_compat.pyreft()
+    for name in ("LoreftIntervention", "NoreftIntervention", "NodireftIntervention", "ConsreftIntervention",
+                 "get_reft_model", "ReftConfig", "ReftTrainerForCausalLM", "ReftDataCollator"):  # fmt: skip
+        assert hasattr(module, name), name
+    assert "nnsight" not in capsys.readouterr().out
+
+
+def test_decoder_layers_take_the_cache_by_the_keyword_we_pass(tiny):
+    model, _ = tiny
+    for forward in (model.model.forward, model.model.layers[0].forward):
+        assert hf_compat.cache_kwarg(forward) in inspect.signature(forward).parameters
+
+
+def test_dynamic_cache_holds_rotated_keys_values_per_layer(tiny):
+    model, _ = tiny
+    ids = torch.arange(5, 12)[None]
+    kv = hf_compat.new_kv_cache(model.config)
+    with torch.no_grad():
+        model.model(input_ids=ids, use_cache=True, **{hf_compat.cache_kwarg(model.model.forward): kv})
+    cfg = model.config
+    keys, values = hf_compat.cached_keys_values(kv, cfg.num_hidden_layers - 1)
+    assert keys.shape == values.shape == (1, cfg.num_key_value_heads, 7, models.head_dim(cfg))
+
+
+def test_layer_output_and_rotary_embeddings(tiny):
+    model, _ = tiny
+    h = torch.randn(1, 3, model.config.hidden_size)
+    positions = torch.arange(3)[None]
+    cos, sin = hf_compat.rotary(model.model, h, positions)
+    out = model.model.layers[0](
+        h, attention_mask=None, position_ids=positions, position_embeddings=(cos, sin)
+    )
+    assert hf_compat.layer_output(out).shape == h.shape
+
+
+def test_registered_attention_is_used_inside_the_context_and_restored(tiny):
+    model, _ = tiny
+    calls = []
+
+    def spy(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        calls.append(query.shape)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout
+        )
+
+    hf_compat.register_attention("reftlab_test_spy", spy)
+    before = model.config._attn_implementation
+    ids = torch.arange(5, 12)[None]
+    with torch.no_grad():
+        want = model(input_ids=ids).logits
+        with hf_compat.attention_implementation(model, "reftlab_test_spy"):
+            got = model(input_ids=ids).logits
+    assert len(calls) == model.config.num_hidden_layers
+    assert model.config._attn_implementation == before
+    torch.testing.assert_close(got, want)
+
+
+def test_contiguous_lm_head_keeps_the_logits(tiny):
+    model, _ = tiny
+    head = model.get_output_embeddings()
+    assert type(head).__name__ == "ContiguousLinear"  # swapped at load
+    x = torch.randn(2, 6, model.config.hidden_size)[:, -3:]  # a strided view, as logits_to_keep slices
+    torch.testing.assert_close(head(x), torch.nn.functional.linear(x.contiguous(), head.weight))
+
+
+def test_reft_trainer_accepts_num_items_in_batch():
+    trainer = hf_compat.reft_trainer_class()
+    assert "num_items_in_batch" in inspect.signature(trainer.compute_loss).parameters
+    assert issubclass(trainer, hf_compat.pyreft().ReftTrainerForCausalLM)

@@ -88,3 +88,15 @@ def test_reft_trainer_accepts_num_items_in_batch():
     trainer = hf_compat.reft_trainer_class()
     assert "num_items_in_batch" in inspect.signature(trainer.compute_loss).parameters
     assert issubclass(trainer, hf_compat.pyreft().ReftTrainerForCausalLM)
+
+
+def test_plain_copy_drops_the_gguf_quantization_config_and_keeps_the_weights(tiny):
+    model, _ = tiny
+    model.config.quantization_config = {"quant_method": "gguf"}
+    try:
+        copy = hf_compat.plain_copy_of_gguf_model(model)
+    finally:
+        model.config.__dict__.pop("quantization_config", None)
+    assert not hasattr(copy.config, "quantization_config")
+    for (name, a), (_, b) in zip(model.state_dict().items(), copy.state_dict().items(), strict=True):
+        assert torch.equal(a.float(), b), name

@@ -16,44 +16,48 @@ import io
 
 @functools.cache
 def pyreft():
-    """pyreft, imported without the "nnsight is not detected" notice pyvene prints on stdout."""
+    """pyreft, imported without the "nnsight is not detected" notice pyvene prints on stdout
+    (pyvene 0.1.8)."""
     with contextlib.redirect_stdout(io.StringIO()):
         import pyreft as module
     return module
 
 
 def cache_kwarg(forward) -> str:
-    """The keyword a decoder layer's / model's forward takes its KV cache by: `cache` since
-    transformers 5.x, `past_key_values` before."""
+    """The keyword a decoder layer's / model's forward takes its KV cache by: `cache` in
+    transformers 5.24, `past_key_values` in 4.x."""
     params = inspect.signature(forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
 
 def layer_output(out):
-    """A decoder layer returns a tensor in transformers 5.x, a tuple (hidden, ...) before."""
+    """A decoder layer returns a tensor in transformers 5.24, a tuple (hidden, ...) in 4.x."""
     return out[0] if isinstance(out, tuple) else out
 
 
 def cached_keys_values(kv_cache, layer: int):
     """(keys, values) a DynamicCache holds for one layer, [batch, kv_heads, tokens, head_dim], rotary
-    already applied (transformers 5.x: `cache.layers[i].keys/.values`)."""
+    already applied (transformers 5.24: `cache.layers[i].keys/.values`; 4.x had `key_cache[i]`)."""
     entry = kv_cache.layers[layer]
     return entry.keys, entry.values
 
 
 def new_kv_cache(config):
+    """An empty DynamicCache (transformers 5.24 takes the config)."""
     from transformers import DynamicCache
 
     return DynamicCache(config=config)
 
 
 def rotary(body, hidden, position_ids):
-    """The model's (cos, sin) rotary embeddings for these positions (Llama/Mistral `rotary_emb`)."""
+    """The model's (cos, sin) rotary embeddings for these positions (Llama/Mistral `rotary_emb` of the
+    base model, transformers 5.24)."""
     return body.rotary_emb(hidden, position_ids)
 
 
 def register_attention(name: str, function) -> None:
-    """Make `function` selectable as attn_implementation=`name` (transformers AttentionInterface)."""
+    """Make `function` selectable as attn_implementation=`name` (transformers 5.24 AttentionInterface;
+    the function gets (module, query, key, value, attention_mask, scaling, dropout, **kwargs))."""
     from transformers import AttentionInterface
 
     AttentionInterface.register(name, function)
@@ -61,7 +65,8 @@ def register_attention(name: str, function) -> None:
 
 class attention_implementation:
     """Context: the model's layers use the registered attention `name` inside, then the old one
-    (reads the private `config._attn_implementation`, switches with `set_attn_implementation`)."""
+    (reads the private `config._attn_implementation`, switches with `set_attn_implementation`;
+    transformers 5.24)."""
 
     def __init__(self, model, name: str):
         self.model, self.name = model, name
@@ -78,9 +83,9 @@ class attention_implementation:
 def contiguous_lm_head(model) -> None:
     """Give the output layer contiguous input. transformers slices the last positions
     (`logits_to_keep`) as a strided view, and PyTorch's CPU bf16 linear on a strided 3-D input
-    takes a slow path (measured here: 1.4 s instead of 5 ms for 16 x 49,152 logits). The class is
-    swapped rather than hooked because pyvene removes every forward hook of the model after each
-    intervened forward."""
+    takes a slow path (measured here: 1.4 s instead of 5 ms for 16 x 49,152 logits; torch 2.13,
+    transformers 5.24). The class is swapped rather than hooked because pyvene (0.1.8) removes every
+    forward hook of the model after each intervened forward."""
     import torch
 
     head = model.get_output_embeddings()
@@ -100,7 +105,7 @@ def _contiguous_linear():
 
 
 def plain_copy_of_gguf_model(loaded):
-    """transformers 5.x refuses `save_pretrained` on a GGUF-loaded model: rebuild it from its config
+    """transformers 5.24 refuses `save_pretrained` on a GGUF-loaded model: rebuild it from its config
     without the GGUF quantization config (which would keep later loads on slow packed kernels)."""
     import torch
     from transformers import AutoModelForCausalLM

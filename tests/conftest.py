@@ -37,7 +37,7 @@ def mlflow_uri(tmp_path):
 
 
 def tiny_overrides(*extra: str) -> list[str]:
-    return [
+    base = [
         "model=tiny_random",
         "intervention.layer=1",
         "data.max_train=24",
@@ -45,8 +45,10 @@ def tiny_overrides(*extra: str) -> list[str]:
         "trainer.max_length=64",
         "trainer.batch_size=8",
         "data.max_val=16",
-        *extra,
+        "trainer.epochs=1",
     ]
+    given = {e.split("=", 1)[0] for e in extra}
+    return [b for b in base if b.split("=", 1)[0] not in given] + list(extra)
 
 
 def runs(uri: str, experiment: str = "reftlab"):

@@ -24,7 +24,8 @@ def test_defaults_are_the_embedded_default():
     assert cfg.model.name == "smollm2_135m" and cfg.model.source == "bundled"
     assert cfg.intervention.method == "loreft"
     assert cfg.intervention.component == "block_output"
-    assert cfg.intervention.rank == 4 and cfg.intervention.positions == "l1"
+    assert cfg.intervention.rank == 4 and cfg.intervention.positions == "l3"
+    assert cfg.trainer.epochs == 10 and cfg.trainer.max_length == 512
     assert cfg.data.name == "opinion_spam" and cfg.data.split == "stratified"
     assert (ROOT / cfg.data.path).is_file()
 

@@ -277,7 +277,11 @@ def display(table: pd.DataFrame, keys: list[str], chosen: dict, ref: int | None)
         }
         if ref_runs is not None:
             p = welch_p(row["_runs"]["accuracy"], ref_runs["accuracy"]) if i != ref else float("nan")
-            out["p vs reference"] = "-" if math.isnan(p) else (f"{p:.3f}" + (" *" if p < 0.05 else ""))
+            out["p vs reference"] = (
+                "-"
+                if math.isnan(p)
+                else (("<0.001" if p < 0.001 else f"{p:.3f}") + (" *" if p < 0.05 else ""))
+            )
         out["note"] = ", ".join(marks)
         rows.append(out)
     return pd.DataFrame(rows)

@@ -60,9 +60,14 @@ def test_auto_dtype_follows_the_measured_speed_not_a_cpu_flag(bf16, fp32, expect
     assert (tmp_path / "dtype_probe.json").exists()
 
 
-def test_matmul_probe_measures_both_dtypes():
+def test_matmul_probe_measures_both_dtypes_without_touching_the_seeded_generator():
+    torch.manual_seed(3)
+    expected = torch.rand(4)
+    torch.manual_seed(3)
     assert models.measure_matmul(torch.float32, m=64, reps=1) > 0
     assert models.measure_matmul(torch.bfloat16, m=64, reps=1) > 0
+    # a run's initialisation is the same with or without the probe
+    assert torch.equal(torch.rand(4), expected)
 
 
 @pytest.mark.parametrize("component", COMPONENTS)

@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: help install train sweep data report test test-fast bench lint format ui mlflow-server clean
+.PHONY: help install train sweep data report test test-fast bench lint format ui mlflow-server clean clean-server
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -49,11 +49,18 @@ ui: install ## MLflow UI on the local database (http://127.0.0.1:5000)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000 --workers 1
 
 MLFLOW_PORT ?= 5001
-MLFLOW_BACKEND_STORE_URI ?= sqlite:///$(CURDIR)/mlflow-server.db
+# The store URI reaches mlflow through the environment (mlflow reads MLFLOW_BACKEND_STORE_URI), never a
+# command line, so a password in a PostgreSQL URI does not show in `ps`: export it, do not pass it to make.
+mlflow-server: export MLFLOW_BACKEND_STORE_URI ?= sqlite:///$(CURDIR)/mlflow-server.db
 mlflow-server: install ## team tracking server on 127.0.0.1:5001 (MLFLOW_PORT; SQLite, or PostgreSQL via MLFLOW_BACKEND_STORE_URI), proxied artifacts
-	$(VENV)/bin/mlflow server --backend-store-uri "$(MLFLOW_BACKEND_STORE_URI)" --serve-artifacts \
-		--artifacts-destination "$(CURDIR)/mlartifacts" --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
+	$(VENV)/bin/mlflow server --serve-artifacts --artifacts-destination "$(CURDIR)/mlartifacts" \
+		--host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
 
-clean: ## remove run outputs, the local MLflow database and artifacts (keeps .venv and .cache)
-	rm -rf outputs/* multirun/* mlruns mlflow.db mlflow-server.db mlartifacts .pytest_cache  # data/repos (Oxen) is kept
+clean: ## remove run outputs, the local MLflow database and artifacts (keeps .venv, .cache, data/repos and the server's store)
+	rm -rf outputs/* multirun/* mlruns mlflow.db .pytest_cache
 	touch outputs/.gitkeep multirun/.gitkeep
+
+clean-server: ## delete the team server's store (mlflow-server.db, mlartifacts/); refuses while the server answers
+	@if curl -s -o /dev/null --max-time 2 http://127.0.0.1:$(MLFLOW_PORT)/health; then \
+		echo "the MLflow server on port $(MLFLOW_PORT) is running: stop it first" >&2; exit 1; fi
+	rm -rf mlflow-server.db mlartifacts

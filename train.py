@@ -5,6 +5,9 @@ python train.py intervention.layer=8,16,24 -m    # a sweep: one MLflow run per j
 python train.py --cfg job                        # print the composed config
 """
 
+import os
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
@@ -14,13 +17,19 @@ def main(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from reftlab.run import run  # lazy: --help and --cfg stay fast
+    from reftlab.run import USER_ERRORS, run  # lazy: --help and --cfg stay fast
 
     def objective(metrics: dict) -> float:  # what a sweeper optimises: validation, never test accuracy
         return metrics.get("val_accuracy", float("nan"))
 
     if HydraConfig.get().mode != RunMode.MULTIRUN:
-        return objective(run(cfg))
+        try:
+            return objective(run(cfg))
+        except USER_ERRORS as e:  # bad settings or data: the message says what to change (run: FAILED)
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
     try:  # in a sweep a failed job is recorded (MLflow FAILED, status.json) and the others go on
         return objective(run(cfg))
     except Exception:

@@ -270,10 +270,12 @@ def counts(df: pd.DataFrame) -> str:
 
 
 def readme(prepared: Prepared, cfg) -> str:
+    from .tracking import redact
+
     lines = [
         f"# {prepared.name} (prepared by reftlab)",
         "",
-        f"- Source: {prepared.info.get('source')}",
+        f"- Source: {redact(prepared.info.get('source'))}",
         f"- Recipe: {cfg.recipe}; split: {prepared.info.get('split')}; eval fraction {cfg.eval_fraction}; "
         f"split seed {cfg.split_seed}",
         f"- full: {counts(prepared.full)}",

@@ -28,8 +28,8 @@ def fetch(run_id: str, tracking_uri: str | None) -> Path:
 
 
 def read_texts(path: str | None, column: str) -> list[str]:
-    if path is None:
-        return [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if path is None:  # one text per line; a blank line is a (blank) text, so outputs line up with inputs
+        return [line.rstrip("\n") for line in sys.stdin]
     from . import data
 
     frame = data.read_table(path)
@@ -80,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--output", help="also write the predictions to this CSV/parquet file")
     args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error(f"--batch-size {args.batch_size} is not valid: it must be an integer >= 1")
+    if args.output and args.input and Path(args.output).resolve() == Path(args.input).resolve():
+        parser.error(f"--output {args.output} is the input file: choose another file (the input is kept)")
     texts = read_texts(args.input, args.column)
     if args.run:
         uri = tracking.tracking_uri(args.tracking_uri)

@@ -208,32 +208,61 @@ def cache_key(model, start: int, seqs: list[list[int]], suffix_lens: list[int], 
 
 
 class DiskStore:
-    """`<folder>/<key>.pt` files, at most `max_bytes` in all (least recently used removed first)."""
+    """Prefix caches on disk, at most `max_bytes` in all (least recently used removed first).
+
+    The store keeps its entries in its own subfolder (`<folder>/reftlab-prefix-v2/`): tensors as
+    `<key>.safetensors` (no pickle: a shared cache folder cannot run code in a job), metadata as
+    `<key>.json`, written last (an entry without it is incomplete). It only ever deletes files it
+    wrote there, evicts under one store-wide lock, and clears its own temp files left by a killed
+    job (counted in the bound until then).
+    """
+
+    SUBFOLDER = "reftlab-prefix-v2"
+    TENSORS = ("keys", "values", "hidden", "prefix_offset", "prefix_len", "suffix_offset", "suffix_len")
+    STALE_TEMP_SECONDS = 3600
 
     def __init__(self, folder: Path, max_bytes: int):
-        self.folder = Path(folder)
+        self.folder = Path(folder) / self.SUBFOLDER
         self.max_bytes = int(max_bytes)
 
     def path(self, key: str) -> Path:
-        return self.folder / f"{key}.pt"
+        return self.folder / f"{key}.safetensors"
+
+    def meta_path(self, key: str) -> Path:
+        return self.folder / f"{key}.json"
 
     def lock(self, key: str):
         """One builder per key across processes (parallel jobs of a sweep wait, then load)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
         return file_lock(self.folder / f"{key}.lock")
 
     def load(self, key: str, device) -> PrefixCache | None:
-        path = self.path(key)
-        if not path.exists():
+        import json
+
+        from safetensors.torch import load_file
+
+        meta_path, path = self.meta_path(key), self.path(key)
+        if not meta_path.exists():
             return None
         try:
-            state = torch.load(path, map_location=device, weights_only=False)
-        except Exception as e:  # a truncated or foreign file: rebuild
+            meta = json.loads(meta_path.read_text())
+            tensors = load_file(str(path), device=str(device))
+        except Exception as e:  # evicted meanwhile, truncated or foreign: rebuild
             log.warning("Prefix cache %s is unreadable (%s): rebuilding it", path, e)
             return None
-        os.utime(path)
-        return PrefixCache(**state)
+        for p in (path, meta_path):
+            with contextlib.suppress(OSError):
+                os.utime(p)
+        arrays = {k: tensors[k].cpu().numpy() for k in self.TENSORS[3:]}
+        return PrefixCache(
+            int(meta["start"]), tensors["keys"], tensors["values"], tensors["hidden"], **arrays
+        )
 
     def save(self, key: str, cache: PrefixCache) -> bool:
+        import json
+
+        from safetensors.torch import save_file
+
         if self.max_bytes <= 0:
             return False
         if cache.nbytes > self.max_bytes:
@@ -243,18 +272,50 @@ class DiskStore:
                 self.max_bytes / 2**30,
             )
             return False
-        self.evict(self.max_bytes - cache.nbytes)
-        tmp = self.path(key).with_suffix(f".tmp{os.getpid()}")
-        torch.save({k: (v.cpu() if torch.is_tensor(v) else v) for k, v in cache.state().items()}, tmp)
-        tmp.replace(self.path(key))
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp_tensors = self.folder / f"{key}.tmp-{os.getpid()}.safetensors"
+        tmp_meta = self.folder / f"{key}.tmp-{os.getpid()}.json"
+        tensors = {k: getattr(cache, k) for k in self.TENSORS}
+        tensors = {k: (v if torch.is_tensor(v) else torch.from_numpy(np.asarray(v))).cpu().contiguous()
+                   for k, v in tensors.items()}  # fmt: skip
+        with file_lock(self.folder / ".store.lock"):  # eviction and writing: one process at a time
+            self.evict(self.max_bytes - cache.nbytes)
+        try:
+            save_file(tensors, str(tmp_tensors))
+            tmp_tensors.replace(self.path(key))
+            tmp_meta.write_text(json.dumps({"start": cache.start, "format": 2}))
+            tmp_meta.replace(self.meta_path(key))  # last: the entry is complete
+        finally:
+            for p in (tmp_tensors, tmp_meta):
+                p.unlink(missing_ok=True)
         return True
 
+    def entries(self) -> list[Path]:
+        """The complete entries this store wrote (their tensor files), oldest use first."""
+        found = [p for p in self.folder.glob("*.safetensors") if p.with_suffix(".json").exists()]
+        return sorted(found, key=lambda p: p.stat().st_mtime)
+
+    def stale_temps(self) -> list[Path]:
+        """Temp files of this store left by a job that died (its process is gone, or an hour old)."""
+        out = []
+        for p in self.folder.glob("*.tmp-*"):
+            pid = p.name.split(".tmp-")[-1].split(".")[0]  # <key>.tmp-<pid>.<ext>
+            alive = pid.isdigit() and Path(f"/proc/{pid}").exists()
+            with contextlib.suppress(OSError):
+                if not alive or time.time() - p.stat().st_mtime > self.STALE_TEMP_SECONDS:
+                    out.append(p)
+        return out
+
     def evict(self, budget: int) -> None:
-        files = sorted(self.folder.glob("*.pt"), key=lambda p: p.stat().st_mtime)
+        for p in self.stale_temps():
+            p.unlink(missing_ok=True)
+            log.info("Removed a leftover prefix-cache temp file %s", p.name)
+        files = self.entries()
         total = sum(p.stat().st_size for p in files)
         while files and total > budget:
             old = files.pop(0)
             total -= old.stat().st_size
+            old.with_suffix(".json").unlink(missing_ok=True)  # incomplete first: never loaded again
             old.unlink(missing_ok=True)
             log.info("Removed old prefix cache %s (trainer.cache_disk_gb bound)", old.name)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import html
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -550,7 +551,9 @@ def main(argv: list[str] | None = None) -> int:
     uri = tracking.tracking_uri(args.tracking_uri)
     runs = load_runs(args.experiment, uri, args.filter)
     others = baseline_runs(set(runs.get("tags.data_hash", pd.Series(dtype=str)).dropna()))
-    out = Path(args.out or f"reports/{args.experiment}")
+    out = Path(
+        args.out or f"reports/{re.sub(r'[^A-Za-z0-9._-]+', '_', args.experiment).strip('.') or 'report'}"
+    )
     result = write(runs, out, f"reftlab report: {args.experiment}", others, parse_reference(args.reference))
     print(f"{out / 'report.md'}: {result['finished']} finished, {result['failed']} failed or unfinished runs")
     if result["chosen"] and result["chosen"]["overall"] is not None:

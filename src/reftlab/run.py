@@ -10,13 +10,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import tempfile
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from . import data, methods, tracking, validate, versioning
+from .locks import file_lock
 
 log = logging.getLogger(__name__)
+# Errors that mean "change a setting or the data", not a bug: train.py prints their message alone
+# (exit code 2; HYDRA_FULL_ERROR=1 shows the traceback).
+USER_ERRORS = (validate.ConfigError, data.DataError, versioning.VersionError)
 
 # Settings that do not change what a job computes: ignored when resuming a sweep.
 NOT_RESULT = ("force", "run_name", "mlflow")
@@ -34,10 +40,28 @@ def method_of(cfg):
         return None
 
 
-def config_hash(resolved: dict, trains: bool = True) -> str:
+def data_fingerprint(data_cfg) -> str:
+    """The content of a local data file (sha256), so resume notices an edited file at the same path;
+    a URL or a pinned revision is identified by the config itself."""
+    path = data_cfg.get("path")
+    if (
+        not path
+        or data.is_url(str(path))
+        or data_cfg.get("revision") is not None
+        or not Path(str(path)).is_file()
+    ):
+        return ""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def config_hash(resolved: dict, trains: bool = True, data_content: str = "") -> str:
     """Identity of a job for resume: the resolved config without bookkeeping keys (and without the
-    seed and training settings for methods that do not train)."""
-    kept = {k: v for k, v in resolved.items() if k not in NOT_RESULT}
+    seed and training settings for methods that do not train), and the data file's content."""
+    kept = {k: v for k, v in resolved.items() if k not in NOT_RESULT} | {"data_content": data_content}
     if not trains:
         kept = {**kept, "trainer": dict(kept.get("trainer", {}))}
         for name in UNTRAINED_IGNORE:
@@ -58,22 +82,29 @@ def run(cfg, output_dir: Path | None = None) -> dict:
     A job whose resolved config already has a FINISHED run in the experiment is skipped (resume),
     unless force=true. Failures are recorded as FAILED, SIGTERM/Ctrl-C as KILLED, then re-raised.
     """
-    import mlflow
 
     output_dir = Path(output_dir or hydra_output_dir() or "outputs/adhoc")
     output_dir.mkdir(parents=True, exist_ok=True)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+    tracking.write_atomic(output_dir / "config.yaml", tracking.redact(OmegaConf.to_yaml(resolved)))
     experiment_id = tracking.setup(cfg.mlflow)
     method = method_of(cfg)
-    key = config_hash(resolved, method.trains if method else True)
-    previous = None if cfg.get("force", False) else tracking.finished_run(experiment_id, key)
-    if previous is not None:
-        log.info(
-            "Skipping: run %s already FINISHED with this config (force=true re-runs it)", previous.info.run_id
-        )
-        tracking.write_status(output_dir, "skipped", run_id=previous.info.run_id)
-        return dict(previous.data.metrics)
+    key = config_hash(resolved, method.trains if method else True, data_fingerprint(cfg.data))
+    # one job per key at a time on this machine: a parallel twin waits, then finds it FINISHED
+    with file_lock(Path(tempfile.gettempdir()) / "reftlab-run-locks" / f"{experiment_id}-{key}.lock"):
+        previous = None if cfg.get("force", False) else tracking.finished_run(experiment_id, key)
+        if previous is not None:
+            log.info("Skipping: run %s already FINISHED with this config (force=true re-runs it)",
+                     previous.info.run_id)  # fmt: skip
+            tracking.write_status(output_dir, "skipped", run_id=previous.info.run_id)
+            return dict(previous.data.metrics)
+        return record(cfg, method, resolved, key, output_dir)
+
+
+def record(cfg, method, resolved: dict, key: str, output_dir: Path) -> dict:
+    """The MLflow run of one job: tags, params, config, then `execute`; FAILED/KILLED on errors."""
+    import mlflow
+
     name = cfg.get("run_name") or (
         method.run_name(cfg) if method else f"{cfg.intervention.method}-{cfg.data.name}"
     )
@@ -123,7 +154,7 @@ def execute(cfg, output_dir: Path) -> dict:
     if outcome.losses:
         tracking.log_losses(outcome.losses, cfg.trainer.log_every)
     save_predictions(prepared, outcome.scores, output_dir)
-    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    tracking.write_atomic(output_dir / "metrics.json", json.dumps(metrics, indent=2))
     return metrics
 
 
@@ -155,5 +186,7 @@ def save_predictions(prepared, scores, output_dir: Path) -> None:
     predictions = rows.assign(
         score=scores, p_yes=1 / (1 + np.exp(-scores)), prediction=np.where(scores > 0, "Yes", "No")
     )
-    predictions.to_parquet(output_dir / "predictions.parquet", index=False)
+    tmp = output_dir / f".predictions.parquet.tmp{os.getpid()}"
+    predictions.to_parquet(tmp, index=False)
+    tmp.replace(output_dir / "predictions.parquet")
     mlflow.log_artifact(str(output_dir / "predictions.parquet"))

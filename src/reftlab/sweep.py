@@ -20,21 +20,30 @@ log = logging.getLogger(__name__)
 
 
 def read_statuses(sweep_dir: Path) -> list[dict]:
+    """One row per job of the sweep: its status file, or `missing` for a job that Hydra started
+    (its folder holds .hydra/) but that died before writing one (OOM kill, SIGKILL, a crash at start)."""
     rows = []
-    for path in sorted(Path(sweep_dir).glob(f"*/{STATUS_FILE}")):
-        rows.append({"job": path.parent.name, **json.loads(path.read_text())})
+    for job in sorted(p for p in Path(sweep_dir).iterdir() if p.is_dir()) if Path(sweep_dir).is_dir() else []:
+        path = job / STATUS_FILE
+        if path.exists():
+            rows.append({"job": job.name, **json.loads(path.read_text())})
+        elif (job / ".hydra").is_dir():
+            rows.append(
+                {"job": job.name, "status": "missing", "error": "the job ended without a status (killed?)"}
+            )
     return rows
+
+
+BAD = ("failed", "killed", "missing")
 
 
 def summary(rows: list[dict]) -> str:
     counts = Counter(r["status"] for r in rows)
     parts = ", ".join(f"{counts.get(s, 0)} {s}" for s in ("finished", "failed", "skipped", "killed"))
+    if counts.get("missing"):
+        parts += f", {counts['missing']} missing"
     lines = [f"sweep summary: {len(rows)} jobs: {parts}"]
-    lines += [
-        f"  job {r['job']} {r['status']}: {r.get('error', '')}"
-        for r in rows
-        if r["status"] in ("failed", "killed")
-    ]
+    lines += [f"  job {r['job']} {r['status']}: {r.get('error', '')}" for r in rows if r["status"] in BAD]
     return "\n".join(lines)
 
 
@@ -43,6 +52,14 @@ class SweepCallback(Callback):
         # Create the tracking database and experiment once, before parallel jobs race to do it.
         from . import tracking
 
+        uri = tracking.tracking_uri(config.mlflow.get("tracking_uri"))
+        launcher = str(config.hydra.launcher.get("_target_", ""))
+        if uri.startswith("sqlite:") and "slurm" in launcher.lower():
+            log.warning(
+                "SQLite tracking (%s) with a SLURM launcher: SQLite locking on a shared (NFS) filesystem is "
+                "unreliable; use a tracking server (make mlflow-server; mlflow.tracking_uri=http://...)",
+                tracking.redact(uri),
+            )
         tracking.setup(config.mlflow)
 
     def on_multirun_end(self, config, **kwargs) -> None:
@@ -50,6 +67,6 @@ class SweepCallback(Callback):
         text = summary(rows)
         print(text, file=sys.stderr)
         log.info(text)
-        if any(r["status"] in ("failed", "killed") for r in rows):
+        if any(r["status"] in BAD for r in rows):
             # Hydra turns a callback's exceptions into warnings; SystemExit still sets the exit code.
             raise SystemExit(1)

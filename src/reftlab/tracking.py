@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import platform
+import re
 import subprocess
 import threading
 from pathlib import Path
@@ -15,28 +16,51 @@ PACKAGES = (
 MAX_PARAM_CHARS = 6000
 
 
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/\s:@]+)(?::[^/\s@]*)?@")
+_SECRET_QUERY = re.compile(
+    r"(?i)(?P<key>[?&;](?:token|access_token|api_key|apikey|password|secret|sig|signature)=)[^&;\s]*"
+)
+
+
+def redact(text) -> str:
+    """`text` with credentials in URIs masked (user:password@ -> user:***@; token=..., password=...
+    query values -> ***): what is logged, committed, written or printed."""
+    text = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", str(text))
+    return _SECRET_QUERY.sub(lambda m: f"{m['key']}***", text)
+
+
 def tracking_uri(configured: str | None = None) -> str:
     """The configured URI, else a SQLite database mlflow.db in the working directory."""
     return configured or f"sqlite:///{Path('mlflow.db').resolve()}"
 
 
 def setup(mlflow_cfg) -> str:
-    """Point MLflow at the tracking URI and make sure the experiment exists; returns its id."""
+    """Point MLflow at the tracking URI and make sure the experiment exists; returns its id.
+
+    With a SQLite URI, creating the database and the experiment happens under a lock beside the
+    database file: two jobs started at once would otherwise both create its tables and one fail."""
+    import contextlib
+
     import mlflow
 
+    from .locks import file_lock
+
     uri = tracking_uri(mlflow_cfg.get("tracking_uri"))
-    mlflow.set_tracking_uri(uri)
-    experiment = mlflow.get_experiment_by_name(mlflow_cfg.experiment)
-    if experiment is not None:
-        experiment_id = experiment.experiment_id
-    else:
-        location = None
-        if uri.startswith("sqlite:///"):  # keep artifacts beside the database, not in the cwd
-            location = (Path(uri[len("sqlite:///") :]).parent / "mlruns").resolve().as_uri()
-        try:
-            experiment_id = mlflow.create_experiment(mlflow_cfg.experiment, artifact_location=location)
-        except Exception:  # created meanwhile by a parallel job
-            experiment_id = mlflow.get_experiment_by_name(mlflow_cfg.experiment).experiment_id
+    database = Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
+    guard = file_lock(database.with_name(f".{database.name}.lock")) if database else contextlib.nullcontext()
+    with guard:
+        mlflow.set_tracking_uri(uri)
+        experiment = mlflow.get_experiment_by_name(mlflow_cfg.experiment)
+        if experiment is not None:
+            experiment_id = experiment.experiment_id
+        else:
+            location = None
+            if database:  # keep artifacts beside the database, not in the cwd
+                location = (database.parent / "mlruns").resolve().as_uri()
+            try:
+                experiment_id = mlflow.create_experiment(mlflow_cfg.experiment, artifact_location=location)
+            except Exception:  # created meanwhile by a job on another machine
+                experiment_id = mlflow.get_experiment_by_name(mlflow_cfg.experiment).experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
 
@@ -49,7 +73,7 @@ def flatten(tree, prefix: str = "") -> dict[str, str]:
         if isinstance(value, dict):
             out.update(flatten(value, name))
         else:
-            out[name] = str(value)[:MAX_PARAM_CHARS]
+            out[name] = redact(value)[:MAX_PARAM_CHARS]
     return out
 
 
@@ -124,11 +148,21 @@ class PeakMemory:
 STATUS_FILE = "status.json"
 
 
+def write_atomic(path: Path, text: str) -> None:
+    """Write a whole file or nothing: a reader (or a crash) never sees half of it."""
+    import os
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def write_status(output_dir: Path, status: str, **extra) -> None:
     """`status.json` in the job's folder: what the sweep summary counts (any launcher)."""
     import json
 
-    (Path(output_dir) / STATUS_FILE).write_text(json.dumps({"status": status, **extra}))
+    write_atomic(Path(output_dir) / STATUS_FILE, json.dumps({"status": status, **extra}))
 
 
 def finished_run(experiment_id: str, key: str):
@@ -183,7 +217,8 @@ class recorded_run:
             if error is None:
                 write_status(self.output_dir, "finished", run_id=run_id)
                 return False
-            killed = isinstance(error, Terminated | KeyboardInterrupt)
+            # SystemExit: submitit's pre-timeout handler (SLURM time limit) ends the job with it
+            killed = isinstance(error, Terminated | KeyboardInterrupt | SystemExit)
             text = f"{kind.__name__}: {error}"[:5000]
             mlflow.set_tag("error", text)
             mlflow.log_text("".join(traceback.format_exception(kind, error, tb)), "error.txt")

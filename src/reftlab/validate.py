@@ -29,7 +29,12 @@ def integer(value, name: str, low: int) -> None:
 def check_layers(layer, n_layers: int, model_name: str) -> None:
     if layer == "all":
         return
-    layers = [layer] if isinstance(layer, int | str) else list(layer)
+    layers = [layer] if layer is None or isinstance(layer, int | float | str) else list(layer)
+    if not layers:
+        raise ConfigError(
+            f"intervention.layer=[] is not valid: give a layer of model {model_name!r} (0..{n_layers - 1}), "
+            "a list of them, or all"
+        )
     for value in layers:
         if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < n_layers:
             raise ConfigError(
@@ -54,9 +59,10 @@ def check_trainer(tcfg) -> None:
         ("grad_accum", 1),
         ("max_length", 8),
         ("eval_batch_size", 1),
+        ("log_every", 1),
     ):
         value = tcfg[key]
-        if not isinstance(value, int) or value < low:
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise ConfigError(f"trainer.{key}={value!r} is not valid: it must be an integer >= {low}")
     if not float(tcfg.lr) > 0:
         raise ConfigError(f"trainer.lr={tcfg.lr!r} is not valid: it must be > 0")
@@ -68,16 +74,55 @@ def check_trainer(tcfg) -> None:
             raise ConfigError(f"trainer.{key}={value!r} is not valid: it must be a number of GB >= 0")
 
 
+def safe_name(value, setting: str) -> str:
+    """A name used as one folder name (data/repos/<name>, reports/<name>): one plain path component."""
+    import re
+
+    text = str(value)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", text) or ".." in text:
+        raise ConfigError(
+            f"{setting}={value!r} is not valid: use letters, digits, '.', '_' or '-' (a single folder name, "
+            "not a path)"
+        )
+    return text
+
+
 def check_data(dcfg) -> None:
+    safe_name(dcfg.name, "data.name")
     if dcfg.recipe not in data.RECIPES:
         raise ConfigError(f"data.recipe={dcfg.recipe!r} is not valid: choose one of {list(data.RECIPES)}")
     if dcfg.get("revision") is None:  # a stored revision needs no source file
         data.check_path(dcfg.path)
 
 
+MODEL_SOURCES = ("bundled", "hub", "random")
+DEVICES_HELP = "auto, cpu, cuda or cuda:<n>"
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+
+
+def check_model(mcfg) -> None:
+    """The model settings that would otherwise fail only after data preparation and loading."""
+    import re
+
+    if mcfg.source not in MODEL_SOURCES:
+        raise ConfigError(f"model.source={mcfg.source!r} is not valid: choose one of {list(MODEL_SOURCES)}")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(mcfg.device)):
+        raise ConfigError(f"model.device={mcfg.device!r} is not valid: choose {DEVICES_HELP}")
+    if mcfg.dtype not in DTYPES:
+        raise ConfigError(f"model.dtype={mcfg.dtype!r} is not valid: choose one of {list(DTYPES)}")
+    if mcfg.source == "hub" and not mcfg.get("path"):
+        raise ConfigError("model.path is not set: model.source=hub needs a hub id or a local folder")
+    if mcfg.source == "random" and not mcfg.get("tokenizer"):
+        raise ConfigError(
+            "model.tokenizer is not set: model.source=random needs a tokenizer (bundled, a hub id or a folder)"
+        )
+
+
 def check(cfg, method) -> int | None:
     """Validate the whole job for `method` (a reftlab.methods plugin, which checks its own
     settings); returns the model's layer count (None for a method without a model)."""
+    if method.needs_model:
+        check_model(cfg.model)
     n_layers = model_num_layers(cfg.model) if method.needs_model else None
     method.validate(cfg.intervention, n_layers, cfg.model.name)
     check_trainer(cfg.trainer)

@@ -35,7 +35,9 @@ def repos_root() -> Path:
 
 
 def repo_dir(name: str) -> Path:
-    return repos_root() / name
+    from .validate import safe_name
+
+    return repos_root() / safe_name(name, "data.name")
 
 
 def locked(folder: Path):
@@ -79,7 +81,9 @@ def content_key(folder: Path) -> str:
 
 
 def commit_message(prepared: data.Prepared, cfg, key: str) -> str:
-    settings = " ".join(f"{k}={v}" for k, v in recipe_settings(cfg).items())
+    from .tracking import redact
+
+    settings = redact(" ".join(f"{k}={v}" for k, v in recipe_settings(cfg).items()))
     return (
         f"prepare {cfg.name} (full {len(prepared.full)}, train {len(prepared.train)}, val {len(prepared.val)}, "
         f"eval {len(prepared.eval)}) [content {key}]: {settings}"

@@ -1,0 +1,235 @@
+"""Lose nothing, leak nothing: the store never deletes what it did not write, no pickle is loaded
+from a shared folder, credentials never reach logs, bad input stops early with its name."""
+
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import PYTHON, ROOT, compose, runs, tiny_overrides
+
+from reftlab import prefix_cache, run, tracking, validate, versioning
+
+
+def small_cache(start=1, n=4):
+    keys = torch.randn(2, 1 + 10 * n, 2, 8)
+    return prefix_cache.PrefixCache(
+        start, keys, torch.randn_like(keys), torch.randn(1 + 2 * n, 16),
+        np.arange(n) * 10 + 1, np.full(n, 10), np.arange(n) * 2 + 1, np.full(n, 2),
+    )  # fmt: skip
+
+
+def test_the_prefix_store_deletes_only_what_it_wrote(tmp_path):
+    foreign = [tmp_path / "checkpoint.pt", tmp_path / "model.safetensors", tmp_path / "notes.json"]
+    for f in foreign:
+        f.write_bytes(b"x" * 100_000)
+    cache = small_cache()
+    store = prefix_cache.DiskStore(tmp_path, int(cache.nbytes * 2.5))
+    store.folder.mkdir(parents=True)
+    planted = store.folder / "mine.safetensors"  # no metadata beside it: not an entry of the store
+    planted.write_bytes(b"y" * 100_000)
+    dead_temp = store.folder / "abc.tmp-999999999.safetensors"  # left by a job that died
+    dead_temp.write_bytes(b"z" * 10)
+    for key in ("a", "b", "c", "d"):
+        assert store.save(key, cache)
+    assert [p.stem for p in store.entries()] == ["c", "d"]  # the bound holds two: oldest removed
+    assert all(f.exists() for f in foreign) and planted.exists()
+    assert not dead_temp.exists()
+    loaded = store.load("d", "cpu")
+    assert torch.equal(loaded.keys, cache.keys) and np.array_equal(loaded.suffix_len, cache.suffix_len)
+
+
+def test_the_store_never_unpickles_a_file_from_the_cache_folder(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    store = prefix_cache.DiskStore(tmp_path, 10**9)
+    store.folder.mkdir(parents=True)
+    (tmp_path / "k.pt").write_bytes(pickle.dumps(Payload()))  # the old format's name
+    store.path("k").write_bytes(pickle.dumps(Payload()))  # a pickle where tensors should be
+    store.meta_path("k").write_text('{"start": 1}')
+    assert store.load("k", "cpu") is None  # unreadable as safetensors: rebuilt, never executed
+    assert not marker.exists()
+
+
+def test_credentials_are_masked_everywhere_they_would_be_logged(in_root, mlflow_uri, tmp_path):
+    assert tracking.redact("postgresql://bob:s3cret@db:5432/x") == "postgresql://bob:***@db:5432/x"
+    assert tracking.redact("https://h/f.csv?token=abc&x=1") == "https://h/f.csv?token=***&x=1"
+    assert tracking.redact("sqlite:///a/b.db") == "sqlite:///a/b.db"
+    cfg = compose(*tiny_overrides(f"mlflow.tracking_uri={mlflow_uri}", "+note=postgresql://bob:s3cret@db/x"))
+    run.run(cfg, output_dir=tmp_path / "job")
+    (row,) = runs(mlflow_uri).to_dict("records")
+    assert row["params.note"] == "postgresql://bob:***@db/x"
+    assert "s3cret" not in (tmp_path / "job" / "config.yaml").read_text()
+    data = compose("data=csv", "data.path=https://bob:tok3n@example.org/d.csv").data
+    prepared = type("P", (), {"full": [0], "train": [0], "val": [0], "eval": [0]})()
+    assert "tok3n" not in versioning.commit_message(prepared, data, "k")
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("trainer.log_every=0", "trainer.log_every=0 is not valid: it must be an integer >= 1"),
+        ("model.device=tpu", "model.device='tpu' is not valid: choose auto, cpu, cuda"),
+        ("model.dtype=fp8", "model.dtype='fp8' is not valid: choose one of"),
+        ("model.source=web", "model.source='web' is not valid"),
+        ("intervention.layer=[]", "intervention.layer=[] is not valid"),
+        ("intervention.layer=1.5", "intervention.layer=1.5 is not a layer"),
+        ("intervention.layer=null", "intervention.layer=None is not a layer"),
+        ("data.name=..", "data.name='..' is not valid: use letters"),
+        ("data.name=a/b", "data.name='a/b' is not valid"),
+    ],
+)
+def test_bad_settings_stop_before_any_loading_with_their_name(override, words):
+    from reftlab import methods
+
+    cfg = compose(override)
+    with pytest.raises(validate.ConfigError) as e:
+        validate.check(cfg, methods.get(cfg.intervention.method))
+    assert words in str(e.value)
+
+
+def test_a_dataset_repository_stays_inside_the_repository_root():
+    with pytest.raises(validate.ConfigError, match="data.name='..'"):
+        versioning.repo_dir("..")
+
+
+def test_a_user_error_prints_its_message_without_a_traceback(mlflow_uri, tmp_path):
+    out = subprocess.run(
+        [PYTHON, "train.py", *tiny_overrides("intervention.layer=7", f"mlflow.tracking_uri={mlflow_uri}",
+                                             f"hydra.run.dir={tmp_path / 'run'}")],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert "error: intervention.layer=7 is not a layer of model 'tiny_random'" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert runs(mlflow_uri)["status"].tolist() == ["FAILED"]  # still recorded
+
+
+def test_predict_refuses_a_bad_batch_size_and_overwriting_its_input(tmp_path):
+    texts = tmp_path / "in.csv"
+    texts.write_text("text\nhello\n")
+    for args, words in [
+        (["--batch-size", "-1"], "--batch-size -1 is not valid"),
+        (["--input", str(texts), "--output", str(texts)], "is the input file"),
+    ]:
+        out = subprocess.run([PYTHON, "predict.py", "--path", str(tmp_path), *args], cwd=ROOT,
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert out.returncode == 2 and words in out.stderr, out.stderr
+    assert texts.read_text() == "text\nhello\n"
+
+
+def test_predict_keeps_blank_lines_so_outputs_line_up(monkeypatch):
+    import io
+
+    from reftlab import predict
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO("first\n\nthird\n"))
+    assert predict.read_texts(None, "text") == ["first", "", "third"]
+
+
+def test_make_clean_never_touches_the_team_servers_store():
+    dry = subprocess.run(["make", "-n", "clean"], cwd=ROOT, capture_output=True, text=True).stdout
+    assert "rm -rf" in dry and "mlflow-server.db" not in dry and "mlartifacts" not in dry
+    server = subprocess.run(["make", "-n", "clean-server"], cwd=ROOT, capture_output=True, text=True).stdout
+    assert "/health" in server and "running: stop it first" in server
+
+
+def test_the_server_store_uri_is_never_on_a_command_line():
+    env = {"MLFLOW_BACKEND_STORE_URI": "postgresql://bob:s3cret@db/x", "PATH": "/usr/bin:/bin"}
+    dry = subprocess.run(
+        ["make", "-n", "mlflow-server"], cwd=ROOT, capture_output=True, text=True, env=env
+    ).stdout
+    assert "mlflow server" in dry and "s3cret" not in dry and "backend-store-uri" not in dry
+
+
+def test_single_run_folders_are_unique_to_the_microsecond():
+    from reftlab.configs import compose as full
+
+    hydra = full([], return_hydra_config=True).hydra
+    import re
+
+    # two processes started in the same second differ in the microseconds of the folder name
+    assert re.fullmatch(r"outputs/\d{4}-\d{2}-\d{2}/\d{2}-\d{2}-\d{2}-\d{6}", str(hydra.run.dir))
+
+
+def test_status_and_metrics_files_are_written_whole(tmp_path):
+    tracking.write_atomic(tmp_path / "metrics.json", '{"a": 1}')
+    tracking.write_status(tmp_path, "finished", run_id="r")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "status.json"]  # no temp left
+
+
+def test_resume_notices_an_edited_data_file(in_root, mlflow_uri, tmp_path):
+    path = tmp_path / "mine.csv"
+    rows = [f"text {i},{'spam' if i % 2 else 'ham'}" for i in range(60)]
+    path.write_text("text,label\n" + "\n".join(rows) + "\n")
+    overrides = tiny_overrides("data=csv", f"data.path={path}", "data.positive_label=spam",
+                               f"mlflow.tracking_uri={mlflow_uri}")  # fmt: skip
+    run.run(compose(*overrides), output_dir=tmp_path / "a")
+    run.run(compose(*overrides), output_dir=tmp_path / "b")  # same file: skipped
+    assert len(runs(mlflow_uri)) == 1
+    path.write_text("text,label\n" + "\n".join(rows[::-1]) + "\nan edit,spam\n")
+    run.run(compose(*overrides), output_dir=tmp_path / "c")  # same path, new content: runs again
+    assert runs(mlflow_uri)["status"].tolist() == ["FINISHED", "FINISHED"]
+
+
+def test_two_identical_jobs_started_together_run_once(mlflow_uri, tmp_path):
+    args = [
+        PYTHON,
+        "train.py",
+        *tiny_overrides(f"mlflow.tracking_uri={mlflow_uri}", "save_intervention=false"),
+    ]
+    first = subprocess.Popen([*args, f"hydra.run.dir={tmp_path / 'a'}"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+    second = subprocess.Popen([*args, f"hydra.run.dir={tmp_path / 'b'}"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)  # fmt: skip
+    for proc in (first, second):
+        assert proc.wait(timeout=600) == 0, proc.stderr.read()[-2000:]
+    statuses = sorted(
+        __import__("json").loads((tmp_path / d / "status.json").read_text())["status"] for d in ("a", "b")
+    )
+    assert statuses == ["finished", "skipped"] and len(runs(mlflow_uri)) == 1
+
+
+def test_a_job_that_died_without_a_status_fails_the_sweep(tmp_path):
+    from reftlab import sweep
+
+    for job, status in (("0", "finished"), ("1", None), ("2", "failed")):
+        (tmp_path / job / ".hydra").mkdir(parents=True)
+        if status:
+            tracking.write_status(tmp_path / job, status, error="boom" if status == "failed" else "")
+    rows = sweep.read_statuses(tmp_path)
+    assert [r["status"] for r in rows] == ["finished", "missing", "failed"]
+    text = sweep.summary(rows)
+    assert text.startswith("sweep summary: 3 jobs: 1 finished, 1 failed, 0 skipped, 0 killed, 1 missing")
+    assert "job 1 missing" in text
+
+
+def test_the_pre_timeout_system_exit_is_recorded_killed(mlflow_uri, tmp_path):
+    import mlflow
+
+    mlflow.set_tracking_uri(mlflow_uri)
+    mlflow.set_experiment("t")
+    with pytest.raises(SystemExit):
+        with tracking.recorded_run("job", tmp_path):
+            raise SystemExit(0)
+    assert runs(mlflow_uri, "t")["status"].tolist() == ["KILLED"]
+    assert '"killed"' in (tmp_path / "status.json").read_text()
+
+
+def test_sqlite_with_a_slurm_launcher_warns(caplog, tmp_path):
+    from reftlab.configs import compose as full
+    from reftlab.sweep import SweepCallback
+
+    cfg = full(
+        ["hydra/launcher=slurm", f"mlflow.tracking_uri=sqlite:///{tmp_path / 'x.db'}"],
+        return_hydra_config=True,
+    )
+    with caplog.at_level("WARNING"):
+        SweepCallback().on_multirun_start(cfg)
+    assert "SQLite locking on a shared (NFS) filesystem is unreliable" in caplog.text

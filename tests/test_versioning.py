@@ -81,6 +81,38 @@ def test_uncommitted_changes_stop_prepare_and_are_kept(repos, in_root):
     assert readme.read_text() == "my notes\n"
 
 
+def test_a_half_done_reftlab_commit_is_rolled_back_and_said(repos, in_root, caplog):
+    """What a kill during `prepare` leaves (the files copied, no commit, the marker beside the
+    repository) is rolled back on the next run, which then proceeds; a user's own edit is not."""
+    first, _ = versioning.prepare(compose().data)
+    folder = repos / "opinion_spam"
+    (folder / "train.parquet").write_bytes(b"half a parquet file")
+    versioning.pending_marker(folder).write_text('{"operation": "prepare", "pid": 1}')
+    with caplog.at_level("WARNING"):
+        again, made = versioning.prepare(compose().data)
+    assert (again, made) == (first, False) and "Rolled back train.parquet" in caplog.text
+    assert versioning.oxen("dirty", folder) == [] and not versioning.pending_marker(folder).exists()
+    assert len(pd.read_parquet(folder / "train.parquet")) == 1088
+
+
+def test_a_killed_prepare_leaves_a_repository_the_next_run_can_use(repos, in_root, tmp_path):
+    """Fault injection: kill -9 a `prepare` of other settings while it runs, then prepare again."""
+    import signal
+    import time
+
+    versioning.prepare(compose().data)
+    folder = repos / "opinion_spam"
+    proc = subprocess.Popen([PYTHON, "-m", "reftlab.data_cli", "prepare", "data.split=hotel"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 120
+    while not versioning.pending_marker(folder).exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    commit_id, _ = versioning.prepare(compose("data.split=hotel").data)  # whatever the kill left
+    assert versioning.oxen("dirty", folder) == [] and commit_id
+
+
 def test_corrupt_parquet_is_reported(repos, tmp_path):
     (tmp_path / "train.parquet").write_bytes(b"garbage")
     with pytest.raises(

@@ -66,6 +66,16 @@ def run(request: dict):
             for name in request["files"]:
                 repo.restore(str(folder / name), source=request["head"])
         return str(dest)
+    if op == "rollback":  # put reftlab's files back to the last commit (or remove them: no commit yet)
+        for name in request["files"]:
+            if request["head"] is None:
+                (folder / name).unlink(missing_ok=True)
+                continue
+            try:
+                repo.restore(str(folder / name), source=request["head"])
+            except ValueError:  # not in that commit
+                (folder / name).unlink(missing_ok=True)
+        return None
     if op in ("push", "pull"):
         repo.set_remote("origin", request["remote"])
         getattr(repo, op)("origin", "main")

@@ -8,8 +8,10 @@ read from a cache of that commit without touching the repository's working tree.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -21,6 +23,7 @@ import pandas as pd
 from . import data
 from .locks import file_lock
 
+log = logging.getLogger(__name__)
 FILES = ("full.parquet", "train.parquet", "val.parquet", "eval.parquet", "README.md")
 # Settings that do not change the prepared files (applied at training time, or not data at all).
 NOT_RECIPE = {"name", "max_train", "max_val", "max_eval", "system_prompt", "revision", "remote"}
@@ -90,8 +93,34 @@ def commit_message(prepared: data.Prepared, cfg, key: str) -> str:
     )
 
 
+def pending_marker(folder: Path) -> Path:
+    """Beside the repository: exists while reftlab changes its working tree (copy + commit, or the
+    export of an older version). Left behind, it says an interrupted reftlab operation made the mess."""
+    return folder.parent / f".{folder.name}.pending"
+
+
+@contextlib.contextmanager
+def changing(folder: Path, what: str):
+    marker = pending_marker(folder)
+    marker.write_text(json.dumps({"operation": what, "pid": os.getpid()}))
+    yield
+    marker.unlink(missing_ok=True)  # only when the operation completed
+
+
 def check_clean(folder: Path) -> None:
+    """A dirty working tree stops us, unless an interrupted reftlab operation left it so: then its
+    files are put back to the last commit (logged), and the operation can run again."""
     dirty = oxen("dirty", folder)
+    marker = pending_marker(folder)
+    if dirty and marker.exists() and set(map(str, dirty)) <= set(FILES):
+        history = oxen("log", folder)
+        oxen("rollback", folder, files=list(FILES), head=history[0]["id"] if history else None)
+        log.warning(
+            "Rolled back %s in %s: left half-done by an interrupted reftlab operation (%s)",
+            ", ".join(map(str, dirty)), folder, marker.read_text(),
+        )  # fmt: skip
+        marker.unlink(missing_ok=True)
+        dirty = oxen("dirty", folder)
     if dirty:
         raise VersionError(
             f"The dataset repository {folder} has uncommitted changes ({', '.join(map(str, dirty))}); "
@@ -118,9 +147,13 @@ def prepare(cfg) -> tuple[str, bool]:
             for commit in oxen("log", folder):  # newest first: the same content was committed before
                 if f"[content {key}]" in commit["message"]:
                     return commit["id"], False
-            for name in FILES:
-                shutil.copyfile(Path(tmp) / name, folder / name)
-        return oxen("commit", folder, files=list(FILES), message=commit_message(prepared, cfg, key)), True
+            with changing(folder, "prepare"):
+                for name in FILES:
+                    shutil.copyfile(Path(tmp) / name, folder / name)
+                commit_id = oxen(
+                    "commit", folder, files=list(FILES), message=commit_message(prepared, cfg, key)
+                )
+        return commit_id, True
 
 
 def resolve(folder: Path, revision: str, history: list[dict]) -> str:
@@ -143,7 +176,8 @@ def snapshot(folder: Path, commit_id: str, head: str) -> Path:
     check_clean(folder)
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    oxen("export", folder, files=list(FILES), commit=commit_id, head=head, dest=str(tmp))
+    with changing(folder, "export"):
+        oxen("export", folder, files=list(FILES), commit=commit_id, head=head, dest=str(tmp))
     tmp.rename(target)
     return target
 

@@ -72,7 +72,10 @@ def test_persuasion_default_splits_do_not_leak(split, key):
 
 
 def test_persuasion_default_split_is_leak_free_and_seed_split_leaks():
-    assert compose("data=persuasion_sample").data.split == "argument"
+    default, cfg = prepared("data=persuasion_sample")
+    assert cfg.split == "argument"
+    held_out = set(default.val["text"]) | set(default.eval["text"])
+    assert set(default.train["text"]).isdisjoint(held_out)  # no argument (or its copies) on two sides
     p, _ = prepared("data=persuasion_sample", "data.split=seed")
     # The blog's split puts upsampled copies of one argument on both sides (why it is not the default).
     assert not set(p.train["text"]).isdisjoint(set(p.eval["text"]))

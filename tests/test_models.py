@@ -1,5 +1,6 @@
 """Model loading: the bundled GGUF model really predicts text; the hub path loads a folder."""
 
+import numpy as np
 import pytest
 import torch
 from conftest import compose
@@ -80,4 +81,7 @@ def test_every_component_runs(component):
     scores = training.predict(
         reft_model, settings, prompts, 1, 2, tokenizer.pad_token_id, "cpu", progress=False
     )
-    assert scores.shape == (2,)
+    frozen = training.predict(model, settings, prompts, 1, 2, tokenizer.pad_token_id, "cpu", progress=False)
+    assert scores.shape == (2,) and np.isfinite(scores).all()
+    # the intervention at this component reaches the output (a random LoReFT is not the identity)
+    assert not np.allclose(scores, frozen, atol=1e-6)

@@ -121,6 +121,10 @@ def postgres():
     """A real PostgreSQL on loopback, run as the postgres user when we are root; stopped by its pid."""
     bin_dir = postgres_bin()
     if bin_dir is None:
+        if os.environ.get("CI") == "true":  # in CI it must run: .ci/run installs it
+            pytest.fail(
+                "PostgreSQL is not installed, and CI must run this test (.ci/run installs postgresql)"
+            )
         pytest.skip("PostgreSQL is not installed (.ci/run installs Debian's postgresql)")
     as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     top = Path(tempfile.mkdtemp(prefix="reftlab-pg-"))  # pytest's tmp dirs are private to root

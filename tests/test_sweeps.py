@@ -189,3 +189,55 @@ def test_parallel_sweep_against_a_tracking_server_on_postgresql(tmp_path, postgr
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGTERM)  # the server and its workers, by the server's own pid
         server.wait(timeout=60)
+
+
+def test_the_authenticated_server_refuses_strangers_and_takes_a_run(tmp_path):
+    """`make mlflow-server-auth`'s app on loopback: no credentials -> 401; a train.py run with the
+    client credentials from the environment logs normally."""
+    import urllib.error
+    import urllib.request
+
+    port = free_port()
+    env = {**os.environ, "MLFLOW_AUTH_ADMIN_USERNAME": "admin", "MLFLOW_AUTH_ADMIN_PASSWORD": "pw-for-the-test-9",
+           "MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "auth.ini"), "MLFLOW_FLASK_SERVER_SECRET_KEY": "k" * 64}  # fmt: skip
+    ini = (ROOT / "conf/mlflow/basic_auth.ini").read_text()
+    (tmp_path / "auth.ini").write_text(
+        ini.replace("sqlite:///mlflow-auth.db", f"sqlite:///{tmp_path / 'auth.db'}")
+    )
+    server = subprocess.Popen(
+        [str(Path(PYTHON).parent / "mlflow"), "server", "--app-name", "basic-auth", "--backend-store-uri",
+         f"sqlite:///{tmp_path / 'store.db'}", "--serve-artifacts", "--artifacts-destination", str(tmp_path / "art"),
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "server.log", "w"), start_new_session=True,
+    )  # fmt: skip
+    try:
+        try:
+            wait_for_port(port, 180, server)
+        except RuntimeError as e:
+            raise RuntimeError(f"{e}: {(tmp_path / 'server.log').read_text()[-2000:]}") from e
+        url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=5"
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url, timeout=30)
+        assert refused.value.code == 401
+        client_env = {
+            **os.environ,
+            "MLFLOW_TRACKING_USERNAME": "admin",
+            "MLFLOW_TRACKING_PASSWORD": "pw-for-the-test-9",
+        }
+        out = subprocess.run([PYTHON, "train.py", *tiny_overrides(f"mlflow.tracking_uri=http://127.0.0.1:{port}",
+                                                                   f"hydra.run.dir={tmp_path / 'run'}")],
+                             cwd=ROOT, capture_output=True, text=True, timeout=600, env=client_env)  # fmt: skip
+        assert out.returncode == 0, out.stderr[-3000:]
+        os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = (
+            "admin",
+            "pw-for-the-test-9",
+        )
+        try:
+            table = runs(f"http://127.0.0.1:{port}")
+        finally:
+            del os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]
+        assert table["status"].tolist() == ["FINISHED"]
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)

@@ -53,10 +53,21 @@ def tiny_overrides(*extra: str) -> list[str]:
 
 def runs(uri: str, experiment: str = "reftlab"):
     """All MLflow runs of an experiment as a DataFrame (metrics, params, tags, status)."""
+    import contextlib
+
     import mlflow
 
-    mlflow.set_tracking_uri(uri)
-    exp = mlflow.get_experiment_by_name(experiment)
+    from reftlab.locks import file_lock
+
+    database = Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
+    if database is not None and not database.exists():  # nothing logged yet: never race to create it
+        import pandas as pd
+
+        return pd.DataFrame()
+    # the lock reftlab's jobs take while they create the database (tracking.setup)
+    with file_lock(database.with_name(f".{database.name}.lock")) if database else contextlib.nullcontext():
+        mlflow.set_tracking_uri(uri)
+        exp = mlflow.get_experiment_by_name(experiment)
     if exp is None:
         import pandas as pd
 

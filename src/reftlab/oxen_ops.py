@@ -6,6 +6,7 @@ command). So reftlab runs each operation in a short-lived process (see versionin
 releases the lock when it exits. Imports only oxen: it starts in a fraction of a second.
 """
 
+import contextlib
 import json
 import shutil
 import sys
@@ -66,13 +67,16 @@ def run(request: dict):
             for name in request["files"]:
                 repo.restore(str(folder / name), source=request["head"])
         return str(dest)
-    if op == "rollback":  # put reftlab's files back to the last commit (or remove them: no commit yet)
+    if op == "rollback":  # reftlab's files back to the last commit (or removed: no commit yet)
         for name in request["files"]:
+            path = str(folder / name)
+            with contextlib.suppress(ValueError):  # nothing staged for it
+                repo.restore(path, staged=True)  # unstage what an interrupted commit had added
             if request["head"] is None:
                 (folder / name).unlink(missing_ok=True)
                 continue
             try:
-                repo.restore(str(folder / name), source=request["head"])
+                repo.restore(path, source=request["head"])
             except ValueError:  # not in that commit
                 (folder / name).unlink(missing_ok=True)
         return None

@@ -83,6 +83,7 @@ def test_credentials_are_masked_everywhere_they_would_be_logged(in_root, mlflow_
         ("intervention.layer=null", "intervention.layer=None is not a layer"),
         ("data.name=..", "data.name='..' is not valid: use letters"),
         ("data.name=a/b", "data.name='a/b' is not valid"),
+        ("trainer.max_length=12", "trainer.max_length=12 leaves no room for text"),
     ],
 )
 def test_bad_settings_stop_before_any_loading_with_their_name(override, words):

@@ -69,7 +69,9 @@ def load_runs(experiment: str, tracking_uri: str | None, filter_string: str = ""
     mlflow.set_tracking_uri(tracking_uri)
     exp = mlflow.get_experiment_by_name(experiment)
     if exp is None:
-        raise SystemExit(f"No MLflow experiment named {experiment!r} at {mlflow.get_tracking_uri()}")
+        raise SystemExit(
+            f"No MLflow experiment named {experiment!r} at {tracking.redact(mlflow.get_tracking_uri())}"
+        )
     return drop_reports(mlflow.search_runs([exp.experiment_id], filter_string=filter_string))
 
 
@@ -174,11 +176,14 @@ def summarise(finished: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 
 def sort_key(value):
-    """Numbers in numeric order, then text (layers 3, 9, 15; lists and 'all' after them)."""
+    """Numbers in numeric order, then lists by length (layer sets: [15] before [9, 15, 21]), then text."""
     try:
         return (0, float(value), "")
     except (TypeError, ValueError):
-        return (1, 0.0, str(value))
+        text = str(value)
+        if text.startswith("[") and text.endswith("]"):
+            return (1, float(text.count(",") + 1), text)
+        return (2, 0.0, text)
 
 
 def chance(g: pd.DataFrame) -> float:

@@ -118,6 +118,18 @@ def check_model(mcfg) -> None:
         )
 
 
+def check_prompt_room(cfg) -> None:
+    """trainer.max_length must leave room for text after the chat template (tokenizer only, no model)."""
+    from . import models
+    from .prompts import PromptBuilder
+
+    try:
+        PromptBuilder(models.load_tokenizer(models.tokenizer_source(cfg.model)), cfg.data.system_prompt,
+                      cfg.trainer.max_length)  # fmt: skip
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+
+
 def check(cfg, method) -> int | None:
     """Validate the whole job for `method` (a reftlab.methods plugin, which checks its own
     settings); returns the model's layer count (None for a method without a model)."""
@@ -127,4 +139,6 @@ def check(cfg, method) -> int | None:
     method.validate(cfg.intervention, n_layers, cfg.model.name)
     check_trainer(cfg.trainer)
     check_data(cfg.data)
+    if method.needs_model:
+        check_prompt_room(cfg)
     return n_layers

@@ -1,5 +1,6 @@
 """Sweeps that scale and survive: parallel launchers, resume, SIGTERM, a shared tracking server."""
 
+import contextlib
 import os
 import shutil
 import signal
@@ -159,22 +160,33 @@ def postgres():
         shutil.rmtree(top, ignore_errors=True)
 
 
-def test_parallel_sweep_against_a_tracking_server_on_postgresql(tmp_path, postgres):
-    import mlflow
-
+@contextlib.contextmanager
+def mlflow_server(tmp_path, *args: str, env=None):
+    """An `mlflow server` on a free loopback port with proxied artifacts; yields its URI; stopped
+    (with its workers, by the server's own pid) at the end."""
     port = free_port()
+    log_path = tmp_path / "mlflow-server.log"
     server = subprocess.Popen(
-        [str(Path(PYTHON).parent / "mlflow"), "server", "--backend-store-uri", postgres, "--serve-artifacts",
-         "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "mlflow-server.log", "w"), start_new_session=True,
+        [str(Path(PYTHON).parent / "mlflow"), "server", *args, "--serve-artifacts", "--artifacts-destination",
+         str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        env=env, stdout=subprocess.DEVNULL, stderr=open(log_path, "w"), start_new_session=True,
     )  # fmt: skip
     try:
         try:
             wait_for_port(port, 180, server)
         except RuntimeError as e:
-            raise RuntimeError(f"{e}: {(tmp_path / 'mlflow-server.log').read_text()[-2000:]}") from e
-        uri = f"http://127.0.0.1:{port}"
+            raise RuntimeError(f"{e}: {log_path.read_text()[-2000:]}") from e
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+
+
+def test_parallel_sweep_against_a_tracking_server_on_postgresql(tmp_path, postgres):
+    import mlflow
+
+    with mlflow_server(tmp_path, "--backend-store-uri", postgres) as uri:
         out = train(tmp_path, uri, "hydra/launcher=local_parallel", "intervention.layer=0,1")
         assert out.returncode == 0, out.stderr[-3000:]
         table = runs(uri)
@@ -185,10 +197,6 @@ def test_parallel_sweep_against_a_tracking_server_on_postgresql(tmp_path, postgr
         artifacts = {a.path for a in client.list_artifacts(table["run_id"].iloc[0])}
         assert "predictions.parquet" in artifacts  # proxied artifact store
         assert any((tmp_path / "artifacts").rglob("predictions.parquet"))
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)  # the server and its workers, by the server's own pid
-        server.wait(timeout=60)
 
 
 def test_the_authenticated_server_refuses_strangers_and_takes_a_run(tmp_path):
@@ -197,47 +205,26 @@ def test_the_authenticated_server_refuses_strangers_and_takes_a_run(tmp_path):
     import urllib.error
     import urllib.request
 
-    port = free_port()
     env = {**os.environ, "MLFLOW_AUTH_ADMIN_USERNAME": "admin", "MLFLOW_AUTH_ADMIN_PASSWORD": "pw-for-the-test-9",
            "MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "auth.ini"), "MLFLOW_FLASK_SERVER_SECRET_KEY": "k" * 64}  # fmt: skip
     ini = (ROOT / "conf/mlflow/basic_auth.ini").read_text()
     (tmp_path / "auth.ini").write_text(
         ini.replace("sqlite:///mlflow-auth.db", f"sqlite:///{tmp_path / 'auth.db'}")
     )
-    server = subprocess.Popen(
-        [str(Path(PYTHON).parent / "mlflow"), "server", "--app-name", "basic-auth", "--backend-store-uri",
-         f"sqlite:///{tmp_path / 'store.db'}", "--serve-artifacts", "--artifacts-destination", str(tmp_path / "art"),
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "server.log", "w"), start_new_session=True,
-    )  # fmt: skip
-    try:
-        try:
-            wait_for_port(port, 180, server)
-        except RuntimeError as e:
-            raise RuntimeError(f"{e}: {(tmp_path / 'server.log').read_text()[-2000:]}") from e
-        url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=5"
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    with mlflow_server(tmp_path, "--app-name", "basic-auth", "--backend-store-uri", store, env=env) as uri:
         with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(url, timeout=30)
+            urllib.request.urlopen(f"{uri}/api/2.0/mlflow/experiments/search?max_results=5", timeout=30)
         assert refused.value.code == 401
-        client_env = {
-            **os.environ,
-            "MLFLOW_TRACKING_USERNAME": "admin",
-            "MLFLOW_TRACKING_PASSWORD": "pw-for-the-test-9",
-        }
-        out = subprocess.run([PYTHON, "train.py", *tiny_overrides(f"mlflow.tracking_uri=http://127.0.0.1:{port}",
+        login = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": "pw-for-the-test-9"}
+        out = subprocess.run([PYTHON, "train.py", *tiny_overrides(f"mlflow.tracking_uri={uri}",
                                                                    f"hydra.run.dir={tmp_path / 'run'}")],
-                             cwd=ROOT, capture_output=True, text=True, timeout=600, env=client_env)  # fmt: skip
+                             cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, **login})  # fmt: skip
         assert out.returncode == 0, out.stderr[-3000:]
-        os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = (
-            "admin",
-            "pw-for-the-test-9",
-        )
+        os.environ.update(login)
         try:
-            table = runs(f"http://127.0.0.1:{port}")
+            table = runs(uri)
         finally:
-            del os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]
+            for key in login:
+                del os.environ[key]
         assert table["status"].tolist() == ["FINISHED"]
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)

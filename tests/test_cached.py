@@ -119,21 +119,76 @@ def test_disk_store_round_trip_key_and_bound(tiny, tmp_path):
     model, tokenizer, builder, examples, _ = tiny
     seqs, suffix = cached.train_inputs(examples, 1)
     a = prefix_cache.build(model, 2, seqs, suffix, tokenizer.pad_token_id, progress=False)
-    key = prefix_cache.cache_key(model, 2, seqs, suffix, {})
-    # other tokens (another max length, prompt or data version) or another layer: another key
-    assert key != prefix_cache.cache_key(model, 2, [s[1:] for s in seqs], suffix, {})
-    assert key != prefix_cache.cache_key(model, 1, seqs, suffix, {})
+    key = prefix_cache.cache_key(model, seqs, suffix, {})
+    # other tokens (another max length, prompt or data version): another key; the layer is not in it
+    assert key != prefix_cache.cache_key(model, [s[1:] for s in seqs], suffix, {})
+    assert key != prefix_cache.cache_key(model, seqs, suffix, {"role": "eval"})
     store = prefix_cache.DiskStore(tmp_path, int(a.nbytes * 1.5))
     assert store.save(key, a)
     b = store.load(key, "cpu")
     assert torch.equal(a.keys, b.keys) and torch.equal(a.hidden, b.hidden)
     assert np.array_equal(a.prefix_len, b.prefix_len)
+    # an entry from point 2 serves points 2 and above, not 1; nor a job whose memory bound it exceeds
+    assert store.load(key, "cpu", start=3) is not None and store.load(key, "cpu", start=1) is None
+    assert store.load(key, "cpu", max_bytes=a.nbytes // 2) is None
     # a second entry does not fit beside the first: the older one is removed
-    other = prefix_cache.cache_key(model, 1, seqs, suffix, {})
+    other = prefix_cache.cache_key(model, seqs, suffix, {"role": "other"})
     assert store.save(other, a)
     assert store.load(key, "cpu") is None and store.load(other, "cpu") is not None
     # larger than the whole bound: not written
     assert not prefix_cache.DiskStore(tmp_path / "small", a.nbytes // 2).save(key, a)
+
+
+def test_a_cache_from_a_lower_point_serves_a_higher_one(tiny):
+    model, tokenizer, builder, examples, _ = tiny
+    seqs, suffix = cached.train_inputs(examples, 2)
+    pad = tokenizer.pad_token_id
+    low = prefix_cache.build(model, 1, seqs, suffix, pad, batch_size=5, progress=False)
+    for point in (1, 3, 4):  # the same point, one in the middle, after the last layer
+        direct = prefix_cache.build(model, point, seqs, suffix, pad, batch_size=5, progress=False)
+        derived = cached.advance(model, low, point, batch_size=7)
+        assert derived.start == point and derived.keys.shape == direct.keys.shape
+        assert torch.equal(derived.keys, direct.keys) and torch.equal(derived.values, direct.values)
+        assert torch.allclose(derived.hidden, direct.hidden, rtol=1e-4, atol=1e-5)
+        assert (direct.hidden - low.hidden).abs().max() > 1e-2 or point == 1  # it was run on, not copied
+    with pytest.raises(ValueError, match="cannot serve point 0"):
+        cached.advance(model, low, 0)
+
+
+def test_training_from_a_shared_lower_cache_is_the_same(tiny):
+    model, tokenizer, builder, examples, prompts = tiny
+    settings = {**BASE, **CASES[0]}  # layer 1, block_output: point 2
+    pad = tokenizer.pad_token_id
+    results = {}
+    for name, extra in [("own", []), ("shared", ["trainer.cache_from=0"])]:
+        trainer = compose("trainer.epochs=2", "trainer.lr=0.02", "trainer.batch_size=4", *extra).trainer
+        torch.manual_seed(0)
+        trained = reft.build(model, settings)
+        prefix_cache.clear_memory()
+        results[name] = cached.train(trained, settings, examples, trainer, pad, "cpu", 0, {}, progress=False,
+                                     store=None) + (flat(trained),)  # fmt: skip
+        # evaluation through the same (lower) shared cache
+        scores, info = cached.evaluate(trained, settings, prompts, builder.yes_id,
+                                       builder.no_id, pad, trainer, {}, progress=False, store=None)  # fmt: skip
+        results[name] += (scores, info)
+    (own, own_info, own_w, own_s, _), (got, got_info, got_w, got_s, got_e) = results["own"], results["shared"]
+    assert own_info["from_point"] == 2 and got_info["from_point"] == 0 and got_e["from_point"] == 0
+    assert np.allclose(own["losses"], got["losses"], rtol=1e-4)
+    assert ((own_w - got_w).norm() / own_w.norm()).item() < 1e-4
+    assert np.max(np.abs(own_s - got_s)) < 1e-4 * max(1.0, np.abs(own_s).max())
+
+
+def test_a_lower_shared_point_that_does_not_fit_falls_back_to_the_jobs_own(tiny):
+    model, tokenizer, builder, examples, _ = tiny
+    settings = {**BASE, **CASES[0]}
+    seqs, suffix = cached.train_inputs(examples, 1)
+    own = prefix_cache.estimate_bytes(model, 2, seqs, suffix)
+    spec = cached.InterventionSpec.of(settings, 4)
+    trained = reft.build(model, settings)
+    assert cached.build_point(spec, trained, seqs, suffix, own * 10, 0) == 0
+    assert cached.build_point(spec, trained, seqs, suffix, own, 0) == 2  # from 0 it would not fit
+    assert cached.build_point(spec, trained, seqs, suffix, own * 10, 3) == 2  # above the job's: ignored
+    assert cached.build_point(spec, trained, seqs, suffix, own * 10, None) == 2
 
 
 def test_runs_log_their_path_and_reuse_the_cache(in_root, mlflow_uri, tmp_path):
@@ -173,7 +228,13 @@ def test_runs_log_their_path_and_reuse_the_cache(in_root, mlflow_uri, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "bad, words", [("trainer.cache=maybe", "['auto', 'off']"), ("trainer.cache_max_gb=-1", ">= 0")]
+    "bad, words",
+    [
+        ("trainer.cache=maybe", "['auto', 'off']"),
+        ("trainer.cache_max_gb=-1", ">= 0"),
+        ("trainer.cache_from=-2", "layer >= 0"),
+        ("trainer.cache_from=low", "layer >= 0"),
+    ],
 )
 def test_bad_cache_settings_are_named(bad, words):
     from reftlab import validate

@@ -228,3 +228,23 @@ def test_the_authenticated_server_refuses_strangers_and_takes_a_run(tmp_path):
             for key in login:
                 del os.environ[key]
         assert table["status"].tolist() == ["FINISHED"]
+
+
+def test_a_sweep_over_layers_builds_one_prefix_cache(tmp_path, mlflow_uri):
+    # the higher layer runs first; the sweep's lowest layer still decides where the one cache starts
+    out = train(tmp_path, mlflow_uri, "model.num_layers=3", "intervention.layer=2,0",
+                f"trainer.cache_dir={tmp_path / 'prefix'}", "save_intervention=false")  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    table = runs(mlflow_uri).set_index("params.intervention.layer")
+    assert set(table["tags.train_path"]) == {"cached"}
+    assert list(table["tags.cache_point"]) == ["0", "0"]  # block_output of layer 0 is point 1: served from 0
+    assert table.loc["2", "tags.cache_source"] == "built"
+    assert table.loc["0", "tags.cache_source"] in ("memory", "disk")
+    # the training and evaluation caches were each stored once
+    assert len(list((tmp_path / "prefix").rglob("*.safetensors"))) == 2
+    # a later single run at a layer in between is served by the stored cache, no new pass
+    single = train(tmp_path / "one", mlflow_uri, "model.num_layers=3", "intervention.layer=1",
+                   f"trainer.cache_dir={tmp_path / 'prefix'}", "save_intervention=false", multirun=False)  # fmt: skip
+    assert single.returncode == 0, single.stderr[-3000:]
+    row = runs(mlflow_uri).set_index("params.intervention.layer").loc["1"]
+    assert row["tags.cache_source"] == "disk" and row["tags.cache_point"] == "0"

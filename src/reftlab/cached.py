@@ -9,6 +9,8 @@ where pyvene applies them.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 
@@ -78,6 +80,57 @@ def start_point(spec: InterventionSpec) -> int:
     return min(layer + POINT_OFFSET[spec.component] for layer in spec.layers)
 
 
+def suffix_states(body, cache, idx, stop: int, intervene=None) -> tuple[torch.Tensor, np.ndarray]:
+    """Residual stream [B, S, H] at point `stop` of the suffixes of examples `idx` (right-padded),
+    run from the cache's point through the decoder layers `body.layers` attending to the stored
+    prefix, with `intervene(h, point)` applied at every point; and the suffix lengths."""
+    intervene = intervene or (lambda h, point: h)
+    cache_arg = hf_compat.cache_kwarg(body.layers[0].forward)
+    device = cache.keys.device
+    idx = np.asarray(idx)
+    p, s = cache.prefix_len[idx], cache.suffix_len[idx]
+    b, width, slen = len(idx), int(p.max()), int(s.max())
+    cols, scols = np.arange(width), np.arange(slen)
+    pad = cols[None, :] < (width - p)[:, None]  # left padding of the prefix
+    gather = np.where(pad, 0, cache.prefix_offset[idx][:, None] + cols[None, :] - (width - p)[:, None])
+    svalid = scols[None, :] < s[:, None]
+    sgather = np.where(svalid, cache.suffix_offset[idx][:, None] + scols[None, :], 0)
+    positions = p[:, None] + scols[None, :]  # true positions: the suffix follows its own prefix
+    # keys a suffix token may attend to: its prefix (not the padding) and the suffix up to itself
+    allowed = np.concatenate(
+        [
+            np.broadcast_to(~pad[:, None, :], (b, slen, width)),
+            np.tril(np.ones((slen, slen), bool)) & svalid[:, None, :],
+        ],
+        axis=2,
+    )
+    # one host-to-device copy per step
+    parts = (gather, sgather, positions, allowed)
+    packed = torch.from_numpy(np.concatenate([a.reshape(-1).astype(np.int64) for a in parts])).to(device)
+    g, sg, positions, allowed = torch.split(packed, [a.size for a in parts])
+    n = stop - cache.start  # the stored layers this pass reads
+    keys = cache.keys[:n].index_select(1, g).view(n, b, width, *cache.keys.shape[2:])
+    values = cache.values[:n].index_select(1, g).view_as(keys)
+    h = cache.hidden.index_select(0, sg).view(b, slen, -1)
+    mask = torch.zeros((b, 1, slen, width + slen), dtype=torch.float32, device=device)
+    mask.masked_fill_(allowed.view(b, 1, slen, width + slen) == 0, float("-inf"))
+    positions = positions.view(b, slen)
+    position_embeddings = hf_compat.rotary(body, h, positions)
+
+    h = intervene(h, cache.start)
+    for j in range(cache.start, stop):
+        stored = _StoredPrefix(keys[j - cache.start].transpose(1, 2), values[j - cache.start].transpose(1, 2))
+        out = body.layers[j](
+            h,
+            attention_mask=mask,
+            position_ids=positions,
+            position_embeddings=position_embeddings,
+            **{cache_arg: stored},
+        )
+        h = intervene(hf_compat.layer_output(out), j + 1)
+    return h, s
+
+
 class SuffixRunner:
     """Runs the suffix of a batch of cached examples through the frozen model with interventions."""
 
@@ -91,7 +144,6 @@ class SuffixRunner:
         for layer, iv in zip(spec.layers, reft.interventions(reft_model), strict=True):
             self.at.setdefault(layer + offset, []).append(iv)
         self.start = start_point(spec)
-        self.cache_arg = hf_compat.cache_kwarg(self.body.layers[0].forward)
 
     def _intervene(self, h, point):
         for iv in self.at.get(point, ()):
@@ -100,49 +152,7 @@ class SuffixRunner:
 
     def hidden(self, cache, idx) -> tuple[torch.Tensor, np.ndarray]:
         """Final hidden states [B, S, H] of the suffixes of examples `idx` (right-padded), and their lengths."""
-        device = cache.keys.device
-        idx = np.asarray(idx)
-        p, s = cache.prefix_len[idx], cache.suffix_len[idx]
-        b, width, slen = len(idx), int(p.max()), int(s.max())
-        cols, scols = np.arange(width), np.arange(slen)
-        pad = cols[None, :] < (width - p)[:, None]  # left padding of the prefix
-        gather = np.where(pad, 0, cache.prefix_offset[idx][:, None] + cols[None, :] - (width - p)[:, None])
-        svalid = scols[None, :] < s[:, None]
-        sgather = np.where(svalid, cache.suffix_offset[idx][:, None] + scols[None, :], 0)
-        positions = p[:, None] + scols[None, :]  # true positions: the suffix follows its own prefix
-        # keys a suffix token may attend to: its prefix (not the padding) and the suffix up to itself
-        allowed = np.concatenate(
-            [
-                np.broadcast_to(~pad[:, None, :], (b, slen, width)),
-                np.tril(np.ones((slen, slen), bool)) & svalid[:, None, :],
-            ],
-            axis=2,
-        )
-        # one host-to-device copy per step
-        parts = (gather, sgather, positions, allowed)
-        packed = torch.from_numpy(np.concatenate([a.reshape(-1).astype(np.int64) for a in parts])).to(device)
-        g, sg, positions, allowed = torch.split(packed, [a.size for a in parts])
-        keys = cache.keys.index_select(1, g).view(cache.keys.shape[0], b, width, *cache.keys.shape[2:])
-        values = cache.values.index_select(1, g).view_as(keys)
-        h = cache.hidden.index_select(0, sg).view(b, slen, -1)
-        mask = torch.zeros((b, 1, slen, width + slen), dtype=torch.float32, device=device)
-        mask.masked_fill_(allowed.view(b, 1, slen, width + slen) == 0, float("-inf"))
-        positions = positions.view(b, slen)
-        position_embeddings = hf_compat.rotary(self.body, h, positions)
-
-        h = self._intervene(h, cache.start)
-        for j in range(cache.start, len(self.body.layers)):
-            stored = _StoredPrefix(
-                keys[j - cache.start].transpose(1, 2), values[j - cache.start].transpose(1, 2)
-            )
-            out = self.body.layers[j](
-                h,
-                attention_mask=mask,
-                position_ids=positions,
-                position_embeddings=position_embeddings,
-                **{self.cache_arg: stored},
-            )
-            h = self._intervene(hf_compat.layer_output(out), j + 1)
+        h, s = suffix_states(self.body, cache, idx, len(self.body.layers), self._intervene)
         return self.body.norm(h), s
 
     def step_loss(self, cache, groups: list[list[int]], answers: list[list[int]], denominator: int):
@@ -174,6 +184,70 @@ class SuffixRunner:
         h, s = self.hidden(cache, idx)
         last = torch.from_numpy(s - 1).to(h.device)
         return self.base.lm_head(h[torch.arange(len(idx), device=h.device), last]).float()
+
+
+@torch.no_grad()
+def advance(model, cache, start: int, batch_size: int = 32):
+    """The cache from point `start` (>= cache.start), derived from `cache` without a new pass over
+    the data: the stored keys/values from `start` up are the same tensors, and the suffix residual
+    stream is run on from cache.start to `start` through the frozen layers (no intervention below
+    the lowest one, so it is what a pass from `start` would store). A few tokens per example."""
+    from .prefix_cache import PrefixCache
+
+    if start < cache.start:
+        raise ValueError(f"a cache from point {cache.start} cannot serve point {start} below it")
+    if start == cache.start:
+        return cache
+    body = model.model
+    hidden = cache.hidden.clone()
+    n = len(cache.prefix_len)
+    order = sorted(range(n), key=lambda i: -int(cache.prefix_len[i]))  # similar widths: little padding
+    with attention_implementation(model):
+        for b in range(0, n, batch_size):
+            idx = np.asarray(order[b : b + batch_size])
+            h, s = suffix_states(body, cache, idx, start)
+            valid = torch.from_numpy(np.arange(h.shape[1])[None, :] < s[:, None])
+            rows = np.concatenate(
+                [cache.suffix_offset[i] + np.arange(k) for i, k in zip(idx, s, strict=True)]
+            )
+            hidden[torch.from_numpy(rows).to(hidden.device)] = h[valid.to(h.device)]
+    skip = start - cache.start
+    return PrefixCache(start, cache.keys[skip:], cache.values[skip:], hidden, cache.prefix_offset,
+                       cache.prefix_len, cache.suffix_offset, cache.suffix_len,
+                       {**cache.meta, "from_point": cache.start})  # fmt: skip
+
+
+def cache_from(trainer_cfg) -> int | None:
+    """The point to build a prefix cache from when it is built (below the job's own lets the other
+    layers of a sweep share it): trainer.cache_from, else the lowest layer of the running sweep."""
+    import os
+
+    from .sweep import CACHE_FROM_ENV
+
+    value = trainer_cfg.get("cache_from")
+    if value is None:
+        value = os.environ.get(CACHE_FROM_ENV)
+    return None if value in (None, "") else int(value)
+
+
+def build_point(spec, reft_model, seqs, suffix_lens, max_bytes: int, lowest: int | None) -> int:
+    """Where to build: `lowest` if given, below the job's point, and the cache from there fits
+    `max_bytes`; else the job's own point."""
+    from . import prefix_cache
+
+    start = start_point(spec)
+    if lowest is None or lowest >= start:
+        return start
+    lowest = max(0, lowest)
+    need = prefix_cache.estimate_bytes(reft_model.model, lowest, seqs, suffix_lens)
+    if need > max_bytes:
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "A prefix cache from point %d (shared by the sweep's layers) needs %.2f GB, more than "
+            "trainer.cache_max_gb: building from this job's point %d", lowest, need / 2**30, start)  # fmt: skip
+        return start
+    return lowest
 
 
 def attention_implementation(model):
@@ -218,17 +292,26 @@ def plan_eval(spec, reft_model, prompts, trainer_cfg) -> str | None:
     return plan(spec, reft_model, prompts, [n] * len(prompts), max_bytes(trainer_cfg))
 
 
-def prepare(reft_model, spec, seqs, suffix_lens, pad_id, store, batch_size, describe, progress=True):
-    """A SuffixRunner and the cache for these sequences; info says where the cache came from."""
+def prepare(reft_model, spec, seqs, suffix_lens, pad_id, store, trainer_cfg, describe, progress=True):
+    """A SuffixRunner and the cache for these sequences; info says where the cache came from (and
+    from which point it was derived, when a lower one served it)."""
     from . import prefix_cache
 
     runner = SuffixRunner(reft_model, spec)
+    bound = max_bytes(trainer_cfg)
+    at = build_point(spec, reft_model, seqs, suffix_lens, bound, cache_from(trainer_cfg))
     cache, source, seconds = prefix_cache.obtain(
-        reft_model.model, runner.start, seqs, suffix_lens, pad_id, describe, store, batch_size, progress
-    )
+        reft_model.model, runner.start, seqs, suffix_lens, pad_id, describe, store,
+        trainer_cfg.eval_batch_size, progress, build_at=at, max_bytes=bound,
+    )  # fmt: skip
+    info = {"source": source, "mb": cache.nbytes / 2**20, "from_point": cache.start}
+    if cache.start != runner.start:
+        t0 = time.perf_counter()
+        cache = advance(reft_model.model, cache, runner.start, trainer_cfg.eval_batch_size)
+        seconds += time.perf_counter() - t0
     if runner.start != cache.start:
         raise ValueError(f"prefix cache starts at point {cache.start}, the interventions at {runner.start}")
-    return runner, cache, {"source": source, "seconds": seconds, "mb": cache.nbytes / 2**20}
+    return runner, cache, {**info, "seconds": seconds}
 
 
 def predict(runner, cache, yes_id: int, no_id: int, batch_size: int = 16) -> np.ndarray:
@@ -268,7 +351,7 @@ def train(
     spec = InterventionSpec.of(spec, reft_model.model.config.num_hidden_layers)
     seqs, suffix = train_inputs(examples, spec.last)
     store = store_for(trainer_cfg) if store == "config" else store
-    runner, cache, info = prepare(reft_model, spec, seqs, suffix, pad_id, store, trainer_cfg.eval_batch_size,
+    runner, cache, info = prepare(reft_model, spec, seqs, suffix, pad_id, store, trainer_cfg,
                                   {**describe, "role": "train"}, progress)  # fmt: skip
     answers = [a for _, a in examples]
 
@@ -288,6 +371,6 @@ def evaluate(reft_model, spec, prompts, yes_id, no_id, pad_id, trainer_cfg, desc
     spec = InterventionSpec.of(spec, reft_model.model.config.num_hidden_layers)
     n = spec.last
     store = store_for(trainer_cfg) if store == "config" else store
-    runner, cache, info = prepare(reft_model, spec, prompts, [n] * len(prompts), pad_id, store,
-                                  trainer_cfg.eval_batch_size, {**describe, "role": "eval"}, progress)  # fmt: skip
+    runner, cache, info = prepare(reft_model, spec, prompts, [n] * len(prompts), pad_id, store, trainer_cfg,
+                                  {**describe, "role": "eval"}, progress)  # fmt: skip
     return predict(runner, cache, yes_id, no_id, trainer_cfg.eval_batch_size), info

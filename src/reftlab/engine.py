@@ -34,6 +34,7 @@ class TrainResult:
     reason: str | None = None  # why that strategy (None: the cached path, exact here)
     cache_source: str | None = None  # built, disk or memory
     cache_mb: float | None = None
+    cache_point: int | None = None  # the residual-stream point the cache was built from (<= the job's)
     extra: dict = field(default_factory=dict)
 
     @property
@@ -88,7 +89,7 @@ class Engine:
             losses=res["losses"], steps=res["steps"], step_seconds=res["train_seconds"],
             cache_seconds=info["seconds"] if info else 0.0, peak_memory_mb=memory.peak_mb,
             path=self.path_name(strategy), reason=reason, cache_source=info["source"] if info else None,
-            cache_mb=info["mb"] if info else None,
+            cache_mb=info["mb"] if info else None, cache_point=info["from_point"] if info else None,
         )  # fmt: skip
 
     def predict(self, prompts, yes_id: int, no_id: int) -> tuple[object, str]:

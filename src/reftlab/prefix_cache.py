@@ -190,15 +190,17 @@ def weights_fingerprint(model) -> str:
     return h.hexdigest()[:16]
 
 
-def cache_key(model, start: int, seqs: list[list[int]], suffix_lens: list[int], describe: dict) -> str:
-    """Keyed by the model (its config, dtype and weights), the intervention point, and the exact
-    token ids (which carry the data version, the prompt and the max length)."""
+def cache_key(model, seqs: list[list[int]], suffix_lens: list[int], describe: dict) -> str:
+    """Keyed by the model (its config, dtype and weights) and the exact token ids (which carry the
+    data version, the prompt and the max length), not by the intervention point: a cache stored
+    from a lower point serves every higher one (see `cached.advance`), so jobs at different layers
+    share one pass."""
     import transformers
 
     h = hashlib.sha256()
     h.update(repr(sorted(describe.items())).encode())
     h.update(model.config.to_json_string(use_diff=False).encode())
-    h.update(f"{model.dtype}|{start}|{transformers.__version__}|{torch.__version__}".encode())
+    h.update(f"{model.dtype}|{transformers.__version__}|{torch.__version__}".encode())
     h.update(weights_fingerprint(model).encode())
     h.update(np.asarray(suffix_lens, dtype=np.int64).tobytes())
     for s in seqs:
@@ -236,7 +238,12 @@ class DiskStore:
         self.folder.mkdir(parents=True, exist_ok=True)
         return file_lock(self.folder / f"{key}.lock")
 
-    def load(self, key: str, device) -> PrefixCache | None:
+    def load(
+        self, key: str, device, start: int | None = None, max_bytes: int | None = None
+    ) -> PrefixCache | None:
+        """The stored entry, or None. With `start`: only an entry from that point or a lower one
+        (which serves it); with `max_bytes`: only one at most that large (a lower point's entry is
+        larger)."""
         import json
 
         from safetensors.torch import load_file
@@ -246,6 +253,17 @@ class DiskStore:
             return None
         try:
             meta = json.loads(meta_path.read_text())
+            if start is not None and int(meta["start"]) > start:
+                log.info(
+                    "Stored prefix cache %s starts at point %s, above %s: building from lower",
+                    key,
+                    meta["start"],
+                    start,
+                )
+                return None
+            if max_bytes is not None and int(meta.get("nbytes", path.stat().st_size)) > max_bytes:
+                log.info("Stored prefix cache %s is larger than the in-memory bound: not loaded", key)
+                return None
             tensors = load_file(str(path), device=str(device))
         except Exception as e:  # evicted meanwhile, truncated or foreign: rebuild
             log.warning("Prefix cache %s is unreadable (%s): rebuilding it", path, e)
@@ -283,7 +301,7 @@ class DiskStore:
         try:
             save_file(tensors, str(tmp_tensors))
             tmp_tensors.replace(self.path(key))
-            tmp_meta.write_text(json.dumps({"start": cache.start, "format": 2}))
+            tmp_meta.write_text(json.dumps({"start": cache.start, "nbytes": cache.nbytes, "format": 2}))
             tmp_meta.replace(self.meta_path(key))  # last: the entry is complete
         finally:
             for p in (tmp_tensors, tmp_meta):
@@ -324,23 +342,29 @@ _MEMORY: dict[str, PrefixCache] = {}  # this process's caches: jobs of an in-pro
 MEMORY_ENTRIES = 2  # a training and an evaluation cache
 
 
-def obtain(model, start, seqs, suffix_lens, pad_id, describe, store: DiskStore | None, batch_size, progress):
-    """The cache for these sequences: from memory, from disk, or built (and saved). Returns
-    (cache, source, seconds)."""
+def obtain(model, start, seqs, suffix_lens, pad_id, describe, store: DiskStore | None, batch_size, progress,
+           build_at: int | None = None, max_bytes: int | None = None):  # fmt: skip
+    """A cache for these sequences from point `start` or below (the caller advances it to `start`):
+    from memory, from disk, or built from point `build_at` (default `start`; lower lets other
+    layers of a sweep share it) and saved. A stored entry from a lower point larger than `max_bytes`
+    is not loaded. Returns (cache, source, seconds)."""
     t0 = time.perf_counter()
-    key = cache_key(model, start, seqs, suffix_lens, describe)
+    build_at = start if build_at is None else min(build_at, start)
+    key = cache_key(model, seqs, suffix_lens, describe)
     device = next(model.parameters()).device
-    if key in _MEMORY:
-        return _MEMORY[key], "memory", time.perf_counter() - t0
+    hit = _MEMORY.get(key)
+    if hit is not None and hit.start <= start and (max_bytes is None or hit.nbytes <= max_bytes):
+        return hit, "memory", time.perf_counter() - t0
+    _MEMORY.pop(key, None)
     while len(_MEMORY) >= MEMORY_ENTRIES:  # make room first: two large caches plus a third may not fit
         _MEMORY.pop(next(iter(_MEMORY)))
     lock = store.lock(key) if store else contextlib.nullcontext()
     lock.__enter__()
     try:
-        cache = store.load(key, device) if store else None
+        cache = store.load(key, device, start, max_bytes) if store else None
         source = "disk"
         if cache is None:
-            cache = build(model, start, seqs, suffix_lens, pad_id, batch_size, progress)
+            cache = build(model, build_at, seqs, suffix_lens, pad_id, batch_size, progress)
             source = "built"
     except BaseException:
         lock.__exit__(None, None, None)

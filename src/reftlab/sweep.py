@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -35,6 +36,27 @@ def read_statuses(sweep_dir: Path) -> list[dict]:
 
 
 BAD = ("failed", "killed", "missing")
+CACHE_FROM_ENV = (
+    "REFTLAB_CACHE_FROM"  # the lowest layer of a sweep: its jobs build one prefix cache from there
+)
+
+
+def lowest_layer(config) -> int | None:
+    """The lowest value `intervention.layer` takes in this sweep (command line or preset sweeper
+    params; a list value counts its lowest layer), or None where the sweep does not vary it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    lines = [str(o) for o in config.hydra.overrides.get("task", [])]
+    lines += [f"{k}={v}" for k, v in (config.hydra.get("sweeper", {}).get("params") or {}).items()]
+    found = []
+    for override in OverridesParser.create().parse_overrides(lines):
+        if override.key_or_group != "intervention.layer" or not override.is_sweep_override():
+            continue
+        for value in override.sweep_iterator():
+            for layer in value if isinstance(value, list) else [value]:
+                if isinstance(layer, int) and not isinstance(layer, bool):
+                    found.append(layer)
+    return min(found) if len(set(found)) > 1 else None
 
 
 def summary(rows: list[dict]) -> str:
@@ -61,8 +83,16 @@ class SweepCallback(Callback):
                 tracking.redact(uri),
             )
         tracking.setup(config.mlflow)
+        # Jobs at different layers share one prefix cache built from the lowest (trainer.cache_from
+        # set by hand wins); a cache from a lower layer serves every layer above it.
+        os.environ.pop(CACHE_FROM_ENV, None)
+        lowest = lowest_layer(config)
+        if lowest is not None and config.trainer.get("cache_from") is None:
+            os.environ[CACHE_FROM_ENV] = str(lowest)
+            log.info("Sweep over layers: one prefix cache from layer %d serves all of them", lowest)
 
     def on_multirun_end(self, config, **kwargs) -> None:
+        os.environ.pop(CACHE_FROM_ENV, None)
         rows = read_statuses(Path(config.hydra.sweep.dir))
         text = summary(rows)
         print(text, file=sys.stderr)

@@ -68,6 +68,12 @@ def check_trainer(tcfg) -> None:
         raise ConfigError(f"trainer.lr={tcfg.lr!r} is not valid: it must be > 0")
     if tcfg.cache not in CACHE_MODES:
         raise ConfigError(f"trainer.cache={tcfg.cache!r} is not valid: choose one of {list(CACHE_MODES)}")
+    point = tcfg.get("cache_from")
+    if point is not None and (not isinstance(point, int) or isinstance(point, bool) or point < 0):
+        raise ConfigError(
+            f"trainer.cache_from={point!r} is not valid: it must be null or a layer >= 0 (a prefix cache "
+            "built from there serves every layer above it)"
+        )
     for key in ("cache_max_gb", "cache_disk_gb"):
         value = tcfg[key]
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:

@@ -142,6 +142,7 @@ class LanguageModelMethod(Method):
                  "trainable_dtype": "float32", "eval_path": eval_path}  # fmt: skip
         if result.cache_source:
             tags["cache_source"] = result.cache_source
+            tags["cache_point"] = str(result.cache_point)
         losses = result.losses
         metrics = {
             "train_seconds": result.train_seconds,

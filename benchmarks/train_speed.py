@@ -208,7 +208,7 @@ class Bench:
         model = self.fresh(rank)
         engine = self.engine(model, rank, cache, self.store)
         prefix_cache.clear_memory()  # each job is a fresh process in a parallel sweep: disk or build
-        if cache == "auto" and engine.plan(self.train)[0] != "cached":
+        if cache == "auto" and engine.plan(self.train)[0] != "stored":
             raise SystemExit(f"cached path not applicable: {engine.plan(self.train)[1]}")
         self.sync()
         res = engine.train(self.train, seed=0)

@@ -73,6 +73,52 @@ def test_cached_path_matches_stock_pyreft(tiny, case, accum):
     assert np.max(np.abs(want - have)) < 1e-4 * max(1.0, np.abs(want).max())
 
 
+@pytest.mark.parametrize("case, accum", [(CASES[0], 1), (CASES[1], 3)], ids=["default", "layers-accum3"])
+def test_streamed_prefixes_match_stock_pyreft(tiny, case, accum):
+    """Streamed: each step runs its own prefixes without grad, then the suffix with grad."""
+    model, tokenizer, builder, examples, prompts = tiny
+    settings = {**BASE, **case}
+    trainer = compose("trainer.epochs=2", "trainer.lr=0.02", f"trainer.batch_size={4 if accum == 1 else 2}",
+                      f"trainer.grad_accum={accum}", "trainer.cache=streamed").trainer  # fmt: skip
+    torch.manual_seed(0)
+    stock = reft.build(model, settings)
+    torch.manual_seed(0)
+    fast = reft.build(model, settings)
+    pad = tokenizer.pad_token_id
+    ref = training.train(stock, settings, examples, trainer, pad, "cpu", seed=0, progress=False)
+    got, info = cached.train_streamed(fast, settings, examples, trainer, pad, "cpu", 0, progress=False)
+    assert info["source"] == "streamed" and info["prefix_seconds"] > 0
+    assert got["steps"] == ref["steps"]
+    assert np.max(np.abs(np.array(ref["losses"]) - got["losses"]) / np.abs(ref["losses"])) < 1e-4
+    assert ((flat(stock) - flat(fast)).norm() / flat(stock).norm()).item() < 1e-4
+    want = training.predict(
+        stock, settings, prompts, builder.yes_id, builder.no_id, pad, "cpu", progress=False
+    )
+    have = cached.evaluate_streamed(
+        stock, settings, prompts, builder.yes_id, builder.no_id, pad, 5, progress=False
+    )
+    assert np.max(np.abs(want - have)) < 1e-4 * max(1.0, np.abs(want).max())
+
+
+def test_the_strategy_is_chosen_and_size_alone_never_means_stock(tiny):
+    model, tokenizer, builder, examples, _ = tiny
+    settings = {**BASE, **CASES[0]}
+    seqs, suffix = cached.train_inputs(examples, 1)
+    trained = reft.build(model, settings)
+    assert cached.choose(settings, trained, seqs, suffix, compose().trainer) == ("stored", None)
+    strategy, why = cached.choose(
+        settings, trained, seqs, suffix, compose("trainer.cache_max_gb=0.000001").trainer
+    )
+    assert strategy == "streamed" and "trainer.cache_max_gb" in why
+    assert (
+        cached.choose(settings, trained, seqs, suffix, compose("trainer.cache=streamed").trainer)[0]
+        == "streamed"
+    )
+    assert cached.choose(settings, trained, seqs, suffix, compose("trainer.cache=off").trainer)[0] == "stock"
+    first = {**settings, "positions": "f1+l1"}
+    assert cached.choose(first, reft.build(model, first), seqs, suffix, compose().trainer)[0] == "stock"
+
+
 def test_the_model_is_left_as_it_was(tiny):
     model, tokenizer, builder, examples, prompts = tiny
     before = model.config._attn_implementation
@@ -202,6 +248,7 @@ def test_runs_log_their_path_and_reuse_the_cache(in_root, mlflow_uri, tmp_path):
         ("again", ["seed=1"]),
         ("off", ["trainer.cache=off"]),
         ("first", ["intervention.positions=f1+l1"]),
+        ("small", ["trainer.cache_max_gb=0.000001"]),
     ]:
         prefix_cache.clear_memory()  # a new job: the training cache must come from disk
         cfg = compose(*common, f"run_name={name}", *extra)
@@ -220,6 +267,12 @@ def test_runs_log_their_path_and_reuse_the_cache(in_root, mlflow_uri, tmp_path):
         and "first-token" in df.loc["first", "tags.train_path_reason"]
     )
     assert df.loc["auto", "metrics.cache_mb"] > 0
+    # a cache over the bound: streamed prefixes (exact), not the stock path
+    assert (
+        df.loc["small", "tags.train_path"] == "streamed" and df.loc["small", "tags.eval_path"] == "streamed"
+    )
+    assert "trainer.cache_max_gb" in df.loc["small", "tags.train_path_reason"]
+    assert metrics["small"]["accuracy"] == metrics["auto"]["accuracy"]
     # the same job with and without the cache: same result (fp32)
     assert metrics["auto"]["accuracy"] == metrics["off"]["accuracy"]
     assert abs(metrics["auto"]["train_loss_last"] - metrics["off"]["train_loss_last"]) < 1e-4 * abs(
@@ -230,7 +283,7 @@ def test_runs_log_their_path_and_reuse_the_cache(in_root, mlflow_uri, tmp_path):
 @pytest.mark.parametrize(
     "bad, words",
     [
-        ("trainer.cache=maybe", "['auto', 'off']"),
+        ("trainer.cache=maybe", "['auto', 'streamed', 'off']"),
         ("trainer.cache_max_gb=-1", ">= 0"),
         ("trainer.cache_from=-2", "layer >= 0"),
         ("trainer.cache_from=low", "layer >= 0"),

@@ -261,18 +261,26 @@ def train_inputs(examples, n_pos: int) -> tuple[list[list[int]], list[int]]:
     return [p + a[:-1] for p, a in examples], [n_pos + len(a) - 1 for _, a in examples]
 
 
-def plan(spec, reft_model, seqs, suffix_lens, max_bytes: int) -> str | None:
-    """None if the cached path will be used for these inputs, else why not (logged by the caller)."""
-    from . import prefix_cache
-
-    spec = InterventionSpec.of(spec, reft_model.model.config.num_hidden_layers)
-    reason = why_not(spec, reft_model.model)
+def inexact(spec, model, seqs, suffix_lens) -> str | None:
+    """Why neither the stored nor the streamed prefix path is exact for these inputs (None: they are)."""
+    spec = InterventionSpec.of(spec, model.config.num_hidden_layers)
+    reason = why_not(spec, model)
     if reason:
         return reason
     shortest = min(len(s) - n for s, n in zip(seqs, suffix_lens, strict=True))
     if shortest < 1:
         return f"a prompt is not longer than positions={spec.positions}: nothing to cache before it"
-    start = start_point(spec)
+    return None
+
+
+def plan(spec, reft_model, seqs, suffix_lens, max_bytes: int) -> str | None:
+    """None if a stored cache is exact and fits `max_bytes` for these inputs, else why not."""
+    from . import prefix_cache
+
+    reason = inexact(spec, reft_model.model, seqs, suffix_lens)
+    if reason:
+        return reason
+    start = start_point(InterventionSpec.of(spec, reft_model.model.config.num_hidden_layers))
     need = prefix_cache.estimate_bytes(reft_model.model, start, seqs, suffix_lens)
     if need > max_bytes:
         return (
@@ -282,14 +290,25 @@ def plan(spec, reft_model, seqs, suffix_lens, max_bytes: int) -> str | None:
     return None
 
 
+def choose(spec, reft_model, seqs, suffix_lens, trainer_cfg) -> tuple[str, str | None]:
+    """The strategy for these inputs and why: ``stored`` (one cache pass, kept; None: exact and it
+    fits), ``streamed`` (each step runs its own prefixes without grad: exact, memory of one step;
+    where the stored cache does not fit, or trainer.cache=streamed), or ``stock`` (not exact, or
+    trainer.cache=off). Size alone never sends a run to the stock path."""
+    mode = trainer_cfg.cache
+    if mode == "off":
+        return "stock", "trainer.cache=off"
+    reason = inexact(spec, reft_model.model, seqs, suffix_lens)
+    if reason:
+        return "stock", reason
+    if mode == "streamed":
+        return "streamed", "trainer.cache=streamed"
+    too_big = plan(spec, reft_model, seqs, suffix_lens, max_bytes(trainer_cfg))
+    return ("streamed", too_big) if too_big else ("stored", None)
+
+
 def max_bytes(trainer_cfg) -> int:
     return int(float(trainer_cfg.cache_max_gb) * 2**30)
-
-
-def plan_eval(spec, reft_model, prompts, trainer_cfg) -> str | None:
-    """`plan` for the evaluation prompts (the suffix is the intervened prompt positions)."""
-    n = InterventionSpec.of(spec).last
-    return plan(spec, reft_model, prompts, [n] * len(prompts), max_bytes(trainer_cfg))
 
 
 def prepare(reft_model, spec, seqs, suffix_lens, pad_id, store, trainer_cfg, describe, progress=True):
@@ -374,3 +393,64 @@ def evaluate(reft_model, spec, prompts, yes_id, no_id, pad_id, trainer_cfg, desc
     runner, cache, info = prepare(reft_model, spec, prompts, [n] * len(prompts), pad_id, store, trainer_cfg,
                                   {**describe, "role": "eval"}, progress)  # fmt: skip
     return predict(runner, cache, yes_id, no_id, trainer_cfg.eval_batch_size), info
+
+
+def _mini_cache(model, start, seqs, suffix_lens, pad_id):
+    """A prefix cache for one step's (or one eval batch's) sequences: one no-grad pass over them."""
+    from . import prefix_cache
+
+    return prefix_cache.build(model, start, seqs, suffix_lens, pad_id, batch_size=len(seqs), progress=False)
+
+
+def train_streamed(reft_model, spec, examples, trainer_cfg, pad_id, device, seed, progress=True):
+    """`training.train` where each step first runs its examples' prefixes without grad, then their
+    suffixes with grad: exact like the stored cache, memory bounded by the step. The prefix passes
+    are part of the steps' time; info["seconds"] is 0 (no separate cache pass)."""
+    from . import training
+
+    spec = InterventionSpec.of(spec, reft_model.model.config.num_hidden_layers)
+    seqs, suffix = train_inputs(examples, spec.last)
+    runner = SuffixRunner(reft_model, spec)
+    model = reft_model.model
+    prefix_seconds = 0.0
+
+    def step_loss(groups, denominator):
+        nonlocal prefix_seconds
+        idx = [i for g in groups for i in g]
+        t0 = time.perf_counter()
+        mini = _mini_cache(model, runner.start, [seqs[i] for i in idx], [suffix[i] for i in idx], pad_id)
+        prefix_seconds += time.perf_counter() - t0
+        local, first = [], 0
+        for g in groups:
+            local.append(list(range(first, first + len(g))))
+            first += len(g)
+        with attention_implementation(model):
+            return runner.step_loss(mini, local, [examples[i][1] for i in idx], denominator)
+
+    result = training.train(
+        reft_model, spec, examples, trainer_cfg, pad_id, device, seed, progress, step_loss
+    )
+    info = {"source": "streamed", "seconds": 0.0, "mb": 0.0, "from_point": runner.start,
+            "prefix_seconds": prefix_seconds}  # fmt: skip
+    return result, info
+
+
+@torch.no_grad()
+def evaluate_streamed(reft_model, spec, prompts, yes_id, no_id, pad_id, batch_size, progress=True):
+    """Yes-minus-No scores like `evaluate`, each batch's prefixes run when the batch comes."""
+    from tqdm.auto import tqdm
+
+    spec = InterventionSpec.of(spec, reft_model.model.config.num_hidden_layers)
+    runner = SuffixRunner(reft_model, spec)
+    n = spec.last
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    scores = np.zeros(len(prompts), dtype=np.float64)
+    for b in tqdm(
+        range(0, len(order), batch_size), desc="eval (streamed)", unit="batch", disable=not progress
+    ):
+        idx = order[b : b + batch_size]
+        mini = _mini_cache(reft_model.model, runner.start, [prompts[i] for i in idx], [n] * len(idx), pad_id)
+        with attention_implementation(runner.base):
+            last = runner.last_logits(mini, np.arange(len(idx)))
+        scores[idx] = (last[:, yes_id] - last[:, no_id]).cpu().numpy()
+    return scores

@@ -2,8 +2,14 @@
 
 - ``stock``: the whole sequence through the model at every step (pyreft's IntervenableModel for
   ReFT, the peft model for LoRA): `training.train` / `training.predict`;
-- ``cached``: the frozen prefix run once and stored, each step runs only the intervened suffix
-  (`cached`, `prefix_cache`), used where it is exact.
+- ``stored`` (recorded as ``cached``): the frozen prefix run once and stored, each step runs only
+  the intervened suffix (`cached`, `prefix_cache`), used where it is exact and fits
+  `trainer.cache_max_gb`; a cache from a lower layer serves a higher one (one pass per sweep);
+- ``streamed``: exact like the stored cache, but each step runs its own examples' prefixes without
+  grad first: memory of one step, used where the stored cache does not fit (never the stock path
+  for size alone) or with `trainer.cache=streamed`.
+
+A method that allows the prefix paths lists ``cached`` in its `paths`.
 
 `run.py` and `benchmarks/train_speed.py` both train through `Engine`; the choice of strategy and
 its reason are part of the result, and so are the timings (cache pass apart from the steps).
@@ -20,7 +26,7 @@ from .spec import InterventionSpec
 from .tracking import PeakMemory
 
 log = logging.getLogger(__name__)
-STRATEGIES = ("stock", "cached")
+STRATEGIES = ("stock", "stored", "streamed")  # what Engine.plan chooses from
 
 
 @dataclass
@@ -57,31 +63,34 @@ class Engine:
         self.progress = progress
 
     def path_name(self, strategy: str) -> str:
-        return "cached" if strategy == "cached" else self.stock_name
+        """The name runs record (tags train_path / eval_path): cached, streamed, or the stock path's."""
+        return {"stored": "cached", "streamed": "streamed"}.get(strategy, self.stock_name)
 
     def plan(self, examples) -> tuple[str, str | None]:
-        """('cached', None) where the stored cache is exact and fits, else ('stock', why)."""
+        """The strategy for training on `examples` and why (None: the stored cache, exact and fits)."""
         if "cached" not in self.paths:
             return (
                 "stock",
                 f"method {self.spec.method} trains the model's weights: nothing below it can be cached",
             )
-        if self.trainer_cfg.cache == "off":
-            return "stock", "trainer.cache=off"
         seqs, suffix = cached.train_inputs(examples, self.spec.last)
-        reason = cached.plan(self.spec, self.trained, seqs, suffix, cached.max_bytes(self.trainer_cfg))
-        return ("stock", reason) if reason else ("cached", None)
+        return cached.choose(self.spec, self.trained, seqs, suffix, self.trainer_cfg)
 
     def train(self, examples, seed: int) -> TrainResult:
         strategy, reason = self.plan(examples)
-        if reason and strategy == "stock" and "cached" in self.paths:
+        if strategy == "stock" and "cached" in self.paths:
             log.warning("Training with the stock pyreft path: %s", reason)
-        elif strategy == "cached":
+        elif strategy == "streamed":
+            log.info("Training with streamed prefixes (exact; no stored cache): %s", reason)
+        elif strategy == "stored":
             log.info("Training with the cached-prefix path (exact for these settings)")
         with PeakMemory(self.device) as memory:
-            if strategy == "cached":
+            if strategy == "stored":
                 res, info = cached.train(self.trained, self.spec, examples, self.trainer_cfg, self.pad_id, self.device,
                                          seed, {**self.describe}, self.progress, self.store)  # fmt: skip
+            elif strategy == "streamed":
+                res, info = cached.train_streamed(self.trained, self.spec, examples, self.trainer_cfg, self.pad_id,
+                                                  self.device, seed, self.progress)  # fmt: skip
             else:
                 res, info = training.train(self.trained, self.spec, examples, self.trainer_cfg, self.pad_id,
                                            self.device, seed, self.progress), None  # fmt: skip
@@ -94,14 +103,24 @@ class Engine:
 
     def predict(self, prompts, yes_id: int, no_id: int) -> tuple[object, str]:
         """Yes-minus-No scores for `prompts` and the strategy that computed them."""
-        exact = "cached" in self.paths and self.trainer_cfg.cache != "off"
-        if exact and cached.plan_eval(self.spec, self.trained, prompts, self.trainer_cfg) is None:
+        strategy = "stock"
+        if "cached" in self.paths:
+            n = self.spec.last
+            strategy, reason = cached.choose(
+                self.spec, self.trained, prompts, [n] * len(prompts), self.trainer_cfg
+            )
+            if strategy == "streamed":
+                log.info("Evaluating with streamed prefixes: %s", reason)
+        if strategy == "stored":
             scores, _ = cached.evaluate(self.trained, self.spec, prompts, yes_id, no_id, self.pad_id, self.trainer_cfg,
                                         {**self.describe}, self.progress, self.store)  # fmt: skip
-            return scores, "cached"
-        scores = training.predict(self.trained, self.spec, prompts, yes_id, no_id, self.pad_id, self.device,
-                                  self.trainer_cfg.eval_batch_size, self.progress)  # fmt: skip
-        return scores, "stock"
+        elif strategy == "streamed":
+            scores = cached.evaluate_streamed(self.trained, self.spec, prompts, yes_id, no_id, self.pad_id,
+                                              self.trainer_cfg.eval_batch_size, self.progress)  # fmt: skip
+        else:
+            scores = training.predict(self.trained, self.spec, prompts, yes_id, no_id, self.pad_id, self.device,
+                                      self.trainer_cfg.eval_batch_size, self.progress)  # fmt: skip
+        return scores, self.path_name(strategy)
 
 
 def clear_caches() -> None:

@@ -49,7 +49,7 @@ def check_rank_dropout(icfg) -> None:
         raise ConfigError(f"intervention.dropout={icfg.dropout!r} is not valid: it must be in [0, 1)")
 
 
-CACHE_MODES = ("auto", "off")
+CACHE_MODES = ("auto", "streamed", "off")
 
 
 def check_trainer(tcfg) -> None:

@@ -100,6 +100,44 @@ def test_streamed_prefixes_match_stock_pyreft(tiny, case, accum):
     assert np.max(np.abs(want - have)) < 1e-4 * max(1.0, np.abs(want).max())
 
 
+FIRST = [
+    {"layer": 1, "component": "block_output", "positions": "f1+l1"},  # two interventions per layer
+    {"layer": [0, 2], "component": "block_output", "positions": "f2+l2", "share_weights": True},  # tied
+    {"layer": 2, "component": "block_input", "positions": "f3"},
+]
+
+
+@pytest.mark.parametrize("case", FIRST, ids=lambda c: f"{c['component']}-L{c['layer']}-{c['positions']}")
+def test_first_token_positions_residual_path_matches_stock_pyreft(tiny, case):
+    """First-token positions: the stored residual stream below the interventions, the rest per step."""
+    from reftlab import residual
+
+    model, tokenizer, builder, examples, prompts = tiny
+    settings = {**BASE, **case}
+    trainer = compose("trainer.epochs=2", "trainer.lr=0.02", "trainer.batch_size=4").trainer
+    torch.manual_seed(0)
+    stock = reft.build(model, settings)
+    torch.manual_seed(0)
+    fast = reft.build(model, settings)
+    pad = tokenizer.pad_token_id
+    seqs, _ = cached.train_inputs(examples, 1)
+    assert cached.choose(settings, fast, seqs, [1] * len(seqs), trainer)[0] == "residual"
+    ref = training.train(stock, settings, examples, trainer, pad, "cpu", seed=0, progress=False)
+    got, info = residual.train(fast, settings, examples, trainer, pad, "cpu", 0, progress=False)
+    assert info["from_point"] == min(
+        settings["layer"] if isinstance(settings["layer"], list) else [settings["layer"]]
+    ) + (1 if case["component"] == "block_output" else 0)
+    assert got["steps"] == ref["steps"]
+    assert np.max(np.abs(np.array(ref["losses"]) - got["losses"]) / np.abs(ref["losses"])) < 1e-4
+    moved = (flat(stock) - flat(reft.build(model, settings))).norm()
+    assert moved > 0.1 and ((flat(stock) - flat(fast)).norm() / flat(stock).norm()).item() < 1e-4
+    want = training.predict(
+        stock, settings, prompts, builder.yes_id, builder.no_id, pad, "cpu", progress=False
+    )
+    have = residual.evaluate(stock, settings, prompts, builder.yes_id, builder.no_id, pad, 5, progress=False)
+    assert np.max(np.abs(want - have)) < 1e-4 * max(1.0, np.abs(want).max())
+
+
 def test_the_strategy_is_chosen_and_size_alone_never_means_stock(tiny):
     model, tokenizer, builder, examples, _ = tiny
     settings = {**BASE, **CASES[0]}
@@ -116,7 +154,10 @@ def test_the_strategy_is_chosen_and_size_alone_never_means_stock(tiny):
     )
     assert cached.choose(settings, trained, seqs, suffix, compose("trainer.cache=off").trainer)[0] == "stock"
     first = {**settings, "positions": "f1+l1"}
-    assert cached.choose(first, reft.build(model, first), seqs, suffix, compose().trainer)[0] == "stock"
+    assert cached.choose(first, reft.build(model, first), seqs, suffix, compose().trainer)[0] == "residual"
+    tight = compose("trainer.cache_max_gb=0.000001").trainer
+    strategy, why = cached.choose(first, reft.build(model, first), seqs, suffix, tight)
+    assert strategy == "stock" and "first-token" in why and "residual cache" in why
 
 
 def test_the_model_is_left_as_it_was(tiny):
@@ -248,6 +289,7 @@ def test_runs_log_their_path_and_reuse_the_cache(in_root, mlflow_uri, tmp_path):
         ("again", ["seed=1"]),
         ("off", ["trainer.cache=off"]),
         ("first", ["intervention.positions=f1+l1"]),
+        ("first_off", ["intervention.positions=f1+l1", "trainer.cache=off"]),
         ("small", ["trainer.cache_max_gb=0.000001"]),
     ]:
         prefix_cache.clear_memory()  # a new job: the training cache must come from disk
@@ -262,9 +304,15 @@ def test_runs_log_their_path_and_reuse_the_cache(in_root, mlflow_uri, tmp_path):
         df.loc["off", "tags.train_path"] == "pyreft"
         and df.loc["off", "tags.train_path_reason"] == "trainer.cache=off"
     )
+    # first-token positions: the residual path, with the stock path's result
     assert (
-        df.loc["first", "tags.train_path"] == "pyreft"
-        and "first-token" in df.loc["first", "tags.train_path_reason"]
+        df.loc["first", "tags.train_path"] == "residual" and df.loc["first", "tags.eval_path"] == "residual"
+    )
+    assert "first-token" in df.loc["first", "tags.train_path_reason"]
+    assert df.loc["first_off", "tags.train_path"] == "pyreft"
+    assert metrics["first"]["accuracy"] == metrics["first_off"]["accuracy"]
+    assert abs(metrics["first"]["train_loss_last"] - metrics["first_off"]["train_loss_last"]) < 1e-4 * abs(
+        metrics["first_off"]["train_loss_last"]
     )
     assert df.loc["auto", "metrics.cache_mb"] > 0
     # a cache over the bound: streamed prefixes (exact), not the stock path

@@ -9,6 +9,10 @@
   grad first: memory of one step, used where the stored cache does not fit (never the stock path
   for size alone) or with `trainer.cache=streamed`.
 
+- ``residual``: first-token positions (`f<n>`), where no keys/values above the intervention can be
+  stored: the residual stream entering the lowest intervened layer is stored for every token and
+  each step runs the whole sequence from there up (`residual`).
+
 A method that allows the prefix paths lists ``cached`` in its `paths`.
 
 `run.py` and `benchmarks/train_speed.py` both train through `Engine`; the choice of strategy and
@@ -21,12 +25,12 @@ import logging
 import math
 from dataclasses import dataclass, field
 
-from . import cached, prefix_cache, training
+from . import cached, prefix_cache, residual, training
 from .spec import InterventionSpec
 from .tracking import PeakMemory
 
 log = logging.getLogger(__name__)
-STRATEGIES = ("stock", "stored", "streamed")  # what Engine.plan chooses from
+STRATEGIES = ("stock", "stored", "streamed", "residual")  # what Engine.plan chooses from
 
 
 @dataclass
@@ -64,7 +68,9 @@ class Engine:
 
     def path_name(self, strategy: str) -> str:
         """The name runs record (tags train_path / eval_path): cached, streamed, or the stock path's."""
-        return {"stored": "cached", "streamed": "streamed"}.get(strategy, self.stock_name)
+        return {"stored": "cached", "streamed": "streamed", "residual": "residual"}.get(
+            strategy, self.stock_name
+        )
 
     def plan(self, examples) -> tuple[str, str | None]:
         """The strategy for training on `examples` and why (None: the stored cache, exact and fits)."""
@@ -80,6 +86,8 @@ class Engine:
         strategy, reason = self.plan(examples)
         if strategy == "stock" and "cached" in self.paths:
             log.warning("Training with the stock pyreft path: %s", reason)
+        elif strategy == "residual":
+            log.info("Training with the stored residual stream: %s", reason)
         elif strategy == "streamed":
             log.info("Training with streamed prefixes (exact; no stored cache): %s", reason)
         elif strategy == "stored":
@@ -88,6 +96,9 @@ class Engine:
             if strategy == "stored":
                 res, info = cached.train(self.trained, self.spec, examples, self.trainer_cfg, self.pad_id, self.device,
                                          seed, {**self.describe}, self.progress, self.store)  # fmt: skip
+            elif strategy == "residual":
+                res, info = residual.train(self.trained, self.spec, examples, self.trainer_cfg, self.pad_id,
+                                           self.device, seed, self.progress)  # fmt: skip
             elif strategy == "streamed":
                 res, info = cached.train_streamed(self.trained, self.spec, examples, self.trainer_cfg, self.pad_id,
                                                   self.device, seed, self.progress)  # fmt: skip
@@ -114,6 +125,9 @@ class Engine:
         if strategy == "stored":
             scores, _ = cached.evaluate(self.trained, self.spec, prompts, yes_id, no_id, self.pad_id, self.trainer_cfg,
                                         {**self.describe}, self.progress, self.store)  # fmt: skip
+        elif strategy == "residual":
+            scores = residual.evaluate(self.trained, self.spec, prompts, yes_id, no_id, self.pad_id,
+                                       self.trainer_cfg.eval_batch_size, self.progress)  # fmt: skip
         elif strategy == "streamed":
             scores = cached.evaluate_streamed(self.trained, self.spec, prompts, yes_id, no_id, self.pad_id,
                                               self.trainer_cfg.eval_batch_size, self.progress)  # fmt: skip

@@ -208,12 +208,13 @@ class Bench:
         model = self.fresh(rank)
         engine = self.engine(model, rank, cache, self.store)
         prefix_cache.clear_memory()  # each job is a fresh process in a parallel sweep: disk or build
-        if cache == "auto" and engine.plan(self.train)[0] != "stored":
+        if cache == "auto" and engine.plan(self.train)[0] == "stock":
             raise SystemExit(f"cached path not applicable: {engine.plan(self.train)[1]}")
         self.sync()
         res = engine.train(self.train, seed=0)
         self.sync()
-        out = {"path": label.format(rank=rank, source=res.cache_source), "build_s": res.cache_seconds,
+        source = res.cache_source if res.path == "cached" else res.path  # residual: first-token positions
+        out = {"path": label.format(rank=rank, source=source), "build_s": res.cache_seconds,
                "train_s": res.step_seconds, "peak_mb": res.peak_memory_mb, "losses": res.losses, "steps": res.steps,
                "cache_mb": res.cache_mb}  # fmt: skip
         prefix_cache.clear_memory()

@@ -234,3 +234,109 @@ def test_sqlite_with_a_slurm_launcher_warns(caplog, tmp_path):
     with caplog.at_level("WARNING"):
         SweepCallback().on_multirun_start(cfg)
     assert "SQLite locking on a shared (NFS) filesystem is unreliable" in caplog.text
+
+
+# --- fault injection in other processes: the store survives a kill -9 and an eviction mid-load ---
+
+CHILD_SETUP = """
+import sys, time, pathlib
+import numpy as np, torch
+sys.path.insert(0, {src!r})
+from reftlab import configs, models, prefix_cache
+model, *_ = models.load_model_and_tokenizer(configs.compose(["model=tiny_random", "model.num_layers=3"]).model)
+seqs = [list(range(5, 5 + n)) for n in (9, 12, 7, 15)]
+store = prefix_cache.DiskStore(pathlib.Path({folder!r}), 10**9)
+"""
+
+
+def tiny_store_inputs():
+    model, *_ = __import__("reftlab.models", fromlist=["x"]).load_model_and_tokenizer(
+        compose("model=tiny_random", "model.num_layers=3").model
+    )
+    return model, [list(range(5, 5 + n)) for n in (9, 12, 7, 15)]
+
+
+def child(code: str, folder) -> subprocess.Popen:
+    script = CHILD_SETUP.format(src=str(ROOT / "src"), folder=str(folder)) + code
+    return subprocess.Popen([PYTHON, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+
+
+def wait_for(predicate, proc, seconds=120):
+    import time
+
+    end = time.time() + seconds
+    while not predicate():
+        if proc.poll() is not None:
+            raise AssertionError(f"the child ended early:\n{proc.stderr.read()[-3000:]}")
+        assert time.time() < end, "timed out"
+        time.sleep(0.05)
+
+
+def test_kill_9_during_a_cache_write_leaves_nothing_that_is_loaded_and_is_cleaned(tmp_path):
+    import signal
+
+    # the child writes the tensors, then "hangs" before the metadata that completes the entry
+    proc = child(
+        """
+import safetensors.torch as st
+real = st.save_file
+def slow(*a, **k):
+    real(*a, **k)
+    time.sleep(600)
+st.save_file = slow
+cache = prefix_cache.build(model, 1, seqs, [2] * 4, 0, progress=False)
+store.save(prefix_cache.cache_key(model, seqs, [2] * 4, {}), cache)
+""",
+        tmp_path,
+    )
+    store = prefix_cache.DiskStore(tmp_path, 10**9)
+    wait_for(lambda: list(store.folder.glob("*.tmp-*.safetensors")), proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    model, seqs = tiny_store_inputs()
+    key = prefix_cache.cache_key(model, seqs, [2] * 4, {})
+    assert store.load(key, "cpu") is None  # no entry: the kill came before it was complete
+    assert len(store.stale_temps()) == 1  # its writer is dead: the store knows the file is garbage
+    prefix_cache.clear_memory()
+    cache, source, _ = prefix_cache.obtain(model, 1, seqs, [2] * 4, 0, {}, store, 4, False)
+    assert source == "built"
+    for _ in range(200):  # the save runs in a thread; the eviction before it removes the dead temp
+        if store.load(key, "cpu") is not None:
+            break
+        __import__("time").sleep(0.05)
+    assert not list(store.folder.glob("*.tmp-*")) and [p.stem for p in store.entries()] == [key]
+    again = store.load(key, "cpu")
+    assert torch.equal(again.keys, cache.keys) and torch.equal(again.hidden, cache.hidden)
+
+
+def test_an_entry_evicted_while_another_job_loads_it_is_rebuilt_there(tmp_path):
+    model, seqs = tiny_store_inputs()
+    key = prefix_cache.cache_key(model, seqs, [2] * 4, {})
+    first = prefix_cache.build(model, 1, seqs, [2] * 4, 0, progress=False)
+    store = prefix_cache.DiskStore(tmp_path, int(first.nbytes * 1.5))
+    assert store.save(key, first)
+    # the other job has read the entry's metadata and is about to read its tensors when it is evicted
+    proc = child(
+        """
+import safetensors.torch as st
+real = st.load_file
+def paused(*a, **k):
+    pathlib.Path({go!r}).parent.joinpath("loading").touch()
+    while not pathlib.Path({go!r}).exists():
+        time.sleep(0.05)
+    return real(*a, **k)
+st.load_file = paused
+cache, source, _ = prefix_cache.obtain(model, 1, seqs, [2] * 4, 0, {{}}, store, 4, False)
+direct = prefix_cache.build(model, 1, seqs, [2] * 4, 0, progress=False)
+print(source, torch.equal(cache.keys, direct.keys), torch.equal(cache.hidden, direct.hidden))
+""".format(go=str(tmp_path / "go")),
+        tmp_path,
+    )
+    wait_for(lambda: (tmp_path / "loading").exists(), proc)
+    assert store.save("other", small_cache())  # this job's write evicts the entry being loaded
+    assert not store.path(key).exists()
+    (tmp_path / "go").touch()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    assert out.split() == ["built", "True", "True"]  # it noticed, rebuilt, and has the right cache

@@ -248,3 +248,44 @@ def test_a_sweep_over_layers_builds_one_prefix_cache(tmp_path, mlflow_uri):
     assert single.returncode == 0, single.stderr[-3000:]
     row = runs(mlflow_uri).set_index("params.intervention.layer").loc["1"]
     assert row["tags.cache_source"] == "disk" and row["tags.cache_point"] == "0"
+
+
+@pytest.mark.parametrize("launcher", ["local_parallel", "submitit_local"])
+def test_a_job_killed_mid_sweep_is_recorded_and_rerun(tmp_path, mlflow_uri, launcher):
+    """Fault injection: kill -9 one job of a parallel sweep while it trains."""
+    import json
+
+    overrides = [
+        "trainer.epochs=40",
+        "data.max_train=64",
+        f"hydra/launcher={launcher}",
+        "intervention.layer=0,1",
+    ]
+    args = [PYTHON, "train.py", "-m", *tiny_overrides(*overrides, f"mlflow.tracking_uri={mlflow_uri}",
+            f"hydra.sweep.dir={tmp_path / 'multirun'}")]  # fmt: skip
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    status = tmp_path / "multirun" / "0" / "status.json"
+    try:
+        deadline = time.time() + 300
+        while not (status.exists() and json.loads(status.read_text())["status"] == "running"):
+            assert proc.poll() is None and time.time() < deadline, "the sweep ended before job 0 trained"
+            time.sleep(0.2)
+        time.sleep(2)
+        os.kill(json.loads(status.read_text())["pid"], signal.SIGKILL)
+        _, err = proc.communicate(timeout=600)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0
+    table = runs(mlflow_uri).set_index("params.intervention.layer")
+    # nothing is left RUNNING: the killed job's run is KILLED with the reason; under joblib the broken
+    # worker pool stops the other job too (also KILLED), under submitit the other job finishes
+    assert table.loc["0", "status"] == "KILLED" and "SIGKILL" in table.loc["0", "tags.error"]
+    assert json.loads(status.read_text())["status"] == "killed"
+    expected_other = "KILLED" if launcher == "local_parallel" else "FINISHED"
+    assert table.loc["1", "status"] == expected_other
+    assert "sweep summary: 2 jobs" in err and "job 0 killed" in err
+    # re-running the sweep runs what did not finish, and skips what did
+    again = train(tmp_path / "again", mlflow_uri, *overrides)
+    assert again.returncode == 0, again.stderr[-3000:]
+    finished = 2 if launcher == "local_parallel" else 1
+    assert f"sweep summary: 2 jobs: {finished} finished, 0 failed, {2 - finished} skipped" in again.stderr

@@ -6,9 +6,11 @@ submitit) because each job leaves `status.json` in its own output folder.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
+import socket
 import sys
 from collections import Counter
 from pathlib import Path
@@ -27,7 +29,7 @@ def read_statuses(sweep_dir: Path) -> list[dict]:
     for job in sorted(p for p in Path(sweep_dir).iterdir() if p.is_dir()) if Path(sweep_dir).is_dir() else []:
         path = job / STATUS_FILE
         if path.exists():
-            rows.append({"job": job.name, **json.loads(path.read_text())})
+            rows.append({"job": job.name, "folder": job, **json.loads(path.read_text())})
         elif (job / ".hydra").is_dir():
             rows.append(
                 {"job": job.name, "status": "missing", "error": "the job ended without a status (killed?)"}
@@ -62,14 +64,60 @@ def lowest_layer(config) -> int | None:
 def summary(rows: list[dict]) -> str:
     counts = Counter(r["status"] for r in rows)
     parts = ", ".join(f"{counts.get(s, 0)} {s}" for s in ("finished", "failed", "skipped", "killed"))
-    if counts.get("missing"):
-        parts += f", {counts['missing']} missing"
+    for extra in ("missing", "running"):
+        if counts.get(extra):
+            parts += f", {counts[extra]} {extra}"
     lines = [f"sweep summary: {len(rows)} jobs: {parts}"]
     lines += [f"  job {r['job']} {r['status']}: {r.get('error', '')}" for r in rows if r["status"] in BAD]
     return "\n".join(lines)
 
 
+DIED = (
+    "the job's process ended without closing its run (killed with SIGKILL, OOM-killed, or stopped with "
+    "its launcher's worker pool)"
+)
+
+
+def alive(row: dict) -> bool:
+    """Whether the process of a job that says it is running still runs (on this host; a zombie is dead)."""
+    pid = row.get("pid")
+    if not pid or row.get("host", socket.gethostname()) != socket.gethostname():
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def close_dead_runs(rows: list[dict], tracking_uri: str, all_ended: bool) -> None:
+    """Jobs still `running` whose process is gone (all of them, when the launcher says every job has
+    ended): their MLflow run is marked KILLED with the reason, their status file says killed."""
+    from mlflow.tracking import MlflowClient
+
+    from . import tracking
+
+    client = None
+    for row in rows:
+        if row["status"] != "running" or (not all_ended and alive(row)):
+            continue
+        if row.get("run_id"):
+            client = client or MlflowClient(tracking_uri)
+            try:
+                client.set_tag(row["run_id"], "error", DIED)
+                client.set_terminated(row["run_id"], status="KILLED")
+            except Exception as e:  # the summary still tells; the store may be unreachable
+                log.warning("Could not mark run %s KILLED: %s", row["run_id"], e)
+        tracking.write_status(row["folder"], "killed", run_id=row.get("run_id"), error=DIED)
+        row.update(status="killed", error=DIED)
+
+
 class SweepCallback(Callback):
+    """Sets MLflow up before the jobs, shares one prefix cache over the layers of a sweep, and at its
+    end closes the runs of jobs that died and prints a summary. A launcher that fails (a worker
+    killed under joblib, a job killed under submitit) skips Hydra's end-of-sweep callback; the
+    same closing runs at the interpreter's exit then."""
+
     def on_multirun_start(self, config, **kwargs) -> None:
         # Create the tracking database and experiment once, before parallel jobs race to do it.
         from . import tracking
@@ -90,13 +138,27 @@ class SweepCallback(Callback):
         if lowest is not None and config.trainer.get("cache_from") is None:
             os.environ[CACHE_FROM_ENV] = str(lowest)
             log.info("Sweep over layers: one prefix cache from layer %d serves all of them", lowest)
+        self._pending = (Path(config.hydra.sweep.dir), uri)
+        atexit.register(self._at_exit)
 
-    def on_multirun_end(self, config, **kwargs) -> None:
+    def _finish(self, all_ended: bool) -> list[dict]:
+        sweep_dir, uri = self._pending
+        self._pending = None
         os.environ.pop(CACHE_FROM_ENV, None)
-        rows = read_statuses(Path(config.hydra.sweep.dir))
+        rows = read_statuses(sweep_dir)
+        close_dead_runs(rows, uri, all_ended)
         text = summary(rows)
         print(text, file=sys.stderr)
         log.info(text)
+        return rows
+
+    def _at_exit(self) -> None:
+        if getattr(self, "_pending", None):  # the launcher failed: Hydra skipped on_multirun_end
+            self._finish(all_ended=False)
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        atexit.unregister(self._at_exit)
+        rows = self._finish(all_ended=True)
         if any(r["status"] in BAD for r in rows):
             # Hydra turns a callback's exceptions into warnings; SystemExit still sets the exit code.
             raise SystemExit(1)

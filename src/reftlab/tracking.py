@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import platform
 import re
 import subprocess
@@ -150,7 +151,6 @@ STATUS_FILE = "status.json"
 
 def write_atomic(path: Path, text: str) -> None:
     """Write a whole file or nothing: a reader (or a crash) never sees half of it."""
-    import os
 
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -204,6 +204,10 @@ class recorded_run:
         self._old = signal.signal(signal.SIGTERM, _terminate) if self._main else None
         self._run = mlflow.start_run(run_name=self.run_name)
         self.active = self._run.__enter__()
+        # "running" until the block ends: a job killed with no chance to record (kill -9, OOM) leaves
+        # it, and the sweep's end marks its MLflow run KILLED (reftlab.sweep)
+        write_status(self.output_dir, "running", run_id=self.active.info.run_id, pid=os.getpid(),
+                     host=platform.node())  # fmt: skip
         return self.active
 
     def __exit__(self, kind, error, tb):

@@ -3,8 +3,9 @@
 An intervention on the first prompt tokens at layer L changes every later token above L, so no
 keys/values above L can be stored; but nothing below L changes. One no-grad pass that stops at
 the lowest intervention point stores the residual stream there for every token; each training
-step then runs the whole sequence through the layers from that point up only (with grad), with
-pyreft's intervention modules applied where pyvene applies them (the same first/last positions).
+step then runs the whole sequence through the layers from that point up only (with grad, the
+model's own attention: sdpa), with pyreft's intervention modules applied where pyvene applies
+them (the same first/last positions).
 The layers below L never run again, in training nor in evaluation.
 """
 
@@ -124,8 +125,7 @@ class FullRunner:
         # causal attention over real tokens; a padding row attends to itself only (never read)
         allowed = np.tril(np.ones((width, width), bool))[None] & real[:, None, :]
         allowed |= np.eye(width, dtype=bool)[None] & ~real[:, :, None]
-        mask = torch.zeros((b, 1, width, width), dtype=torch.float32, device=device)
-        mask.masked_fill_(~torch.from_numpy(allowed).to(device)[:, None], float("-inf"))
+        mask = torch.from_numpy(allowed).to(device)[:, None]  # boolean, True = may attend (sdpa, eager)
         rows = unit_locations(self.spec, list(prompt_lens), starts.tolist())["sources->base"][1]
         where = [self._index(r, device) for r in rows]
         embeddings = hf_compat.rotary(self.body, h, positions)
@@ -191,7 +191,6 @@ def applies(spec, model) -> str | None:
 def train(reft_model, spec, examples, trainer_cfg, pad_id, device, seed, progress=True):
     """`training.train` with whole sequences run from the lowest intervention point up."""
     from . import training
-    from .cached import attention_implementation
 
     spec = InterventionSpec.of(spec, reft_model.model.config.num_hidden_layers)
     runner = FullRunner(reft_model, spec)
@@ -203,10 +202,9 @@ def train(reft_model, spec, examples, trainer_cfg, pad_id, device, seed, progres
     def step_loss(groups, denominator):
         return runner.step_loss(cache, groups, examples, denominator)
 
-    with attention_implementation(reft_model.model):
-        result = training.train(
-            reft_model, spec, examples, trainer_cfg, pad_id, device, seed, progress, step_loss
-        )
+    result = training.train(
+        reft_model, spec, examples, trainer_cfg, pad_id, device, seed, progress, step_loss
+    )
     info = {"source": "built", "seconds": seconds, "mb": cache.nbytes / 2**20, "from_point": runner.start}
     return result, info
 
@@ -214,17 +212,14 @@ def train(reft_model, spec, examples, trainer_cfg, pad_id, device, seed, progres
 @torch.no_grad()
 def evaluate(reft_model, spec, prompts, yes_id, no_id, pad_id, batch_size, progress=True):
     """Yes-minus-No logit at the last prompt position, the layers below the interventions run once."""
-    from .cached import attention_implementation
-
     spec = InterventionSpec.of(spec, reft_model.model.config.num_hidden_layers)
     runner = FullRunner(reft_model, spec)
     cache = build(reft_model.model, runner.start, prompts, pad_id, batch_size, progress)
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     scores = np.zeros(len(prompts), dtype=np.float64)
-    with attention_implementation(reft_model.model):
-        for b in range(0, len(order), batch_size):
-            idx = order[b : b + batch_size]
-            h = runner.hidden(cache, idx, [len(prompts[i]) for i in idx])
-            last = runner.base.lm_head(h[:, -1]).float()
-            scores[idx] = (last[:, yes_id] - last[:, no_id]).cpu().numpy()
+    for b in range(0, len(order), batch_size):
+        idx = order[b : b + batch_size]
+        h = runner.hidden(cache, idx, [len(prompts[i]) for i in idx])
+        last = runner.base.lm_head(h[:, -1]).float()
+        scores[idx] = (last[:, yes_id] - last[:, no_id]).cpu().numpy()
     return scores

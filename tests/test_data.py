@@ -156,3 +156,35 @@ def test_corrupt_file_is_reported(tmp_path):
     path.write_bytes(b"not a parquet file")
     with pytest.raises(data.DataError, match="Could not read"):
         prepared("data=csv", f"data.path={path}")
+
+
+def test_several_positive_labels_yaml_booleans_and_the_readme_says_which(tmp_path):
+    # a LIAR-style table: six truth labels, three of them mean "deceptive"; YAML reads `false` as a boolean
+    labels = ["pants-fire", "false", "barely-true", "half-true", "mostly-true", "true"]
+    df = pd.DataFrame(
+        {"statement": [f"claim {i}" for i in range(60)], "truth": [labels[i % 6] for i in range(60)]}
+    )
+    path = tmp_path / "liar.tsv"
+    df.to_csv(path, sep="\t", index=False)
+    common = ["data=csv", f"data.path={path}", "data.text_column=statement", "data.label_column=truth"]
+    p, _ = prepared(*common, "data.positive_label=[pants-fire,false,barely-true]", "data.license=CC BY 4.0")
+    yes = set(df.loc[p.full.index[p.full["label"] == "Yes"], "truth"])
+    assert yes == {"pants-fire", "false", "barely-true"} and (p.full["label"] == "Yes").sum() == 30
+    text = data.readme(p, compose(*common, "data.license=CC BY 4.0").data)
+    assert "`Yes` = `truth` is 'barely-true' or 'false' or 'pants-fire'" in text
+    assert "'half-true' or 'mostly-true' or 'true'" in text and "License: CC BY 4.0" in text
+    assert "deceptive" not in text and "CC BY-NC-SA" not in text  # not the shipped corpora's words
+    # one wrong value in the list is named (as typed), with the file's values
+    with pytest.raises(
+        data.DataError, match=r"positive_label=\['pant-fire'\].*barely-true, false, half-true"
+    ):
+        prepared(*common, "data.positive_label=[pant-fire,false]")
+    # a bare YAML boolean / number still matches the file's text
+    bools = tmp_path / "b.csv"
+    pd.DataFrame({"text": [f"t{i}" for i in range(20)], "label": ["false", "true"] * 10}).to_csv(
+        bools, index=False
+    )
+    p, _ = prepared("data=csv", f"data.path={bools}", "data.positive_label=false")
+    assert (p.full["label"] == "Yes").sum() == 10
+    text = data.readme(p, compose("data=csv", f"data.path={bools}").data)
+    assert "License: not given" in text

@@ -131,23 +131,53 @@ def cap(df: pd.DataFrame, n, seed: int) -> pd.DataFrame:
     return shuffled.assign(_o=order.values).sort_values("_o", kind="stable").head(n).drop(columns="_o")
 
 
+def label_texts(value) -> set[str]:
+    """The texts a configured label value stands for in a file: YAML turns a bare `false` into a
+    boolean and `1.0` into a float, so a file's `false` / `1` still match."""
+    if isinstance(value, bool):
+        return {str(value).lower(), str(value)}
+    if isinstance(value, float) and value.is_integer():
+        return {str(value), str(int(value))}
+    return {str(value)}
+
+
+def positive_values(setting, present: set[str], label_col, path) -> set[str]:
+    """The file's label values that mean "Yes": `data.positive_label` is one value or a list."""
+    from omegaconf import ListConfig
+
+    many = isinstance(setting, list | tuple | ListConfig)
+    wanted = list(setting) if many else [setting]
+    if not wanted:
+        raise DataError("data.positive_label=[] is not valid: give the label value(s) that mean Yes")
+    found, missing = set(), []
+    for value in wanted:
+        hits = label_texts(value) & present
+        found |= hits
+        if not hits:
+            missing.append(value)
+    if missing:
+        shown = missing if many else missing[0]
+        raise DataError(
+            f"data.positive_label={shown!r} does not occur in column {label_col!r} of {str(path)!r}; "
+            f"its values are: {', '.join(sorted(present)[:20])}"
+        )
+    return found
+
+
 def table_recipe(cfg) -> Prepared:
     """A generic labelled table (opinion_spam, csv): map the label column to Yes/No and split."""
     raw = read_table(cfg.path, cfg.get("format"), cfg.get("header", True))
     text_col = column(raw, cfg.text_column, "data.text_column", cfg.path)
     label_col = column(raw, cfg.label_column, "data.label_column", cfg.path)
     values = raw[label_col].astype(str)
-    positive = str(cfg.positive_label)
-    if positive not in set(values):
-        raise DataError(
-            f"data.positive_label={positive!r} does not occur in column {label_col!r} of {str(cfg.path)!r}; "
-            f"its values are: {', '.join(sorted(set(values))[:20])}"
-        )
+    positive = positive_values(cfg.positive_label, set(values), label_col, cfg.path)
     full = pd.DataFrame(
-        {"text": raw[text_col].astype(str), "label": [YES if v == positive else NO for v in values]}
+        {"text": raw[text_col].astype(str), "label": [YES if v in positive else NO for v in values]}
     )
     if full["label"].nunique() < 2:
-        raise DataError(f"Column {label_col!r} has only the value {positive!r}: nothing to tell apart")
+        raise DataError(
+            f"Every value of column {label_col!r} is a positive label {sorted(positive)}: nothing to tell apart"
+        )
     split = cfg.split
     group_col = cfg.get("group_column")
     choices = ["stratified"] + ([str(group_col)] if group_col is not None else [])
@@ -169,7 +199,8 @@ def table_recipe(cfg) -> Prepared:
         "source": str(cfg.path),
         "text_column": str(text_col),
         "label_column": str(label_col),
-        "positive_label": positive,
+        "positive_label": sorted(positive),
+        "negative_label": sorted(set(values) - positive),
         "split": split,
     }
     return Prepared(cfg.name, full, train, eval_, info, val)
@@ -235,7 +266,8 @@ def persuasion_recipe(cfg) -> Prepared:
         out = pd.DataFrame({"text": df["argument"], "label": df["label"], "group": group})
         return pd.concat([out, df[["claim", "source", "prompt_type"]]], axis=1)
 
-    info = {"source": str(cfg.path), "split": cfg.split, "upsample_seed": cfg.upsample_seed}
+    info = {"source": str(cfg.path), "split": cfg.split, "upsample_seed": cfg.upsample_seed,
+            "label_column": "prompt_type", "positive_label": ["Deceptive"]}  # fmt: skip
     return Prepared(cfg.name, tidy(balanced), tidy(train), tidy(eval_), info, tidy(val))
 
 
@@ -269,6 +301,19 @@ def counts(df: pd.DataFrame) -> str:
     return f"{len(df)} rows ({c.get(YES, 0)} Yes / {c.get(NO, 0)} No)"
 
 
+def labels_line(info: dict) -> str:
+    """Which original values became "Yes" (never a blanket "Yes = deceptive")."""
+    positive = info.get("positive_label")
+    if not positive:
+        return "- Labels: `Yes` / `No` as the recipe defines them."
+    column = info.get("label_column", "label")
+    line = f"- Labels: `Yes` = `{column}` is {' or '.join(repr(v) for v in positive)}"
+    negative = info.get("negative_label")
+    return line + (
+        f"; `No` = {' or '.join(repr(v) for v in negative)}." if negative else "; `No` = any other value."
+    )
+
+
 def readme(prepared: Prepared, cfg) -> str:
     from .tracking import redact
 
@@ -284,8 +329,8 @@ def readme(prepared: Prepared, cfg) -> str:
         f"{counts(prepared.val)}",
         f"- eval (test: reported, never used to choose): {counts(prepared.eval)}",
         f"- Content version (sha256 of train+val+eval text/label, first 16 hex): {prepared.version()}",
-        "- Labels: `Yes` = deceptive, `No` = not deceptive.",
-        "- License: CC BY-NC-SA (see the source's SOURCE.md for attribution).",
+        labels_line(prepared.info),
+        f"- License: {cfg.get('license') or 'not given (set data.license to the data’s own license)'}",
     ]
     return "\n".join(lines) + "\n"
 

@@ -14,12 +14,19 @@ METRICS = ["accuracy", "f1", "train_seconds", "eval_seconds", "trainable_params"
 TAGS = ["method", "model", "dataset", "git_sha", "data_version", "data_repo", "dtype", "dtype_reason"]
 
 
-def test_a_run_logs_metrics_tags_and_artifacts(in_root, mlflow_uri, tmp_path):
+def test_a_run_logs_metrics_tags_and_artifacts(in_root, mlflow_uri, tmp_path, capsys):
     import mlflow
 
     cfg = compose(*tiny_overrides(f"mlflow.tracking_uri={mlflow_uri}"))
     metrics = run.run(cfg, output_dir=tmp_path / "job")
     (row,) = runs(mlflow_uri).to_dict("records")
+    # the run ends with a summary for a person: result, times, where things are, how to look at them
+    said = capsys.readouterr().err
+    assert f"test accuracy {100 * metrics['accuracy']:.1f}%" in said and "on 16 examples" in said
+    assert f"validation {100 * metrics['val_accuracy']:.1f}% on 16" in said
+    assert str(tmp_path / "job") in said and row["run_id"] in said and "make ui" in said
+    assert f"#/experiments/{row['experiment_id']}/runs/{row['run_id']}" in said
+    assert "python report.py --experiment reftlab" in said
     assert row["status"] == "FINISHED"
     for name in METRICS:
         assert row[f"metrics.{name}"] == pytest.approx(metrics[name])
@@ -111,3 +118,11 @@ def test_two_job_sweep_leaves_two_finished_runs(mlflow_uri, tmp_path):
         assert table[f"metrics.{name}"].notna().all(), name
     assert (tmp_path / "multirun" / "0" / "predictions.parquet").exists()
     assert (tmp_path / "multirun" / "1" / "intervention" / "reft_settings.json").exists()
+    # the sweep ends with its jobs ranked by validation accuracy, test beside it
+    ranked = out.stderr[out.stderr.index("jobs ranked by validation accuracy") :].splitlines()
+    first, second = ranked[2].split(), ranked[3].split()
+    assert first[-1].startswith("intervention.layer=") and len(first) == 5  # only what differs is shown
+    layer = first[-1].split("=")[1]
+    val = table.set_index("params.intervention.layer")["metrics.val_accuracy"]
+    assert first[1] == f"{100 * val[layer]:.1f}%" and val[layer] == val.max()
+    assert float(first[1].rstrip("%")) >= float(second[1].rstrip("%"))

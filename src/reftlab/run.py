@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -127,7 +128,39 @@ def record(cfg, method, resolved: dict, key: str, output_dir: Path) -> dict:
         metrics = execute(cfg, output_dir)
     shown = {k: metrics[k] for k in ("val_accuracy", "accuracy", "f1") if k in metrics}
     log.info("Run %s finished: %s", active.info.run_id, shown)
+    print(closing_summary(name, cfg, metrics, active.info, output_dir), file=sys.stderr)
     return metrics
+
+
+def closing_summary(name: str, cfg, metrics: dict, info, output_dir: Path) -> str:
+    """What a person reads when a run ends: the result, the time, where everything is, what next."""
+    lines = [f"\n{name} finished ({cfg.intervention.method} on {cfg.data.name})"]
+    if "accuracy" in metrics:
+        line = f"  test accuracy {100 * metrics['accuracy']:.1f}%"
+        if "f1" in metrics:
+            line += f", F1 {metrics['f1']:.3f}"
+        line += f" on {int(metrics.get('eval_examples', 0))} examples"
+        if metrics.get("val_examples"):
+            line += f"; validation {100 * metrics['val_accuracy']:.1f}% on {int(metrics['val_examples'])}"
+        lines.append(line + " (choose settings on validation)")
+    times = [
+        f"{k.split('_')[0]} {metrics[k]:.0f} s" for k in ("train_seconds", "eval_seconds") if k in metrics
+    ]
+    if "trainable_params" in metrics:
+        times.append(
+            f"{int(metrics['trainable_params']):,} trainable parameters ({metrics['trainable_percent']:.4f}%)"
+        )
+    if times:
+        lines.append("  " + ", ".join(times))
+    lines.append(f"  outputs: {output_dir}")
+    lines.append(
+        f"  MLflow run {info.run_id} (experiment {cfg.mlflow.experiment}): open it with `make ui`, then"
+    )
+    uri = tracking.tracking_uri(cfg.mlflow.get("tracking_uri"))
+    base = tracking.redact(uri.rstrip("/")) if uri.startswith("http") else "http://127.0.0.1:5000"
+    lines.append(f"  {base}/#/experiments/{info.experiment_id}/runs/{info.run_id}")
+    lines.append(f"  compare runs: python report.py --experiment {cfg.mlflow.experiment}")
+    return "\n".join(lines)
 
 
 def execute(cfg, output_dir: Path) -> dict:

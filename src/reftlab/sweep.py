@@ -112,6 +112,35 @@ def close_dead_runs(rows: list[dict], tracking_uri: str, all_ended: bool) -> Non
         row.update(status="killed", error=DIED)
 
 
+def ranking(rows: list[dict], top: int = 20) -> str:
+    """The sweep's jobs that produced metrics, best validation accuracy first (test beside it:
+    reported, not used to choose), with the overrides that tell them apart (those all share are
+    left out)."""
+    import yaml
+
+    table = []
+    for row in rows:
+        folder = row.get("folder")
+        metrics_path = folder / "metrics.json" if folder else None
+        if not metrics_path or not metrics_path.exists():
+            continue
+        m = json.loads(metrics_path.read_text())
+        overrides_path = folder / ".hydra" / "overrides.yaml"
+        overrides = yaml.safe_load(overrides_path.read_text()) if overrides_path.exists() else []
+        table.append((m.get("val_accuracy", float("nan")), m.get("accuracy", float("nan")),
+                      m.get("train_seconds", float("nan")), row["job"], " ".join(overrides or [])))  # fmt: skip
+    if not table:
+        return ""
+    common = set.intersection(*(set(t[4].split(" ")) for t in table)) if len(table) > 1 else set()
+    table = [(*t[:4], " ".join(o for o in t[4].split(" ") if o not in common)) for t in table]
+    table.sort(key=lambda t: (-(t[0] if t[0] == t[0] else -1), -(t[1] if t[1] == t[1] else -1)))
+    lines = [f"jobs ranked by validation accuracy (test beside it, not used to choose); top {min(top, len(table))}:",
+             f"  {'job':>4} {'val':>6} {'test':>6} {'train_s':>8}  overrides"]  # fmt: skip
+    for val, test, seconds, job, overrides in table[:top]:
+        lines.append(f"  {job:>4} {100 * val:>5.1f}% {100 * test:>5.1f}% {seconds:>8.0f}  {overrides}")
+    return "\n".join(lines)
+
+
 class SweepCallback(Callback):
     """Sets MLflow up before the jobs, shares one prefix cache over the layers of a sweep, and at its
     end closes the runs of jobs that died and prints a summary. A launcher that fails (a worker
@@ -148,6 +177,8 @@ class SweepCallback(Callback):
         rows = read_statuses(sweep_dir)
         close_dead_runs(rows, uri, all_ended)
         text = summary(rows)
+        ranked = ranking(rows)
+        text += f"\n{ranked}" if ranked else ""
         print(text, file=sys.stderr)
         log.info(text)
         return rows

@@ -56,6 +56,20 @@ def test_a_run_logs_metrics_tags_and_artifacts(in_root, mlflow_uri, tmp_path, ca
     assert ((predictions["p_yes"] > 0.5) == (predictions["prediction"] == "Yes")).all()
 
 
+def test_system_metrics_are_sampled_into_the_run_and_can_be_turned_off(in_root, mlflow_uri, tmp_path):
+    for name, extra in (("on", ["mlflow.system_metrics_interval=0.5", "trainer.epochs=3"]),
+                        ("off", ["mlflow.system_metrics=false"])):  # fmt: skip
+        run.run(compose(*tiny_overrides(f"mlflow.tracking_uri={mlflow_uri}", f"run_name={name}", *extra)),
+                output_dir=tmp_path / name)  # fmt: skip
+    table = runs(mlflow_uri).set_index("tags.mlflow.runName")
+    system = [c for c in table.columns if c.startswith("metrics.system/")]
+    assert (
+        "metrics.system/cpu_utilization_percentage" in system
+        and "metrics.system/system_memory_usage_megabytes" in system
+    )
+    assert table.loc["on", system].notna().any() and table.loc["off", system].isna().all()
+
+
 BAD = [
     (
         ["intervention.layer=30"],

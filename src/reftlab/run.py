@@ -109,7 +109,10 @@ def record(cfg, method, resolved: dict, key: str, output_dir: Path) -> dict:
     name = cfg.get("run_name") or (
         method.run_name(cfg) if method else f"{cfg.intervention.method}-{cfg.data.name}"
     )
-    with tracking.recorded_run(name, output_dir) as active:
+    system = cfg.mlflow.get("system_metrics", False) is True
+    interval = cfg.mlflow.get("system_metrics_interval", 10)
+    interval = interval if isinstance(interval, int | float) and not isinstance(interval, bool) and interval > 0 else 10
+    with tracking.recorded_run(name, output_dir, system, interval) as active:  # bad values: FAILED in `execute`
         versions = tracking.package_versions()
         mlflow.set_tags(
             {

@@ -192,8 +192,9 @@ class recorded_run:
     Ctrl-C marks it KILLED, and either is re-raised. The job's status file says the same (in the
     spirit of lightning-hydra-template's task_wrapper)."""
 
-    def __init__(self, run_name: str, output_dir: Path):
+    def __init__(self, run_name: str, output_dir: Path, system_metrics: bool = False, interval: float = 10):
         self.run_name, self.output_dir = run_name, Path(output_dir)
+        self.system_metrics, self.interval = bool(system_metrics), float(interval)
 
     def __enter__(self):
         import signal
@@ -202,7 +203,10 @@ class recorded_run:
 
         self._main = threading.current_thread() is threading.main_thread()
         self._old = signal.signal(signal.SIGTERM, _terminate) if self._main else None
-        self._run = mlflow.start_run(run_name=self.run_name)
+        if self.system_metrics:  # MLflow's own sampler (psutil; GPUs through nvidia-ml-py where present)
+            mlflow.set_system_metrics_sampling_interval(self.interval)
+            mlflow.set_system_metrics_samples_before_logging(1)
+        self._run = mlflow.start_run(run_name=self.run_name, log_system_metrics=self.system_metrics)
         self.active = self._run.__enter__()
         # "running" until the block ends: a job killed with no chance to record (kill -9, OOM) leaves
         # it, and the sweep's end marks its MLflow run KILLED (reftlab.sweep)

@@ -136,6 +136,14 @@ def check_prompt_room(cfg) -> None:
         raise ConfigError(str(e)) from e
 
 
+def check_mlflow(mcfg) -> None:
+    interval = mcfg.get("system_metrics_interval", 10)
+    if isinstance(interval, bool) or not isinstance(interval, int | float) or interval <= 0:
+        raise ConfigError(f"mlflow.system_metrics_interval={interval!r} is not valid: it must be a number of seconds > 0")
+    if not isinstance(mcfg.get("system_metrics", False), bool):
+        raise ConfigError(f"mlflow.system_metrics={mcfg.get('system_metrics')!r} is not valid: choose true or false")
+
+
 def check(cfg, method) -> int | None:
     """Validate the whole job for `method` (a reftlab.methods plugin, which checks its own
     settings); returns the model's layer count (None for a method without a model)."""
@@ -145,6 +153,7 @@ def check(cfg, method) -> int | None:
     method.validate(cfg.intervention, n_layers, cfg.model.name)
     check_trainer(cfg.trainer)
     check_data(cfg.data)
+    check_mlflow(cfg.mlflow)
     if method.needs_model:
         check_prompt_room(cfg)
     return n_layers

@@ -27,6 +27,16 @@ def test_a_run_logs_metrics_tags_and_artifacts(in_root, mlflow_uri, tmp_path, ca
     assert str(tmp_path / "job") in said and row["run_id"] in said and "make ui" in said
     assert f"#/experiments/{row['experiment_id']}/runs/{row['run_id']}" in said
     assert "python report.py --experiment reftlab" in said
+    # the splits are MLflow dataset inputs: name, content digest, context, Oxen commit, row counts
+    inputs = mlflow.get_run(row["run_id"]).inputs.dataset_inputs
+    by_context = {{t.key: t.value for t in i.tags}["mlflow.data.context"]: i for i in inputs}
+    assert set(by_context) == {"training", "validation", "testing"}
+    for context, rows in (("training", 24), ("validation", 16), ("testing", 16)):
+        item = by_context[context]
+        assert item.dataset.digest == row["tags.data_hash"] and item.dataset.name.startswith("opinion_spam-")
+        assert f'"num_rows": {rows}' in item.dataset.profile and "label" in item.dataset.schema
+        tags = {t.key: t.value for t in item.tags}
+        assert tags["oxen_commit"] == row["tags.data_version"]
     assert row["status"] == "FINISHED"
     for name in METRICS:
         assert row[f"metrics.{name}"] == pytest.approx(metrics[name])

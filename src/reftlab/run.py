@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -111,8 +112,14 @@ def record(cfg, method, resolved: dict, key: str, output_dir: Path) -> dict:
     )
     system = cfg.mlflow.get("system_metrics", False) is True
     interval = cfg.mlflow.get("system_metrics_interval", 10)
-    interval = interval if isinstance(interval, int | float) and not isinstance(interval, bool) and interval > 0 else 10
-    with tracking.recorded_run(name, output_dir, system, interval) as active:  # bad values: FAILED in `execute`
+    interval = (
+        interval
+        if isinstance(interval, int | float) and not isinstance(interval, bool) and interval > 0
+        else 10
+    )
+    with tracking.recorded_run(
+        name, output_dir, system, interval
+    ) as active:  # bad values: FAILED in `execute`
         versions = tracking.package_versions()
         mlflow.set_tags(
             {
@@ -181,6 +188,7 @@ def execute(cfg, output_dir: Path) -> dict:
         }
     )
     mlflow.log_text(data.readme(prepared, cfg.data), "data/README.md")
+    log_datasets(cfg, prepared, data_version)
     outcome = method.run(methods.Job(cfg, prepared, output_dir))
     for folder, path in outcome.artifacts:  # the trained weights come first
         (mlflow.log_artifacts if Path(path).is_dir() else mlflow.log_artifact)(str(path), folder)
@@ -192,6 +200,32 @@ def execute(cfg, output_dir: Path) -> dict:
     save_predictions(prepared, outcome.scores, output_dir)
     tracking.write_atomic(output_dir / "metrics.json", json.dumps(metrics, indent=2))
     return metrics
+
+
+DATASET_CONTEXTS = (("train", "training"), ("val", "validation"), ("eval", "testing"))
+
+
+def log_datasets(cfg, prepared, data_version: str) -> None:
+    """The splits as MLflow dataset inputs (the UI's Dataset column and filters): source = the Oxen
+    repository's parquet file, digest = the data content hash, tags = the Oxen commit; schema and
+    row counts come with the dataset."""
+    import mlflow
+    from mlflow.data.pandas_dataset import from_pandas
+
+    repo = versioning.repo_dir(cfg.data.name).resolve()
+    digest = prepared.version()
+    for part, context in DATASET_CONTEXTS:
+        df = getattr(prepared, part)
+        if df is None or not len(df):
+            continue
+        with warnings.catch_warnings():  # "can be interpreted in multiple ways": a local file, either way
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = from_pandas(df[["text", "label"]], source=str(repo / f"{part}.parquet"),
+                                  name=f"{cfg.data.name}-{part}", digest=digest, targets="label")  # fmt: skip
+        tags = {"oxen_commit": data_version, "split": part}
+        if cfg.data.get("remote"):
+            tags["oxen_remote"] = tracking.redact(str(cfg.data.remote))
+        mlflow.log_input(dataset, context=context, tags=tags)
 
 
 def split_metrics(prepared, scores) -> dict:

@@ -139,9 +139,13 @@ def check_prompt_room(cfg) -> None:
 def check_mlflow(mcfg) -> None:
     interval = mcfg.get("system_metrics_interval", 10)
     if isinstance(interval, bool) or not isinstance(interval, int | float) or interval <= 0:
-        raise ConfigError(f"mlflow.system_metrics_interval={interval!r} is not valid: it must be a number of seconds > 0")
+        raise ConfigError(
+            f"mlflow.system_metrics_interval={interval!r} is not valid: it must be a number of seconds > 0"
+        )
     if not isinstance(mcfg.get("system_metrics", False), bool):
-        raise ConfigError(f"mlflow.system_metrics={mcfg.get('system_metrics')!r} is not valid: choose true or false")
+        raise ConfigError(
+            f"mlflow.system_metrics={mcfg.get('system_metrics')!r} is not valid: choose true or false"
+        )
 
 
 def check(cfg, method) -> int | None:

@@ -213,3 +213,50 @@ def test_reft_vs_lora_preset_is_one_command(tmp_path, mlflow_uri):
         rows = table[table["method"] == method]
         assert table.loc[chosen[method], "val_accuracy"] == rows["val_accuracy"].max()
     assert "best LoRA (validation)" in (tmp_path / "r" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("method", ["loreft", "lora"])
+def test_saved_weights_load_in_pyreft_and_peft_exactly_with_a_model_card(
+    in_root, mlflow_uri, tmp_path, method
+):
+    import numpy as np
+    import torch
+
+    from reftlab import models, training
+    from reftlab.methods import get
+
+    extra = ["intervention.positions=f1+l1", "intervention.layer=[0,1]"] if method == "loreft" else []
+    cfg = compose(*tiny_overrides(f"intervention={method}", f"mlflow.tracking_uri={mlflow_uri}", *extra))
+    metrics = run.run(cfg, output_dir=tmp_path / "job")
+    folder = tmp_path / "job" / "intervention"
+    model, tok, *_ = models.load_model_and_tokenizer(cfg.model)
+    ours, settings = get(method).load(model, folder)
+    if method == "loreft":  # pyreft's own loader on the pyreft/ layout: same fp32 weights, same answers
+        from reftlab.hf_compat import pyreft
+
+        theirs = pyreft().ReftModel.load(str(folder / "pyreft"), model)
+        a = [t for iv in ours.interventions.values() for t in iv.state_dict().values()]
+        b = [t for iv in theirs.interventions.values() for t in iv.state_dict().values()]
+    else:  # peft's own loader on a fresh copy of the base model
+        from peft import PeftModel
+
+        fresh, *_ = models.load_model_and_tokenizer(cfg.model)
+        theirs = PeftModel.from_pretrained(fresh, str(folder))
+        a = [p for n, p in ours.named_parameters() if "lora_" in n]
+        b = [p for n, p in theirs.named_parameters() if "lora_" in n]
+    assert len(a) == len(b) > 0 and all(
+        x.dtype == torch.float32 and torch.equal(x, y) for x, y in zip(a, b, strict=True)
+    )
+    prompts = [tok(t)["input_ids"] for t in ("a short text", "another, longer text here")]
+    args = (prompts, 1, 2, tok.pad_token_id, "cpu")
+    mine = training.predict(ours, settings, *args, progress=False)
+    assert np.array_equal(mine, training.predict(theirs, settings, *args, progress=False))
+    # the model card says what it is, on which data version, how well it did, and the data's license
+    readme = (folder / "README.md").read_text()
+    row = runs(mlflow_uri).iloc[0]
+    assert f"# {method} on opinion_spam" in readme and row["tags.data_version"] in readme
+    assert f"{100 * metrics['accuracy']:.1f}%" in readme and f"{100 * metrics['val_accuracy']:.1f}%" in readme
+    assert (
+        "CC BY-NC-SA 3.0" in readme
+        and ("pyreft.ReftModel.load" if method == "loreft" else "PeftModel") in readme
+    )

@@ -32,12 +32,25 @@ class FP32Intervention:
     trainable parameters and their optimizer state stay fp32 (stock pyreft keeps them in bf16).
     """
 
+    def __init__(self, **kwargs):
+        kwargs.setdefault("dtype", torch.float32)  # pyvene's load passes none: pyreft would pick bf16
+        super().__init__(**kwargs)
+
     def forward(self, base, source=None, subspaces=None):
         return super().forward(base.float(), source, subspaces).to(base.dtype)
 
 
 def _fp32(cls):
-    return type(f"FP32{cls.__name__}", (FP32Intervention, cls), {})
+    # named and placed so pyvene's loader finds it: "<class 'reftlab.reft.FP32LoreftIntervention'>"
+    return type(f"FP32{cls.__name__}", (FP32Intervention, cls), {"__module__": __name__})
+
+
+def __getattr__(name: str):
+    """`reftlab.reft.FP32<pyreft class>`: what `pyreft.ReftModel.load` imports for a saved folder."""
+    for method, pyreft_name in PYREFT_CLASSES.items():
+        if name == f"FP32{pyreft_name}":
+            return intervention_class(method)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # reftlab method name -> pyreft intervention (direft is pyreft's NodireftIntervention, the paper's DiReFT)
@@ -93,13 +106,20 @@ def count_trainable(reft_model) -> int:
     return sum(p.numel() for p in trainable_parameters(reft_model))
 
 
+PYREFT_FOLDER = "pyreft"  # inside a saved intervention: pyreft's own layout
+
+
 def save(reft_model, settings: dict, folder: Path) -> Path:
-    """Intervention weights (pyreft's compact state dicts) and the settings to rebuild them."""
+    """Intervention weights (pyreft's compact state dicts) and the settings to rebuild them; also
+    pyreft's own layout in `<folder>/pyreft/` (config.json + intkey_*.bin), which
+    `pyreft.ReftModel.load(<folder>/pyreft, model)` rebuilds exactly (fp32 weights; the saved types
+    are reftlab's fp32 subclasses of pyreft's interventions, so reftlab must be importable)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "reft_settings.json").write_text(json.dumps(settings, indent=2))
     for i, iv in enumerate(interventions(reft_model)):
         torch.save({k: v.detach().cpu() for k, v in iv.state_dict().items()}, folder / f"intervention_{i}.pt")
+    reft_model.save(str(folder / PYREFT_FOLDER))
     return folder
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from . import data, methods, tracking, validate, versioning
+from . import card, data, methods, tracking, validate, versioning
 from .locks import file_lock
 
 log = logging.getLogger(__name__)
@@ -189,10 +189,12 @@ def execute(cfg, output_dir: Path) -> dict:
     )
     mlflow.log_text(data.readme(prepared, cfg.data), "data/README.md")
     log_datasets(cfg, prepared, data_version)
-    outcome = method.run(methods.Job(cfg, prepared, output_dir))
-    for folder, path in outcome.artifacts:  # the trained weights come first
-        (mlflow.log_artifacts if Path(path).is_dir() else mlflow.log_artifact)(str(path), folder)
+    outcome = method.run(methods.Job(cfg, prepared, output_dir))  # the trained weights are on disk
     metrics = {**split_metrics(prepared, outcome.scores), **outcome.metrics}
+    for folder, path in outcome.artifacts:
+        if folder == "intervention" and Path(path).is_dir():  # a model card beside the weights
+            card.write(path, card.model_card(cfg, metrics, data_version, prepared.version()))
+        (mlflow.log_artifacts if Path(path).is_dir() else mlflow.log_artifact)(str(path), folder)
     mlflow.set_tags(outcome.tags)
     mlflow.log_metrics(metrics)
     if outcome.losses:

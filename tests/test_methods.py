@@ -232,9 +232,16 @@ def test_saved_weights_load_in_pyreft_and_peft_exactly_with_a_model_card(
     model, tok, *_ = models.load_model_and_tokenizer(cfg.model)
     ours, settings = get(method).load(model, folder)
     if method == "loreft":  # pyreft's own loader on the pyreft/ layout: same fp32 weights, same answers
+        import zipfile
+
         from reftlab.hf_compat import pyreft
 
-        theirs = pyreft().ReftModel.load(str(folder / "pyreft"), model)
+        unzipped = tmp_path / "from_zip"  # what an MLflow artifact download gives: pyreft.zip
+        zipfile.ZipFile(folder / "pyreft.zip").extractall(unzipped)
+        assert sorted(p.name for p in unzipped.iterdir()) == sorted(
+            p.name for p in (tmp_path / "job" / "intervention_pyreft").iterdir()
+        )
+        theirs = pyreft().ReftModel.load(str(unzipped), model)
         a = [t for iv in ours.interventions.values() for t in iv.state_dict().values()]
         b = [t for iv in theirs.interventions.values() for t in iv.state_dict().values()]
     else:  # peft's own loader on a fresh copy of the base model

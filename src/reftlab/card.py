@@ -38,8 +38,9 @@ def model_card(cfg, metrics: dict, data_version: str, data_hash: str) -> str:
         )
     else:
         load = (
-            "```python\nimport pyreft\n"
-            'reft_model = pyreft.ReftModel.load(f"{folder}/pyreft", base_model)  # needs reftlab importable (fp32 types)\n'
+            "pyreft's own layout is `pyreft.zip` here (and `intervention_pyreft/` beside this folder in "
+            "the run's outputs):\n\n```python\nimport pyreft  # after: unzip pyreft.zip -d layout\n"
+            'reft_model = pyreft.ReftModel.load("layout", base_model)  # needs reftlab importable (fp32 types)\n'
             "# or: from reftlab import reft; reft_model, settings = reft.load(base_model, folder)\n```\n"
             f"Interventions apply at positions `{icfg.get('positions')}` of the prompt (pyreft's unit "
             "locations); `python predict.py --run <folder> --text ...` does that for you."

@@ -52,17 +52,31 @@ def load(folder: Path):
     return trained, settings, tokenizer, device
 
 
-def classify(folder: Path, texts: list[str], batch_size: int = 16) -> pd.DataFrame:
-    from . import training
-    from .prompts import PromptBuilder
+class Classifier:
+    """A trained intervention or adapter with its model, prompt and length settings, loaded once;
+    called on texts it gives labels and P(Yes). predict.py and the MLflow model (`pyfunc`) use it."""
 
-    trained, settings, tokenizer, device = load(folder)
-    builder = PromptBuilder(tokenizer, settings["system_prompt"], settings["max_length"])
-    scores = training.predict(trained, settings, builder.prompts(texts), builder.yes_id, builder.no_id,
-                              tokenizer.pad_token_id, device, batch_size)  # fmt: skip
-    return pd.DataFrame(
-        {"text": texts, "label": np.where(scores > 0, "Yes", "No"), "p_yes": 1 / (1 + np.exp(-scores))}
-    )
+    def __init__(self, folder: Path):
+        from .prompts import PromptBuilder
+
+        self.trained, self.settings, self.tokenizer, self.device = load(folder)
+        self.builder = PromptBuilder(
+            self.tokenizer, self.settings["system_prompt"], self.settings["max_length"]
+        )
+
+    def __call__(self, texts: list[str], batch_size: int = 16, progress: bool = True) -> pd.DataFrame:
+        from . import training
+
+        b = self.builder
+        scores = training.predict(self.trained, self.settings, b.prompts(texts), b.yes_id, b.no_id,
+                                  self.tokenizer.pad_token_id, self.device, batch_size, progress)  # fmt: skip
+        return pd.DataFrame(
+            {"text": texts, "label": np.where(scores > 0, "Yes", "No"), "p_yes": 1 / (1 + np.exp(-scores))}
+        )
+
+
+def classify(folder: Path, texts: list[str], batch_size: int = 16) -> pd.DataFrame:
+    return Classifier(folder)(texts, batch_size)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -106,21 +106,32 @@ def count_trainable(reft_model) -> int:
     return sum(p.numel() for p in trainable_parameters(reft_model))
 
 
-PYREFT_FOLDER = "pyreft"  # inside a saved intervention: pyreft's own layout
+PYREFT_ZIP = "pyreft.zip"  # inside a saved intervention: pyreft's own layout, zipped
 
 
 def save(reft_model, settings: dict, folder: Path) -> Path:
     """Intervention weights (pyreft's compact state dicts) and the settings to rebuild them; also
-    pyreft's own layout in `<folder>/pyreft/` (config.json + intkey_*.bin), which
-    `pyreft.ReftModel.load(<folder>/pyreft, model)` rebuilds exactly (fp32 weights; the saved types
-    are reftlab's fp32 subclasses of pyreft's interventions, so reftlab must be importable)."""
+    pyreft's own layout (config.json + intkey_*.bin), which `pyreft.ReftModel.load(<layout>, model)`
+    rebuilds exactly (fp32 weights; the saved types are reftlab's fp32 subclasses of pyreft's
+    interventions, so reftlab must be importable). The layout goes beside the folder
+    (`<folder>_pyreft/`) and zipped into it (`pyreft.zip`): pyvene's file names hold '#', which
+    MLflow refuses in artifact paths."""
+    import shutil
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "reft_settings.json").write_text(json.dumps(settings, indent=2))
     for i, iv in enumerate(interventions(reft_model)):
         torch.save({k: v.detach().cpu() for k, v in iv.state_dict().items()}, folder / f"intervention_{i}.pt")
-    reft_model.save(str(folder / PYREFT_FOLDER))
+    layout = pyreft_layout(folder)
+    reft_model.save(str(layout))
+    shutil.make_archive(str(folder / PYREFT_ZIP.removesuffix(".zip")), "zip", root_dir=layout)
     return folder
+
+
+def pyreft_layout(folder: Path) -> Path:
+    """Where `save` puts pyreft's own layout for the intervention saved in `folder`."""
+    return Path(folder).with_name(f"{Path(folder).name}_pyreft")
 
 
 def load(model, folder: Path):

@@ -195,6 +195,10 @@ def execute(cfg, output_dir: Path) -> dict:
         if folder == "intervention" and Path(path).is_dir():  # a model card beside the weights
             card.write(path, card.model_card(cfg, metrics, data_version, prepared.version()))
         (mlflow.log_artifacts if Path(path).is_dir() else mlflow.log_artifact)(str(path), folder)
+        if folder == "intervention" and Path(path).is_dir() and cfg.mlflow.get("log_model", True):
+            from . import pyfunc  # the MLflow model: load_model / models predict / models serve
+
+            pyfunc.log(Path(path), tracking.package_versions(), cfg.mlflow.get("register_model"))
     mlflow.set_tags(outcome.tags)
     mlflow.log_metrics(metrics)
     if outcome.losses:

@@ -41,7 +41,13 @@ def test_the_runs_mlflow_model_predicts_like_predict_py_everywhere(in_root, mlfl
     # in Python
     got = mlflow.pyfunc.load_model(uri).predict(pd.DataFrame({"text": TEXTS}))
     assert list(got["label"]) == list(want["label"]) and np.allclose(got["p_yes"], want["p_yes"], atol=1e-6)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri}
+    # the serving command starts its web server by name: the environment's bin folder on PATH, as an
+    # activated virtualenv has it (`source .venv/bin/activate`)
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": mlflow_uri,
+        "PATH": f"{Path(MLFLOW).parent}{os.pathsep}{os.environ['PATH']}",
+    }
     # `mlflow models predict`, the current environment
     pd.DataFrame({"text": TEXTS}).to_csv(tmp_path / "texts.csv", index=False)
     done = subprocess.run([MLFLOW, "models", "predict", "-m", uri, "-i", str(tmp_path / "texts.csv"), "-t", "csv",
@@ -62,8 +68,9 @@ def test_the_runs_mlflow_model_predicts_like_predict_py_everywhere(in_root, mlfl
                                          headers={"Content-Type": "application/json"})  # fmt: skip
         served = pd.DataFrame(json.loads(urllib.request.urlopen(request, timeout=120).read())["predictions"])
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(30)
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(30)
     assert list(served["label"]) == list(want["label"]) and np.allclose(
         served["p_yes"], want["p_yes"], atol=1e-6
     )

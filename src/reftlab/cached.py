@@ -131,6 +131,24 @@ def suffix_states(body, cache, idx, stop: int, intervene=None) -> tuple[torch.Te
     return h, s
 
 
+def step_means(logits, targets, groups, denominator):
+    """(sum of each batch's mean answer cross-entropy x len(batch) / denominator, the batch means)
+    for one pass over all batches of a step (`targets` -100 where no answer token is)."""
+    targets = targets.to(logits.device)
+    ce = torch.nn.functional.cross_entropy(  # on [rows, vocab]: a strided layout is slow on CPU
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
+    ).view(targets.shape)
+    valid = (targets != -100).sum(1)
+    per_batch, total, row = [], 0.0, 0
+    for g in groups:
+        rows = slice(row, row + len(g))
+        row += len(g)
+        mean = ce[rows].sum() / valid[rows].sum()
+        per_batch.append(mean.detach())
+        total = total + mean * len(g) / denominator
+    return total, per_batch
+
+
 class SuffixRunner:
     """Runs the suffix of a batch of cached examples through the frozen model with interventions."""
 
@@ -165,19 +183,7 @@ class SuffixRunner:
         targets = torch.full(logits.shape[:2], -100, dtype=torch.long)
         for row, i in enumerate(idx):
             targets[row, : len(answers[i])] = torch.tensor(answers[i])
-        targets = targets.to(logits.device)
-        ce = torch.nn.functional.cross_entropy(  # on [rows, vocab]: a strided layout is slow on CPU
-            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
-        ).view(targets.shape)
-        valid = (targets != -100).sum(1)
-        per_batch, total, row = [], 0.0, 0
-        for g in groups:
-            rows = slice(row, row + len(g))
-            row += len(g)
-            mean = ce[rows].sum() / valid[rows].sum()
-            per_batch.append(mean.detach())
-            total = total + mean * len(g) / denominator
-        return total, per_batch
+        return step_means(logits, targets, groups, denominator)
 
     @torch.no_grad()
     def last_logits(self, cache, idx) -> torch.Tensor:

@@ -159,18 +159,9 @@ class FullRunner:
         targets = torch.full((len(idx), k), -100, dtype=torch.long)
         for row, a in enumerate(answers):
             targets[row, k - len(a) :] = torch.tensor(a)
-        targets = targets.to(logits.device)
-        ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                                               reduction="none").view(targets.shape)  # fmt: skip
-        valid = (targets != -100).sum(1)
-        per_batch, total, row = [], 0.0, 0
-        for g in groups:
-            rows = slice(row, row + len(g))
-            row += len(g)
-            mean = ce[rows].sum() / valid[rows].sum()
-            per_batch.append(mean.detach())
-            total = total + mean * len(g) / denominator
-        return total, per_batch
+        from .cached import step_means
+
+        return step_means(logits, targets, groups, denominator)
 
 
 def applies(spec, model) -> str | None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import ROOT, compose, runs, tiny_overrides
 
-from reftlab import cached, data, models, prefix_cache, reft, training
+from reftlab import cached, data, engine, models, prefix_cache, reft, training
 from reftlab.prompts import PromptBuilder
 
 BASE = {"method": "loreft", "rank": 4, "share_weights": False, "dropout": 0.0}
@@ -121,7 +121,7 @@ def test_first_token_positions_residual_path_matches_stock_pyreft(tiny, case):
     fast = reft.build(model, settings)
     pad = tokenizer.pad_token_id
     seqs, _ = cached.train_inputs(examples, 1)
-    assert cached.choose(settings, fast, seqs, [1] * len(seqs), trainer)[0] == "residual"
+    assert engine.choose(settings, fast, seqs, [1] * len(seqs), trainer)[0] == "residual"
     ref = training.train(stock, settings, examples, trainer, pad, "cpu", seed=0, progress=False)
     got, info = residual.train(fast, settings, examples, trainer, pad, "cpu", 0, progress=False)
     assert info["from_point"] == min(
@@ -154,9 +154,9 @@ def test_the_strategy_is_chosen_and_size_alone_never_means_stock(tiny):
     )
     assert cached.choose(settings, trained, seqs, suffix, compose("trainer.cache=off").trainer)[0] == "stock"
     first = {**settings, "positions": "f1+l1"}
-    assert cached.choose(first, reft.build(model, first), seqs, suffix, compose().trainer)[0] == "residual"
+    assert engine.choose(first, reft.build(model, first), seqs, suffix, compose().trainer)[0] == "residual"
     tight = compose("trainer.cache_max_gb=0.000001").trainer
-    strategy, why = cached.choose(first, reft.build(model, first), seqs, suffix, tight)
+    strategy, why = engine.choose(first, reft.build(model, first), seqs, suffix, tight)
     assert strategy == "stock" and "first-token" in why and "residual cache" in why
 
 

@@ -306,7 +306,7 @@ def choose(spec, reft_model, seqs, suffix_lens, trainer_cfg) -> tuple[str, str |
         return "stock", "trainer.cache=off"
     reason = inexact(spec, reft_model.model, seqs, suffix_lens)
     if reason:
-        return residual_or_stock(spec, reft_model.model, seqs, trainer_cfg, reason)
+        return "stock", reason  # first-token positions: engine.choose tries the residual path
     if mode == "streamed":
         return "streamed", "trainer.cache=streamed"
     too_big = plan(spec, reft_model, seqs, suffix_lens, max_bytes(trainer_cfg))
@@ -399,19 +399,6 @@ def evaluate(reft_model, spec, prompts, yes_id, no_id, pad_id, trainer_cfg, desc
     runner, cache, info = prepare(reft_model, spec, prompts, [n] * len(prompts), pad_id, store, trainer_cfg,
                                   {**describe, "role": "eval"}, progress)  # fmt: skip
     return predict(runner, cache, yes_id, no_id, trainer_cfg.eval_batch_size), info
-
-
-def residual_or_stock(spec, model, seqs, trainer_cfg, reason) -> tuple[str, str]:
-    """First-token positions: the residual path (`residual`) where it applies and its cache fits."""
-    from . import residual
-
-    spec = InterventionSpec.of(spec, model.config.num_hidden_layers)
-    if not spec.first or residual.applies(spec, model):
-        return "stock", reason
-    need = residual.estimate_bytes(model, seqs)
-    if need > max_bytes(trainer_cfg):
-        return "stock", f"{reason}; its residual cache needs {need / 2**30:.2f} GB, over trainer.cache_max_gb"
-    return "residual", f"{reason}: the layers from the lowest intervention up run at each step"
 
 
 def _mini_cache(model, start, seqs, suffix_lens, pad_id):

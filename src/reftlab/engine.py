@@ -80,7 +80,7 @@ class Engine:
                 f"method {self.spec.method} trains the model's weights: nothing below it can be cached",
             )
         seqs, suffix = cached.train_inputs(examples, self.spec.last)
-        return cached.choose(self.spec, self.trained, seqs, suffix, self.trainer_cfg)
+        return choose(self.spec, self.trained, seqs, suffix, self.trainer_cfg)
 
     def train(self, examples, seed: int) -> TrainResult:
         strategy, reason = self.plan(examples)
@@ -117,9 +117,7 @@ class Engine:
         strategy = "stock"
         if "cached" in self.paths:
             n = self.spec.last
-            strategy, reason = cached.choose(
-                self.spec, self.trained, prompts, [n] * len(prompts), self.trainer_cfg
-            )
+            strategy, reason = choose(self.spec, self.trained, prompts, [n] * len(prompts), self.trainer_cfg)
             if strategy == "streamed":
                 log.info("Evaluating with streamed prefixes: %s", reason)
         if strategy == "stored":
@@ -135,6 +133,15 @@ class Engine:
             scores = training.predict(self.trained, self.spec, prompts, yes_id, no_id, self.pad_id, self.device,
                                       self.trainer_cfg.eval_batch_size, self.progress)  # fmt: skip
         return scores, self.path_name(strategy)
+
+
+def choose(spec, trained, seqs, suffix_lens, trainer_cfg) -> tuple[str, str | None]:
+    """The strategy for these inputs and why: the prefix paths (`cached.choose`: stored where it is
+    exact and fits, else streamed), the residual path for first-token positions, else stock."""
+    strategy, reason = cached.choose(spec, trained, seqs, suffix_lens, trainer_cfg)
+    if strategy == "stock" and trainer_cfg.cache != "off":
+        return residual.or_stock(spec, trained.model, seqs, trainer_cfg, reason)
+    return strategy, reason
 
 
 def clear_caches() -> None:

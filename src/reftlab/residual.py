@@ -164,6 +164,20 @@ class FullRunner:
         return step_means(logits, targets, groups, denominator)
 
 
+def or_stock(spec, model, seqs, trainer_cfg, reason) -> tuple[str, str]:
+    """For settings the prefix paths cannot serve (`reason`): this path where it applies (first-token
+    positions) and its cache fits trainer.cache_max_gb, else the stock path."""
+    from .cached import max_bytes
+
+    spec = InterventionSpec.of(spec, model.config.num_hidden_layers)
+    if not spec.first or applies(spec, model):
+        return "stock", reason
+    need = estimate_bytes(model, seqs)
+    if need > max_bytes(trainer_cfg):
+        return "stock", f"{reason}; its residual cache needs {need / 2**30:.2f} GB, over trainer.cache_max_gb"
+    return "residual", f"{reason}: the layers from the lowest intervention up run at each step"
+
+
 def applies(spec, model) -> str | None:
     """None where this path is exact for `spec` (first-token positions on supported layers), else why not."""
     from .cached import POINT_OFFSET, SUPPORTED

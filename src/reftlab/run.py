@@ -157,9 +157,8 @@ def closing_summary(name: str, cfg, metrics: dict, info, output_dir: Path) -> st
         f"{k.split('_')[0]} {metrics[k]:.0f} s" for k in ("train_seconds", "eval_seconds") if k in metrics
     ]
     if "trainable_params" in metrics:
-        times.append(
-            f"{int(metrics['trainable_params']):,} trainable parameters ({metrics['trainable_percent']:.4f}%)"
-        )
+        share = f" ({metrics['trainable_percent']:.4f}%)" if "trainable_percent" in metrics else ""
+        times.append(f"{int(metrics['trainable_params']):,} trainable parameters{share}")
     if times:
         lines.append("  " + ", ".join(times))
     lines.append(f"  outputs: {output_dir}")

@@ -110,16 +110,9 @@ def record(cfg, method, resolved: dict, key: str, output_dir: Path) -> dict:
     name = cfg.get("run_name") or (
         method.run_name(cfg) if method else f"{cfg.intervention.method}-{cfg.data.name}"
     )
-    system = cfg.mlflow.get("system_metrics", False) is True
-    interval = cfg.mlflow.get("system_metrics_interval", 10)
-    interval = (
-        interval
-        if isinstance(interval, int | float) and not isinstance(interval, bool) and interval > 0
-        else 10
-    )
-    with tracking.recorded_run(
-        name, output_dir, system, interval
-    ) as active:  # bad values: FAILED in `execute`
+    sampling = validate.system_metrics(cfg.mlflow)  # a bad value: no sampling; `execute` records FAILED
+    system, interval = sampling if isinstance(sampling, tuple) else (False, 10.0)
+    with tracking.recorded_run(name, output_dir, system, interval) as active:
         versions = tracking.package_versions()
         mlflow.set_tags(
             {
@@ -191,10 +184,11 @@ def execute(cfg, output_dir: Path) -> dict:
     outcome = method.run(methods.Job(cfg, prepared, output_dir))  # the trained weights are on disk
     metrics = {**split_metrics(prepared, outcome.scores), **outcome.metrics}
     for folder, path in outcome.artifacts:
-        if folder == "intervention" and Path(path).is_dir():  # a model card beside the weights
+        weights = folder == "intervention" and Path(path).is_dir()
+        if weights:  # a model card beside the weights
             card.write(path, card.model_card(cfg, metrics, data_version, prepared.version()))
         (mlflow.log_artifacts if Path(path).is_dir() else mlflow.log_artifact)(str(path), folder)
-        if folder == "intervention" and Path(path).is_dir() and cfg.mlflow.get("log_model", True):
+        if weights and cfg.mlflow.get("log_model", True):
             from . import pyfunc  # the MLflow model: load_model / models predict / models serve
 
             pyfunc.log(Path(path), tracking.package_versions(), cfg.mlflow.get("register_model"))

@@ -136,16 +136,20 @@ def check_prompt_room(cfg) -> None:
         raise ConfigError(str(e)) from e
 
 
-def check_mlflow(mcfg) -> None:
-    interval = mcfg.get("system_metrics_interval", 10)
+def system_metrics(mcfg) -> tuple[bool, float] | str:
+    """(on, interval in seconds) from mlflow.system_metrics / system_metrics_interval, or what is wrong."""
+    on, interval = mcfg.get("system_metrics", False), mcfg.get("system_metrics_interval", 10)
     if isinstance(interval, bool) or not isinstance(interval, int | float) or interval <= 0:
-        raise ConfigError(
-            f"mlflow.system_metrics_interval={interval!r} is not valid: it must be a number of seconds > 0"
-        )
-    if not isinstance(mcfg.get("system_metrics", False), bool):
-        raise ConfigError(
-            f"mlflow.system_metrics={mcfg.get('system_metrics')!r} is not valid: choose true or false"
-        )
+        return f"mlflow.system_metrics_interval={interval!r} is not valid: it must be a number of seconds > 0"
+    if not isinstance(on, bool):
+        return f"mlflow.system_metrics={on!r} is not valid: choose true or false"
+    return on, float(interval)
+
+
+def check_mlflow(mcfg) -> None:
+    problem = system_metrics(mcfg)
+    if isinstance(problem, str):
+        raise ConfigError(problem)
 
 
 def check(cfg, method) -> int | None:

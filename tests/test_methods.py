@@ -106,12 +106,13 @@ def test_predict_round_trip(method, in_root, mlflow_uri, tmp_path):
 
 
 def fake_run(method, accuracy, layer=None, rank=None, seed=1, params=100, seconds=10.0, status="FINISHED",
-             val=None, lr=0.004, data="d1"):  # fmt: skip
+             val=None, lr=0.004, data="d1", budget=None):  # fmt: skip
     """A run logged the way run.py logs one (params, tags, metrics), with chosen numbers."""
     with mlflow.start_run() as active:
         mlflow.set_tags({"method": method, "data_hash": data, "model": "tiny"})
         mlflow.log_params({"intervention.method": method, "intervention.layer": layer, "intervention.rank": rank,
                            "trainer.lr": lr, "seed": seed, "mlflow.experiment": "x", "run_name": f"r{seed}"})  # fmt: skip
+        mlflow.log_params({"data.max_train": None, "trainer.max_length": 512, "trainer.epochs": 5, **(budget or {})})
         if status == "FINISHED":
             tp = round(accuracy * 50)
             mlflow.log_metrics({"accuracy": accuracy, "val_accuracy": accuracy if val is None else val,
@@ -173,6 +174,28 @@ def test_report_chooses_on_validation_never_on_test(tmp_path, mlflow_uri):
     assert "**Chosen on the validation split**" in md and "layer=15" in md
     assert "| **15** | **3** |" in md  # the chosen row is bold, not the test-best layer 8
     assert "| 8 | 3 |" in md
+
+
+def test_reference_lines_from_other_experiments_only_at_the_same_budget(tmp_path, mlflow_uri):
+    """LoRA and TF-IDF from another experiment are drawn beside a LoReFT ablation only where they
+    saw the same data caps and prompt length (and, LoRA, trained as many epochs)."""
+    mlflow.set_tracking_uri(mlflow_uri)
+    mlflow.set_experiment("other")
+    small = {"data.max_train": 512, "trainer.max_length": 256, "trainer.epochs": 2}
+    fake_run("lora", 0.66, rank=8, val=0.99, budget=small)  # best on validation, but a smaller budget
+    fake_run("tfidf", 0.85, val=0.99, budget=small)
+    fake_run("lora", 0.81, rank=8, val=0.80)  # the same budget as the ablation
+    fake_run("tfidf", 0.88, val=0.86, budget={"trainer.epochs": 1})  # TF-IDF has no epochs
+    fake_run("lora", 0.77, rank=8, val=0.95, budget={"trainer.epochs": 1})  # LoRA trained less
+    mlflow.set_experiment("abl")
+    for layer in (3, 15):
+        fake_run("loreft", 0.80, layer=layer, rank=4)
+    others = report.baseline_runs({"d1"})
+    result = report.write(report.load_runs("abl", mlflow_uri), tmp_path / "r", "abl", others)
+    md = (tmp_path / "r" / "report.md").read_text()
+    line = next(x for x in md.splitlines() if x.startswith("Reference lines:"))
+    assert "LoRA (best by validation) 81.0%" in line and "TF-IDF 88.0%" in line
+    assert "66.0%" not in line and "85.0%" not in line and "77.0%" not in line
 
 
 def test_report_groups_every_differing_setting_and_counts_duplicates_once(tmp_path, mlflow_uri):

@@ -31,6 +31,11 @@ from . import tracking
 IGNORED = ("seed", "intervention.method", "run_name", "force", "save_intervention", "trainer.log_every", "trainer.eval_batch_size",
            "data.remote", "data.revision")  # fmt: skip
 IGNORED_PREFIXES = ("mlflow.", "trainer.cache", "hydra.")
+# What a reference line from another experiment must share with this one to be comparable: the data
+# it saw and, for a method that trains, how long it trained (a LoRA run on 512 reviews for 2 epochs
+# is no reference line for LoReFT on 1,088 reviews for 5).
+BUDGET = ("data.max_train", "data.max_val", "data.max_eval", "trainer.max_length")
+TRAINED_BUDGET = ("trainer.epochs",)
 METRICS = ("accuracy", "val_accuracy", "f1", "trainable_params", "trainable_percent", "train_seconds", "cache_seconds",
            "eval_seconds", "peak_memory_mb", "tp", "fp", "tn", "fn")  # fmt: skip
 # Axes a plot can have, in order of preference: (setting, label, numeric, log scale).
@@ -312,6 +317,20 @@ def html_table(frame: pd.DataFrame, bold: set[int] = frozenset()) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
+def same_budget(others: pd.DataFrame, finished: pd.DataFrame) -> pd.DataFrame:
+    """The runs of `others` trained and evaluated on the budget of this experiment's runs: the same
+    data caps and prompt length, and (methods that train) epochs among this experiment's."""
+    keep = pd.Series(True, index=others.index)
+    trains = ~untrained(others["method"])
+    for name in BUDGET + TRAINED_BUDGET:
+        if name not in finished:
+            continue
+        theirs = others[name] if name in others else pd.Series("-", index=others.index)
+        match = theirs.isin(set(finished[name]))
+        keep &= match | (~trains if name in TRAINED_BUDGET else False)
+    return others[keep]
+
+
 def reference_lines(table: pd.DataFrame, others: pd.DataFrame) -> list[tuple[str, float]]:
     """Chance, every method that trains nothing (zero-shot, TF-IDF), and every trained method this
     experiment did not run (e.g. LoRA beside a LoReFT ablation) at its validation-chosen best; from
@@ -428,6 +447,7 @@ def write(runs: pd.DataFrame, out: Path, title: str, others: pd.DataFrame | None
     if len(others):
         others = others[(others["status"] == "FINISHED") & others["data"].isin(set(finished["data"]))]
         others = others[others["model"].isin(set(finished["model"])) | others["model"].isin(["-", ""])]
+        others = same_budget(others, finished)
     result = {"finished": len(finished), "failed": len(failed), "keys": keys, "chosen": None, "table": None}
     md = [f"# {title}", "", f"{len(finished)} finished runs, {len(failed)} failed or unfinished."]
     page = [f"<html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{CSS}</style></head><body>",

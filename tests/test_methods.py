@@ -112,7 +112,9 @@ def fake_run(method, accuracy, layer=None, rank=None, seed=1, params=100, second
         mlflow.set_tags({"method": method, "data_hash": data, "model": "tiny"})
         mlflow.log_params({"intervention.method": method, "intervention.layer": layer, "intervention.rank": rank,
                            "trainer.lr": lr, "seed": seed, "mlflow.experiment": "x", "run_name": f"r{seed}"})  # fmt: skip
-        mlflow.log_params({"data.max_train": None, "trainer.max_length": 512, "trainer.epochs": 5, **(budget or {})})
+        mlflow.log_params(
+            {"data.max_train": None, "trainer.max_length": 512, "trainer.epochs": 5, **(budget or {})}
+        )
         if status == "FINISHED":
             tp = round(accuracy * 50)
             mlflow.log_metrics({"accuracy": accuracy, "val_accuracy": accuracy if val is None else val,
@@ -191,7 +193,7 @@ def test_reference_lines_from_other_experiments_only_at_the_same_budget(tmp_path
     for layer in (3, 15):
         fake_run("loreft", 0.80, layer=layer, rank=4)
     others = report.baseline_runs({"d1"})
-    result = report.write(report.load_runs("abl", mlflow_uri), tmp_path / "r", "abl", others)
+    report.write(report.load_runs("abl", mlflow_uri), tmp_path / "r", "abl", others)
     md = (tmp_path / "r" / "report.md").read_text()
     line = next(x for x in md.splitlines() if x.startswith("Reference lines:"))
     assert "LoRA (best by validation) 81.0%" in line and "TF-IDF 88.0%" in line

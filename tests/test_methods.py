@@ -141,7 +141,10 @@ def test_report_on_synthetic_runs(tmp_path, mlflow_uri):
     assert report.main(["--experiment", "cmp", "--tracking-uri", mlflow_uri, "--out", str(out)]) == 0
     md = (out / "report.md").read_text()
     # 95% CI over 2 seeds: t(0.975, 1) * sd / sqrt(2) = 12.706 * 0.0283 / 1.414 = 25.4 points
-    assert "72.0% ± 25.4" in md and "| LoReFT | 15 | 4 | 2 |" in md
+    assert "72.0% ± 25.4" in md and "| LoReFT | 15 | 2 |" in md
+    # rank is fixed per method (LoReFT 4, LoRA 8): no column, no plot; listed under each method
+    assert "## LoRA settings\n\n- `intervention.rank` = 8" in md
+    assert "## LoReFT settings\n\n- `intervention.rank` = 4" in md
     assert failed in md and "ConfigError: boom" in md  # failed runs are listed
     assert all(m in md for m in ("LoReFT", "LoRA", "zero-shot", "TF-IDF"))
     assert "4,612" in md and "460,800" in md and "300 s" in md  # counts as integers, seconds rounded
@@ -149,10 +152,13 @@ def test_report_on_synthetic_runs(tmp_path, mlflow_uri):
     assert (
         "<style>" in html and "<table>" in html and "4612.0" not in html and "0.72000" not in html
     )  # formatted
-    # Only the plots of what varies here: layer and rank differ, so do parameters and train times.
+    # Only the plots of what varies within a method: the layer; and parameters and train times.
     plots = sorted(p.name for p in out.glob("*.png"))
-    assert plots == ["accuracy_vs_layer.png", "accuracy_vs_rank.png", "accuracy_vs_train_time.png",
-                     "accuracy_vs_trainable_params.png"]  # fmt: skip
+    assert plots == [
+        "accuracy_vs_layer.png",
+        "accuracy_vs_train_time.png",
+        "accuracy_vs_trainable_params.png",
+    ]
     table = runs(mlflow_uri, "cmp")
     summary = table[table.get("tags.kind") == "report"]
     assert len(summary) == 1

@@ -125,7 +125,26 @@ def tidy(runs: pd.DataFrame) -> pd.DataFrame:
 def varying(rows: pd.DataFrame) -> list[str]:
     """Settings (and the data content) that differ between these runs: the group keys."""
     keys = ["method"] + [c for c in rows.columns if "." in c] + ["data"]
-    return [k for k in keys if k in rows and rows[k].nunique(dropna=False) > 1] or ["method"]
+    keys = [k for k in keys if k in rows and rows[k].nunique(dropna=False) > 1] or ["method"]
+    if "method" in keys:  # a setting each method holds fixed (LoRA's alpha, LoReFT's positions) tells
+        # groups apart no more than the method does: listed per method (`method_settings`), no column
+        by = rows.groupby("method")
+        keys = [k for k in keys if k in ("method", "data") or (by[k].nunique(dropna=False) > 1).any()]
+    return keys
+
+
+def method_settings(finished: pd.DataFrame, keys: list[str]) -> dict[str, dict[str, str]]:
+    """Per method, the settings it held fixed that other methods did not share (not group keys)."""
+    if "method" not in keys:
+        return {}
+    shared = constant_settings(finished, keys)
+    cols = [c for c in finished.columns if "." in c and c not in keys and c not in shared]
+    out = {}
+    for method, rows in finished.groupby("method", sort=False):
+        fixed = {c: rows[c].iloc[0] for c in cols if rows[c].nunique() == 1 and rows[c].iloc[0] != "-"}
+        if fixed:
+            out[method_name(method)] = fixed
+    return out
 
 
 def dedupe(rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -467,6 +486,9 @@ def write(runs: pd.DataFrame, out: Path, title: str, others: pd.DataFrame | None
         md += ["", "## Results", "", *how, "", markdown_table(shown, bold), ""]
         md += ["Reference lines: " + "; ".join(f"{n} {pct(v)}" for n, v in refs) + "." if refs else "", ""]
         md += ["## Plots", ""] + [f"![accuracy vs {t}]({n})" for _, n, _, _, t in plots]
+        per_method = method_settings(finished, keys)
+        for method, fixed in per_method.items():
+            md += ["", f"## {method} settings", "", *[f"- `{k}` = {v}" for k, v in fixed.items()]]
         md += ["", "## Settings shared by all runs", "", *[f"- `{k}` = {v}" for k, v in constant.items()]]
         page += ["<h2>Results</h2>", *[f"<p class='note'>{html.escape(h).replace('**', '')}</p>" for h in how],
                  html_table(shown, bold)]  # fmt: skip
@@ -475,7 +497,14 @@ def write(runs: pd.DataFrame, out: Path, title: str, others: pd.DataFrame | None
         page += ["<h2>Plots</h2><div class='plots'>"] + [
             f"<img src='{n}' alt='accuracy vs {t}'>" for _, n, _, _, t in plots
         ]
-        page += ["</div><h2>Settings shared by all runs</h2><ul>"]
+        page.append("</div>")
+        for method, fixed in per_method.items():
+            page += [f"<h2>{html.escape(method)} settings</h2><ul>"]
+            page += [
+                f"<li><code>{html.escape(k)}</code> = {html.escape(str(v))}</li>" for k, v in fixed.items()
+            ]
+            page.append("</ul>")
+        page += ["<h2>Settings shared by all runs</h2><ul>"]
         page += [
             f"<li><code>{html.escape(k)}</code> = {html.escape(str(v))}</li>" for k, v in constant.items()
         ] + ["</ul>"]

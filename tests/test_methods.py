@@ -244,6 +244,8 @@ def test_reft_vs_lora_preset_is_one_command(tmp_path, mlflow_uri):
         rows = table[table["method"] == method]
         assert table.loc[chosen[method], "val_accuracy"] == rows["val_accuracy"].max()
     assert "best LoRA (validation)" in (tmp_path / "r" / "report.md").read_text()
+    for method in ("none", "tfidf"):  # no learning rate: shown as "-", not the grid's first value
+        assert table.loc[table["method"] == method, "trainer.lr"].tolist() == ["-"]
 
 
 @pytest.mark.parametrize("method", ["loreft", "lora"])

@@ -31,6 +31,8 @@ from . import tracking
 IGNORED = ("seed", "intervention.method", "run_name", "force", "save_intervention", "trainer.log_every", "trainer.eval_batch_size",
            "data.remote", "data.revision")  # fmt: skip
 IGNORED_PREFIXES = ("mlflow.", "trainer.cache", "hydra.")
+NOT_FOR_UNTRAINED = ("intervention.layer", "intervention.rank", "trainer.lr", "trainer.epochs", "trainer.batch_size",
+                     "trainer.grad_accum", "trainer.weight_decay", "trainer.warmup_ratio")  # fmt: skip
 # What a reference line from another experiment must share with this one to be comparable: the data
 # it saw and, for a method that trains, how long it trained (a LoRA run on 512 reviews for 2 epochs
 # is no reference line for LoReFT on 1,088 reviews for 5).
@@ -111,7 +113,7 @@ def tidy(runs: pd.DataFrame) -> pd.DataFrame:
     )
     for name in setting_columns(runs):
         out[name] = runs[f"params.{name}"].fillna("-").astype(str).replace("None", "-")
-    for name in ("intervention.layer", "intervention.rank"):  # the baselines have neither
+    for name in NOT_FOR_UNTRAINED:  # zero-shot and TF-IDF have no layer, rank or optimiser
         if name in out:
             out.loc[untrained(out["method"]), name] = "-"
     for metric in METRICS:
@@ -421,9 +423,9 @@ def plot(table: pd.DataFrame, keys: list[str], x: str, numeric: bool, log_x: boo
     ax.set_ylabel("accuracy (mean, 95% CI over seeds)")
     ax.set_title(f"accuracy vs {title}")
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside: never over a line
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 

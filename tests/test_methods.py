@@ -213,7 +213,8 @@ def test_report_groups_every_differing_setting_and_counts_duplicates_once(tmp_pa
     fake_run("loreft", 0.90, layer=15, rank=4, seed=1, lr=0.02)  # another learning rate: not a seed
     fake_run("loreft", 0.70, layer=15, rank=4, seed=1, lr=0.004, data="d2")  # other data: not a seed
     fake_run("loreft", 0.64, layer=15, rank=4, seed=2, lr=0.004)
-    fake_run("loreft", 0.66, layer=15, rank=4, seed=2, lr=0.004)  # the same seed again: counts once (latest)
+    # the same seed again: counts once (latest); its data license (logged by newer runs) splits nothing
+    fake_run("loreft", 0.66, layer=15, rank=4, seed=2, lr=0.004, budget={"data.license": "CC BY-NC-SA 3.0"})
     result = report.write(report.load_runs("grp", mlflow_uri), tmp_path / "r", "grp")
     assert result["keys"] == ["trainer.lr", "data"]
     table = result["table"].set_index(["trainer.lr", "data"])

@@ -29,7 +29,7 @@ from . import tracking
 
 # Settings that do not change what a run computes (never a reason to split a group).
 IGNORED = ("seed", "intervention.method", "run_name", "force", "save_intervention", "trainer.log_every", "trainer.eval_batch_size",
-           "data.remote", "data.revision")  # fmt: skip
+           "data.remote", "data.revision", "data.license")  # fmt: skip
 IGNORED_PREFIXES = ("mlflow.", "trainer.cache", "hydra.")
 NOT_FOR_UNTRAINED = ("intervention.layer", "intervention.rank", "trainer.lr", "trainer.epochs", "trainer.batch_size",
                      "trainer.grad_accum", "trainer.weight_decay", "trainer.warmup_ratio")  # fmt: skip

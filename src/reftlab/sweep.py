@@ -184,7 +184,8 @@ class SweepCallback(Callback):
         return rows
 
     def _at_exit(self) -> None:
-        if getattr(self, "_pending", None):  # the launcher failed: Hydra skipped on_multirun_end
+        # the launcher failed: Hydra skipped on_multirun_end (nothing to say if no job started)
+        if getattr(self, "_pending", None) and read_statuses(self._pending[0]):
             self._finish(all_ended=False)
 
     def on_multirun_end(self, config, **kwargs) -> None:

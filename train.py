@@ -7,9 +7,15 @@ python train.py --cfg job                        # print the composed config
 
 import os
 import sys
+import traceback
 
 import hydra
 from omegaconf import DictConfig
+
+import reftlab.schema  # noqa: F401  (typed settings: a wrong type fails at composition, naming its key)
+from reftlab.tracking import redact, redact_logging
+
+redact_logging()  # credentials in URLs are masked in every log line, Hydra's included
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -28,8 +34,13 @@ def main(cfg: DictConfig) -> float:
         except USER_ERRORS as e:  # bad settings or data: the message says what to change (run: FAILED)
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {redact(e)}", file=sys.stderr)
             sys.exit(2)
+        except Exception:  # a bug: the traceback, with any credential in it masked (run: FAILED)
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            print(redact(traceback.format_exc()), file=sys.stderr)
+            sys.exit(1)
     try:  # in a sweep a failed job is recorded (MLflow FAILED, status.json) and the others go on
         return objective(run(cfg))
     except Exception:

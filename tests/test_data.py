@@ -20,10 +20,11 @@ def prepared(*overrides):
 
 def test_opinion_spam_counts_and_stratified_split():
     p, _ = prepared()
-    assert len(p.full) == 1600
-    assert p.full["label"].value_counts().to_dict() == {"Yes": 800, "No": 800}
+    # 1,600 reviews, 4 of them exact copies of another (truthful) review: removed before splitting
+    assert len(p.full) == 1596
+    assert p.full["label"].value_counts().to_dict() == {"Yes": 800, "No": 796}
     # test 20%; validation 15% of the remaining 80%, both stratified; no row on two sides
-    assert (len(p.train), len(p.val), len(p.eval)) == (1088, 192, 320)
+    assert (len(p.train), len(p.val), len(p.eval)) == (1084, 192, 320)
     assert p.eval["label"].value_counts().to_dict() == {"Yes": 160, "No": 160}
     assert p.val["label"].value_counts().to_dict() == {"Yes": 96, "No": 96}
     assert set(p.train.columns) >= {"text", "label", "group"}
@@ -33,7 +34,7 @@ def test_opinion_spam_counts_and_stratified_split():
 
 def test_no_validation_split_with_val_fraction_zero_and_bad_fraction_named():
     p, _ = prepared("data.val_fraction=0")
-    assert (len(p.train), len(p.val), len(p.eval)) == (1280, 0, 320)
+    assert (len(p.train), len(p.val), len(p.eval)) == (1276, 0, 320)
     with pytest.raises(data.DataError, match=r"data.val_fraction=1.5 must be >= 0 and < 1"):
         prepared("data.val_fraction=1.5")
 
@@ -43,7 +44,7 @@ def test_opinion_spam_hotel_split_holds_out_whole_hotels():
     train_hotels, val_hotels, eval_hotels = set(p.train["group"]), set(p.val["group"]), set(p.eval["group"])
     assert train_hotels.isdisjoint(eval_hotels) and val_hotels.isdisjoint(train_hotels | eval_hotels)
     assert len(train_hotels) + len(val_hotels) + len(eval_hotels) == 20 and len(val_hotels) >= 1
-    assert len(p.train) + len(p.val) + len(p.eval) == 1600
+    assert len(p.train) + len(p.val) + len(p.eval) == 1596  # 1,600 less 4 duplicate reviews
 
 
 def test_caps_keep_labels_balanced():
@@ -55,9 +56,10 @@ def test_caps_keep_labels_balanced():
 
 def test_persuasion_recipe_counts_and_labels():
     p, _ = prepared("data=persuasion_sample")
-    # 180 Claude rows: 135 honest, 45 deceptive upsampled to 135 -> 270 balanced rows.
-    assert len(p.full) == 270
-    assert p.full["label"].value_counts().to_dict() == {"No": 135, "Yes": 135}
+    # 180 Claude rows (3 ratings of each of 60 arguments) -> one row per argument: 45 honest, 15
+    # deceptive upsampled to 45 -> 90 balanced rows (split=seed keeps the blog's 270 rows).
+    assert len(p.full) == 90
+    assert p.full["label"].value_counts().to_dict() == {"No": 45, "Yes": 45}
     assert set(p.full["source"]) == set(data.CLAUDE_SOURCES)
     assert (p.full["label"] == "Yes").equals(p.full["prompt_type"] == "Deceptive")
     assert not p.eval["text"].duplicated().any()
@@ -110,7 +112,7 @@ def test_write_produces_parquet_and_readme(tmp_path):
     for part in ("full", "train", "val", "eval"):
         assert len(pd.read_parquet(folder / f"{part}.parquet")) == len(getattr(p, part))
     text = (folder / "README.md").read_text()
-    assert "CC BY-NC-SA" in text and p.version() in text and "270 rows" in text
+    assert "CC BY-NC-SA" in text and p.version() in text and "90 rows" in text
 
 
 @pytest.mark.parametrize("fmt", ["csv", "tsv", "parquet", "jsonl"])

@@ -244,7 +244,11 @@ def test_reft_vs_lora_preset_is_one_command(tmp_path, mlflow_uri):
     for method in ("loreft", "lora"):  # each method's learning rate is its best on validation
         rows = table[table["method"] == method]
         assert table.loc[chosen[method], "val_accuracy"] == rows["val_accuracy"].max()
-    assert "best LoRA (validation)" in (tmp_path / "r" / "report.md").read_text()
+    text = (tmp_path / "r" / "report.md").read_text()
+    for method in ("loreft", "lora"):  # each method's best is marked; the overall choice as chosen
+        if chosen[method] != result["chosen"]["overall"]:
+            assert f"best {report.method_name(method)} (validation)" in text
+    assert "**chosen** (best validation)" in text
     for method in ("none", "tfidf"):  # no learning rate: shown as "-", not the grid's first value
         assert table.loc[table["method"] == method, "trainer.lr"].tolist() == ["-"]
 

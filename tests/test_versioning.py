@@ -29,7 +29,7 @@ def test_prepare_commits_only_when_the_content_changes(repos, in_root):
     assert made_second and second != first
     history = versioning.history(compose().data)
     assert [h["commit"] for h in history] == [second, first]
-    assert "split=hotel" in history[0]["message"] and "train 1040, val 240" in history[0]["message"]
+    assert "split=hotel" in history[0]["message"] and "train 1037, val 240" in history[0]["message"]
     # Back to the first settings: the existing commit is reused, no third commit.
     assert versioning.prepare(compose().data) == (first, False)
     assert versioning.oxen("dirty", repos / "opinion_spam") == []
@@ -92,7 +92,7 @@ def test_a_half_done_reftlab_commit_is_rolled_back_and_said(repos, in_root, capl
         again, made = versioning.prepare(compose().data)
     assert (again, made) == (first, False) and "Rolled back train.parquet" in caplog.text
     assert versioning.oxen("dirty", folder) == [] and not versioning.pending_marker(folder).exists()
-    assert len(pd.read_parquet(folder / "train.parquet")) == 1088
+    assert len(pd.read_parquet(folder / "train.parquet")) == 1084
 
 
 def test_a_killed_prepare_leaves_a_repository_the_next_run_can_use(repos, in_root, tmp_path):
@@ -152,7 +152,7 @@ def test_cli_prepare_and_log(repos):
     assert "(committed)" in out.stdout
     assert "no new commit" in cli("prepare", "data=persuasion_sample").stdout
     log = cli("log", "data=persuasion_sample").stdout
-    assert "prepare persuasion_sample (full 270" in log
+    assert "prepare persuasion_sample (full 90" in log
     missing = cli("log", "data=opinion_spam")
     assert missing.returncode == 1 and "No dataset repository" in missing.stderr
     assert cli("frobnicate").returncode == 2

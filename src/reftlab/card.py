@@ -5,6 +5,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# How predict.py is called (its flags are checked against predict.main's parser by the tests):
+# texts from a file's column or one per line on stdin; the weights from this folder or the MLflow run.
+PREDICT = (
+    "```bash\n"
+    "python predict.py --path <folder> --input texts.csv --column text --output predictions.csv\n"
+    'echo "a text to classify" | python predict.py --run <mlflow-run-id>\n'
+    "```\n"
+    "`<folder>` is this folder; `<mlflow-run-id>` the run that logged it (add `--tracking-uri` for a "
+    "tracking server; default `sqlite:///mlflow.db`)."
+)
+
 
 def model_card(cfg, metrics: dict, data_version: str, data_hash: str) -> str:
     icfg = cfg.intervention
@@ -34,7 +45,7 @@ def model_card(cfg, metrics: dict, data_version: str, data_hash: str) -> str:
     if method == "lora":
         load = (
             "```python\nfrom peft import PeftModel\nmodel = PeftModel.from_pretrained(base_model, folder)\n```\n"
-            "or `python predict.py --run <folder> --text ...`"
+            f"or classify texts with reftlab:\n\n{PREDICT}"
         )
     else:
         load = (
@@ -43,7 +54,7 @@ def model_card(cfg, metrics: dict, data_version: str, data_hash: str) -> str:
             'reft_model = pyreft.ReftModel.load("layout", base_model)  # needs reftlab importable (fp32 types)\n'
             "# or: from reftlab import reft; reft_model, settings = reft.load(base_model, folder)\n```\n"
             f"Interventions apply at positions `{icfg.get('positions')}` of the prompt (pyreft's unit "
-            "locations); `python predict.py --run <folder> --text ...` does that for you."
+            f"locations); reftlab's predict.py does that for you:\n\n{PREDICT}"
         )
     return (
         f"# {method} on {cfg.data.name} (reftlab)\n\nA Yes/No classifier: the frozen base model with this "

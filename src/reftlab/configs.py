@@ -17,6 +17,8 @@ def compose(overrides: list[str], return_hydra_config: bool = False):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
+    from . import schema  # noqa: F401  (the typed settings the YAMLs name)
+
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         return hydra_compose(
             config_name="train", overrides=list(overrides), return_hydra_config=return_hydra_config

@@ -7,16 +7,24 @@ Every recipe returns a `Prepared` with `train`, `val` and `eval` frames holding 
 `eval` is the test split: evaluated once per run, never used to choose a setting. `val` is carved
 out of the training part (``data.val_fraction``), stratified or grouped like the test split:
 presets and reports choose settings on it.
+
+Before splitting, rows with no label or no text (null, or empty/whitespace) are dropped and exact
+duplicate texts removed (all copies where they disagree on the label); `info` counts both, and a
+split with too little data left is a DataError that says what it needs.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+log = logging.getLogger(__name__)
 YES, NO = "Yes", "No"
 FORMATS = ("csv", "tsv", "parquet", "jsonl")
 
@@ -24,6 +32,10 @@ FORMATS = ("csv", "tsv", "parquet", "jsonl")
 CLAUDE_SOURCES = ("Claude 1.3", "Claude 2", "Claude 3 Haiku", "Claude 3 Opus", "Claude Instant 1.2")
 PERSUASION_COLUMNS = ("claim", "argument", "source", "prompt_type")
 PERSUASION_SPLITS = ("argument", "claim", "seed")
+# The settings that made a prepared version: kept in its prepared.info and recipe.json, described in its README.
+DESCRIBED = ("recipe", "split", "eval_fraction", "split_seed", "val_fraction", "upsample_seed")
+SHOWN_ROWS = 10  # row numbers named in messages and READMEs (the counts are always complete)
+SPLIT_SETTINGS = {"test": "data.eval_fraction", "validation": "data.val_fraction"}
 
 
 class DataError(ValueError):
@@ -102,21 +114,64 @@ def column(df: pd.DataFrame, name, setting: str, path) -> str | int:
     )
 
 
-def group_split(df: pd.DataFrame, groups: pd.Series, fraction: float, seed: int):
+def group_split(
+    df: pd.DataFrame, groups: pd.Series, fraction: float, seed: int, part: str = "test", note: str = ""
+):
     """Hold out whole groups: no group appears on both sides."""
     from sklearn.model_selection import GroupShuffleSplit
 
-    if groups.nunique() < 2:
-        raise DataError(f"A group split needs at least 2 groups, found {groups.nunique()}")
+    check_groups(groups, fraction, part, note)
     splitter = GroupShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
     train_idx, eval_idx = next(splitter.split(df, groups=groups))
     return df.iloc[train_idx], df.iloc[eval_idx]
 
 
-def stratified_split(df: pd.DataFrame, fraction: float, seed: int):
+def stratified_split(df: pd.DataFrame, fraction: float, seed: int, part: str = "test", note: str = ""):
+    """Hold out `fraction` of the rows with the label proportions kept on both sides."""
     from sklearn.model_selection import train_test_split
 
+    check_stratified(df, fraction, part, note)
     return train_test_split(df, test_size=fraction, random_state=seed, stratify=df["label"])
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def held_out(fraction: float, n: int) -> tuple[int, int]:
+    """(held-out, remaining) counts of a split of n: scikit-learn's rule, ceil(fraction * n) held out."""
+    n_test = math.ceil(fraction * n)
+    return n_test, n - n_test
+
+
+def check_stratified(df: pd.DataFrame, fraction: float, part: str, note: str = "") -> None:
+    """scikit-learn's rule (2+ rows per label, as many rows per side as labels) as a DataError that says so."""
+    counts = df["label"].value_counts().sort_index()
+    n_test, n_train = held_out(fraction, len(df))
+    k = len(counts)
+    if counts.min() >= 2 and min(n_test, n_train) >= k:
+        return
+    has = " and ".join(plural(int(c), f"{label!r} row") for label, c in counts.items())
+    of = ("the training part's " if part == "validation" else "") + f"{len(df)} rows"
+    raise DataError(
+        f"Too little data for the stratified {part} split (it needs at least 2 rows of each label, and at "
+        f"least {k} rows, one per label, on each side): the labels are {has}; {SPLIT_SETTINGS[part]}={fraction} "
+        f"of {of} leaves {plural(n_test, part + ' row')} and {plural(n_train, 'training row')}{note}"
+    )
+
+
+def check_groups(groups: pd.Series, fraction: float, part: str, note: str = "") -> None:
+    """A group split needs 2 groups or more and leaves at least one on each side."""
+    n = int(groups.nunique())
+    n_test, n_train = held_out(fraction, n)
+    setting = SPLIT_SETTINGS[part]
+    if n < 2:
+        raise DataError(f"A group split needs at least 2 groups, found {n} for the {part} split{note}")
+    if n_train < 1:
+        raise DataError(
+            f"Too little data for the {part} split by group: {setting}={fraction} of {n} groups leaves no group "
+            f"for training; lower {setting} or give more groups{note}"
+        )
 
 
 def cap(df: pd.DataFrame, n, seed: int) -> pd.DataFrame:
@@ -164,36 +219,144 @@ def positive_values(setting, present: set[str], label_col, path) -> set[str]:
     return found
 
 
+def blank(values: pd.Series) -> pd.Series:
+    """True where a cell holds nothing: null/NaN/None, or a string that is empty or whitespace only."""
+    return values.isna() | values.map(lambda v: isinstance(v, str) and not v.strip()).astype(bool)
+
+
+def row_numbers(index) -> list[int]:
+    """File row numbers of frame positions: row 1 is the first data row (after any header)."""
+    return [int(i) + 1 for i in index]
+
+
+def rows_text(rows: list[int], total: int | None = None) -> str:
+    """'row 3' or 'rows 3, 7, 9' (the first SHOWN_ROWS, then '...')."""
+    total = len(rows) if total is None else total
+    shown = ", ".join(map(str, rows[:SHOWN_ROWS])) + (", ..." if total > len(rows[:SHOWN_ROWS]) else "")
+    return f"row {shown}" if total == 1 else f"rows {shown}"
+
+
+def drop_missing(raw: pd.DataFrame, label_col, text_col, path) -> tuple[pd.DataFrame, dict]:
+    """The rows with a label and a text; the others are counted (lacking both: "no label") and logged."""
+    no_label = blank(raw[label_col])
+    no_text = blank(raw[text_col]) & ~no_label
+    info = {
+        "dropped_no_label": int(no_label.sum()),
+        "dropped_no_label_rows": row_numbers(raw.index[no_label][:SHOWN_ROWS]),
+        "dropped_no_text": int(no_text.sum()),
+        "dropped_no_text_rows": row_numbers(raw.index[no_text][:SHOWN_ROWS]),
+    }
+    if no_label.any() or no_text.any():
+        log.warning("%s: %s (label column %r, text column %r)", redacted(path), missing_text(info),
+                    str(label_col), str(text_col))  # fmt: skip
+    return raw[~(no_label | no_text)], info
+
+
+def missing_text(info: dict) -> str:
+    """'dropped 3 rows with no label (rows 3, 7, 10), 1 with no text (row 12)'."""
+    n_label, n_text = info.get("dropped_no_label", 0), info.get("dropped_no_text", 0)
+    label_rows = f" ({rows_text(info.get('dropped_no_label_rows', []), n_label)})" if n_label else ""
+    text_rows = f" ({rows_text(info.get('dropped_no_text_rows', []), n_text)})" if n_text else ""
+    return f"dropped {plural(n_label, 'row')} with no label{label_rows}, {n_text} with no text{text_rows}"
+
+
+def drop_duplicates(full: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """One row per exact text: the first copy stays; all copies go where they disagree on the label."""
+    conflicting = full.groupby("text")["label"].transform("nunique") > 1
+    kept = full[~conflicting]
+    copies = kept["text"].duplicated(keep="first")
+    info = {
+        "duplicates_removed": int(copies.sum()),
+        "conflicting_texts": int(full.loc[conflicting, "text"].nunique()),
+        "conflicting_rows": int(conflicting.sum()),
+    }
+    if conflicting.any():
+        log.warning("%s", duplicates_text(info))
+    return kept[~copies], info
+
+
+def duplicates_text(info: dict) -> str:
+    """'removed 4 duplicate texts, 1 with conflicting labels (3 rows dropped)'."""
+    if "duplicates_removed" not in info:
+        return f"duplicates kept ({info['duplicates_kept']})" if "duplicates_kept" in info else ""
+    line = (
+        f"removed {plural(info['duplicates_removed'], 'duplicate text')}, "
+        f"{info.get('conflicting_texts', 0)} with conflicting labels"
+    )
+    return line + (
+        f" ({plural(info['conflicting_rows'], 'row')} dropped)" if info.get("conflicting_texts") else ""
+    )
+
+
+def cleaning_text(info: dict) -> str:
+    """The README's and the errors' account of what was dropped before splitting ('' if not recorded)."""
+    parts = [missing_text(info)] if "dropped_no_label" in info else []
+    return "; ".join(parts + [t for t in [duplicates_text(info)] if t])
+
+
+def cleaning_note(info: dict) -> str:
+    """For an error message: what cleaning took away, if anything."""
+    dropped = sum(info.get(k, 0) for k in ("dropped_no_label", "dropped_no_text", "duplicates_removed",
+                                           "conflicting_rows"))  # fmt: skip
+    return f" (before splitting, reftlab {cleaning_text(info)})" if dropped else ""
+
+
+def redacted(path) -> str:
+    from .tracking import redact
+
+    return redact(str(path))
+
+
+def label_strings(values: pd.Series, had_holes: bool) -> pd.Series:
+    """Labels as text; an integer column that holes made float (1.0) reads as integers (1) again."""
+    numeric = pd.api.types.is_float_dtype(values) and len(values)
+    if had_holes and numeric and (values % 1 == 0).all():
+        values = values.astype("int64")
+    return values.astype(str)
+
+
 def table_recipe(cfg) -> Prepared:
-    """A generic labelled table (opinion_spam, csv): map the label column to Yes/No and split."""
+    """A generic labelled table (opinion_spam, csv): drop holes, map labels to Yes/No, dedupe, split."""
     raw = read_table(cfg.path, cfg.get("format"), cfg.get("header", True))
     text_col = column(raw, cfg.text_column, "data.text_column", cfg.path)
     label_col = column(raw, cfg.label_column, "data.label_column", cfg.path)
-    values = raw[label_col].astype(str)
+    had_holes = bool(raw[label_col].isna().any())
+    raw, cleaning = drop_missing(raw, label_col, text_col, cfg.path)
+    if raw.empty:
+        raise DataError(
+            f"{redacted(cfg.path)!r} has no row with both a label and a text: {missing_text(cleaning)}"
+        )
+    values = label_strings(raw[label_col], had_holes)
     positive = positive_values(cfg.positive_label, set(values), label_col, cfg.path)
     full = pd.DataFrame(
-        {"text": raw[text_col].astype(str), "label": [YES if v in positive else NO for v in values]}
+        {"text": raw[text_col].astype(str), "label": values.isin(positive).map({True: YES, False: NO})}
     )
-    if full["label"].nunique() < 2:
-        raise DataError(
-            f"Every value of column {label_col!r} is a positive label {sorted(positive)}: nothing to tell apart"
-        )
     split = cfg.split
     group_col = cfg.get("group_column")
     choices = ["stratified"] + ([str(group_col)] if group_col is not None else [])
+    if split not in choices:
+        raise DataError(f"data.split={split!r} is not valid for data={cfg.name}: choose one of {choices}")
+    if split != "stratified":
+        full["group"] = raw[column(raw, group_col, "data.group_column", cfg.path)].astype(str)
+    full, dupes = drop_duplicates(full)
+    cleaning.update(dupes)
+    note = cleaning_note(cleaning)
+    if full["label"].nunique() < 2:
+        raise DataError(
+            f"Every row of column {label_col!r} is labelled {full['label'].iloc[0]!r} (positive label(s) "
+            f"{sorted(positive)}): nothing to tell apart{note}"
+        )
     if split == "stratified":
         full["group"] = range(len(full))
 
-        def splitter(df, fraction):
-            return stratified_split(df, fraction, cfg.split_seed)
-    elif group_col is not None and split == str(group_col):
-        full["group"] = raw[column(raw, group_col, "data.group_column", cfg.path)].astype(str).values
-
-        def splitter(df, fraction):
-            return group_split(df, df["group"], fraction, cfg.split_seed)
+        def splitter(df, fraction, part):
+            return stratified_split(df, fraction, cfg.split_seed, part, note)
     else:
-        raise DataError(f"data.split={split!r} is not valid for data={cfg.name}: choose one of {choices}")
-    train, eval_ = splitter(full, cfg.eval_fraction)
+
+        def splitter(df, fraction, part):
+            return group_split(df, df["group"], fraction, cfg.split_seed, part, note)
+
+    train, eval_ = splitter(full, cfg.eval_fraction, "test")
     train, val = carve_val(train, cfg, splitter)
     info = {
         "source": str(cfg.path),
@@ -202,6 +365,7 @@ def table_recipe(cfg) -> Prepared:
         "positive_label": sorted(positive),
         "negative_label": sorted(set(values) - positive),
         "split": split,
+        **cleaning,
     }
     return Prepared(cfg.name, full, train, eval_, info, val)
 
@@ -212,15 +376,27 @@ def carve_val(train: pd.DataFrame, cfg, splitter) -> tuple[pd.DataFrame, pd.Data
     fraction = float(cfg.get("val_fraction", 0) or 0)
     if fraction == 0:
         return train, train.iloc[:0]
-    return splitter(train, fraction)
+    return splitter(train, fraction, "validation")
 
 
-def persuasion_balance(raw: pd.DataFrame, upsample_seed: int) -> pd.DataFrame:
-    """Steps 1-3 of the reference recipe: Claude rows, Deceptive -> Yes, upsample to balance."""
+def persuasion_rows(raw: pd.DataFrame, path) -> tuple[pd.DataFrame, dict]:
+    """Steps 1-2 of the reference recipe (Claude rows, Deceptive -> Yes), less rows with no argument/prompt_type."""
+    df = raw[raw["source"].isin(CLAUDE_SOURCES)]
+    df, cleaning = drop_missing(df, "prompt_type", "argument", path)
+    df = df.assign(label=[YES if t == "Deceptive" else NO for t in df["prompt_type"]])
+    return df, cleaning
+
+
+def persuasion_dedupe(df: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """One row per argument (the data has a row per rating), before upsampling: drop_duplicates' rules."""
+    kept, info = drop_duplicates(df.assign(text=df["argument"]))
+    return kept.drop(columns="text"), info
+
+
+def persuasion_balance(df: pd.DataFrame, upsample_seed: int) -> pd.DataFrame:
+    """Step 3 of the reference recipe: upsample the deceptive rows (with replacement) to the honest count."""
     from sklearn.utils import resample
 
-    df = raw[raw["source"].isin(CLAUDE_SOURCES)].copy()
-    df["label"] = [YES if t == "Deceptive" else NO for t in df["prompt_type"]]
     deceptive = df[df["label"] == YES]
     honest = df[df["label"] == NO]
     if deceptive.empty or honest.empty:
@@ -233,8 +409,10 @@ def persuasion_recipe(cfg) -> Prepared:
     """The reference recipe of the blog post on Anthropic's persuasion data.
 
     split=seed reproduces the blog exactly (95/5 train_test_split, random_state=42), which leaks:
-    upsampled copies of one argument land on both sides. split=argument (default) and split=claim
-    keep every copy of an argument (or every argument of a claim) on one side.
+    upsampled copies of one argument land on both sides; it keeps the data's repeated rows (one per
+    rating of an argument), as the blog did. split=argument (default) and split=claim keep every copy
+    of an argument (or every argument of a claim) on one side, and keep one row per argument before
+    upsampling.
     """
     from sklearn.model_selection import train_test_split
 
@@ -249,14 +427,21 @@ def persuasion_recipe(cfg) -> Prepared:
             f"{str(cfg.path)!r} lacks the column(s) {missing} that the persuasion recipe needs; "
             f"its columns are: {', '.join(map(str, raw.columns))}"
         )
-    balanced = persuasion_balance(raw, cfg.upsample_seed)
+    rows, cleaning = persuasion_rows(raw, cfg.path)
+    if cfg.split == "seed":
+        cleaning["duplicates_kept"] = "split=seed reproduces the blog's rows"
+    else:
+        rows, dupes = persuasion_dedupe(rows)
+        cleaning.update(dupes)
+    balanced = persuasion_balance(rows, cfg.upsample_seed)
+    note = cleaning_note(cleaning)
 
-    def splitter(df, fraction):
+    def splitter(df, fraction, part):
         if cfg.split == "seed":
             return train_test_split(df, test_size=fraction, random_state=cfg.split_seed)
-        return group_split(df, df[cfg.split], fraction, cfg.split_seed)
+        return group_split(df, df[cfg.split], fraction, cfg.split_seed, part, note)
 
-    train, eval_ = splitter(balanced, cfg.eval_fraction)
+    train, eval_ = splitter(balanced, cfg.eval_fraction, "test")
     train, val = carve_val(train, cfg, splitter)
     eval_ = eval_.drop_duplicates(subset=["argument"])
     val = val.drop_duplicates(subset=["argument"])
@@ -267,7 +452,7 @@ def persuasion_recipe(cfg) -> Prepared:
         return pd.concat([out, df[["claim", "source", "prompt_type"]]], axis=1)
 
     info = {"source": str(cfg.path), "split": cfg.split, "upsample_seed": cfg.upsample_seed,
-            "label_column": "prompt_type", "positive_label": ["Deceptive"]}  # fmt: skip
+            "label_column": "prompt_type", "positive_label": ["Deceptive"], **cleaning}  # fmt: skip
     return Prepared(cfg.name, tidy(balanced), tidy(train), tidy(eval_), info, tidy(val))
 
 
@@ -283,7 +468,13 @@ def prepare(cfg, caps: bool = True) -> Prepared:
     if not 0 <= float(cfg.get("val_fraction", 0) or 0) < 1:
         raise DataError(f"data.val_fraction={cfg.val_fraction} must be >= 0 and < 1 (0: no validation split)")
     prepared = RECIPES[cfg.recipe](cfg)
+    prepared.info = {**described_settings(cfg), **prepared.info}
     return apply_caps(prepared, cfg) if caps else prepared
+
+
+def described_settings(cfg) -> dict:
+    """The settings (of DESCRIBED) that made a prepared version, as plain values."""
+    return {k: cfg.get(k) for k in DESCRIBED if k in cfg}
 
 
 def apply_caps(prepared: Prepared, cfg) -> Prepared:
@@ -314,18 +505,33 @@ def labels_line(info: dict) -> str:
     )
 
 
+def described(prepared: Prepared, cfg, key: str):
+    """A setting the data was prepared with: as recorded in prepared.info, else today's config."""
+    return prepared.info[key] if key in prepared.info else cfg.get(key)
+
+
 def readme(prepared: Prepared, cfg) -> str:
+    """The prepared dataset's README: where it came from, how it was made, what was dropped, its splits."""
     from .tracking import redact
 
+    def setting(key):
+        return described(prepared, cfg, key)
+
+    cleaning = cleaning_text(prepared.info)
     lines = [
         f"# {prepared.name} (prepared by reftlab)",
         "",
         f"- Source: {redact(prepared.info.get('source'))}",
-        f"- Recipe: {cfg.recipe}; split: {prepared.info.get('split')}; eval fraction {cfg.eval_fraction}; "
-        f"split seed {cfg.split_seed}",
+        f"- Recipe: {setting('recipe')}; split: {setting('split')}; eval fraction {setting('eval_fraction')}; "
+        f"split seed {setting('split_seed')}",
+        *(
+            [f"- Cleaning (before splitting; row 1 = the file's first data row): {cleaning}"]
+            if cleaning
+            else []
+        ),
         f"- full: {counts(prepared.full)}",
         f"- train: {counts(prepared.train)}",
-        f"- val (validation, {cfg.get('val_fraction', 0)} of the training part; settings are chosen on it): "
+        f"- val (validation, {setting('val_fraction') or 0} of the training part; settings are chosen on it): "
         f"{counts(prepared.val)}",
         f"- eval (test: reported, never used to choose): {counts(prepared.eval)}",
         f"- Content version (sha256 of train+val+eval text/label, first 16 hex): {prepared.version()}",
@@ -335,11 +541,19 @@ def readme(prepared: Prepared, cfg) -> str:
     return "\n".join(lines) + "\n"
 
 
+def record(prepared: Prepared) -> dict:
+    """What recipe.json keeps: the settings that made the files and the recipe's counts (credentials masked)."""
+    return {**prepared.info, "source": redacted(prepared.info.get("source"))}
+
+
 def write(prepared: Prepared, cfg, folder: Path) -> Path:
-    """full/train/eval parquet plus a README describing the dataset."""
+    """full/train/val/eval parquet, recipe.json (how they were made) and a README describing them."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for part in ("full", "train", "val", "eval"):
         getattr(prepared, part).to_parquet(folder / f"{part}.parquet", index=False)
+    (folder / "recipe.json").write_text(
+        json.dumps(record(prepared), indent=2, sort_keys=True, default=str) + "\n"
+    )
     (folder / "README.md").write_text(readme(prepared, cfg))
     return folder

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 from . import data
+from .tracking import redact
 from .versioning import VersionError, history, prepare, pull, push, repo_dir
 
 
@@ -32,12 +33,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{cfg.name}: {repo_dir(cfg.name)} @ {commit_id} ({state})")
         elif command == "log":
             for row in history(cfg):
-                print(f"{row['commit']}  {row['date']}  {row['message']}")
+                print(f"{row['commit']}  {row['date']}  {redact(row['message'])}")
         else:
             (push if command == "push" else pull)(cfg)
-            print(f"{command} {cfg.name}: done ({cfg.remote})")
+            print(f"{command} {cfg.name}: done ({redact(cfg.remote)})")
     except (VersionError, data.DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact(e)}", file=sys.stderr)
         return 1
     return 0
 

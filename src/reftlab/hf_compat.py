@@ -128,3 +128,18 @@ def reft_trainer_class():
             return super().compute_loss(intervenable, inputs, return_outputs)
 
     return ReftTrainer
+
+
+def mlflow_model_name_problem(name: str) -> str | None:
+    """Why MLflow's registry would refuse `name`, or None: its own check
+    (`mlflow.utils.validation._validate_model_name`, mlflow 3.17), else the rule it enforces there
+    (no '/' or ':')."""
+    try:
+        from mlflow.utils.validation import _validate_model_name
+    except ImportError:  # moved: the rule as of mlflow 3.17
+        return "it contains '/' or ':'" if any(c in name for c in "/:") else None
+    try:
+        _validate_model_name(name)
+    except Exception as e:
+        return str(getattr(e, "message", e))
+    return None

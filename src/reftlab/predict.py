@@ -28,6 +28,7 @@ def fetch(run_id: str, tracking_uri: str | None) -> Path:
 
 
 def read_texts(path: str | None, column: str) -> list[str]:
+    """The texts to classify: stdin's lines, or a file's column (a row with no text is refused)."""
     if path is None:  # one text per line; a blank line is a (blank) text, so outputs line up with inputs
         return [line.rstrip("\n") for line in sys.stdin]
     from . import data
@@ -36,6 +37,13 @@ def read_texts(path: str | None, column: str) -> list[str]:
     if column not in frame.columns:
         raise SystemExit(
             f"--column {column!r} is not a column of {path}; its columns are: {', '.join(map(str, frame.columns))}"
+        )
+    holes = data.blank(frame[column])
+    if holes.any():
+        rows = data.rows_text(data.row_numbers(frame.index[holes][: data.SHOWN_ROWS]), int(holes.sum()))
+        raise SystemExit(
+            f"--input {path}: column {column!r} has no text in {rows} (row 1 = the first data row): "
+            "fill them in or leave those rows out"
         )
     return frame[column].astype(str).tolist()
 

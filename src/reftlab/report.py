@@ -38,7 +38,7 @@ NOT_FOR_UNTRAINED = ("intervention.layer", "intervention.rank", "trainer.lr", "t
 # is no reference line for LoReFT on 1,088 reviews for 5).
 BUDGET = ("data.max_train", "data.max_val", "data.max_eval", "trainer.max_length")
 TRAINED_BUDGET = ("trainer.epochs",)
-METRICS = ("accuracy", "val_accuracy", "f1", "trainable_params", "trainable_percent", "train_seconds", "cache_seconds",
+METRICS = ("accuracy", "val_accuracy", "f1", "train_loss_last", "trainable_params", "trainable_percent", "train_seconds", "cache_seconds",
            "eval_seconds", "peak_memory_mb", "tp", "fp", "tn", "fn")  # fmt: skip
 # Axes a plot can have, in order of preference: (setting, label, numeric, log scale).
 AXES = (
@@ -108,6 +108,10 @@ def tidy(runs: pd.DataFrame) -> pd.DataFrame:
             "model": column(runs, "tags.model", "-").fillna("-"),
             "experiment": column(runs, "experiment_id", "-"),
             "error": column(runs, "tags.error", "").fillna(""),
+            "warning": column(runs, "tags.result_warning", "").fillna(""),
+            "code": column(runs, "tags.code_version", "-")
+            .fillna(column(runs, "tags.git_sha", "-"))
+            .fillna("-"),
             "start_time": column(runs, "start_time", pd.NaT),
         }
     )
@@ -121,7 +125,43 @@ def tidy(runs: pd.DataFrame) -> pd.DataFrame:
     # train_seconds includes building the prefix cache, which only the first job of a sweep does:
     # the optimisation itself is what compares between settings
     out["step_seconds"] = out["train_seconds"] - out["cache_seconds"].fillna(0)
-    return out
+    return mark_diverged(out, "metrics.train_loss_last" in runs)
+
+
+DIVERGED = "diverged: a non-finite training loss (a run recorded before reftlab failed such runs)"
+
+
+def mark_diverged(rows: pd.DataFrame, logged: bool = True) -> pd.DataFrame:
+    """FINISHED runs that are no result: a method that trained for some epochs but whose training
+    loss is not a number (`logged`: these runs record train_loss_last at all). They are listed
+    with the failed runs, never chosen or averaged."""
+    epochs = column(rows, "trainer.epochs", "-").astype(str)
+    trained = (rows["trainable_params"] > 0) & ~untrained(rows["method"]) & (epochs != "0")
+    bad = (rows["status"] == "FINISHED") & trained & rows["train_loss_last"].isna() & logged
+    rows = rows.copy()
+    rows.loc[bad, "status"] = "DIVERGED"
+    rows.loc[bad, "error"] = DIVERGED
+    return rows
+
+
+def caveats(finished: pd.DataFrame) -> list[str]:
+    """What a reader must know before trusting the table: results on test splits too small or of one
+    class to judge, and runs of different code versions side by side."""
+    lines = []
+    small = finished[finished["warning"].str.contains("test split", regex=False)]
+    if len(small):
+        lines.append(
+            f"**Caution: {len(small)} of {len(finished)} runs were scored on a test split too small or of one "
+            f"class to judge** ({small['warning'].iloc[0]}); their accuracies say little."
+        )
+    codes = sorted(set(finished["code"]) - {"-"})
+    if len(codes) > 1:
+        lines.append(
+            f"**These runs come from {len(codes)} versions of reftlab's code** (tag `code_version`: "
+            f"{', '.join(codes[:6])}{', ...' if len(codes) > 6 else ''}): a difference between groups may "
+            "be the code's. Filter one version with `--filter \"tags.code_version = '<version>'\"`."
+        )
+    return lines
 
 
 def varying(rows: pd.DataFrame) -> list[str]:
@@ -473,6 +513,10 @@ def write(runs: pd.DataFrame, out: Path, title: str, others: pd.DataFrame | None
     md = [f"# {title}", "", f"{len(finished)} finished runs, {len(failed)} failed or unfinished."]
     page = [f"<html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
             f"<h1>{html.escape(title)}</h1>", f"<p>{len(finished)} finished runs, {len(failed)} failed or unfinished.</p>"]  # fmt: skip
+    notes = caveats(finished)
+    md += ["", *notes] if notes else []
+    page += [f"<p class='note'><b>{html.escape(n.replace('**', ''))}</b></p>" for n in notes]
+    result["caveats"] = notes
     if len(finished):
         table = summarise(finished, keys)
         chosen = choose(table)

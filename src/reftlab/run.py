@@ -7,6 +7,7 @@ any point (bad settings included) is recorded as FAILED with its error, never as
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -60,10 +61,49 @@ def data_fingerprint(data_cfg) -> str:
     return h.hexdigest()[:16]
 
 
-def config_hash(resolved: dict, trains: bool = True, data_content: str = "") -> str:
+@functools.cache
+def code_version() -> str:
+    """The content of reftlab's own source files (sha256): a fix, committed or not, is new code."""
+    package = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        h.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def model_fingerprint(model_cfg) -> str:
+    """A local `model.path` (file or folder) by its files' names, sizes and first/last MiB, so new
+    weights at the same path are a new job (a hub id or the bundled wheel is named by the config
+    and the package versions)."""
+    path = model_cfg.get("path")
+    folder = Path(str(path)) if path else None
+    if folder is None or not folder.exists():
+        return ""
+    h = hashlib.sha256()
+    for f in [folder] if folder.is_file() else sorted(p for p in folder.rglob("*") if p.is_file()):
+        size = f.stat().st_size
+        h.update(f"{f.relative_to(folder) if f != folder else f.name}|{size}".encode())
+        with open(f, "rb") as handle:
+            h.update(handle.read(1 << 20))
+            if size > 2 << 20:
+                handle.seek(-(1 << 20), os.SEEK_END)
+                h.update(handle.read())
+    return h.hexdigest()[:16]
+
+
+def identity(cfg) -> dict:
+    """What besides the resolved config decides a job's result: the data file's content, the code,
+    the package versions and a local model's files."""
+    return {"data_content": data_fingerprint(cfg.data), "code": code_version(),
+            "versions": tracking.package_versions(), "model_content": model_fingerprint(cfg.model)}  # fmt: skip
+
+
+def config_hash(resolved: dict, trains: bool = True, data_content: str | dict = "") -> str:
     """Identity of a job for resume: the resolved config without bookkeeping keys (and without the
-    seed and training settings for methods that do not train), and the data file's content."""
-    kept = {k: v for k, v in resolved.items() if k not in NOT_RESULT} | {"data_content": data_content}
+    seed and training settings for methods that do not train), and `identity` (or a data file's
+    content alone)."""
+    extra = data_content if isinstance(data_content, dict) else {"data_content": data_content}
+    kept = {k: v for k, v in resolved.items() if k not in NOT_RESULT} | extra
     if not trains:
         kept = {**kept, "trainer": dict(kept.get("trainer", {}))}
         for name in UNTRAINED_IGNORE:
@@ -88,10 +128,11 @@ def run(cfg, output_dir: Path | None = None) -> dict:
     output_dir = Path(output_dir or hydra_output_dir() or "outputs/adhoc")
     output_dir.mkdir(parents=True, exist_ok=True)
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    tracking.remember_secrets(resolved)  # masked in every text this job lets out
     tracking.write_atomic(output_dir / "config.yaml", tracking.redact(OmegaConf.to_yaml(resolved)))
     experiment_id = tracking.setup(cfg.mlflow)
     method = method_of(cfg)
-    key = config_hash(resolved, method.trains if method else True, data_fingerprint(cfg.data))
+    key = config_hash(resolved, method.trains if method else True, identity(cfg))
     # one job per key at a time on this machine: a parallel twin waits, then finds it FINISHED
     with file_lock(Path(tempfile.gettempdir()) / "reftlab-run-locks" / f"{experiment_id}-{key}.lock"):
         previous = None if cfg.get("force", False) else tracking.finished_run(experiment_id, key)
@@ -120,6 +161,7 @@ def record(cfg, method, resolved: dict, key: str, output_dir: Path) -> dict:
                 "model": cfg.model.name,
                 "dataset": cfg.data.name,
                 "git_sha": tracking.git_sha(),
+                "code_version": code_version(),
                 "config_hash": key,
                 "output_dir": str(output_dir.resolve()),
                 **{f"version.{k}": v for k, v in versions.items()},
@@ -128,16 +170,19 @@ def record(cfg, method, resolved: dict, key: str, output_dir: Path) -> dict:
         mlflow.log_params(tracking.flatten(resolved))
         mlflow.log_artifact(str(output_dir / "config.yaml"))
         mlflow.log_dict(versions, "environment.json")
-        metrics = execute(cfg, output_dir)
+        metrics, notes = execute(cfg, output_dir)
     shown = {k: metrics[k] for k in ("val_accuracy", "accuracy", "f1") if k in metrics}
     log.info("Run %s finished: %s", active.info.run_id, shown)
-    print(closing_summary(name, cfg, metrics, active.info, output_dir), file=sys.stderr)
+    print(
+        tracking.redact(closing_summary(name, cfg, metrics, active.info, output_dir, notes)), file=sys.stderr
+    )
     return metrics
 
 
-def closing_summary(name: str, cfg, metrics: dict, info, output_dir: Path) -> str:
+def closing_summary(name: str, cfg, metrics: dict, info, output_dir: Path, notes: list[str] = ()) -> str:
     """What a person reads when a run ends: the result, the time, where everything is, what next."""
     lines = [f"\n{name} finished ({cfg.intervention.method} on {cfg.data.name})"]
+    lines += [f"  WARNING: {note}" for note in notes]
     if "accuracy" in metrics:
         line = f"  test accuracy {100 * metrics['accuracy']:.1f}%"
         if "f1" in metrics:
@@ -150,7 +195,8 @@ def closing_summary(name: str, cfg, metrics: dict, info, output_dir: Path) -> st
         f"{k.split('_')[0]} {metrics[k]:.0f} s" for k in ("train_seconds", "eval_seconds") if k in metrics
     ]
     if "trainable_params" in metrics:
-        share = f" ({metrics['trainable_percent']:.4f}%)" if "trainable_percent" in metrics else ""
+        percent = metrics.get("trainable_percent", float("nan"))
+        share = f" ({percent:.4f}%)" if percent == percent else ""  # no share for a method without a model
         times.append(f"{int(metrics['trainable_params']):,} trainable parameters{share}")
     if times:
         lines.append("  " + ", ".join(times))
@@ -165,7 +211,12 @@ def closing_summary(name: str, cfg, metrics: dict, info, output_dir: Path) -> st
     return "\n".join(lines)
 
 
-def execute(cfg, output_dir: Path) -> dict:
+def execute(cfg, output_dir: Path) -> tuple[dict, list[str]]:
+    """The job inside its MLflow run; returns its metrics and the warnings a person should read.
+
+    The results (metrics, loss curve, predictions, metrics.json) are recorded as soon as they exist;
+    only then the optional extras (weights artifact, model card, MLflow model, registry), whose
+    failure is a warning on a FINISHED run, never the loss of its results."""
     import mlflow
 
     method = methods.get(cfg.intervention.method)  # an unknown name: ConfigError naming the known ones
@@ -176,29 +227,100 @@ def execute(cfg, output_dir: Path) -> dict:
             "data_version": data_version,
             "data_repo": str(versioning.repo_dir(cfg.data.name)),
             "data_hash": prepared.version(),
-            "data_split": str(cfg.data.split),
+            "data_split": str(prepared.info.get("split", cfg.data.split)),
         }
     )
     mlflow.log_text(data.readme(prepared, cfg.data), "data/README.md")
     log_datasets(cfg, prepared, data_version)
     outcome = method.run(methods.Job(cfg, prepared, output_dir))  # the trained weights are on disk
+    check_scores(outcome.scores, cfg)
     metrics = {**split_metrics(prepared, outcome.scores), **outcome.metrics}
-    for folder, path in outcome.artifacts:
-        weights = folder == "intervention" and Path(path).is_dir()
-        if weights:  # a model card beside the weights
-            card.write(path, card.model_card(cfg, metrics, data_version, prepared.version()))
-        (mlflow.log_artifacts if Path(path).is_dir() else mlflow.log_artifact)(str(path), folder)
-        if weights and cfg.mlflow.get("log_model", True):
-            from . import pyfunc  # the MLflow model: load_model / models predict / models serve
-
-            pyfunc.log(Path(path), tracking.package_versions(), cfg.mlflow.get("register_model"))
-    mlflow.set_tags(outcome.tags)
+    notes = judge(prepared)
+    tags = dict(outcome.tags)
+    if notes:
+        tags["result_warning"] = "; ".join(notes)
+    metrics["test_judgeable"] = float(not any(n.startswith("the test split") for n in notes))
+    # the results first: nothing below this block can lose them
+    mlflow.set_tags(tags)
     mlflow.log_metrics(metrics)
     if outcome.losses:
         tracking.log_losses(outcome.losses, cfg.trainer.log_every)
     save_predictions(prepared, outcome.scores, output_dir)
-    tracking.write_atomic(output_dir / "metrics.json", json.dumps(metrics, indent=2))
-    return metrics
+    tracking.write_atomic(output_dir / "metrics.json", strict_json(metrics))
+    problems = log_extras(cfg, outcome, metrics, data_version, prepared)
+    if problems:
+        mlflow.set_tag("warning", tracking.redact("; ".join(problems))[:5000])
+    return metrics, notes + problems
+
+
+def log_extras(cfg, outcome, metrics: dict, data_version: str, prepared) -> list[str]:
+    """Artifacts, the model card and the MLflow model, each on its own: what failed (an upload, a
+    registry that refuses a name) is returned as a warning, and the rest is still logged."""
+    import mlflow
+
+    problems = []
+    for folder, path in outcome.artifacts:
+        weights = folder == "intervention" and Path(path).is_dir()
+        try:
+            if weights:  # a model card beside the weights
+                card.write(path, card.model_card(cfg, metrics, data_version, prepared.version()))
+            (mlflow.log_artifacts if Path(path).is_dir() else mlflow.log_artifact)(str(path), folder)
+        except Exception as e:
+            problems.append(f"{Path(path).name} was not logged to MLflow (it is on disk at {path}): {e}")
+            continue
+        if weights and cfg.mlflow.get("log_model", True):
+            try:
+                from . import pyfunc  # the MLflow model: load_model / models predict / models serve
+
+                pyfunc.log(Path(path), tracking.package_versions(), cfg.mlflow.get("register_model"))
+            except Exception as e:
+                log.warning("The MLflow model was not logged: %s", tracking.redact(e))
+                problems.append(f"the MLflow model was not logged or registered: {type(e).__name__}: {e}")
+    return problems
+
+
+def check_scores(scores, cfg) -> None:
+    """A run whose scores are NaN or inf diverged (or overflowed in half precision): it fails, naming
+    the settings to change, instead of counting NaN as "No" and recording 50% as a result."""
+    import numpy as np
+
+    bad = ~np.isfinite(np.asarray(scores, dtype=float))
+    if bad.any():
+        raise validate.DivergedError(
+            f"{int(bad.sum())} of {len(bad)} scores are not numbers (NaN or inf): the model diverged or "
+            f"overflowed. Lower trainer.lr (now {cfg.trainer.lr}) or run the model in float32 "
+            f"(model.dtype=float32, now {cfg.model.get('dtype', 'n/a')}); nothing was recorded as a result"
+        )
+
+
+MIN_JUDGED = 30  # fewer held-out examples than this (or one class): the accuracy is flagged, not trusted
+
+
+def judge(prepared) -> list[str]:
+    """Warnings for held-out splits too small or of one class to judge a result on."""
+    out = []
+    for part, name, setting in ((prepared.eval, "test", "data.eval_fraction"),
+                                (prepared.val, "validation", "data.val_fraction")):  # fmt: skip
+        labels = list(part["label"])
+        if not labels:
+            continue
+        problems = [f"{len(labels)} examples"] if len(labels) < MIN_JUDGED else []
+        if len(set(labels)) < 2:
+            problems.append(f"all {labels[0]!r}")
+        if problems:
+            out.append(
+                f"the {name} split is too small to judge ({', '.join(problems)}; at least {MIN_JUDGED} "
+                f"of both labels are needed): its accuracy says little. Raise {setting} or use more data"
+            )
+    return out
+
+
+def strict_json(metrics: dict) -> str:
+    """metrics.json that strict parsers read: NaN and inf become null."""
+    import math
+
+    clean = {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in metrics.items()}
+    return json.dumps(clean, indent=2, allow_nan=False)
 
 
 DATASET_CONTEXTS = (("train", "training"), ("val", "validation"), ("eval", "testing"))

@@ -23,11 +23,73 @@ _SECRET_QUERY = re.compile(
 )
 
 
+_PASSWORD = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]+:(?P<secret>[^/\s@]+)@")
+_QUERY_VALUE = re.compile(
+    r"(?i)[?&;](?:token|access_token|api_key|apikey|password|secret|sig|signature)=(?P<secret>[^&;\s]+)"
+)
+_KNOWN: set[str] = set()  # secrets seen in this process's settings: masked wherever they turn up
+
+
+def remember_secrets(tree) -> None:
+    """Note the passwords and tokens in URIs anywhere in `tree` (a config as dicts, lists and
+    strings), so `redact` masks them even where a library quotes them cut out of their URI (an
+    error such as "nonnumeric port: 'tok3n@host'")."""
+    if isinstance(tree, dict):
+        tree = list(tree.values())
+    if isinstance(tree, list | tuple):
+        for item in tree:
+            remember_secrets(item)
+    elif isinstance(tree, str):
+        for pattern in (_PASSWORD, _QUERY_VALUE):
+            _KNOWN.update(m["secret"] for m in pattern.finditer(tree) if len(m["secret"]) >= 3)
+
+
 def redact(text) -> str:
     """`text` with credentials in URIs masked (user:password@ -> user:***@; token=..., password=...
-    query values -> ***): what is logged, committed, written or printed."""
+    query values -> ***), and any secret `remember_secrets` noted: what is logged, committed,
+    written or printed."""
     text = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", str(text))
-    return _SECRET_QUERY.sub(lambda m: f"{m['key']}***", text)
+    text = _SECRET_QUERY.sub(lambda m: f"{m['key']}***", text)
+    for secret in sorted(_KNOWN, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def redact_logging() -> None:
+    """Mask credentials in every log record this process makes, whoever logs it (Hydra's launchers
+    print each job's overrides, libraries quote URLs in errors): done where records are made, so it
+    survives Hydra re-configuring the handlers. Idempotent."""
+    import logging
+
+    make = logging.getLogRecordFactory()
+    if getattr(make, "reftlab_redacts", False):
+        return
+
+    def factory(*args, **kwargs):
+        record = make(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed format string: leave it for logging to report
+            return record
+        masked = redact(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        if record.exc_info and record.exc_info[0] is not None:
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        return record
+
+    factory.reftlab_redacts = True
+    logging.setLogRecordFactory(factory)
+
+
+def redact_files(*paths: Path) -> None:
+    """Rewrite these files (Hydra's .hydra/*.yaml, multirun.yaml) with credentials masked."""
+    for path in paths:
+        path = Path(path)
+        if path.is_file():
+            text = path.read_text()
+            if redact(text) != text:
+                write_atomic(path, redact(text))
 
 
 def tracking_uri(configured: str | None = None) -> str:
@@ -162,7 +224,7 @@ def write_status(output_dir: Path, status: str, **extra) -> None:
     """`status.json` in the job's folder: what the sweep summary counts (any launcher)."""
     import json
 
-    write_atomic(Path(output_dir) / STATUS_FILE, json.dumps({"status": status, **extra}))
+    write_atomic(Path(output_dir) / STATUS_FILE, redact(json.dumps({"status": status, **extra})))
 
 
 def finished_run(experiment_id: str, key: str):
@@ -227,9 +289,9 @@ class recorded_run:
                 return False
             # SystemExit: submitit's pre-timeout handler (SLURM time limit) ends the job with it
             killed = isinstance(error, Terminated | KeyboardInterrupt | SystemExit)
-            text = f"{kind.__name__}: {error}"[:5000]
+            text = redact(f"{kind.__name__}: {error}")[:5000]  # a URL's password never reaches the server
             mlflow.set_tag("error", text)
-            mlflow.log_text("".join(traceback.format_exception(kind, error, tb)), "error.txt")
+            mlflow.log_text(redact("".join(traceback.format_exception(kind, error, tb))), "error.txt")
             write_status(self.output_dir, "killed" if killed else "failed", run_id=run_id, error=text)
             if killed:
                 mlflow.end_run(status="KILLED")

@@ -142,6 +142,7 @@ def train(
                 total_loss, per_batch = step_loss(group, denominator)
                 total_loss.backward()
                 losses.extend(torch.stack(per_batch).tolist())
+            check_finite(losses[-len(group) :], step + 1, total, trainer_cfg)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -151,6 +152,20 @@ def train(
     bar.close()
     set_training(model, False)
     return {"losses": losses, "steps": step, "train_seconds": time.perf_counter() - start}
+
+
+def check_finite(recent: list[float], step: int, total: int, trainer_cfg) -> None:
+    """Stop a diverged run at the step where its loss stopped being a number (NaN or inf): its
+    scores would be meaningless and an untrained-looking 50% would be recorded as a result."""
+    from .validate import DivergedError
+
+    bad = [x for x in recent if not math.isfinite(x)]
+    if bad:
+        raise DivergedError(
+            f"training diverged at step {step} of {total}: the loss is {bad[0]}. Lower trainer.lr "
+            f"(now {trainer_cfg.lr}) or run the model in float32 (model.dtype=float32); nothing was "
+            "recorded as a result"
+        )
 
 
 @torch.no_grad()

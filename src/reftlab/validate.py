@@ -12,6 +12,10 @@ class ConfigError(ValueError):
     """A setting that cannot work, found before any expensive step."""
 
 
+class DivergedError(ConfigError):
+    """Training or scoring produced NaN or inf: the run is not a result (change a setting)."""
+
+
 def model_num_layers(model_cfg) -> int:
     """Layer count from the model config group, else from the hub config (no weights loaded)."""
     if model_cfg.get("num_layers") is not None:
@@ -66,6 +70,10 @@ def check_trainer(tcfg) -> None:
             raise ConfigError(f"trainer.{key}={value!r} is not valid: it must be an integer >= {low}")
     if not float(tcfg.lr) > 0:
         raise ConfigError(f"trainer.lr={tcfg.lr!r} is not valid: it must be > 0")
+    if not float(tcfg.weight_decay) >= 0:
+        raise ConfigError(f"trainer.weight_decay={tcfg.weight_decay!r} is not valid: it must be >= 0")
+    if not 0 <= float(tcfg.warmup_ratio) <= 1:
+        raise ConfigError(f"trainer.warmup_ratio={tcfg.warmup_ratio!r} is not valid: it must be in [0, 1]")
     if tcfg.cache not in CACHE_MODES:
         raise ConfigError(f"trainer.cache={tcfg.cache!r} is not valid: choose one of {list(CACHE_MODES)}")
     point = tcfg.get("cache_from")
@@ -150,6 +158,22 @@ def check_mlflow(mcfg) -> None:
     problem = system_metrics(mcfg)
     if isinstance(problem, str):
         raise ConfigError(problem)
+    name = mcfg.get("register_model")
+    if name is not None:
+        check_model_name(name)
+
+
+def check_model_name(name) -> None:
+    """mlflow.register_model=<name>: a name the registry takes (MLflow's own rule), checked before
+    training rather than refused after it."""
+    from . import hf_compat
+
+    problem = hf_compat.mlflow_model_name_problem(str(name)) if str(name).strip() else "it is empty"
+    if problem:
+        raise ConfigError(
+            f"mlflow.register_model={name!r} is not valid: {problem} (e.g. team-detector, or null to "
+            "register nothing)"
+        )
 
 
 def check(cfg, method) -> int | None:

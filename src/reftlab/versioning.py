@@ -1,6 +1,7 @@
 """Prepared datasets under version control with Oxen: one local repository per dataset.
 
-`prepare` runs a dataset's recipe and commits full/train/eval parquet plus a README into
+`prepare` runs a dataset's recipe and commits full/train/val/eval parquet, recipe.json (the settings
+and cleaning counts that made them) and a README into
 `data/repos/<name>/` (only when the content changed). `load` gives a run the rows of one commit:
 the version its settings produce (prepared first if needed), or `data.revision=<commit id>`,
 read from a cache of that commit without touching the repository's working tree.
@@ -13,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,7 +26,8 @@ from . import data
 from .locks import file_lock
 
 log = logging.getLogger(__name__)
-FILES = ("full.parquet", "train.parquet", "val.parquet", "eval.parquet", "README.md")
+# recipe.json: the settings that made the files (versions prepared before it existed: from README.md)
+FILES = ("full.parquet", "train.parquet", "val.parquet", "eval.parquet", "recipe.json", "README.md")
 # Settings that do not change the prepared files (applied at training time, or not data at all).
 NOT_RECIPE = {"name", "max_train", "max_val", "max_eval", "system_prompt", "revision", "remote"}
 
@@ -192,6 +195,46 @@ def read(folder: Path, where: Path, part: str) -> pd.DataFrame:
         raise VersionError(f"{path} in the dataset repository {folder} cannot be read: {e}") from e
 
 
+README_RECIPE = re.compile(
+    r"^- Recipe: (?P<recipe>[^;\n]+); split: (?P<split>[^;\n]+); eval fraction (?P<eval_fraction>[-+.\de]+); "
+    r"split seed (?P<split_seed>-?\d+)",
+    re.M,
+)
+README_VAL = re.compile(r"^- val \(validation, (?P<val_fraction>[-+.\de]+) of the training part", re.M)
+README_SOURCE = re.compile(r"^- Source: (?P<source>.+)$", re.M)
+README_TYPES = {"eval_fraction": float, "split_seed": int, "val_fraction": float}
+
+
+def recorded(where: Path) -> dict:
+    """The settings and counts a version was prepared with: its recipe.json, else what its README says."""
+    if (where / "recipe.json").is_file():
+        try:
+            return json.loads((where / "recipe.json").read_text())
+        except ValueError as e:
+            raise VersionError(f"{where / 'recipe.json'} cannot be read as JSON: {e}") from e
+    readme = where / "README.md"
+    text = readme.read_text() if readme.is_file() else ""
+    found = {}
+    for pattern in (README_SOURCE, README_RECIPE, README_VAL):
+        match = pattern.search(text)
+        found.update(match.groupdict() if match else {})
+    return {k: README_TYPES.get(k, str)(v.strip()) for k, v in found.items()}
+
+
+def warn_if_pinned_differs(cfg, info: dict, commit_id: str) -> None:
+    """Say so when a pinned version was made with other settings than today's config gives."""
+    differ = {
+        k: (info[k], cfg.get(k)) for k in data.DESCRIBED if k in info and k in cfg and info[k] != cfg.get(k)
+    }
+    if differ:
+        shown = ", ".join(f"{k}={was!r} (the config says {now!r})" for k, (was, now) in differ.items())
+        log.warning(
+            "data.revision=%s was prepared with %s: it is described with its own settings",
+            commit_id[:12],
+            shown,
+        )
+
+
 def load(cfg) -> tuple[data.Prepared, str]:
     """The data a run uses and its Oxen commit id (caps applied after reading)."""
     folder = repo_dir(cfg.name)
@@ -204,10 +247,12 @@ def load(cfg) -> tuple[data.Prepared, str]:
         head = history[0]["id"]
         where = folder if commit_id == head else snapshot(folder, commit_id, head)
         # Read under the lock: a parallel job may commit other settings into the working tree next.
+        info = {"source": str(folder), **recorded(where), "repo": str(folder)}
         prepared = data.Prepared(
             cfg.name, read(folder, where, "full"), read(folder, where, "train"), read(folder, where, "eval"),
-            {"source": str(folder), "split": cfg.split}, read(folder, where, "val"),
+            info, read(folder, where, "val"),
         )  # fmt: skip
+    warn_if_pinned_differs(cfg, info, commit_id)
     return data.apply_caps(prepared, cfg), commit_id
 
 

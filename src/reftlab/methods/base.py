@@ -151,9 +151,12 @@ class LanguageModelMethod(Method):
             "trainable_percent": self.trainable_percent(n_trainable, total),
             "peak_memory_mb": result.peak_memory_mb,
             "train_examples": len(examples),
-            "train_loss_first": losses[0] if losses else float("nan"),
-            "train_loss_last": sum(losses[-10:]) / max(1, len(losses[-10:])),
         }
+        if losses:  # trainer.epochs=0 trains nothing: no loss is logged rather than a made-up 0.0
+            metrics |= {
+                "train_loss_first": losses[0],
+                "train_loss_last": sum(losses[-10:]) / len(losses[-10:]),
+            }
         if result.cache_source:
             metrics |= {"cache_seconds": result.cache_seconds, "cache_mb": result.cache_mb}
         artifacts = []

@@ -1,0 +1,89 @@
+"""Typed settings: one dataclass per config option, registered with Hydra's ConfigStore.
+
+Each YAML in conf/ names its schema first in its defaults list (`/schema/<group>@_here_: <name>`),
+so a value of the wrong type fails when Hydra composes the config, naming the key
+(`trainer.lr=abc`: "Value 'abc' of type 'str' could not be converted to Float, full_key:
+trainer.lr"), before anything runs; a key the schema does not know is refused the same way.
+Ranges and choices (an lr > 0, a layer the model has) are checked in `validate`. No torch here:
+train.py imports this before Hydra composes.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+
+# Optional[...] rather than X | None: OmegaConf reads these annotations at run time.
+
+
+@dataclass
+class Trainer:
+    epochs: int = 10
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 4.0e-3
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.0
+    max_length: int = 512
+    eval_batch_size: int = 16
+    group_by_length: bool = True
+    log_every: int = 10
+    cache: str = "auto"
+    cache_max_gb: float = 8.0
+    cache_disk_gb: float = 20.0
+    cache_from: Optional[int] = None
+    cache_dir: Optional[str] = None
+
+
+@dataclass
+class Reft:
+    """LoReFT and its variants (NoReFT, DiReFT, ConsReFT)."""
+
+    method: str = "loreft"
+    layer: Any = 15  # an int, a list of ints, or "all"
+    component: str = "block_output"
+    rank: int = 4
+    positions: str = "l3"
+    share_weights: bool = False
+    dropout: float = 0.0
+
+
+@dataclass
+class Lora:
+    method: str = "lora"
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    layer: Any = None  # null (all), an int, a list, or "all"
+
+
+@dataclass
+class ZeroShot:
+    method: str = "none"
+    hint: str = ""
+
+
+@dataclass
+class Tfidf:
+    method: str = "tfidf"
+    max_ngram: int = 2
+    min_df: int = 2
+    C: float = 10.0
+
+
+SCHEMAS = {
+    "trainer": {"default": Trainer},
+    "intervention": {"reft": Reft, "lora": Lora, "zero_shot": ZeroShot, "tfidf": Tfidf},
+}
+
+
+def register() -> None:
+    """Make the schemas known to Hydra (idempotent; before any composition)."""
+    store = ConfigStore.instance()
+    for group, options in SCHEMAS.items():
+        for name, node in options.items():
+            store.store(group=f"schema/{group}", name=name, node=node)
+
+
+register()

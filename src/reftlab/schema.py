@@ -9,11 +9,9 @@ train.py imports this before Hydra composes.
 """
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
-
-# Optional[...] rather than X | None: OmegaConf reads these annotations at run time.
 
 
 @dataclass
@@ -31,8 +29,8 @@ class Trainer:
     cache: str = "auto"
     cache_max_gb: float = 8.0
     cache_disk_gb: float = 20.0
-    cache_from: Optional[int] = None
-    cache_dir: Optional[str] = None
+    cache_from: int | None = None
+    cache_dir: str | None = None
 
 
 @dataclass

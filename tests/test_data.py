@@ -67,7 +67,9 @@ def test_persuasion_recipe_counts_and_labels():
 
 @pytest.mark.parametrize("split,key", [("argument", "text"), ("claim", "claim")])
 def test_persuasion_default_splits_do_not_leak(split, key):
-    p, _ = prepared("data=persuasion_sample", f"data.split={split}")
+    # three claims: a third of them held out for the test split, so two remain to carve validation from
+    fraction = "0.3" if split == "claim" else "0.5"
+    p, _ = prepared("data=persuasion_sample", f"data.split={split}", f"data.eval_fraction={fraction}")
     train, val, test = set(p.train[key]), set(p.val[key]), set(p.eval[key])
     assert train.isdisjoint(test) and val.isdisjoint(train | test)
     assert len(p.eval) > 0 and len(p.val) > 0 and len(p.train) > 0
@@ -84,7 +86,9 @@ def test_persuasion_default_split_is_leak_free_and_seed_split_leaks():
 
 
 def test_seed_split_follows_the_blog_recipe_step_by_step():
-    p, cfg = prepared("data=persuasion_sample", "data.split=seed", "data.val_fraction=0")
+    p, cfg = prepared(
+        "data=persuasion_sample", "data.split=seed", "data.val_fraction=0", "data.eval_fraction=0.05"
+    )
     df = pd.read_csv(SUBSET, keep_default_na=False)
     df = df[
         df["source"].isin(["Claude 1.3", "Claude 2", "Claude 3 Haiku", "Claude 3 Opus", "Claude Instant 1.2"])
@@ -101,7 +105,9 @@ def test_seed_split_follows_the_blog_recipe_step_by_step():
 
 
 def test_full_persuasion_config_reads_a_local_copy_like_the_sample():
-    full, _ = prepared("data=persuasion", f"data.path={SUBSET}")
+    full, _ = prepared(
+        "data=persuasion", f"data.path={SUBSET}", "data.eval_fraction=0.5"
+    )  # the sample's split
     sample, _ = prepared("data=persuasion_sample")
     assert full.train[["text", "label"]].equals(sample.train[["text", "label"]])
 

@@ -20,6 +20,8 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -30,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import hf_compat
-from .locks import file_lock
+from .locks import LockPathError, file_lock, try_file_lock
 from .models import head_dim
 
 log = logging.getLogger(__name__)
@@ -215,8 +217,9 @@ class DiskStore:
     The store keeps its entries in its own subfolder (`<folder>/reftlab-prefix-v2/`): tensors as
     `<key>.safetensors` (no pickle: a shared cache folder cannot run code in a job), metadata as
     `<key>.json`, written last (an entry without it is incomplete). It only ever deletes files it
-    wrote there, evicts under one store-wide lock, and clears its own temp files left by a killed
-    job (counted in the bound until then).
+    wrote there, evicts under one store-wide lock, and clears temp files left by a killed job
+    (`<key>.tmp-<host>-<pid>.*`: this host's whose pid is gone, or any host's an hour old) and
+    tensors a killed job left without their metadata (counted in the bound, evicted first).
     """
 
     SUBFOLDER = "reftlab-prefix-v2"
@@ -277,6 +280,7 @@ class DiskStore:
         )
 
     def save(self, key: str, cache: PrefixCache) -> bool:
+        """Store `cache` as entry `key` (evicting old ones to stay in the bound); False if it does not fit."""
         import json
 
         from safetensors.torch import save_file
@@ -291,8 +295,7 @@ class DiskStore:
             )
             return False
         self.folder.mkdir(parents=True, exist_ok=True)
-        tmp_tensors = self.folder / f"{key}.tmp-{os.getpid()}.safetensors"
-        tmp_meta = self.folder / f"{key}.tmp-{os.getpid()}.json"
+        tmp_tensors, tmp_meta = (self.temp_path(key, ext) for ext in ("safetensors", "json"))
         tensors = {k: getattr(cache, k) for k in self.TENSORS}
         tensors = {k: (v if torch.is_tensor(v) else torch.from_numpy(np.asarray(v))).cpu().contiguous()
                    for k, v in tensors.items()}  # fmt: skip
@@ -308,34 +311,109 @@ class DiskStore:
                 p.unlink(missing_ok=True)
         return True
 
+    def temp_path(self, key: str, ext: str) -> Path:
+        """Where this process writes `<key>.<ext>` before renaming it: named by host and pid."""
+        return self.folder / f"{key}.tmp-{this_host()}-{os.getpid()}.{ext}"
+
     def entries(self) -> list[Path]:
         """The complete entries this store wrote (their tensor files), oldest use first."""
         found = [p for p in self.folder.glob("*.safetensors") if p.with_suffix(".json").exists()]
-        return sorted(found, key=lambda p: p.stat().st_mtime)
+        return sorted(found, key=_mtime)
+
+    def orphans(self) -> list[Path]:
+        """Tensor files named by a key of the store, without their metadata, whose writer is gone
+        (a kill between the two renames of `save`; a writer holds the key's lock until it is done)."""
+        found = [p for p in self.folder.glob("*.safetensors")
+                 if KEY.fullmatch(p.stem) and not p.with_suffix(".json").exists() and self.unlocked(p.stem)]  # fmt: skip
+        return sorted(found, key=_mtime)
+
+    def unlocked(self, key: str) -> bool:
+        """Whether no job holds the lock of `key` now (an unsafe lock file counts as held)."""
+        try:
+            with try_file_lock(self.folder / f"{key}.lock") as free:
+                return free
+        except LockPathError as e:
+            log.warning("%s; the prefix-cache files of key %s are left alone", e, key)
+            return False
+
+    def remove_orphan(self, path: Path) -> bool:
+        """Delete an orphan tensor file under its key's lock (a new writer may have begun since)."""
+        try:
+            with try_file_lock(self.folder / f"{path.stem}.lock") as free:
+                if free and not path.with_suffix(".json").exists():
+                    path.unlink(missing_ok=True)
+                    log.info("Removed a prefix-cache file left without its metadata %s", path.name)
+                    return True
+        except LockPathError as e:
+            log.warning("%s; %s is left alone", e, path.name)
+        return False
 
     def stale_temps(self) -> list[Path]:
-        """Temp files of this store left by a job that died (its process is gone, or an hour old)."""
+        """Temp files of this store left by a job that died: this host's whose pid is gone, or any
+        host's older than STALE_TEMP_SECONDS (another host's pid cannot be checked from here)."""
         out = []
         for p in self.folder.glob("*.tmp-*"):
-            pid = p.name.split(".tmp-")[-1].split(".")[0]  # <key>.tmp-<pid>.<ext>
-            alive = pid.isdigit() and Path(f"/proc/{pid}").exists()
+            host, pid = temp_writer(p.name)
+            if host is None:
+                continue
+            gone = host == this_host() and not Path(f"/proc/{pid}").exists()
             with contextlib.suppress(OSError):
-                if not alive or time.time() - p.stat().st_mtime > self.STALE_TEMP_SECONDS:
+                if gone or time.time() - p.stat().st_mtime > self.STALE_TEMP_SECONDS:
                     out.append(p)
         return out
 
     def evict(self, budget: int) -> None:
+        """Remove dead temp files, then orphans and the oldest entries until at most `budget` bytes."""
         for p in self.stale_temps():
             p.unlink(missing_ok=True)
             log.info("Removed a leftover prefix-cache temp file %s", p.name)
-        files = self.entries()
-        total = sum(p.stat().st_size for p in files)
+        orphans, files = self.orphans(), self.entries()
+        total = sum(_size(p) for p in orphans + files)
+        for old in orphans:
+            if total <= budget:
+                return
+            size = _size(old)
+            total -= size if self.remove_orphan(old) else 0
         while files and total > budget:
             old = files.pop(0)
-            total -= old.stat().st_size
+            total -= _size(old)
             old.with_suffix(".json").unlink(missing_ok=True)  # incomplete first: never loaded again
             old.unlink(missing_ok=True)
             log.info("Removed old prefix cache %s (trainer.cache_disk_gb bound)", old.name)
+
+
+KEY = re.compile(r"[0-9a-f]{24}")  # the names `cache_key` gives
+TEMP = re.compile(r"[^.]+\.tmp-(?:(?P<host>.+)-)?(?P<pid>\d+)\.[a-z]+")  # <key>.tmp-[<host>-]<pid>.<ext>
+
+
+def this_host() -> str:
+    """This host's name as it goes into a temp file's name (only letters, digits, '.', '-', '_')."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "unknown"
+
+
+def temp_writer(name: str) -> tuple[str | None, int]:
+    """(host, pid) of the job that writes the temp file `name`; the old name without a host is this
+    host's; (None, 0) for a name that is not one of the store's temp files."""
+    m = TEMP.fullmatch(name)
+    if not m:
+        return None, 0
+    return m["host"] or this_host(), int(m["pid"])
+
+
+def _mtime(path: Path) -> float:
+    """A file's last use, or 0 if it is gone (another job evicted it meanwhile)."""
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _size(path: Path) -> int:
+    """A file's size, or 0 if it is gone."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 _MEMORY: dict[str, PrefixCache] = {}  # this process's caches: jobs of an in-process sweep share them

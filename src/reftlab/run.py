@@ -13,14 +13,13 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from . import card, data, methods, tracking, validate, versioning
-from .locks import file_lock
+from .locks import run_lock
 
 log = logging.getLogger(__name__)
 # Errors that mean "change a setting or the data", not a bug: train.py prints their message alone
@@ -134,7 +133,7 @@ def run(cfg, output_dir: Path | None = None) -> dict:
     method = method_of(cfg)
     key = config_hash(resolved, method.trains if method else True, identity(cfg))
     # one job per key at a time on this machine: a parallel twin waits, then finds it FINISHED
-    with file_lock(Path(tempfile.gettempdir()) / "reftlab-run-locks" / f"{experiment_id}-{key}.lock"):
+    with run_lock(f"{experiment_id}-{key}"):  # in a private per-user folder, never through a link
         previous = None if cfg.get("force", False) else tracking.finished_run(experiment_id, key)
         if previous is not None:
             log.info("Skipping: run %s already FINISHED with this config (force=true re-runs it)",

@@ -70,7 +70,47 @@ class Tfidf:
     C: float = 10.0
 
 
+@dataclass
+class Data:
+    """What every dataset option has: where the data is, how it is split and capped, the prompt."""
+
+    name: str = "csv"
+    recipe: str = "table"
+    path: str | None = None
+    format: str | None = None
+    split: str = "stratified"
+    eval_fraction: float = 0.2
+    split_seed: int = 42
+    val_fraction: float = 0.15
+    max_train: int | None = None
+    max_val: int | None = None
+    max_eval: int | None = None
+    license: str | None = None
+    system_prompt: str = ""
+    revision: str | None = None  # an Oxen commit id
+    remote: str | None = None
+
+
+@dataclass
+class TableData(Data):
+    """A labelled table (CSV/TSV/parquet/JSONL): data=csv, data=opinion_spam."""
+
+    header: bool = True
+    text_column: Any = "text"  # a name, or a number for a file without a header
+    label_column: Any = "label"
+    positive_label: Any = "Yes"  # one value or a list
+    group_column: Any = None
+
+
+@dataclass
+class PersuasionData(Data):
+    """The reference recipe on Anthropic's persuasion data."""
+
+    upsample_seed: int = 12
+
+
 SCHEMAS = {
+    "data": {"table": TableData, "persuasion": PersuasionData},
     "trainer": {"default": Trainer},
     "intervention": {"reft": Reft, "lora": Lora, "zero_shot": ZeroShot, "tfidf": Tfidf},
 }

@@ -62,6 +62,7 @@ def lowest_layer(config) -> int | None:
 
 
 def summary(rows: list[dict]) -> str:
+    """The sweep's counts by status, then a line per job that failed, died or may still run."""
     counts = Counter(r["status"] for r in rows)
     parts = ", ".join(f"{counts.get(s, 0)} {s}" for s in ("finished", "failed", "skipped", "killed"))
     for extra in ("missing", "running"):
@@ -69,6 +70,8 @@ def summary(rows: list[dict]) -> str:
             parts += f", {counts[extra]} {extra}"
     lines = [f"sweep summary: {len(rows)} jobs: {parts}"]
     lines += [f"  job {r['job']} {r['status']}: {r.get('error', '')}" for r in rows if r["status"] in BAD]
+    lines += [f"  job {r['job']} still running on host {r.get('host', '?')} (pid {r.get('pid', '?')}): "
+              f"{r.get('note', 'not verified')}" for r in rows if r["status"] == "running"]  # fmt: skip
     return "\n".join(lines)
 
 
@@ -78,11 +81,19 @@ DIED = (
 )
 
 
-def alive(row: dict) -> bool:
-    """Whether the process of a job that says it is running still runs (on this host; a zombie is dead)."""
-    pid = row.get("pid")
-    if not pid or row.get("host", socket.gethostname()) != socket.gethostname():
-        return False
+def alive(row: dict) -> bool | None:
+    """Whether the process of a job that says it is running still runs: True, False (evidence from
+    this host's /proc, a zombie is dead, or from the scheduler), or None (unknown: another host)."""
+    pid, host = row.get("pid"), row.get("host", socket.gethostname())
+    if pid and host == socket.gethostname():
+        return pid_alive(int(pid))
+    if row.get("slurm_job_id"):
+        return slurm_job_alive(str(row["slurm_job_id"]))
+    return None
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` of this host runs (a zombie has ended)."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
@@ -90,26 +101,74 @@ def alive(row: dict) -> bool:
     return state != "Z"
 
 
+SLURM_ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD",
+                "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD"}  # fmt: skip
+SLURM_ENDED = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
+               "DEADLINE", "OUT_OF_MEMORY", "REVOKED", "SPECIAL_EXIT"}  # fmt: skip
+
+
+def slurm_job_alive(job_id: str) -> bool | None:
+    """What the scheduler says of SLURM job `job_id`: `squeue`, then `sacct` (a job squeue has
+    forgotten); None where neither answers (commands missing, failing, or an unknown state)."""
+    for args in (
+        ["squeue", "-h", "-j", job_id, "-o", "%T"],
+        ["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State"],
+    ):
+        state = scheduler_state(args)
+        if state in SLURM_ACTIVE:
+            return True
+        if state in SLURM_ENDED:
+            return False
+    return None
+
+
+def scheduler_state(args: list[str]) -> str | None:
+    """The first job state a scheduler command prints (`CANCELLED by 0` -> CANCELLED), or None."""
+    import subprocess
+
+    try:
+        out = subprocess.run(args, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    words = out.stdout.split() if out.returncode == 0 else []
+    return words[0].rstrip("+").upper() if words else None
+
+
+NOT_VERIFIED = "not verified: no word from its host or the scheduler that it ended; left running"
+STILL_RUNS = "its process (or SLURM job) still runs; left running"
+
+
 def close_dead_runs(rows: list[dict], tracking_uri: str, all_ended: bool) -> None:
     """Jobs still `running` whose process is gone (all of them, when the launcher says every job has
-    ended): their MLflow run is marked KILLED with the reason, their status file says killed."""
+    ended): their MLflow run is marked KILLED with the reason, their status file says killed. A job
+    with no evidence either way (another host, no scheduler answer) is left running, and said so."""
+    client = None
+    for row in rows:
+        if row["status"] != "running":
+            continue
+        state = False if all_ended else alive(row)
+        if state is False:
+            client = mark_killed(row, tracking_uri, client)
+        else:
+            row["note"] = STILL_RUNS if state else NOT_VERIFIED
+
+
+def mark_killed(row: dict, tracking_uri: str, client=None):
+    """Mark a dead job's MLflow run KILLED (tag `error`) and its status killed; returns the client."""
     from mlflow.tracking import MlflowClient
 
     from . import tracking
 
-    client = None
-    for row in rows:
-        if row["status"] != "running" or (not all_ended and alive(row)):
-            continue
-        if row.get("run_id"):
-            client = client or MlflowClient(tracking_uri)
-            try:
-                client.set_tag(row["run_id"], "error", DIED)
-                client.set_terminated(row["run_id"], status="KILLED")
-            except Exception as e:  # the summary still tells; the store may be unreachable
-                log.warning("Could not mark run %s KILLED: %s", row["run_id"], e)
-        tracking.write_status(row["folder"], "killed", run_id=row.get("run_id"), error=DIED)
-        row.update(status="killed", error=DIED)
+    if row.get("run_id"):
+        client = client or MlflowClient(tracking_uri)
+        try:
+            client.set_tag(row["run_id"], "error", DIED)
+            client.set_terminated(row["run_id"], status="KILLED")
+        except Exception as e:  # the summary still tells; the store may be unreachable
+            log.warning("Could not mark run %s KILLED: %s", row["run_id"], e)
+    tracking.write_status(row["folder"], "killed", run_id=row.get("run_id"), error=DIED)
+    row.update(status="killed", error=DIED)
+    return client
 
 
 def ranking(rows: list[dict], top: int = 20) -> str:
@@ -151,6 +210,9 @@ class SweepCallback(Callback):
         # Create the tracking database and experiment once, before parallel jobs race to do it.
         from . import tracking
 
+        tracking.redact_logging()  # the launchers log each job's overrides
+        tracking.remember_secrets([str(o) for o in config.hydra.overrides.task])
+
         uri = tracking.tracking_uri(config.mlflow.get("tracking_uri"))
         launcher = str(config.hydra.launcher.get("_target_", ""))
         if uri.startswith("sqlite:") and "slurm" in launcher.lower():
@@ -170,7 +232,26 @@ class SweepCallback(Callback):
         self._pending = (Path(config.hydra.sweep.dir), uri)
         atexit.register(self._at_exit)
 
+    def on_job_start(self, config, **kwargs) -> None:
+        """Every job, under any launcher and in its own process: credentials masked in its log
+        records and in the files Hydra wrote before it started (.hydra/*.yaml, multirun.yaml)."""
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        from . import tracking
+
+        tracking.redact_logging()
+        tracking.remember_secrets([str(o) for o in config.hydra.overrides.task])
+        runtime = config.hydra.runtime.output_dir if config.hydra.runtime.output_dir else None
+        if runtime and config.hydra.output_subdir:
+            folder = Path(runtime) / str(config.hydra.output_subdir)
+            tracking.redact_files(*(folder / f for f in ("config.yaml", "hydra.yaml", "overrides.yaml")))
+        if HydraConfig.initialized() and config.hydra.mode == RunMode.MULTIRUN:
+            tracking.redact_files(Path(config.hydra.sweep.dir) / "multirun.yaml")
+
     def _finish(self, all_ended: bool) -> list[dict]:
+        from . import tracking
+
         sweep_dir, uri = self._pending
         self._pending = None
         os.environ.pop(CACHE_FROM_ENV, None)
@@ -179,6 +260,7 @@ class SweepCallback(Callback):
         text = summary(rows)
         ranked = ranking(rows)
         text += f"\n{ranked}" if ranked else ""
+        text = tracking.redact(text)  # the overrides it shows may hold a URL with a password
         print(text, file=sys.stderr)
         log.info(text)
         return rows

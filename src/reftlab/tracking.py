@@ -273,7 +273,7 @@ class recorded_run:
         # "running" until the block ends: a job killed with no chance to record (kill -9, OOM) leaves
         # it, and the sweep's end marks its MLflow run KILLED (reftlab.sweep)
         write_status(self.output_dir, "running", run_id=self.active.info.run_id, pid=os.getpid(),
-                     host=platform.node())  # fmt: skip
+                     host=platform.node(), slurm_job_id=os.environ.get("SLURM_JOB_ID"))  # fmt: skip
         return self.active
 
     def __exit__(self, kind, error, tb):

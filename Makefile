@@ -45,7 +45,8 @@ lint: install ## ruff lint and format check
 format: install ## ruff fix and format
 	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .
 
-ui: install ## MLflow UI on the local database (http://127.0.0.1:5000)
+ui: install ## MLflow UI on the local database (http://127.0.0.1:5000); prints each experiment's runs-table link
+	@$(PY) -c "from reftlab import tracking; tracking.print_ui_links()"
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000 --workers 1
 
 MLFLOW_PORT ?= 5001

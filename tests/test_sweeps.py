@@ -265,10 +265,15 @@ def test_a_job_killed_mid_sweep_is_recorded_and_rerun(tmp_path, mlflow_uri, laun
             f"hydra.sweep.dir={tmp_path / 'multirun'}")]  # fmt: skip
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     status = tmp_path / "multirun" / "0" / "status.json"
+
+    def running(job):
+        path = tmp_path / "multirun" / job / "status.json"
+        return path.exists() and json.loads(path.read_text())["status"] == "running"
+
     try:
         deadline = time.time() + 300
-        while not (status.exists() and json.loads(status.read_text())["status"] == "running"):
-            assert proc.poll() is None and time.time() < deadline, "the sweep ended before job 0 trained"
+        while not (running("0") and running("1")):  # both jobs have their runs (a slow machine starts late)
+            assert proc.poll() is None and time.time() < deadline, "the sweep ended before its jobs trained"
             time.sleep(0.2)
         time.sleep(2)
         os.kill(json.loads(status.read_text())["pid"], signal.SIGKILL)
@@ -276,7 +281,10 @@ def test_a_job_killed_mid_sweep_is_recorded_and_rerun(tmp_path, mlflow_uri, laun
     finally:
         proc.kill()
     assert proc.returncode != 0
-    table = runs(mlflow_uri).set_index("params.intervention.layer")
+    everything = runs(mlflow_uri)
+    (sweep,) = everything[everything["tags.kind"] == "sweep"].to_dict("records")
+    assert sweep["status"] in ("KILLED", "FAILED") and sweep["metrics.jobs_killed"] >= 1  # the parent too
+    table = everything[everything["tags.kind"] != "sweep"].set_index("params.intervention.layer")
     # nothing is left RUNNING: the killed job's run is KILLED with the reason; under joblib the broken
     # worker pool stops the other job too (also KILLED), under submitit the other job finishes
     assert table.loc["0", "status"] == "KILLED" and "SIGKILL" in table.loc["0", "tags.error"]
@@ -289,3 +297,60 @@ def test_a_job_killed_mid_sweep_is_recorded_and_rerun(tmp_path, mlflow_uri, laun
     assert again.returncode == 0, again.stderr[-3000:]
     finished = 2 if launcher == "local_parallel" else 1
     assert f"sweep summary: 2 jobs: {finished} finished, 0 failed, {2 - finished} skipped" in again.stderr
+
+
+def tfidf(folder, uri, *overrides, multirun=True):
+    """train.py with TF-IDF (seconds a job, no language model) on a capped default split."""
+    args = [PYTHON, "train.py", *(["-m"] if multirun else []), "data.max_val=32", "data.max_eval=32", *overrides,
+            "intervention=tfidf", f"mlflow.tracking_uri={uri}", f"hydra.sweep.dir={folder / 'multirun'}",
+            f"hydra.run.dir={folder / 'run'}"]  # fmt: skip
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("launcher", ["basic", "local_parallel"])
+def test_a_sweep_is_one_parent_run_with_its_jobs_as_children_and_its_report(tmp_path, mlflow_uri, launcher):
+    import mlflow
+
+    train = tfidf
+
+    sweep = ["data.max_train=32,48"] + ([f"hydra/launcher={launcher}"] if launcher != "basic" else [])
+    out = train(tmp_path, mlflow_uri, *sweep)
+    assert out.returncode == 0, out.stderr[-3000:]
+    table = runs(mlflow_uri)
+    (parent,) = table[table["tags.kind"] == "sweep"].to_dict("records")
+    jobs = table[table["tags.kind"] != "sweep"]
+    assert len(jobs) == 2 and set(jobs["tags.mlflow.parentRunId"]) == {parent["run_id"]}
+    assert parent["status"] == "FINISHED" and parent["tags.mlflow.runName"] == "sweep data.max_train=32,48"
+    assert parent["params.sweep.data.max_train"] == "32,48" and parent["metrics.jobs_finished"] == 2
+    best = jobs.loc[jobs["metrics.val_accuracy"].idxmax()]
+    assert parent["tags.best_run_id"] == best["run_id"]
+    assert parent["metrics.best_test_accuracy"] == pytest.approx(best["metrics.accuracy"])
+    assert parent["metrics.sweep_seconds"] > 0
+    client = mlflow.tracking.MlflowClient(mlflow_uri)
+    assert {a.path for a in client.list_artifacts(parent["run_id"], "report")} >= {
+        "report/report.md",
+        "report/report.html",
+    }
+    experiment = client.get_experiment(parent["experiment_id"])
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the model-training view
+    said = out.stdout + out.stderr
+    assert (
+        f"#/experiments/{parent['experiment_id']}/runs/{parent['run_id']}?workflowType=machine_learning"
+        in said
+    )
+    assert f"python report.py --run {parent['run_id']}" in said and said.count("sweep summary:") == 1
+    # the same sweep again (resume): its jobs are skipped and it continues under the same parent
+    again = train(tmp_path / "again", mlflow_uri, *sweep)
+    assert again.returncode == 0 and "2 skipped" in again.stderr
+    table = runs(mlflow_uri)
+    assert (table["tags.kind"] == "sweep").sum() == 1 and len(table) == 3
+    # report.py --run reports exactly this sweep
+    report = subprocess.run([PYTHON, "report.py", "--run", parent["run_id"], "--tracking-uri", mlflow_uri,
+                             "--out", str(tmp_path / "r"), "--no-mlflow"], cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+    assert report.returncode == 0 and "2 finished, 0 failed" in report.stdout, report.stderr[-2000:]
+    # a single run stays top-level
+    single = train(tmp_path / "one", mlflow_uri, "data.max_train=40", multirun=False)
+    assert single.returncode == 0
+    table = runs(mlflow_uri)
+    lone = table[table["params.data.max_train"] == "40"]
+    assert len(lone) == 1 and lone["tags.mlflow.parentRunId"].isna().all()

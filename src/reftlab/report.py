@@ -82,8 +82,29 @@ def load_runs(experiment: str, tracking_uri: str | None, filter_string: str = ""
     return drop_reports(mlflow.search_runs([exp.experiment_id], filter_string=filter_string))
 
 
+def load_sweep(run_id: str, tracking_uri: str | None):
+    """A sweep's parent run and its jobs (the parent's children)."""
+    import mlflow
+
+    from . import parent
+
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        sweep = mlflow.tracking.MlflowClient().get_run(run_id)
+    except Exception as e:
+        raise SystemExit(
+            f"--run {run_id}: no such run at {tracking.redact(mlflow.get_tracking_uri())} ({e})"
+        ) from e
+    runs = parent.children(sweep.info.experiment_id, run_id)
+    if runs.empty:
+        raise SystemExit(
+            f"--run {run_id} ({sweep.info.run_name!r}) has no child runs: give a sweep's parent run"
+        )
+    return sweep, drop_reports(runs)
+
+
 def drop_reports(runs: pd.DataFrame) -> pd.DataFrame:
-    return runs[runs["tags.kind"] != "report"] if "tags.kind" in runs else runs
+    return runs[~runs["tags.kind"].isin(["report", "sweep"])] if "tags.kind" in runs else runs
 
 
 def column(runs: pd.DataFrame, name: str, default=np.nan) -> pd.Series:
@@ -641,6 +662,8 @@ def main(argv: list[str] | None = None) -> int:
         description="Compare the runs of an MLflow experiment: tables and plots."
     )
     parser.add_argument("--experiment", default="reftlab")
+    parser.add_argument("--run", default=None, help="a sweep's parent run id: report exactly that sweep's jobs "
+                        "(its children); the report is logged to the parent run")  # fmt: skip
     parser.add_argument("--tracking-uri", default=None, help="default: sqlite:///mlflow.db in this directory")
     parser.add_argument("--filter", default="", help="MLflow filter, e.g. \"tags.dataset = 'opinion_spam'\"")
     parser.add_argument("--out", default=None, help="report folder (default: reports/<experiment>)")
@@ -649,12 +672,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-mlflow", action="store_true", help="do not log the report as a summary run")
     args = parser.parse_args(argv)
     uri = tracking.tracking_uri(args.tracking_uri)
-    runs = load_runs(args.experiment, uri, args.filter)
+    if args.run:
+        sweep, runs = load_sweep(args.run, uri)
+        title, name = f"reftlab sweep: {sweep.info.run_name}", f"sweep-{args.run[:8]}"
+    else:
+        runs = load_runs(args.experiment, uri, args.filter)
+        title, name = f"reftlab report: {args.experiment}", args.experiment
     others = baseline_runs(set(runs.get("tags.data_hash", pd.Series(dtype=str)).dropna()))
-    out = Path(
-        args.out or f"reports/{re.sub(r'[^A-Za-z0-9._-]+', '_', args.experiment).strip('.') or 'report'}"
-    )
-    result = write(runs, out, f"reftlab report: {args.experiment}", others, parse_reference(args.reference))
+    out = Path(args.out or f"reports/{re.sub(r'[^A-Za-z0-9._-]+', '_', name).strip('.') or 'report'}")
+    result = write(runs, out, title, others, parse_reference(args.reference))
     print(f"{out / 'report.md'}: {result['finished']} finished, {result['failed']} failed or unfinished runs")
     if result["chosen"] and result["chosen"]["overall"] is not None:
         row = result["table"].loc[result["chosen"]["overall"]]
@@ -662,6 +688,11 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"chosen on validation: {what} (val {pct(row['val_accuracy'])}, test {pct(row['accuracy'], row['ci95'])})"
         )
-    if not args.no_mlflow:
+    if not args.no_mlflow and args.run:
+        import mlflow
+
+        mlflow.tracking.MlflowClient(uri).log_artifacts(args.run, str(out), "report")
+        print(f"logged to the sweep's run {args.run} (artifacts report/)")
+    elif not args.no_mlflow:
         print(f"logged as MLflow run {log_to_mlflow(out, args.experiment, args.filter)} (tag kind=report)")
     return 0

@@ -152,7 +152,9 @@ def record(cfg, method, resolved: dict, key: str, output_dir: Path) -> dict:
     )
     sampling = validate.system_metrics(cfg.mlflow)  # a bad value: no sampling; `execute` records FAILED
     system, interval = sampling if isinstance(sampling, tuple) else (False, 10.0)
-    with tracking.recorded_run(name, output_dir, system, interval) as active:
+    from . import parent
+
+    with tracking.recorded_run(name, output_dir, system, interval, parent.of_this_job()) as active:
         versions = tracking.package_versions()
         mlflow.set_tags(
             {
@@ -204,8 +206,7 @@ def closing_summary(name: str, cfg, metrics: dict, info, output_dir: Path, notes
         f"  MLflow run {info.run_id} (experiment {cfg.mlflow.experiment}): open it with `make ui`, then"
     )
     uri = tracking.tracking_uri(cfg.mlflow.get("tracking_uri"))
-    base = tracking.redact(uri.rstrip("/")) if uri.startswith("http") else "http://127.0.0.1:5000"
-    lines.append(f"  {base}/#/experiments/{info.experiment_id}/runs/{info.run_id}")
+    lines.append(f"  {tracking.ui_link(uri, info.experiment_id, info.run_id)}")
     lines.append(f"  compare runs: python report.py --experiment {cfg.mlflow.experiment}")
     return "\n".join(lines)
 
@@ -258,6 +259,10 @@ def log_extras(cfg, outcome, metrics: dict, data_version: str, prepared) -> list
     import mlflow
 
     problems = []
+    try:
+        log_figures(prepared, outcome.scores)
+    except Exception as e:
+        problems.append(f"the confusion matrix and ROC figures were not logged: {e}")
     for folder, path in outcome.artifacts:
         weights = folder == "intervention" and Path(path).is_dir()
         try:
@@ -276,6 +281,42 @@ def log_extras(cfg, outcome, metrics: dict, data_version: str, prepared) -> list
                 log.warning("The MLflow model was not logged: %s", tracking.redact(e))
                 problems.append(f"the MLflow model was not logged or registered: {type(e).__name__}: {e}")
     return problems
+
+
+def log_figures(prepared, scores) -> None:
+    """The test split's confusion matrix and ROC curve as figures of the run (validation beside them
+    in the ROC plot), drawn by scikit-learn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import mlflow
+    import numpy as np
+    from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
+
+    n_val = len(prepared.val)
+    parts = [
+        ("test", prepared.eval, np.asarray(scores)[n_val:]),
+        ("validation", prepared.val, np.asarray(scores)[:n_val]),
+    ]
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    truth = np.array(prepared.eval["label"] == "Yes")
+    ConfusionMatrixDisplay.from_predictions(truth, parts[0][2] > 0, labels=[False, True], display_labels=["No", "Yes"],
+                                            ax=ax, colorbar=False)  # fmt: skip
+    ax.set_title(f"test split ({len(truth)} examples)")
+    fig.tight_layout()
+    mlflow.log_figure(fig, "figures/confusion_matrix.png")
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    for name, part, s in parts:
+        truth = np.array(part["label"] == "Yes")
+        if len(set(truth)) == 2:
+            RocCurveDisplay.from_predictions(truth, s, name=name, ax=ax)
+    ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=0.8)
+    ax.set_title("ROC curve (score = logit Yes - logit No)")
+    fig.tight_layout()
+    mlflow.log_figure(fig, "figures/roc_curve.png")
+    plt.close(fig)
 
 
 def check_scores(scores, cfg) -> None:
@@ -361,7 +402,9 @@ def split_metrics(prepared, scores) -> dict:
     out["val_examples"] = n_val
     if n_val:
         val = training.metrics(list(prepared.val["label"]), scores[:n_val])
-        out.update({f"val_{k}": val[k] for k in ("accuracy", "f1", "yes_rate")})
+        out.update(
+            {f"val_{k}": val[k] for k in ("accuracy", "f1", "yes_rate", "roc_auc", "log_loss") if k in val}
+        )
     return out
 
 

@@ -183,7 +183,7 @@ def ranking(rows: list[dict], top: int = 20) -> str:
         metrics_path = folder / "metrics.json" if folder else None
         if not metrics_path or not metrics_path.exists():
             continue
-        m = json.loads(metrics_path.read_text())
+        m = {k: float("nan") if v is None else v for k, v in json.loads(metrics_path.read_text()).items()}
         overrides_path = folder / ".hydra" / "overrides.yaml"
         overrides = yaml.safe_load(overrides_path.read_text()) if overrides_path.exists() else []
         table.append((m.get("val_accuracy", float("nan")), m.get("accuracy", float("nan")),
@@ -221,7 +221,11 @@ class SweepCallback(Callback):
                 "unreliable; use a tracking server (make mlflow-server; mlflow.tracking_uri=http://...)",
                 tracking.redact(uri),
             )
-        tracking.setup(config.mlflow)
+        experiment_id = tracking.setup(config.mlflow)
+        from . import parent
+
+        # one parent run for the whole sweep, before any job starts: every job becomes its child
+        self._parent = parent.open_for(config, uri, experiment_id), experiment_id
         # Jobs at different layers share one prefix cache built from the lowest (trainer.cache_from
         # set by hand wins); a cache from a lower layer serves every layer above it.
         os.environ.pop(CACHE_FROM_ENV, None)
@@ -260,14 +264,34 @@ class SweepCallback(Callback):
         text = summary(rows)
         ranked = ranking(rows)
         text += f"\n{ranked}" if ranked else ""
+        text += self._close_parent(sweep_dir, uri, rows, all_ended)
         text = tracking.redact(text)  # the overrides it shows may hold a URL with a password
-        print(text, file=sys.stderr)
-        log.info(text)
+        print(text, file=sys.stderr)  # once: not through Hydra's logger as well
         return rows
+
+    def _close_parent(self, sweep_dir: Path, uri: str, rows: list[dict], all_ended: bool) -> str:
+        """End the sweep's parent run with its answer; the lines that point a person to it."""
+        from . import parent, tracking
+
+        opened = getattr(self, "_parent", None)
+        if not opened:
+            return ""
+        run_id, experiment_id = opened
+        try:
+            report_dir = parent.close(sweep_dir, uri, rows, all_ended)
+        except Exception as e:  # the store may be unreachable: the jobs' runs and files still hold it all
+            log.warning("Could not close the sweep's parent run %s: %s", run_id, e)
+            return ""
+        lines = [f"sweep run {run_id} (its jobs are its children; report: {report_dir or 'none'}):",
+                 f"  {tracking.ui_link(uri, experiment_id, run_id)}",
+                 f"  python report.py --run {run_id}"]  # fmt: skip
+        return "\n" + "\n".join(lines)
 
     def _at_exit(self) -> None:
         # the launcher failed: Hydra skipped on_multirun_end (nothing to say if no job started)
-        if getattr(self, "_pending", None) and read_statuses(self._pending[0]):
+        if getattr(self, "_pending", None) and (
+            read_statuses(self._pending[0]) or getattr(self, "_parent", None)
+        ):
             self._finish(all_ended=False)
 
     def on_multirun_end(self, config, **kwargs) -> None:

@@ -97,6 +97,34 @@ def tracking_uri(configured: str | None = None) -> str:
     return configured or f"sqlite:///{Path('mlflow.db').resolve()}"
 
 
+UI = "http://127.0.0.1:5000"  # `make ui`
+VIEW = "workflowType=machine_learning"  # MLflow 3's UI opens on GenAI pages without it
+
+
+def ui_link(uri: str, experiment_id: str, run_id: str | None = None) -> str:
+    """The MLflow UI page of an experiment's runs table, or of one run, in the model-training view:
+    the tracking server's own address, else `make ui`'s."""
+    base = redact(uri.rstrip("/")) if uri.startswith("http") else UI
+    page = f"/runs/{run_id}" if run_id else "/runs"
+    return f"{base}/#/experiments/{experiment_id}{page}?{VIEW}"
+
+
+def print_ui_links(uri: str | None = None) -> None:
+    """For `make ui`: the runs table of every experiment in the local store, in the model-training view."""
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri(uri)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).exists():
+        print(f"No runs yet ({redact(uri)}): `make train` first. The UI: {UI}/#/experiments?{VIEW}")
+        return
+    for experiment in MlflowClient(uri).search_experiments():
+        if experiment.name != "Default":  # reftlab never logs there
+            print(f"experiment {experiment.name!r}: {ui_link(uri, experiment.experiment_id)}")
+
+
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # the model-training workflow
+
+
 def setup(mlflow_cfg) -> str:
     """Point MLflow at the tracking URI and make sure the experiment exists; returns its id.
 
@@ -121,7 +149,9 @@ def setup(mlflow_cfg) -> str:
             if database:  # keep artifacts beside the database, not in the cwd
                 location = (database.parent / "mlruns").resolve().as_uri()
             try:
-                experiment_id = mlflow.create_experiment(mlflow_cfg.experiment, artifact_location=location)
+                experiment_id = mlflow.create_experiment(
+                    mlflow_cfg.experiment, artifact_location=location, tags=EXPERIMENT_KIND
+                )
             except Exception:  # created meanwhile by a job on another machine
                 experiment_id = mlflow.get_experiment_by_name(mlflow_cfg.experiment).experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)
@@ -254,8 +284,9 @@ class recorded_run:
     Ctrl-C marks it KILLED, and either is re-raised. The job's status file says the same (in the
     spirit of lightning-hydra-template's task_wrapper)."""
 
-    def __init__(self, run_name: str, output_dir: Path, system_metrics: bool = False, interval: float = 10):
-        self.run_name, self.output_dir = run_name, Path(output_dir)
+    def __init__(self, run_name: str, output_dir: Path, system_metrics: bool = False, interval: float = 10,
+                 parent_run_id: str | None = None):  # fmt: skip
+        self.run_name, self.output_dir, self.parent = run_name, Path(output_dir), parent_run_id
         self.system_metrics, self.interval = bool(system_metrics), float(interval)
 
     def __enter__(self):
@@ -268,7 +299,10 @@ class recorded_run:
         if self.system_metrics:  # MLflow's own sampler (psutil; GPUs through nvidia-ml-py where present)
             mlflow.set_system_metrics_sampling_interval(self.interval)
             mlflow.set_system_metrics_samples_before_logging(1)
-        self._run = mlflow.start_run(run_name=self.run_name, log_system_metrics=self.system_metrics)
+        tags = {"mlflow.parentRunId": self.parent} if self.parent else None  # a sweep's job: its child
+        self._run = mlflow.start_run(
+            run_name=self.run_name, log_system_metrics=self.system_metrics, tags=tags
+        )
         self.active = self._run.__enter__()
         # "running" until the block ends: a job killed with no chance to record (kill -9, OOM) leaves
         # it, and the sweep's end marks its MLflow run KILLED (reftlab.sweep)

@@ -195,12 +195,16 @@ def predict(
 
 
 def metrics(labels: list[str], scores: np.ndarray) -> dict:
-    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+    """Accuracy, F1 and the confusion counts at the Yes/No decision (score > 0), and the
+    threshold-free ROC AUC (both labels present) and log loss of P(Yes) = sigmoid(score), which
+    compare fairly on imbalanced data."""
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, log_loss, roc_auc_score
 
     y_true = np.array([lab == "Yes" for lab in labels])
+    scores = np.asarray(scores, dtype=np.float64)
     y_pred = scores > 0
     tn, fp, fn, tp = confusion_matrix(y_true, y_pred, labels=[False, True]).ravel()
-    return {
+    out = {
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "f1": float(f1_score(y_true, y_pred, zero_division=0)),
         "yes_rate": float(y_pred.mean()),
@@ -208,4 +212,8 @@ def metrics(labels: list[str], scores: np.ndarray) -> dict:
         "fp": int(fp),
         "tn": int(tn),
         "fn": int(fn),
+        "log_loss": float(log_loss(y_true, 1 / (1 + np.exp(-scores)), labels=[False, True])),
     }
+    if len(set(y_true)) == 2:
+        out["roc_auc"] = float(roc_auc_score(y_true, scores))
+    return out

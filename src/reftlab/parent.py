@@ -1,0 +1,185 @@
+"""One MLflow parent run per sweep: its jobs are its children, its end holds the sweep's answer.
+
+The sweep's main process opens the parent (`open_for`) before any job starts and writes its id into
+the sweep's own folder (`parent_run.json`) and the environment; every job, under any launcher (in
+this process, in joblib workers, in submitit processes on this or another host), finds its parent
+there (`of_this_job`), never by guessing "the latest run". A sweep run again with the same command
+(resume) finds its parent by the sweep's key and continues under it. At the end (`close`) the
+parent gets the counts, the best job by validation with its test accuracy beside it, the
+wall-clock, and the paper-style report of its own children as artifacts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+FILE = "parent_run.json"
+ENV = "REFTLAB_PARENT_RUN"
+KIND = "sweep"
+
+
+def swept(config) -> dict[str, str]:
+    """The keys the sweep varies and their values as given (command line and a preset's sweeper
+    params), e.g. {"intervention.layer": "8,16,24"}."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    lines = [str(o) for o in config.hydra.overrides.get("task", [])]
+    lines += [f"{k}={v}" for k, v in (config.hydra.get("sweeper", {}).get("params") or {}).items()]
+    parser, out = OverridesParser.create(), {}
+    for line in lines:
+        (override,) = parser.parse_overrides([line])
+        if override.is_sweep_override():
+            out[override.key_or_group] = line.split("=", 1)[1]
+    return out
+
+
+def sweep_key(config) -> str:
+    """What makes two sweeps the same sweep (a re-run resumes it): the experiment and every override."""
+    lines = sorted(str(o) for o in config.hydra.overrides.get("task", []))
+    preset = config.hydra.runtime.choices.get("experiment")
+    text = json.dumps([config.mlflow.experiment, preset, lines])
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def name_of(config, keys: dict[str, str]) -> str:
+    """The parent's name: the preset's, else the swept keys (`sweep intervention.layer=8,16,24`)."""
+    preset = config.hydra.runtime.choices.get("experiment")
+    if preset:
+        return str(preset)
+    return "sweep " + " ".join(f"{k}={v}" for k, v in keys.items()) if keys else "sweep"
+
+
+def open_for(config, uri: str, experiment_id: str) -> str:
+    """The sweep's parent run (found again on a re-run, else created), RUNNING, its id written to
+    the sweep folder and the environment for the jobs."""
+    from mlflow.tracking import MlflowClient
+
+    from . import tracking
+
+    client = MlflowClient(uri)
+    key = sweep_key(config)
+    found = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.sweep_key = '{key}' and tags.kind = '{KIND}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    keys = swept(config)
+    launcher = str(config.hydra.launcher.get("_target_", "")).rsplit(".", 1)[-1]
+    if found:
+        run_id = found[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+        client.set_tag(run_id, "resumed", time.strftime("%Y-%m-%d %H:%M:%S"))
+    else:
+        tags = {"kind": KIND, "sweep_key": key, "launcher": launcher, "git_sha": tracking.git_sha()}
+        run = client.create_run(experiment_id, run_name=name_of(config, keys), tags=tags)
+        run_id = run.info.run_id
+        params = {f"sweep.{k}": v for k, v in keys.items()} | {"launcher": launcher}
+        for k, v in params.items():
+            client.log_param(run_id, k, tracking.redact(v)[: tracking.MAX_PARAM_CHARS])
+    folder = Path(config.hydra.sweep.dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    tracking.write_atomic(folder / FILE, json.dumps({"run_id": run_id, "started": started}))
+    os.environ[ENV] = run_id
+    return run_id
+
+
+def of_this_job() -> str | None:
+    """The parent run of the job running now: from its sweep's folder, else the environment; None
+    for a single run."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return os.environ.get(ENV)
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return None
+    path = Path(hydra_cfg.sweep.dir) / FILE
+    if path.is_file():
+        return json.loads(path.read_text())["run_id"]
+    return os.environ.get(ENV)
+
+
+def close(sweep_dir: Path, uri: str, rows: list[dict], launcher_ended: bool) -> str | None:
+    """Record the sweep's answer in its parent and end it: FINISHED when every job finished or was
+    skipped, KILLED when the launcher died with jobs killed, else FAILED. Returns the report folder."""
+    from mlflow.tracking import MlflowClient
+
+    path = Path(sweep_dir) / FILE
+    if not path.is_file():
+        return None
+    opened = json.loads(path.read_text())
+    run_id = opened["run_id"]
+    client = MlflowClient(uri)
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("finished", "failed", "skipped", "killed")}
+    counts["missing"] = sum(r["status"] in ("missing", "running") for r in rows)
+    metrics = {f"jobs_{k}": v for k, v in counts.items()} | {"sweep_seconds": time.time() - opened["started"]}
+    report_dir = None
+    try:
+        best = best_child(client, run_id)
+        if best is not None:
+            metrics |= {"best_val_accuracy": best["val"], "best_test_accuracy": best["test"]}
+            client.set_tag(run_id, "best_run_id", best["run_id"])
+            client.set_tag(run_id, "best_run_name", best["name"])
+        for k, v in metrics.items():
+            client.log_metric(run_id, k, v)
+        report_dir = log_report(client, run_id, Path(sweep_dir) / "report", uri)
+    except Exception as e:  # the jobs' own runs hold the results; say why the parent lacks them
+        log.warning("Could not complete the sweep's parent run %s: %s", run_id, e)
+        client.set_tag(run_id, "warning", f"the sweep's summary could not be logged: {e}"[:5000])
+    bad = counts["failed"] + counts["killed"] + counts["missing"]
+    status = "FINISHED" if not bad else ("KILLED" if not launcher_ended and counts["killed"] else "FAILED")
+    client.set_terminated(run_id, status=status)
+    return report_dir
+
+
+def best_child(client, run_id: str) -> dict | None:
+    """The finished child with the highest validation accuracy (test beside it, not used to choose)."""
+    run = client.get_run(run_id)
+    children = client.search_runs(
+        [run.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{run_id}' and attributes.status = 'FINISHED'",
+        order_by=["metrics.val_accuracy DESC"],
+        max_results=1,
+    )
+    for child in children:
+        m = child.data.metrics
+        if "val_accuracy" in m:
+            return {"run_id": child.info.run_id, "name": child.info.run_name, "val": m["val_accuracy"],
+                    "test": m.get("accuracy", float("nan"))}  # fmt: skip
+    return None
+
+
+def children(experiment_id: str, run_id: str):
+    """The runs of one sweep (its parent's children) as MLflow's search_runs frame."""
+    import mlflow
+
+    return mlflow.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}'")
+
+
+def log_report(client, run_id: str, out: Path, uri: str) -> str | None:
+    """The paper-style report of the parent's own children, written to `out` and logged as the
+    parent's artifacts (`report/`)."""
+    import mlflow
+
+    from . import report
+
+    mlflow.set_tracking_uri(uri)
+    run = client.get_run(run_id)
+    runs = children(run.info.experiment_id, run_id)
+    if runs.empty:
+        return None
+    others = report.baseline_runs(
+        set(runs.get("tags.data_hash", []).dropna()) if "tags.data_hash" in runs else set()
+    )
+    report.write(runs, out, f"reftlab sweep: {run.info.run_name}", others)
+    client.log_artifacts(run_id, str(out), "report")
+    return str(out)

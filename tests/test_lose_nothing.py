@@ -151,6 +151,7 @@ def test_a_test_split_too_small_to_judge_is_flagged(in_root, mlflow_uri, tmp_pat
     run.run(compose(*tiny, "data.eval_fraction=0.05"), output_dir=tmp_path / "blog")  # the blog's 95/5 split
     said = capsys.readouterr().err
     assert "WARNING: the test split is too small to judge" in said and "data.eval_fraction" in said
+    assert "trainable parameters" in said and "(nan%)" not in said  # TF-IDF has no model to take a share of
     run.run(compose(*tiny), output_dir=tmp_path / "preset")  # the preset's own split can be read
     blog, preset = runs(mlflow_uri).sort_values("start_time").to_dict("records")
     assert blog["metrics.test_judgeable"] == 0 and "too small" in blog["tags.result_warning"]

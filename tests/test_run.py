@@ -56,6 +56,13 @@ def test_a_run_logs_metrics_tags_and_artifacts(in_root, mlflow_uri, tmp_path, ca
         "train_loss.png",
     } <= artifacts
     assert len(client.get_metric_history(row["run_id"], "train_loss")) >= 1
+    # threshold-free metrics (fair on imbalanced data) and the figures a person looks at
+    for name in ("roc_auc", "log_loss", "val_roc_auc", "val_log_loss"):
+        assert row[f"metrics.{name}"] == pytest.approx(metrics[name]) and metrics[name] >= 0
+    assert 0 <= metrics["roc_auc"] <= 1
+    figures = {a.path for a in client.list_artifacts(row["run_id"], "figures")}
+    assert figures == {"figures/confusion_matrix.png", "figures/roc_curve.png"}
+    assert "mlflow.parentRunId" not in mlflow.get_run(row["run_id"]).data.tags  # a single run: top-level
     predictions = pd.read_parquet(tmp_path / "job" / "predictions.parquet")
     assert predictions["split"].value_counts().to_dict() == {"val": 16, "test": 16}
     assert set(predictions["prediction"]) <= {"Yes", "No"}

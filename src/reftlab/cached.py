@@ -228,7 +228,7 @@ def cache_from(trainer_cfg) -> int | None:
     layers of a sweep share it): trainer.cache_from, else the lowest layer of the running sweep."""
     import os
 
-    from .sweep import CACHE_FROM_ENV
+    from .tracking import CACHE_FROM_ENV
 
     value = trainer_cfg.get("cache_from")
     if value is None:

@@ -158,13 +158,6 @@ def best_child(client, run_id: str) -> dict | None:
     return None
 
 
-def children(experiment_id: str, run_id: str):
-    """The runs of one sweep (its parent's children) as MLflow's search_runs frame."""
-    import mlflow
-
-    return mlflow.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}'")
-
-
 def log_report(client, run_id: str, out: Path, uri: str) -> str | None:
     """The paper-style report of the parent's own children, written to `out` and logged as the
     parent's artifacts (`report/`)."""
@@ -174,7 +167,7 @@ def log_report(client, run_id: str, out: Path, uri: str) -> str | None:
 
     mlflow.set_tracking_uri(uri)
     run = client.get_run(run_id)
-    runs = children(run.info.experiment_id, run_id)
+    runs = report.children(run.info.experiment_id, run_id)
     if runs.empty:
         return None
     others = report.baseline_runs(

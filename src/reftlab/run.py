@@ -276,7 +276,14 @@ def log_extras(cfg, outcome, metrics: dict, data_version: str, prepared) -> list
             try:
                 from . import pyfunc  # the MLflow model: load_model / models predict / models serve
 
-                pyfunc.log(Path(path), tracking.package_versions(), cfg.mlflow.get("register_model"))
+                run_name = mlflow.active_run().info.run_name
+                results = {
+                    "val_accuracy": metrics.get("val_accuracy"),
+                    "test_accuracy": metrics.get("accuracy"),
+                }
+                tags = {k: f"{v:.3f}" for k, v in results.items() if v is not None} | {"run_name": run_name}
+                pyfunc.log(Path(path), tracking.package_versions(), cfg.mlflow.get("register_model"),
+                           name=pyfunc.model_name(run_name), tags=tags)  # fmt: skip
             except Exception as e:
                 log.warning("The MLflow model was not logged: %s", tracking.redact(e))
                 problems.append(f"the MLflow model was not logged or registered: {type(e).__name__}: {e}")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
-from .tracking import STATUS_FILE
+from .tracking import CACHE_FROM_ENV, STATUS_FILE
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +38,6 @@ def read_statuses(sweep_dir: Path) -> list[dict]:
 
 
 BAD = ("failed", "killed", "missing")
-CACHE_FROM_ENV = (
-    "REFTLAB_CACHE_FROM"  # the lowest layer of a sweep: its jobs build one prefix cache from there
-)
 
 
 def lowest_layer(config) -> int | None:

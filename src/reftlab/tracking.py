@@ -239,6 +239,9 @@ class PeakMemory:
 # --- the life of one run: resume, FAILED/KILLED on errors and signals, status file, loss curve ---
 
 STATUS_FILE = "status.json"
+CACHE_FROM_ENV = (
+    "REFTLAB_CACHE_FROM"  # the lowest layer of a sweep: its jobs build one prefix cache from there
+)
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -51,8 +51,9 @@ def tiny_overrides(*extra: str) -> list[str]:
     return [b for b in base if b.split("=", 1)[0] not in given] + list(extra)
 
 
-def runs(uri: str, experiment: str = "reftlab"):
-    """All MLflow runs of an experiment as a DataFrame (metrics, params, tags, status)."""
+def runs(uri: str, experiment: str = "reftlab", sweeps: bool = False):
+    """The MLflow runs of an experiment as a DataFrame (metrics, params, tags, status): the jobs, and
+    with `sweeps` the sweeps' parent runs too (tag kind=sweep)."""
     import contextlib
 
     import mlflow
@@ -72,7 +73,10 @@ def runs(uri: str, experiment: str = "reftlab"):
         import pandas as pd
 
         return pd.DataFrame()
-    return mlflow.search_runs([exp.experiment_id])
+    found = mlflow.search_runs([exp.experiment_id])
+    if sweeps or "tags.kind" not in found:
+        return found
+    return found[found["tags.kind"] != "sweep"].reset_index(drop=True)
 
 
 PYTHON = sys.executable

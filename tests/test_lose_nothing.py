@@ -204,6 +204,9 @@ def test_the_code_version_and_a_local_model_change_the_identity(tmp_path):
     [
         (["trainer.lr=abc"], "trainer.lr"),
         (["trainer.epochs=1.5"], "trainer.epochs"),
+        (["trainer.cache_from=low"], "trainer.cache_from"),
+        (["data.eval_fraction=abc"], "data.eval_fraction"),
+        (["data=persuasion_sample", "data.upsample_seed=x"], "data.upsample_seed"),
         (["intervention.dropout=abc"], "intervention.dropout"),
         (["intervention=lora", "intervention.alpha=abc"], "intervention.alpha"),
         (["intervention=tfidf", "intervention.C=x"], "intervention.C"),

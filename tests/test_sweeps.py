@@ -281,7 +281,7 @@ def test_a_job_killed_mid_sweep_is_recorded_and_rerun(tmp_path, mlflow_uri, laun
     finally:
         proc.kill()
     assert proc.returncode != 0
-    everything = runs(mlflow_uri)
+    everything = runs(mlflow_uri, sweeps=True)
     (sweep,) = everything[everything["tags.kind"] == "sweep"].to_dict("records")
     assert sweep["status"] in ("KILLED", "FAILED") and sweep["metrics.jobs_killed"] >= 1  # the parent too
     table = everything[everything["tags.kind"] != "sweep"].set_index("params.intervention.layer")
@@ -316,7 +316,7 @@ def test_a_sweep_is_one_parent_run_with_its_jobs_as_children_and_its_report(tmp_
     sweep = ["data.max_train=32,48"] + ([f"hydra/launcher={launcher}"] if launcher != "basic" else [])
     out = train(tmp_path, mlflow_uri, *sweep)
     assert out.returncode == 0, out.stderr[-3000:]
-    table = runs(mlflow_uri)
+    table = runs(mlflow_uri, sweeps=True)
     (parent,) = table[table["tags.kind"] == "sweep"].to_dict("records")
     jobs = table[table["tags.kind"] != "sweep"]
     assert len(jobs) == 2 and set(jobs["tags.mlflow.parentRunId"]) == {parent["run_id"]}
@@ -342,7 +342,7 @@ def test_a_sweep_is_one_parent_run_with_its_jobs_as_children_and_its_report(tmp_
     # the same sweep again (resume): its jobs are skipped and it continues under the same parent
     again = train(tmp_path / "again", mlflow_uri, *sweep)
     assert again.returncode == 0 and "2 skipped" in again.stderr
-    table = runs(mlflow_uri)
+    table = runs(mlflow_uri, sweeps=True)
     assert (table["tags.kind"] == "sweep").sum() == 1 and len(table) == 3
     # report.py --run reports exactly this sweep
     report = subprocess.run([PYTHON, "report.py", "--run", parent["run_id"], "--tracking-uri", mlflow_uri,
@@ -351,6 +351,6 @@ def test_a_sweep_is_one_parent_run_with_its_jobs_as_children_and_its_report(tmp_
     # a single run stays top-level
     single = train(tmp_path / "one", mlflow_uri, "data.max_train=40", multirun=False)
     assert single.returncode == 0
-    table = runs(mlflow_uri)
+    table = runs(mlflow_uri, sweeps=True)
     lone = table[table["params.data.max_train"] == "40"]
     assert len(lone) == 1 and lone["tags.mlflow.parentRunId"].isna().all()

@@ -138,7 +138,7 @@ def test_repositories_stay_usable_from_other_processes(repos, in_root):
     code = "from reftlab import versioning as v; print(len(v.oxen('log', v.repo_dir('persuasion_sample'))))"
     out = subprocess.run([PYTHON, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "1", out.stderr
-    versioning.prepare(compose("data=persuasion_sample", "data.split=claim").data)
+    versioning.prepare(compose("data=persuasion_sample", "data.split=seed").data)
     assert len(versioning.history(compose("data=persuasion_sample").data)) == 2
 
 

@@ -202,6 +202,11 @@ def closing_summary(name: str, cfg, metrics: dict, info, output_dir: Path, notes
     if times:
         lines.append("  " + ", ".join(times))
     lines.append(f"  outputs: {output_dir}")
+    logged = not any("MLflow model" in note for note in notes)
+    if (output_dir / "intervention").is_dir() and cfg.mlflow.get("log_model", True) and logged:
+        from .pyfunc import model_name
+
+        lines.append(f"  MLflow model: runs:/{info.run_id}/{model_name(name)}")
     lines.append(
         f"  MLflow run {info.run_id} (experiment {cfg.mlflow.experiment}): open it with `make ui`, then"
     )

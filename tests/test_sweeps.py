@@ -39,6 +39,9 @@ def test_submitit_local_runs_the_same_code_path(tmp_path, mlflow_uri):
     table = runs(mlflow_uri)
     assert sorted(table["params.intervention.rank"]) == ["1", "2"]
     assert set(table["status"]) == {"FINISHED"}
+    # jobs in submitit's own processes find their sweep's parent run through the sweep folder
+    (parent,) = runs(mlflow_uri, sweeps=True).query("`tags.kind` == 'sweep'")["run_id"]
+    assert set(table["tags.mlflow.parentRunId"]) == {parent}
 
 
 def test_rerunning_a_finished_sweep_skips_every_job(tmp_path, mlflow_uri):

@@ -7,18 +7,10 @@ import shlex
 
 import pandas as pd
 import pytest
-from conftest import ROOT, compose
+from conftest import compose
+from test_data import SUBSET, prepared
 
 from reftlab import card, data, predict, versioning
-
-SUBSET = ROOT / "data/persuasion/anthropic_persuasion_subset_3claims.csv"
-
-
-def prepared(*overrides):
-    cfg = compose(*overrides).data
-    if cfg.path is not None and not data.is_url(cfg.path):
-        cfg.path = str(ROOT / cfg.path)
-    return data.prepare(cfg), cfg
 
 
 def table(n: int = 40) -> pd.DataFrame:

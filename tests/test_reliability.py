@@ -84,6 +84,8 @@ def test_credentials_are_masked_everywhere_they_would_be_logged(in_root, mlflow_
         ("data.name=..", "data.name='..' is not valid: use letters"),
         ("data.name=a/b", "data.name='a/b' is not valid"),
         ("trainer.max_length=12", "trainer.max_length=12 leaves no room for text"),
+        ("trainer.weight_decay=-0.1", "trainer.weight_decay=-0.1 is not valid: it must be >= 0"),
+        ("trainer.warmup_ratio=2", "trainer.warmup_ratio=2.0 is not valid: it must be in [0, 1]"),
     ],
 )
 def test_bad_settings_stop_before_any_loading_with_their_name(override, words):

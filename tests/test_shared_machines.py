@@ -11,9 +11,8 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 import pytest
-import torch
+from test_reliability import small_cache
 
 from reftlab import locks, prefix_cache, sweep, tracking, versioning
 
@@ -253,14 +252,6 @@ def test_a_dead_pid_here_or_a_launcher_that_returned_still_closes_runs(tmp_path,
 
 
 # --- the prefix store on a folder shared by several hosts ---
-
-
-def small_cache(start=1, n=4):
-    keys = torch.randn(2, 1 + 10 * n, 2, 8)
-    return prefix_cache.PrefixCache(
-        start, keys, torch.randn_like(keys), torch.randn(1 + 2 * n, 16),
-        np.arange(n) * 10 + 1, np.full(n, 10), np.arange(n) * 2 + 1, np.full(n, 2),
-    )  # fmt: skip
 
 
 def test_a_temp_file_is_dead_only_if_its_hosts_pid_is_gone_or_it_is_old(tmp_path):

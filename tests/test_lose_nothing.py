@@ -240,3 +240,21 @@ def test_metrics_json_is_strict_and_no_loss_is_made_up_without_training(in_root,
     json.loads(text, parse_constant=refuse)  # no bare NaN or Infinity
     (row,) = runs(mlflow_uri).to_dict("records")
     assert row["status"] == "FINISHED" and "metrics.train_loss_last" not in row
+
+
+def test_a_sweep_whose_jobs_cannot_compose_leaves_its_parent_failed_not_running(tmp_path, mlflow_uri):
+    out = subprocess.run([PYTHON, "train.py", "-m", "intervention=tfidf", "trainer.lr=1e-3,abc",
+                          f"mlflow.tracking_uri={mlflow_uri}", f"hydra.sweep.dir={tmp_path / 's'}"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 1 and "full_key: trainer.lr" in out.stderr
+    assert not (tmp_path / "s" / "0").exists()  # no job ran
+    (parent,) = runs(mlflow_uri, sweeps=True).to_dict("records")
+    assert parent["tags.kind"] == "sweep" and parent["status"] == "FAILED"
+    assert "before any job started" in parent["tags.error"]
+
+
+def test_a_job_outside_hydra_is_never_a_child_of_a_sweep_left_in_the_environment(monkeypatch):
+    from reftlab import parent
+
+    monkeypatch.setenv(parent.ENV, "0123456789abcdef0123456789abcdef")  # e.g. from an in-process sweep
+    assert parent.of_this_job() is None

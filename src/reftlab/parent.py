@@ -92,13 +92,13 @@ def open_for(config, uri: str, experiment_id: str) -> str:
 
 
 def of_this_job() -> str | None:
-    """The parent run of the job running now: from its sweep's folder, else the environment; None
-    for a single run."""
+    """The parent run of the job running now: from its sweep's folder, else the environment (set by
+    the sweep's main process); None for a single run or a job run outside Hydra."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     if not HydraConfig.initialized():
-        return os.environ.get(ENV)
+        return None
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode != RunMode.MULTIRUN:
         return None
@@ -113,6 +113,7 @@ def close(sweep_dir: Path, uri: str, rows: list[dict], launcher_ended: bool) -> 
     skipped, KILLED when the launcher died with jobs killed, else FAILED. Returns the report folder."""
     from mlflow.tracking import MlflowClient
 
+    os.environ.pop(ENV, None)
     path = Path(sweep_dir) / FILE
     if not path.is_file():
         return None
@@ -135,7 +136,9 @@ def close(sweep_dir: Path, uri: str, rows: list[dict], launcher_ended: bool) -> 
     except Exception as e:  # the jobs' own runs hold the results; say why the parent lacks them
         log.warning("Could not complete the sweep's parent run %s: %s", run_id, e)
         client.set_tag(run_id, "warning", f"the sweep's summary could not be logged: {e}"[:5000])
-    bad = counts["failed"] + counts["killed"] + counts["missing"]
+    if not rows:  # the launcher failed before any job started (e.g. a job's config did not compose)
+        client.set_tag(run_id, "error", "the sweep's launcher ended before any job started")
+    bad = counts["failed"] + counts["killed"] + counts["missing"] + (not rows)
     status = "FINISHED" if not bad else ("KILLED" if not launcher_ended and counts["killed"] else "FAILED")
     client.set_terminated(run_id, status=status)
     return report_dir

@@ -286,10 +286,14 @@ class SweepCallback(Callback):
 
     def _at_exit(self) -> None:
         # the launcher failed: Hydra skipped on_multirun_end (nothing to say if no job started)
-        if getattr(self, "_pending", None) and (
-            read_statuses(self._pending[0]) or getattr(self, "_parent", None)
-        ):
+        if not getattr(self, "_pending", None):
+            return
+        if read_statuses(self._pending[0]):
             self._finish(all_ended=False)
+        elif getattr(self, "_parent", None):  # no job started: end the parent, nothing to summarise
+            sweep_dir, uri = self._pending
+            self._pending = None
+            self._close_parent(sweep_dir, uri, [], False)
 
     def on_multirun_end(self, config, **kwargs) -> None:
         atexit.unregister(self._at_exit)

@@ -36,7 +36,7 @@ bench: install ## training speed: stock pyreft vs cached prefix vs one forward p
 test: install ## the test suite (tiny models and the shipped data)
 	$(PY) -m pytest -q $(ARGS)
 
-test-fast: install ## the unit tests only (about 1.5 min; skips whole jobs, sweeps and the bundled model)
+test-fast: install ## the unit tests only (3.5 min on a 2-core AVX2 CPU; skips whole jobs, sweeps and the bundled model)
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
 
 lint: install ## ruff lint and format check

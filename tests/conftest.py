@@ -84,7 +84,7 @@ PYTHON = sys.executable
 
 def pytest_collection_modifyitems(config, items):
     """`slow`: tests that run whole jobs or sweeps (they use a tracking database) or load the
-    bundled model; `make test-fast` (-m "not slow") runs the rest, the unit tests, in about a minute."""
+    bundled model; `make test-fast` (-m "not slow") runs the rest, the unit tests (README gives its measured time)."""
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
         if fixtures & {"mlflow_uri", "repos"} or "bundled" in item.name:

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .tracking import redact
+
 log = logging.getLogger(__name__)
 YES, NO = "Yes", "No"
 FORMATS = ("csv", "tsv", "parquet", "jsonl")
@@ -247,7 +249,7 @@ def drop_missing(raw: pd.DataFrame, label_col, text_col, path) -> tuple[pd.DataF
         "dropped_no_text_rows": row_numbers(raw.index[no_text][:SHOWN_ROWS]),
     }
     if no_label.any() or no_text.any():
-        log.warning("%s: %s (label column %r, text column %r)", redacted(path), missing_text(info),
+        log.warning("%s: %s (label column %r, text column %r)", redact(path), missing_text(info),
                     str(label_col), str(text_col))  # fmt: skip
     return raw[~(no_label | no_text)], info
 
@@ -301,12 +303,6 @@ def cleaning_note(info: dict) -> str:
     return f" (before splitting, reftlab {cleaning_text(info)})" if dropped else ""
 
 
-def redacted(path) -> str:
-    from .tracking import redact
-
-    return redact(str(path))
-
-
 def label_strings(values: pd.Series, had_holes: bool) -> pd.Series:
     """Labels as text; an integer column that holes made float (1.0) reads as integers (1) again."""
     numeric = pd.api.types.is_float_dtype(values) and len(values)
@@ -324,7 +320,7 @@ def table_recipe(cfg) -> Prepared:
     raw, cleaning = drop_missing(raw, label_col, text_col, cfg.path)
     if raw.empty:
         raise DataError(
-            f"{redacted(cfg.path)!r} has no row with both a label and a text: {missing_text(cleaning)}"
+            f"{redact(cfg.path)!r} has no row with both a label and a text: {missing_text(cleaning)}"
         )
     values = label_strings(raw[label_col], had_holes)
     positive = positive_values(cfg.positive_label, set(values), label_col, cfg.path)
@@ -512,7 +508,6 @@ def described(prepared: Prepared, cfg, key: str):
 
 def readme(prepared: Prepared, cfg) -> str:
     """The prepared dataset's README: where it came from, how it was made, what was dropped, its splits."""
-    from .tracking import redact
 
     def setting(key):
         return described(prepared, cfg, key)
@@ -543,7 +538,7 @@ def readme(prepared: Prepared, cfg) -> str:
 
 def record(prepared: Prepared) -> dict:
     """What recipe.json keeps: the settings that made the files and the recipe's counts (credentials masked)."""
-    return {**prepared.info, "source": redacted(prepared.info.get("source"))}
+    return {**prepared.info, "source": redact(prepared.info.get("source"))}
 
 
 def write(prepared: Prepared, cfg, folder: Path) -> Path:

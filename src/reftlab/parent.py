@@ -173,9 +173,7 @@ def log_report(client, run_id: str, out: Path, uri: str) -> str | None:
     runs = report.children(run.info.experiment_id, run_id)
     if runs.empty:
         return None
-    others = report.baseline_runs(
-        set(runs.get("tags.data_hash", []).dropna()) if "tags.data_hash" in runs else set()
-    )
+    others = report.baseline_runs(report.data_hashes(runs))
     report.write(runs, out, f"reftlab sweep: {run.info.run_name}", others)
     client.log_artifacts(run_id, str(out), "report")
     return str(out)

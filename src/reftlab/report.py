@@ -635,6 +635,11 @@ def parse_reference(items: list[str] | None) -> dict | None:
     return out
 
 
+def data_hashes(runs: pd.DataFrame) -> set[str]:
+    """The data contents these runs saw (tag data_hash)."""
+    return set(runs["tags.data_hash"].dropna()) if "tags.data_hash" in runs else set()
+
+
 def baseline_runs(data_hashes: set[str]) -> pd.DataFrame:
     """Finished runs of every experiment on the same data (candidates for reference lines)."""
     import mlflow
@@ -683,7 +688,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         runs = load_runs(args.experiment, uri, args.filter)
         title, name = f"reftlab report: {args.experiment}", args.experiment
-    others = baseline_runs(set(runs.get("tags.data_hash", pd.Series(dtype=str)).dropna()))
+    others = baseline_runs(data_hashes(runs))
     out = Path(args.out or f"reports/{re.sub(r'[^A-Za-z0-9._-]+', '_', name).strip('.') or 'report'}")
     result = write(runs, out, title, others, parse_reference(args.reference))
     print(f"{out / 'report.md'}: {result['finished']} finished, {result['failed']} failed or unfinished runs")

@@ -86,7 +86,7 @@ def parse_args(argv=None):
 
 
 def compose(*overrides):
-    from reftlab.configs import compose as reftlab_compose
+    from reftlab.config.compose import compose as reftlab_compose
 
     return reftlab_compose(list(overrides))
 
@@ -123,14 +123,14 @@ def load(args):
 
 
 def examples_of(args, tokenizer):
-    from reftlab import data
+    from reftlab.data import recipes
     from reftlab.prompts import PromptBuilder
 
     dcfg = compose(
         f"data={args.data}", f"data.max_train={args.examples}", f"data.max_eval={args.eval or 1}"
     ).data
     dcfg.path = str(ROOT / dcfg.path)
-    prepared = data.prepare(dcfg)
+    prepared = recipes.prepare(dcfg)
     builder = PromptBuilder(tokenizer, dcfg.system_prompt, args.max_length)
     train = builder.examples(prepared.train["text"], prepared.train["label"])
     evals = builder.prompts(prepared.eval["text"]) if args.eval else []
@@ -170,46 +170,48 @@ class Bench:
             self.torch.cuda.synchronize()
 
     def accuracy(self, scores):
-        from reftlab import training
+        from reftlab import scoring
 
-        return training.metrics(self.labels, scores)["accuracy"] if self.args.eval else float("nan")
+        return scoring.metrics(self.labels, scores)["accuracy"] if self.args.eval else float("nan")
 
     def warm_up(self):
         """One small forward and backward first, so no path pays for the first-call allocations."""
-        from reftlab import training
+        from reftlab.engine.strategies import Stock
 
         model = self.fresh(self.args.rank)
-        training.batch_loss(model, self.settings(self.args.rank), self.train[:2], self.tok.pad_token_id,
-                            self.device).backward()  # fmt: skip
+        Stock(self.engine(model, self.args.rank, "off").ctx).batch_loss(self.train[:2]).backward()
 
     def floor(self) -> dict:
-        from reftlab import training
+        from reftlab import methods
+        from reftlab.engine import score
 
         prompts = [p for p, _ in self.train]
         self.sync()
         t0 = time.perf_counter()
-        training.predict(self.model, {}, prompts, self.builder.yes_id, self.builder.no_id, self.tok.pad_token_id,
-                         self.device, self.trainer.eval_batch_size, progress=True)  # fmt: skip
+        score(self.model, methods.get("none"), {}, prompts, self.builder.yes_id, self.builder.no_id,
+              self.tok.pad_token_id, self.device, self.trainer.eval_batch_size, progress=True)  # fmt: skip
         self.sync()
         return {"path": "floor (1 no-grad forward)", "train_s": time.perf_counter() - t0, "build_s": 0.0}
 
     def engine(self, model, rank, cache: str, store=None):
+        from reftlab import methods
         from reftlab.engine import Engine
 
         trainer = self.trainer.copy()
         trainer.cache, trainer.cache_max_gb = cache, 64
-        return Engine(model, self.settings(rank), trainer, self.tok.pad_token_id, self.device, {"bench": "train"},
-                      paths=("stock", "cached"), store=store)  # fmt: skip
+        return Engine(model, methods.get("loreft"), self.settings(rank), trainer, self.tok.pad_token_id, self.device,
+                      {"bench": "train"}, store=store)  # fmt: skip
 
     def through_engine(self, rank, cache: str, evaluate: bool, label: str) -> dict:
         """reftlab's own training (trainer.cache=off: stock; auto: cached) through the run's Engine."""
-        from reftlab import prefix_cache
+        from reftlab.engine import clear_caches
 
         model = self.fresh(rank)
         engine = self.engine(model, rank, cache, self.store)
-        prefix_cache.clear_memory()  # each job is a fresh process in a parallel sweep: disk or build
-        if cache == "auto" and engine.plan(self.train)[0] == "stock":
-            raise SystemExit(f"cached path not applicable: {engine.plan(self.train)[1]}")
+        clear_caches()  # each job is a fresh process in a parallel sweep: disk or build
+        chosen = engine.plan_training(self.train)
+        if cache == "auto" and chosen.strategy == "stock":
+            raise SystemExit(f"cached path not applicable: {chosen.reason}")
         self.sync()
         res = engine.train(self.train, seed=0)
         self.sync()
@@ -217,14 +219,14 @@ class Bench:
         out = {"path": label.format(rank=rank, source=source), "build_s": res.cache_seconds,
                "train_s": res.step_seconds, "peak_mb": res.peak_memory_mb, "losses": res.losses, "steps": res.steps,
                "cache_mb": res.cache_mb}  # fmt: skip
-        prefix_cache.clear_memory()
+        clear_caches()
         if evaluate and self.evals:
             t0 = time.perf_counter()
             scores, _ = self.engine(model, rank, cache).predict(
                 self.evals, self.builder.yes_id, self.builder.no_id
             )
             out.update(eval_s=time.perf_counter() - t0, accuracy=self.accuracy(scores), scores=scores)
-            prefix_cache.clear_memory()
+            clear_caches()
         return out
 
     def stock(self, rank, evaluate=True) -> dict:
@@ -235,7 +237,8 @@ class Bench:
         loss from the full logits (as pyreft's examples and the reference blog train)."""
         from transformers import DataCollatorForSeq2Seq, TrainingArguments
 
-        from reftlab import hf_compat, tracking, training
+        from reftlab import hf_compat, methods, tracking
+        from reftlab.engine import score
 
         pyreft = hf_compat.pyreft()
 
@@ -274,9 +277,8 @@ class Bench:
         if self.evals:
             model.model.eval()
             t0 = time.perf_counter()
-            scores = training.predict(model, self.settings(rank), self.evals, self.builder.yes_id,
-                                      self.builder.no_id, tok.pad_token_id, self.device,
-                                      self.trainer.eval_batch_size)  # fmt: skip
+            scores = score(model, methods.get("loreft"), self.settings(rank), self.evals, self.builder.yes_id,
+                           self.builder.no_id, tok.pad_token_id, self.device, self.trainer.eval_batch_size)  # fmt: skip
             out.update(eval_s=time.perf_counter() - t0, accuracy=self.accuracy(scores), scores=scores)
         return out
 
@@ -301,12 +303,13 @@ def main(argv=None):
     import numpy as np
     import torch
 
-    from reftlab import prefix_cache, tracking
+    from reftlab import tracking
+    from reftlab.engine import store as cache_store
 
     args = parse_args(argv)
     b = Bench(args)
     tmp = tempfile.TemporaryDirectory(prefix="reftlab-bench-cache-")
-    b.store = prefix_cache.DiskStore(Path(tmp.name), 64 * 2**30)
+    b.store = cache_store.DiskStore(Path(tmp.name), 64 * 2**30)
     ranks = [int(r) for r in args.sweep_ranks.split(",")]
     plens = [len(p) + len(a) for p, a in b.train]
     print(
@@ -327,7 +330,7 @@ def main(argv=None):
         flush=True,
     )
     sweep_cached = []
-    b.store = prefix_cache.DiskStore(Path(tmp.name) / "sweep", 64 * 2**30)  # the sweep's first job builds
+    b.store = cache_store.DiskStore(Path(tmp.name) / "sweep", 64 * 2**30)  # the sweep's first job builds
     for rank in ranks:
         r = b.cached(rank, evaluate=False)
         sweep_cached.append(r)

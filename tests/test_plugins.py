@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 from conftest import compose, runs, tiny_overrides
 
-from reftlab import methods, report, run, validate
+from reftlab import methods, run, validate
+from reftlab.report.render import write
+from reftlab.report.runs import load_runs
 
 
 @methods.register
@@ -47,7 +49,7 @@ def test_a_new_method_is_one_class_and_one_yaml(in_root, mlflow_uri, tmp_path):
     # it trains nothing: another seed is the same job (resume skips it)
     run.run(toy_config(tmp_path / "again", mlflow_uri, "seed=7"), output_dir=tmp_path / "job2")
     assert len(runs(mlflow_uri)) == 1
-    result = report.write(report.load_runs("reftlab", mlflow_uri), tmp_path / "r", "r")
+    result = write(load_runs("reftlab", mlflow_uri), tmp_path / "r", "r")
     assert "toy length" in (tmp_path / "r" / "report.md").read_text() and result["finished"] == 1
 
 
@@ -65,8 +67,8 @@ def test_unknown_method_names_the_registered_ones():
         methods.get("nope")
 
 
-def test_no_module_of_the_package_imports_one_that_imports_it_back():
-    """The import graph of reftlab (module- and function-level imports) has no cycle."""
+def import_graph() -> dict[str, set[str]]:
+    """reftlab's modules and what each imports of the package (module- and function-level imports)."""
     import ast
 
     from conftest import ROOT
@@ -88,10 +90,31 @@ def test_no_module_of_the_package_imports_one_that_imports_it_back():
             elif isinstance(node, ast.Import):
                 deps |= {a.name for a in node.names if a.name in modules}
         graph[name] = deps - {name}
+    return graph
 
+
+def cycles(graph: dict[str, set[str]]) -> list[str]:
     def reaches(start, goal, seen):
         return any(d == goal or (d not in seen and reaches(d, goal, seen | {d})) for d in graph[start])
 
-    cycles = [m for m in graph if reaches(m, m, {m})]
-    assert not cycles, f"modules on an import cycle: {cycles}"
+    return [m for m in graph if reaches(m, m, {m})]
+
+
+def test_no_module_of_the_package_imports_one_that_imports_it_back():
+    """The import graph of reftlab (module- and function-level imports) has no cycle."""
+    graph = import_graph()
+    assert not cycles(graph), f"modules on an import cycle: {cycles(graph)}"
     assert "reftlab.methods.reft" in graph and "reftlab.run" in graph  # the walk saw the package
+
+
+def test_the_wings_form_a_small_graph_with_no_arrow_back_up():
+    """Counting a folder (a wing: engine/, methods/, data/, ...) as one node, the package is at most
+    18 nodes, and no wing imports one that imports it back (directly or through others)."""
+    wing = lambda module: ".".join(module.split(".")[:2])  # noqa: E731
+    wings: dict[str, set[str]] = {}
+    for module, deps in import_graph().items():
+        wings.setdefault(wing(module), set()).update(wing(d) for d in deps if wing(d) != wing(module))
+    assert len(wings) <= 18, sorted(wings)
+    assert not cycles(wings), f"wings on an import cycle: {cycles(wings)}"
+    assert {"reftlab.engine", "reftlab.methods", "reftlab.data", "reftlab.report", "reftlab.serving"} <= set(wings)
+    assert "reftlab.methods" not in wings["reftlab.engine"]  # the engine asks the method it is handed

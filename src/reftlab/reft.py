@@ -1,4 +1,7 @@
-"""LoReFT interventions with pyreft: build, locate, save and load.
+"""LoReFT interventions with pyreft: build, locate, save and load (used by methods/reft.py).
+
+This module stays at `reftlab.reft`: a saved pyreft folder names its intervention classes
+`reftlab.reft.FP32<pyreft class>`, and `pyreft.ReftModel.load` imports them from here.
 
 Vocabulary follows pyreft: `layer`, `component`, `low_rank_dimension` (our `rank`), and positions
 such as `l1` (last prompt token), `f1+l1` (first and last), `f3+l3`.

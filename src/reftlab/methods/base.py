@@ -5,7 +5,8 @@ can use), checks its settings before anything is loaded, and runs on a `Job` (co
 data, output folder), returning an `Outcome`: metrics, tags, and the scores of the validation then
 test texts. `LanguageModelMethod` implements `run` for every method that wraps the frozen model:
 load the model, build what trains, train through the `Engine`, score, save. A subclass supplies
-`build`, `trainable`, `save`, `load` (and may override `check_model`).
+`build`, `save`, `load`, and what the engine asks of it (`trainable`, `frozen`, `logits`,
+`train_mode`, `interventions`; the defaults fit a model trained through its own parameters).
 """
 
 from __future__ import annotations
@@ -44,8 +45,7 @@ class Method:
     display: str = ""  # how reports name it
     trains: bool = True  # False: neither the seed nor the training settings change what it computes
     needs_model: bool = True  # False: no language model is loaded (layer checks skipped)
-    paths: tuple[str, ...] = ("stock",)  # execution strategies it can use (engine.STRATEGIES)
-    stock_name: str = "pyreft"  # what runs call its stock path (tag train_path)
+    paths: tuple[str, ...] = ("stock",)  # the strategies it can run on (engine.STRATEGIES)
     has_layers: bool = True  # `intervention.layer` applies (run names, reports)
 
     def __init__(self, name: str):
@@ -71,15 +71,29 @@ class Method:
 class LanguageModelMethod(Method):
     """Train something small on the frozen language model, evaluate it constrained to Yes/No."""
 
-    def build(self, model, settings: dict):
+    def build(self, model, settings: dict, spec):
+        """What trains, on the frozen `model`, for `settings` (parsed: `spec`)."""
         raise NotImplementedError
 
+    # What the engine asks of the method (engine.strategies.Context): what trains, the frozen
+    # model under it, how a batch runs through it, train/eval mode, and (for the cached paths)
+    # the interventions in `spec.slots` order.
     def trainable(self, trained) -> list:
         return [p for p in trained.parameters() if p.requires_grad]
 
-    def trainable_percent(self, n_trainable: int, total: int) -> float:
-        """Share of the frozen model's parameters (`total` counts what was there before building)."""
-        return 100.0 * n_trainable / total
+    def frozen(self, trained):
+        return trained
+
+    def logits(self, trained, spec, enc: dict, prompt_lens: list[int], k: int):
+        """Logits of the last k positions of a left-padded batch (`enc`, from engine.loop.left_pad)."""
+        base = {key: value for key, value in enc.items() if key != "starts"}
+        return trained(**base, logits_to_keep=k).logits
+
+    def train_mode(self, trained, on: bool) -> None:
+        trained.train(on)
+
+    def interventions(self, trained) -> list:
+        return []
 
     def save(self, trained, settings: dict, folder: Path) -> Path:
         raise NotImplementedError
@@ -122,17 +136,18 @@ class LanguageModelMethod(Method):
 
     def run(self, job: Job) -> Outcome:
         from ..engine import Engine
+        from ..spec import InterventionSpec
         from ..tracking import plot_losses
 
         cfg = job.cfg
         model, tokenizer, device, n_layers, builder, tags = self.load_model(job)
-        total = sum(p.numel() for p in model.parameters())
+        total = sum(p.numel() for p in model.parameters())  # before building: the frozen model alone
         settings = self.settings(cfg, n_layers)
-        trained = self.build(model, settings)
+        spec = InterventionSpec.of(settings, n_layers)  # parsed once, passed on
+        trained = self.build(model, settings, spec)
         n_trainable = sum(p.numel() for p in self.trainable(trained))
         describe = {"model": cfg.model.name, "data": cfg.data.name, "data_hash": job.prepared.version()}
-        engine = Engine(trained, settings, cfg.trainer, tokenizer.pad_token_id, device, describe, self.paths,
-                        self.stock_name)  # fmt: skip
+        engine = Engine(trained, self, spec, cfg.trainer, tokenizer.pad_token_id, device, describe)
         examples = builder.examples(job.prepared.train["text"], job.prepared.train["label"])
         result = engine.train(examples, cfg.seed)
         start = time.perf_counter()
@@ -148,7 +163,7 @@ class LanguageModelMethod(Method):
             "train_seconds": result.train_seconds,
             "eval_seconds": eval_seconds,
             "trainable_params": n_trainable,
-            "trainable_percent": self.trainable_percent(n_trainable, total),
+            "trainable_percent": 100.0 * n_trainable / total,
             "peak_memory_mb": result.peak_memory_mb,
             "train_examples": len(examples),
         }

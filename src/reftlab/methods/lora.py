@@ -1,7 +1,10 @@
-"""LoRA with peft on the frozen model, trained by the same loop, prompts and evaluation as ReFT
-(see reftlab.lora for building, saving and loading)."""
+"""LoRA with peft on the frozen model, trained by the same loop, prompts and evaluation as ReFT:
+build, save and load the adapters here."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 from . import LanguageModelMethod, register
 
@@ -13,7 +16,6 @@ class LoraMethod(LanguageModelMethod):
     names = ("lora",)
     display = "LoRA"
     paths = ("stock",)  # LoRA changes the model's weights: nothing below it can be cached
-    stock_name = "peft"
 
     def validate(self, icfg, n_layers, model_name) -> None:
         from ..validate import ConfigError, check_layers, check_rank_dropout
@@ -30,20 +32,33 @@ class LoraMethod(LanguageModelMethod):
         if not float(icfg.alpha) > 0:
             raise ConfigError(f"intervention.alpha={icfg.alpha!r} is not valid: it must be > 0")
 
-    def trainable_percent(self, n_trainable: int, total: int) -> float:
-        return 100.0 * n_trainable / (total - n_trainable)  # peft adds the adapters to the model's count
+    def build(self, model, settings, spec=None):
+        """A peft LoRA model around the frozen `model`; adapter weights are fp32 even on a bf16 model."""
+        from peft import LoraConfig, get_peft_model
 
-    def build(self, model, settings):
-        from .. import lora
+        from ..spec import InterventionSpec
 
-        return lora.build(model, settings)
+        spec = spec or InterventionSpec.of(settings, model.config.num_hidden_layers)
+        config = LoraConfig(
+            r=int(settings["rank"]),
+            lora_alpha=float(settings["alpha"]),
+            lora_dropout=float(settings.get("dropout", 0.0)),
+            target_modules=list(settings["target_modules"]),
+            layers_to_transform=list(spec.layers) or None,  # none given: every layer
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+        return get_peft_model(model, config, autocast_adapter_dtype=True)
 
     def save(self, trained, settings, folder):
-        from .. import lora
-
-        return lora.save(trained, settings, folder)
+        folder = Path(folder)
+        trained.save_pretrained(str(folder))
+        (folder / "reft_settings.json").write_text(json.dumps(settings, indent=2))
+        return folder
 
     def load(self, model, folder):
-        from .. import lora
+        from peft import PeftModel
 
-        return lora.load(model, folder)
+        folder = Path(folder)
+        settings = json.loads((folder / "reft_settings.json").read_text())
+        return PeftModel.from_pretrained(model, str(folder)), settings

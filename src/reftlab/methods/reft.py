@@ -1,5 +1,5 @@
 """The ReFT family with pyreft: LoReFT, NoReFT, DiReFT, ConsReFT (one intervention per layer and
-position slot on the frozen model; see reftlab.reft for building, saving and loading)."""
+position slot on the frozen model; `reftlab.reft` builds, saves and loads them)."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ from . import LanguageModelMethod, register
 @register
 class ReftMethod(LanguageModelMethod):
     names = ("loreft", "noreft", "direft", "consreft")
-    paths = ("stock", "cached")  # the stored prefix cache is exact for many ReFT settings
-    stock_name = "pyreft"
+    # every strategy: the frozen model is unchanged below the interventions (engine.plan says where each is exact)
+    paths = ("stock", "cached", "streamed", "residual")
 
     @property
     def display(self) -> str:
         return {"loreft": "LoReFT", "noreft": "NoReFT", "direft": "DiReFT", "consreft": "ConsReFT"}[self.name]
 
     def validate(self, icfg, n_layers, model_name) -> None:
-        from ..positions import COMPONENTS, parse_positions
+        from ..spec import COMPONENTS, parse_positions
         from ..validate import ConfigError, check_layers, check_rank_dropout
 
         check_layers(icfg.layer, n_layers, model_name)
@@ -42,15 +42,10 @@ class ReftMethod(LanguageModelMethod):
                 f"size of {cfg.model.name!r}: valid ranks are 1..{dim}"
             )
 
-    def build(self, model, settings):
+    def build(self, model, settings, spec=None):
         from .. import reft
 
-        return reft.build(model, settings)
-
-    def trainable(self, trained):
-        from .. import reft
-
-        return reft.trainable_parameters(trained)
+        return reft.build(model, spec or settings)
 
     def save(self, trained, settings, folder):
         from .. import reft
@@ -61,3 +56,32 @@ class ReftMethod(LanguageModelMethod):
         from .. import reft
 
         return reft.load(model, folder)
+
+    # what the engine asks: the interventions train, the frozen model sits under them
+    def trainable(self, trained):
+        from .. import reft
+
+        return reft.trainable_parameters(trained)
+
+    def frozen(self, trained):
+        return trained.model
+
+    def interventions(self, trained):
+        from .. import reft
+
+        return reft.interventions(trained)
+
+    def logits(self, trained, spec, enc, prompt_lens, k):
+        """Through pyreft: the interventions act on the prompt positions pyvene's unit locations name."""
+        from ..spec import unit_locations
+
+        base = {key: value for key, value in enc.items() if key != "starts"}
+        _, out = trained(
+            {**base, "logits_to_keep": k}, unit_locations=unit_locations(spec, prompt_lens, enc["starts"])
+        )
+        return out.logits
+
+    def train_mode(self, trained, on):
+        trained.model.eval()
+        for iv in self.interventions(trained):
+            iv.train(on)

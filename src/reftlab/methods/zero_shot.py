@@ -16,7 +16,8 @@ class ZeroShot(LanguageModelMethod):
     has_layers = False
 
     def run(self, job: Job) -> Outcome:
-        from .. import training
+        from .. import scoring
+        from ..engine import score
         from ..prompts import PromptBuilder
 
         cfg = job.cfg
@@ -24,14 +25,14 @@ class ZeroShot(LanguageModelMethod):
         settings = self.settings(cfg, n_layers)
         args = (builder.yes_id, builder.no_id, tokenizer.pad_token_id, device, cfg.trainer.eval_batch_size)
         start = time.perf_counter()
-        scores = training.predict(model, settings, builder.prompts(job.texts), *args)
+        scores = score(model, self, settings, builder.prompts(job.texts), *args)
         eval_seconds = time.perf_counter() - start
         hinted = PromptBuilder(
             tokenizer, f"{cfg.data.system_prompt} {cfg.intervention.hint}", cfg.trainer.max_length
         )
-        hint = training.metrics(
+        hint = scoring.metrics(
             list(job.prepared.eval["label"]),
-            training.predict(model, settings, hinted.prompts(job.prepared.eval["text"]), *args),
+            score(model, self, settings, hinted.prompts(job.prepared.eval["text"]), *args),
         )
         metrics = {
             **{f"hint_{k}": v for k, v in hint.items() if k in ("accuracy", "f1", "yes_rate")},

@@ -1,17 +1,8 @@
-"""Cached-prefix ReFT: one no-grad pass over the data, then training steps on a few tokens.
+"""The store of prefix caches: on disk (keyed, bounded, shared by the jobs of a sweep) and in memory.
 
-With the model frozen and attention causal, an intervention on the last `n` prompt positions at
-layers >= L changes nothing below L, and nothing at the prompt positions before it. So one
-forward pass (no grad) stores, per example:
-
-- the keys/values of the unchanged prefix (prompt minus its last n tokens) at layers L.. N-1, with
-  rotary embeddings applied (Hugging Face's own KV cache, read out once);
-- the residual stream at the intervention point for the suffix (the last n prompt tokens and,
-  when training, the answer tokens but the last).
-
-A training step then runs only the suffix, from the intervention point up, through the model's own
-decoder layers, attending to the stored prefix; the interventions are pyreft's own modules.
-This module holds the cache and its on-disk store; `cached.py` the suffix pass.
+A cache is keyed by the model (config, dtype, weights) and the exact token ids (which carry the
+data version, the prompt and the max length), not by the intervention point: a cache stored from a
+lower point serves every higher one (`suffix.advance`), so jobs at different layers share one pass.
 """
 
 from __future__ import annotations
@@ -24,156 +15,15 @@ import re
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from . import hf_compat
-from .locks import LockPathError, file_lock, try_file_lock
-from .models import head_dim
+from ..locks import LockPathError, file_lock, try_file_lock
+from .prefix import PrefixCache, build
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class PrefixCache:
-    """Prefix keys/values and suffix hidden states for a list of examples, packed without padding.
-
-    keys/values: [layers, 1 + prefix tokens, kv_heads, head_dim]; row 0 is a zero pad slot.
-    hidden: [1 + suffix tokens, hidden size]; row 0 is a zero pad slot.
-    """
-
-    start: int  # the residual-stream point the suffix starts from (input of layer `start`)
-    keys: torch.Tensor
-    values: torch.Tensor
-    hidden: torch.Tensor
-    prefix_offset: np.ndarray
-    prefix_len: np.ndarray
-    suffix_offset: np.ndarray
-    suffix_len: np.ndarray
-    meta: dict = field(default_factory=dict)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.keys, self.values, self.hidden))
-
-    def state(self) -> dict:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-
-def split_lengths(seqs: list[list[int]], suffix_lens: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    s = np.asarray(suffix_lens, dtype=np.int64)
-    p = np.asarray([len(q) for q in seqs], dtype=np.int64) - s
-    return p, s
-
-
-def estimate_bytes(model, start: int, seqs: list[list[int]], suffix_lens: list[int]) -> int:
-    """Size of the cache `build` would make, from the lengths alone (checked before building)."""
-    cfg = model.config
-    itemsize = torch.finfo(model.dtype).bits // 8
-    p, s = split_lengths(seqs, suffix_lens)
-    layers = cfg.num_hidden_layers - start
-    kv = 2 * layers * (int(p.sum()) + 1) * cfg.num_key_value_heads * head_dim(cfg)
-    return (kv + (int(s.sum()) + 1) * cfg.hidden_size) * itemsize
-
-
-def _layer_input_hook(model, start: int, store: list):
-    """Capture the residual stream at point `start` (input of layer `start`, or the last output)."""
-    layers = model.model.layers
-    if start < len(layers):
-
-        def pre(module, args, kwargs):
-            store.append(args[0] if args else kwargs["hidden_states"])
-
-        return layers[start].register_forward_pre_hook(pre, with_kwargs=True)
-
-    def post(module, args, output):
-        store.append(hf_compat.layer_output(output))
-
-    return layers[-1].register_forward_hook(post)
-
-
-@torch.no_grad()
-def build(
-    model,
-    start: int,
-    seqs: list[list[int]],
-    suffix_lens: list[int],
-    pad_id: int,
-    batch_size: int = 16,
-    progress: bool = True,
-) -> PrefixCache:
-    """One no-grad pass of the frozen causal LM `model` over `seqs` (left-padded, sorted by length).
-
-    `suffix_lens[i]`: how many trailing tokens of seqs[i] the training step will recompute.
-    """
-    from .training import left_pad
-
-    device = next(model.parameters()).device
-    cfg = model.config
-    n_layers = cfg.num_hidden_layers
-    p_len, s_len = split_lengths(seqs, suffix_lens)
-    if (p_len < 0).any():
-        raise ValueError("a suffix is longer than its sequence")
-    p_off = 1 + np.concatenate([[0], np.cumsum(p_len)[:-1]])
-    s_off = 1 + np.concatenate([[0], np.cumsum(s_len)[:-1]])
-    shape = (n_layers - start, 1 + int(p_len.sum()), cfg.num_key_value_heads, head_dim(cfg))
-    keys = torch.zeros(shape, dtype=model.dtype, device=device)
-    values = torch.zeros(shape, dtype=model.dtype, device=device)
-    hidden = torch.zeros((1 + int(s_len.sum()), cfg.hidden_size), dtype=model.dtype, device=device)
-
-    cache_arg = hf_compat.cache_kwarg(model.model.forward)
-    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
-    captured: list[torch.Tensor] = []
-    hook = _layer_input_hook(model, start, captured)
-    try:
-        for b in tqdm(
-            range(0, len(order), batch_size), desc="prefix cache", unit="batch", disable=not progress
-        ):
-            idx = order[b : b + batch_size]
-            enc = left_pad([seqs[i] for i in idx], pad_id, device)
-            width = enc["input_ids"].shape[1]
-            kv_cache = hf_compat.new_kv_cache(cfg)
-            captured.clear()
-            model.model(
-                input_ids=enc["input_ids"],
-                attention_mask=enc["attention_mask"],
-                position_ids=enc["position_ids"],
-                use_cache=True,
-                **{cache_arg: kv_cache},
-            )
-            h = captured[-1]
-            # gather every example's prefix rows (all cached layers at once) into the packed cache
-            src, dst, ssrc, sdst = [], [], [], []
-            for row, i in enumerate(idx):
-                first = width - len(seqs[i])  # left padding
-                p, s = int(p_len[i]), int(s_len[i])
-                src.append(np.arange(row * width + first, row * width + first + p))
-                dst.append(np.arange(p_off[i], p_off[i] + p))
-                ssrc.append(np.arange(row * width + first + p, row * width + first + p + s))
-                sdst.append(np.arange(s_off[i], s_off[i] + s))
-            src, dst, ssrc, sdst = (
-                torch.from_numpy(np.concatenate(a)).to(device) for a in (src, dst, ssrc, sdst)
-            )
-            for store, part in ((keys, 0), (values, 1)):
-                if start == n_layers:  # intervention after the last layer: no keys/values to keep
-                    break
-                stacked = torch.stack(
-                    [hf_compat.cached_keys_values(kv_cache, j)[part] for j in range(start, n_layers)]
-                )
-                # [layers, B, kv, W, d] -> [layers, B * W, kv, d]
-                flat = stacked.transpose(2, 3).reshape(stacked.shape[0], -1, *stacked.shape[2:3], shape[-1])
-                store.index_copy_(1, dst, flat.index_select(1, src))
-            hidden.index_copy_(0, sdst, h.reshape(-1, h.shape[-1]).index_select(0, ssrc))
-    finally:
-        hook.remove()
-    return PrefixCache(start, keys, values, hidden, p_off, p_len, s_off, s_len)
-
-
-# --- on-disk store: later jobs of a sweep (other ranks, seeds, learning rates) reuse the pass ---
 
 
 def weights_fingerprint(model) -> str:
@@ -194,9 +44,7 @@ def weights_fingerprint(model) -> str:
 
 def cache_key(model, seqs: list[list[int]], suffix_lens: list[int], describe: dict) -> str:
     """Keyed by the model (its config, dtype and weights) and the exact token ids (which carry the
-    data version, the prompt and the max length), not by the intervention point: a cache stored
-    from a lower point serves every higher one (see `cached.advance`), so jobs at different layers
-    share one pass."""
+    data version, the prompt and the max length), not by the intervention point."""
     import transformers
 
     h = hashlib.sha256()
@@ -469,3 +317,13 @@ def _save_then_unlock(store, key, cache, lock) -> None:
 
 def clear_memory() -> None:
     _MEMORY.clear()
+
+
+def store_for(trainer_cfg) -> DiskStore | None:
+    """The on-disk store of prefix caches (trainer.cache_dir, default $REFTLAB_CACHE/prefix), or None
+    if trainer.cache_disk_gb=0."""
+    from ..models import cache_root
+
+    gb = float(trainer_cfg.cache_disk_gb)
+    folder = trainer_cfg.get("cache_dir") or cache_root() / "prefix"
+    return DiskStore(Path(folder), int(gb * 2**30)) if gb > 0 else None

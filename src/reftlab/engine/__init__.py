@@ -1,0 +1,108 @@
+"""The training engine: one planner, four exact strategies behind one interface, one typed result.
+
+- `plan.py`: the one decision (which strategy is exact here, whether its cache fits, and why);
+- `strategies.py`: stock, cached, streamed, residual: each trains on examples and scores prompts
+  over one shared `Context`;
+- `loop.py`: batching, the one training loop and the one scoring loop;
+- `prefix.py`: what a no-grad pass stores (prefix keys/values and suffix stream, or the residual
+  stream); `store.py`: where it is kept (disk and memory, keys, eviction); `suffix.py`: the
+  runners of the layers above the stored point, with the interventions.
+
+`methods/` and `benchmarks/train_speed.py` train through `Engine`; the strategy that ran and why
+are part of the result, and so are the timings (the cache pass apart from the steps).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+from ..spec import InterventionSpec
+from ..tracking import PeakMemory
+from .plan import STRATEGIES, Plan, choose, train_inputs
+from .store import clear_memory, store_for
+from .strategies import BY_NAME, Context, Stock
+
+log = logging.getLogger(__name__)
+__all__ = ["STRATEGIES", "Engine", "Plan", "TrainResult", "clear_caches", "score"]
+
+
+@dataclass
+class TrainResult:
+    losses: list[float]
+    steps: int
+    step_seconds: float  # the optimisation steps
+    cache_seconds: float = 0.0  # building or loading the stored cache (0 on the stock path)
+    peak_memory_mb: float = math.nan
+    path: str = "stock"  # the strategy that ran (one of STRATEGIES)
+    reason: str | None = None  # why that strategy (None: the cached path, exact here)
+    cache_source: str | None = None  # built, disk, memory or streamed
+    cache_mb: float | None = None
+    cache_point: int | None = None  # the residual-stream point the cache was built from (<= the job's)
+
+    @property
+    def train_seconds(self) -> float:
+        """Training wall-clock: the cache pass plus the steps (evaluation excluded)."""
+        return self.cache_seconds + self.step_seconds
+
+
+class Engine:
+    """Trains and scores `trained` (what `method` built on the frozen model) with the strategy the
+    planner chooses among those the method allows (`method.paths`)."""
+
+    def __init__(self, trained, method, spec, trainer_cfg, pad_id: int, device="cpu", describe: dict | None = None,
+                 store="config", progress: bool = True):  # fmt: skip
+        model = method.frozen(trained)
+        spec = InterventionSpec.of(spec, model.config.num_hidden_layers)
+        disk = store_for(trainer_cfg) if store == "config" else store
+        self.ctx = Context(trained, method, spec, trainer_cfg, pad_id, device, describe or {}, disk, progress)
+        self.eval_info: dict | None = None  # where the last scoring's cache came from
+
+    def plan(self, seqs, suffix_lens) -> Plan:
+        ctx = self.ctx
+        return choose(ctx.spec, ctx.model, seqs, suffix_lens, ctx.trainer, ctx.method.paths)
+
+    def plan_training(self, examples) -> Plan:
+        return self.plan(*train_inputs(examples, self.ctx.spec.last))
+
+    def train(self, examples, seed: int) -> TrainResult:
+        chosen = self.plan_training(examples)
+        if chosen.strategy == "stock" and "cached" in self.ctx.method.paths:
+            log.warning("Training with the stock path: %s", chosen.reason)
+        elif chosen.strategy != "stock":
+            log.info(
+                "Training with the %s path: %s", chosen.strategy, chosen.reason or "exact for these settings"
+            )
+        with PeakMemory(self.ctx.device) as memory:
+            res, info = BY_NAME[chosen.strategy](self.ctx, chosen).train(examples, seed)
+        info = info or {}
+        return TrainResult(
+            losses=res["losses"], steps=res["steps"], step_seconds=res["train_seconds"],
+            cache_seconds=info.get("seconds", 0.0), peak_memory_mb=memory.peak_mb, path=chosen.strategy,
+            reason=chosen.reason, cache_source=info.get("source"), cache_mb=info.get("mb"),
+            cache_point=info.get("from_point"),
+        )  # fmt: skip
+
+    def predict(self, prompts, yes_id: int, no_id: int) -> tuple[object, str]:
+        """Yes-minus-No scores for `prompts` and the strategy that computed them."""
+        chosen = self.plan(prompts, [self.ctx.spec.last] * len(prompts))
+        if chosen.strategy == "streamed":
+            log.info("Evaluating with streamed prefixes: %s", chosen.reason)
+        strategy = BY_NAME[chosen.strategy](self.ctx, chosen)
+        scores, self.eval_info = strategy.score(prompts, yes_id, no_id, self.ctx.trainer.eval_batch_size)
+        return scores, chosen.strategy
+
+
+def score(trained, method, spec, prompts, yes_id: int, no_id: int, pad_id: int, device="cpu", batch_size: int = 16,
+          progress: bool = True):  # fmt: skip
+    """Yes-minus-No scores of `prompts` on the stock path (a saved model being served, zero-shot)."""
+    model = method.frozen(trained)
+    spec = InterventionSpec.of(spec, model.config.num_hidden_layers)
+    ctx = Context(trained, method, spec, None, pad_id, device, progress=progress)
+    return Stock(ctx).score(prompts, yes_id, no_id, batch_size)[0]
+
+
+def clear_caches() -> None:
+    """Forget this process's in-memory prefix caches (a new job of a parallel sweep would)."""
+    clear_memory()

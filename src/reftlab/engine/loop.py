@@ -1,0 +1,149 @@
+"""Batching, the one training loop and the one scoring loop every strategy runs through.
+
+A strategy supplies a `step(batches, denominator)` that computes and backpropagates the loss of
+one optimizer step and returns each batch's mean loss, and a `last_logits(indices)` that gives the
+logits at the answer position of some prompts; batches, optimizer, schedule and the Yes-minus-No
+scores are the same for all of them.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+
+def left_pad(seqs: list[list[int]], pad_id: int, device) -> dict:
+    """Left-padded input_ids, attention_mask and position_ids (positions count real tokens only,
+    so an example's result does not depend on how much padding its batch needs)."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+        mask[i, width - len(s) :] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    starts = [width - len(s) for s in seqs]
+    return {
+        "input_ids": ids.to(device),
+        "attention_mask": mask.to(device),
+        "position_ids": positions.to(device),
+        "starts": starts,
+    }
+
+
+def batches(
+    lengths: list[int], batch_size: int, rng: random.Random, group_by_length: bool
+) -> list[list[int]]:
+    """Shuffled batches of indices; with group_by_length, similar lengths share a batch."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    if group_by_length:
+        chunk = batch_size * 32
+        order = [
+            i
+            for c in range(0, len(order), chunk)
+            for i in sorted(order[c : c + chunk], key=lambda j: -lengths[j])
+        ]
+    out = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    rng.shuffle(out)
+    return out
+
+
+def answer_targets(answers: list[list[int]], width: int, right: bool) -> torch.Tensor:
+    """Target ids [B, width] for answer tokens, -100 elsewhere: right-aligned (`right`, answers end
+    the row) or left-aligned (answers start it)."""
+    targets = torch.full((len(answers), width), -100, dtype=torch.long)
+    for row, a in enumerate(answers):
+        if right:
+            targets[row, width - len(a) :] = torch.tensor(a)
+        else:
+            targets[row, : len(a)] = torch.tensor(a)
+    return targets
+
+
+def step_means(logits, targets, groups, denominator):
+    """(sum of each batch's mean answer cross-entropy x len(batch) / denominator, the batch means)
+    for one pass over all batches of a step (`targets` -100 where no answer token is)."""
+    targets = targets.to(logits.device)
+    ce = torch.nn.functional.cross_entropy(  # on [rows, vocab]: a strided layout is slow on CPU
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
+    ).view(targets.shape)
+    valid = (targets != -100).sum(1)
+    per_batch, total, row = [], 0.0, 0
+    for g in groups:
+        rows = slice(row, row + len(g))
+        row += len(g)
+        mean = ce[rows].sum() / valid[rows].sum()
+        per_batch.append(mean.detach())
+        total = total + mean * len(g) / denominator
+    return total, per_batch
+
+
+def train(params, examples, trainer_cfg, seed: int, step, progress: bool = True) -> dict:
+    """Train `params` on `examples` ((prompt ids, answer ids) pairs); returns the per-batch losses,
+    the number of optimizer steps and the steps' wall-clock seconds.
+
+    Each optimizer step covers trainer.grad_accum batches; `step(batches, denominator)` computes and
+    backpropagates their loss (sum over batches of mean loss x len(batch) / denominator) and returns
+    the batch means as floats."""
+    from transformers import get_linear_schedule_with_warmup
+
+    optimizer = torch.optim.AdamW(params, lr=trainer_cfg.lr, weight_decay=trainer_cfg.weight_decay)
+    rng = random.Random(seed)
+    lengths = [len(p) + len(a) for p, a in examples]
+    accum = trainer_cfg.grad_accum
+    denominator = trainer_cfg.batch_size * accum
+    steps_per_epoch = math.ceil(math.ceil(len(examples) / trainer_cfg.batch_size) / accum)
+    total = steps_per_epoch * trainer_cfg.epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(trainer_cfg.warmup_ratio * total), total)
+    losses, done = [], 0
+    start = time.perf_counter()
+    bar = tqdm(total=total, desc="train", unit="step", disable=not progress)
+    for _epoch in range(trainer_cfg.epochs):
+        epoch_batches = batches(lengths, trainer_cfg.batch_size, rng, trainer_cfg.group_by_length)
+        for first in range(0, len(epoch_batches), accum):
+            group = epoch_batches[first : first + accum]
+            losses.extend(step(group, denominator))
+            check_finite(losses[-len(group) :], done + 1, total, trainer_cfg)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            done += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(losses[-accum * 10 :]):.4f}")
+    bar.close()
+    return {"losses": losses, "steps": done, "train_seconds": time.perf_counter() - start}
+
+
+def check_finite(recent: list[float], step: int, total: int, trainer_cfg) -> None:
+    """Stop a diverged run at the step where its loss stopped being a number (NaN or inf): its
+    scores would be meaningless and an untrained-looking 50% would be recorded as a result."""
+    from ..validate import DivergedError
+
+    bad = [x for x in recent if not math.isfinite(x)]
+    if bad:
+        raise DivergedError(
+            f"training diverged at step {step} of {total}: the loss is {bad[0]}. Lower trainer.lr "
+            f"(now {trainer_cfg.lr}) or run the model in float32 (model.dtype=float32); nothing was "
+            "recorded as a result"
+        )
+
+
+@torch.no_grad()
+def score(
+    lengths, last_logits, yes_id: int, no_id: int, batch_size: int, progress=True, desc="eval"
+) -> np.ndarray:
+    """Yes-minus-No logit at the answer position of each prompt (constrained to the two answers):
+    prompts in batches of similar length, longest first; `last_logits(indices)` gives [B, vocab]."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    scores = np.zeros(len(lengths), dtype=np.float64)
+    for b in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=not progress):
+        idx = order[b : b + batch_size]
+        last = last_logits(idx).float()
+        scores[idx] = (last[:, yes_id] - last[:, no_id]).cpu().numpy()
+    return scores

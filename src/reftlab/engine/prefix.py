@@ -1,0 +1,192 @@
+"""What one no-grad pass of the frozen model stores, so the steps never run it again.
+
+With the model frozen and attention causal, an intervention on the last `n` prompt positions at
+layers >= L changes nothing below L, and nothing at the prompt positions before it. So one pass
+stores, per example (`PrefixCache`, the cached and streamed strategies):
+
+- the keys/values of the unchanged prefix (prompt minus its last n tokens) at layers L..N-1, with
+  rotary embeddings applied (Hugging Face's own KV cache, read out once);
+- the residual stream at point L for the suffix (the last n prompt tokens and, when training, the
+  answer tokens but the last).
+
+A first-token intervention changes every later token above L, but still nothing below it: then
+the residual stream at point L of every token is stored (`ResidualCache`, the residual strategy).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .. import hf_compat
+from ..models import head_dim
+from .loop import left_pad
+
+
+@dataclass
+class PrefixCache:
+    """Prefix keys/values and suffix hidden states for a list of examples, packed without padding.
+
+    keys/values: [layers, 1 + prefix tokens, kv_heads, head_dim]; row 0 is a zero pad slot.
+    hidden: [1 + suffix tokens, hidden size]; row 0 is a zero pad slot.
+    """
+
+    start: int  # the residual-stream point the suffix starts from (input of layer `start`)
+    keys: torch.Tensor
+    values: torch.Tensor
+    hidden: torch.Tensor
+    prefix_offset: np.ndarray
+    prefix_len: np.ndarray
+    suffix_offset: np.ndarray
+    suffix_len: np.ndarray
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.keys, self.values, self.hidden))
+
+
+@dataclass
+class ResidualCache:
+    """The residual stream at point `start` of every token of every sequence, packed without padding
+    (row 0: a zero pad slot)."""
+
+    start: int
+    hidden: torch.Tensor
+    offset: np.ndarray
+    length: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        return self.hidden.numel() * self.hidden.element_size()
+
+
+class Reached(Exception):
+    """Raised by a capture hook with `stop`: the pass has reached the point, the layers above are not needed."""
+
+
+def capture(model, point: int, into: list, stop: bool = False):
+    """A hook that appends the residual stream at `point` (input of layer `point`, or the last
+    layer's output) to `into`; with `stop` it ends the forward pass there (raises `Reached`)."""
+    layers = model.model.layers
+    if point < len(layers):
+
+        def pre(module, args, kwargs):
+            into.append(args[0] if args else kwargs["hidden_states"])
+            if stop:
+                raise Reached
+
+        return layers[point].register_forward_pre_hook(pre, with_kwargs=True)
+
+    def post(module, args, output):
+        into.append(hf_compat.layer_output(output))
+
+    return layers[-1].register_forward_hook(post)
+
+
+def offsets(lengths: np.ndarray) -> np.ndarray:
+    """Where each packed run starts (row 0 is the pad slot)."""
+    return 1 + np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+
+
+def rows(idx, width: int, firsts, counts) -> np.ndarray:
+    """Flat row numbers of a [B, width] batch: `counts[k]` tokens from column `firsts[k]` of row k."""
+    return np.concatenate(
+        [r * width + f + np.arange(c) for r, (f, c) in enumerate(zip(firsts, counts, strict=True))]
+    )
+
+
+@torch.no_grad()
+def build(model, start: int, seqs: list[list[int]], suffix_lens: list[int], pad_id: int, batch_size: int = 16,
+          progress: bool = True) -> PrefixCache:  # fmt: skip
+    """One no-grad pass of the frozen causal LM `model` over `seqs` (left-padded, longest first).
+
+    `suffix_lens[i]`: how many trailing tokens of seqs[i] the steps recompute."""
+    device = next(model.parameters()).device
+    cfg = model.config
+    n_layers = cfg.num_hidden_layers
+    s_len = np.asarray(suffix_lens, dtype=np.int64)
+    p_len = np.asarray([len(q) for q in seqs], dtype=np.int64) - s_len
+    if (p_len < 0).any():
+        raise ValueError("a suffix is longer than its sequence")
+    p_off, s_off = offsets(p_len), offsets(s_len)
+    shape = (n_layers - start, 1 + int(p_len.sum()), cfg.num_key_value_heads, head_dim(cfg))
+    keys = torch.zeros(shape, dtype=model.dtype, device=device)
+    values = torch.zeros(shape, dtype=model.dtype, device=device)
+    hidden = torch.zeros((1 + int(s_len.sum()), cfg.hidden_size), dtype=model.dtype, device=device)
+    cache_arg = hf_compat.cache_kwarg(model.model.forward)
+    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+    captured: list[torch.Tensor] = []
+    hook = capture(model, start, captured)
+    try:
+        for b in tqdm(
+            range(0, len(order), batch_size), desc="prefix cache", unit="batch", disable=not progress
+        ):
+            idx = order[b : b + batch_size]
+            enc = left_pad([seqs[i] for i in idx], pad_id, device)
+            width = enc["input_ids"].shape[1]
+            kv_cache = hf_compat.new_kv_cache(cfg)
+            captured.clear()
+            model.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                        position_ids=enc["position_ids"], use_cache=True, **{cache_arg: kv_cache})  # fmt: skip
+            firsts = [width - len(seqs[i]) for i in idx]  # left padding
+            src = torch.from_numpy(rows(idx, width, firsts, p_len[idx])).to(device)
+            dst = torch.from_numpy(np.concatenate([p_off[i] + np.arange(p_len[i]) for i in idx])).to(device)
+            ssrc = torch.from_numpy(rows(idx, width, [f + p_len[i] for f, i in zip(firsts, idx, strict=True)],
+                                         s_len[idx])).to(device)  # fmt: skip
+            sdst = torch.from_numpy(np.concatenate([s_off[i] + np.arange(s_len[i]) for i in idx])).to(device)
+            for store, part in ((keys, 0), (values, 1)):
+                if start == n_layers:  # intervention after the last layer: no keys/values to keep
+                    break
+                stacked = torch.stack(
+                    [hf_compat.cached_keys_values(kv_cache, j)[part] for j in range(start, n_layers)]
+                )
+                # [layers, B, kv, W, d] -> [layers, B * W, kv, d]
+                flat = stacked.transpose(2, 3).reshape(stacked.shape[0], -1, *stacked.shape[2:3], shape[-1])
+                store.index_copy_(1, dst, flat.index_select(1, src))
+            h = captured[-1]
+            hidden.index_copy_(0, sdst, h.reshape(-1, h.shape[-1]).index_select(0, ssrc))
+    finally:
+        hook.remove()
+    return PrefixCache(start, keys, values, hidden, p_off, p_len, s_off, s_len)
+
+
+@torch.no_grad()
+def build_residual(
+    model, start: int, seqs, pad_id: int, batch_size: int = 16, progress: bool = True
+) -> ResidualCache:
+    """One no-grad pass over `seqs` (left-padded, longest first) up to point `start` only."""
+    device = next(model.parameters()).device
+    lengths = np.asarray([len(s) for s in seqs], dtype=np.int64)
+    offset = offsets(lengths)
+    hidden = torch.zeros((1 + int(lengths.sum()), model.config.hidden_size), dtype=model.dtype, device=device)
+    captured: list[torch.Tensor] = []
+    hook = capture(model, start, captured, stop=True)
+    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+    try:
+        for b in tqdm(
+            range(0, len(order), batch_size), desc="residual cache", unit="batch", disable=not progress
+        ):
+            idx = order[b : b + batch_size]
+            enc = left_pad([seqs[i] for i in idx], pad_id, device)
+            captured.clear()
+            try:
+                model.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                            position_ids=enc["position_ids"], use_cache=False)  # fmt: skip
+            except Reached:
+                pass
+            h = captured[-1]
+            width = h.shape[1]
+            src = torch.from_numpy(rows(idx, width, [width - lengths[i] for i in idx], lengths[idx])).to(
+                device
+            )
+            dst = torch.from_numpy(np.concatenate([offset[i] + np.arange(lengths[i]) for i in idx])).to(
+                device
+            )
+            hidden.index_copy_(0, dst, h.reshape(-1, h.shape[-1]).index_select(0, src))
+    finally:
+        hook.remove()
+    return ResidualCache(start, hidden, offset, lengths)

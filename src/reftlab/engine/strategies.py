@@ -1,0 +1,235 @@
+"""The execution strategies: each trains on examples and scores prompts over one shared `Context`.
+
+- `Stock`: the whole sequence through the model at every step (pyreft's IntervenableModel for
+  ReFT, the peft model for LoRA, the plain model zero-shot), one backward per batch;
+- `Cached`: the frozen prefix run once and stored (`prefix`, `store`), each step runs only the
+  intervened suffix (`suffix.SuffixRunner`); a cache from a lower point serves a higher one;
+- `Streamed`: exact like `Cached`, but each step runs its own examples' prefixes without grad
+  first: memory of one step, no stored cache;
+- `Residual`: first-token positions: the residual stream entering the lowest intervened layer is
+  stored for every token and each step runs the whole sequence from there up.
+
+`plan.choose` chooses among them; `Engine` runs the one it chose.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .loop import answer_targets, left_pad
+from .loop import score as score_prompts
+from .loop import train as train_loop
+from .plan import Plan, max_bytes, train_inputs
+from .prefix import build, build_residual
+from .store import obtain
+from .suffix import FullRunner, SuffixRunner, advance, attention_implementation
+
+
+@dataclass
+class Context:
+    """What every strategy works on: the trained object and the method that built it (which says
+    what trains, how a batch runs through it, where the frozen model and the interventions are),
+    the intervention spec (parsed once), the trainer settings, and where caches go."""
+
+    trained: object  # a pyreft ReftModel, a peft model, or the plain model
+    method: object  # a methods.LanguageModelMethod
+    spec: object  # spec.InterventionSpec
+    trainer: object  # the trainer config
+    pad_id: int
+    device: object = "cpu"
+    describe: dict = field(default_factory=dict)  # what the cache key carries besides the tokens
+    store: object = None  # a store.DiskStore, or None: memory only
+    progress: bool = True
+
+    @property
+    def model(self):
+        """The frozen causal LM under the interventions."""
+        return self.method.frozen(self.trained)
+
+    @contextlib.contextmanager
+    def training(self):
+        """Train mode for what trains (the frozen model itself stays in eval mode), eval mode after."""
+        self.method.train_mode(self.trained, True)
+        try:
+            yield
+        finally:
+            self.method.train_mode(self.trained, False)
+
+    def fit(self, examples, seed: int, step) -> dict:
+        with self.training():
+            return train_loop(
+                self.method.trainable(self.trained), examples, self.trainer, seed, step, self.progress
+            )
+
+
+def backward(loss_and_means) -> list[float]:
+    total, per_batch = loss_and_means
+    total.backward()
+    return torch.stack(per_batch).tolist()
+
+
+class Strategy:
+    name = ""
+
+    def __init__(self, ctx: Context, plan: Plan | None = None):
+        self.ctx, self.plan = ctx, plan or Plan(self.name)
+
+    def train(self, examples, seed: int) -> tuple[dict, dict | None]:
+        """Train on (prompt ids, answer ids) pairs: the loop's result and where a cache came from."""
+        raise NotImplementedError
+
+    def score(self, prompts, yes_id: int, no_id: int, batch_size: int) -> tuple[np.ndarray, dict | None]:
+        """Yes-minus-No scores of `prompts` and where a cache came from."""
+        raise NotImplementedError
+
+
+class Stock(Strategy):
+    name = "stock"
+
+    def logits(self, seqs, prompt_lens, k: int):
+        ctx = self.ctx
+        enc = left_pad(seqs, ctx.pad_id, ctx.device)
+        return ctx.method.logits(ctx.trained, ctx.spec, enc, prompt_lens, k)
+
+    def batch_loss(self, batch):
+        """Mean cross-entropy of the answer tokens that follow each prompt."""
+        k = max(len(a) for _, a in batch) + 1  # logits needed: last prompt token .. last answer token
+        logits = self.logits([p + a for p, a in batch], [len(p) for p, _ in batch], k)[:, -k:-1].float()
+        targets = answer_targets([a for _, a in batch], k - 1, right=True).to(logits.device)
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+    def train(self, examples, seed):
+        def step(group, denominator):
+            out = []
+            for idx in group:  # one backward per batch: memory of one batch at a time
+                loss = self.batch_loss([examples[i] for i in idx])
+                (loss * len(idx) / denominator).backward()
+                out.append(loss.item())
+            return out
+
+        return self.ctx.fit(examples, seed, step), None
+
+    def score(self, prompts, yes_id, no_id, batch_size):
+        def last(idx):
+            return self.logits([prompts[i] for i in idx], [len(prompts[i]) for i in idx], 1)[:, -1]
+
+        lengths = [len(p) for p in prompts]
+        return score_prompts(lengths, last, yes_id, no_id, batch_size, self.ctx.progress), None
+
+
+class Cached(Strategy):
+    name = "cached"
+
+    def prepare(self, seqs, suffix_lens, role: str, batch_size: int):
+        """A SuffixRunner and the cache for these sequences (from memory, disk, or built, then
+        advanced to the job's point when a lower one served it); and where it came from."""
+        ctx, plan = self.ctx, self.plan
+        runner = SuffixRunner(ctx.model, ctx.spec, ctx.method.interventions(ctx.trained))
+        cache, source, seconds = obtain(
+            ctx.model, runner.start, seqs, suffix_lens, ctx.pad_id, {**ctx.describe, "role": role}, ctx.store,
+            batch_size, ctx.progress, build_at=plan.build_at, max_bytes=max_bytes(ctx.trainer),
+        )  # fmt: skip
+        info = {"source": source, "mb": cache.nbytes / 2**20, "from_point": cache.start}
+        if cache.start != runner.start:
+            t0 = time.perf_counter()
+            cache = advance(ctx.model, cache, runner.start, batch_size)
+            seconds += time.perf_counter() - t0
+        return runner, cache, {**info, "seconds": seconds}
+
+    def train(self, examples, seed):
+        seqs, suffix = train_inputs(examples, self.ctx.spec.last)
+        runner, cache, info = self.prepare(seqs, suffix, "train", self.ctx.trainer.eval_batch_size)
+        answers = [a for _, a in examples]
+
+        def step(group, denominator):
+            return backward(runner.step_loss(cache, group, answers, denominator))
+
+        with attention_implementation(self.ctx.model):
+            return self.ctx.fit(examples, seed, step), info
+
+    def score(self, prompts, yes_id, no_id, batch_size):
+        runner, cache, info = self.prepare(prompts, [self.ctx.spec.last] * len(prompts), "eval", batch_size)
+        with attention_implementation(self.ctx.model):
+            last = lambda idx: runner.last_logits(cache, np.asarray(idx))  # noqa: E731
+            scores = score_prompts(list(cache.prefix_len), last, yes_id, no_id, batch_size, progress=False)
+        return scores, info
+
+
+class Streamed(Strategy):
+    name = "streamed"
+
+    def mini_cache(self, seqs, suffix_lens):
+        """A prefix cache for one step's (or one eval batch's) sequences: one no-grad pass over them."""
+        ctx = self.ctx
+        return build(ctx.model, self.plan.point, seqs, suffix_lens, ctx.pad_id, len(seqs), progress=False)
+
+    def runner(self) -> SuffixRunner:
+        return SuffixRunner(self.ctx.model, self.ctx.spec, self.ctx.method.interventions(self.ctx.trained))
+
+    def train(self, examples, seed):
+        seqs, suffix = train_inputs(examples, self.ctx.spec.last)
+        runner, prefix_seconds = self.runner(), [0.0]
+
+        def step(group, denominator):
+            idx = [i for g in group for i in g]
+            t0 = time.perf_counter()
+            mini = self.mini_cache([seqs[i] for i in idx], [suffix[i] for i in idx])
+            prefix_seconds[0] += time.perf_counter() - t0
+            local, first = [], 0
+            for g in group:
+                local.append(list(range(first, first + len(g))))
+                first += len(g)
+            with attention_implementation(self.ctx.model):
+                return backward(runner.step_loss(mini, local, [examples[i][1] for i in idx], denominator))
+
+        result = self.ctx.fit(examples, seed, step)
+        return result, {"source": "streamed", "seconds": 0.0, "mb": 0.0, "from_point": runner.start,
+                        "prefix_seconds": prefix_seconds[0]}  # fmt: skip
+
+    def score(self, prompts, yes_id, no_id, batch_size):
+        runner, n = self.runner(), self.ctx.spec.last
+
+        def last(idx):
+            mini = self.mini_cache([prompts[i] for i in idx], [n] * len(idx))
+            with attention_implementation(self.ctx.model):
+                return runner.last_logits(mini, np.arange(len(idx)))
+
+        lengths = [len(p) for p in prompts]
+        return score_prompts(
+            lengths, last, yes_id, no_id, batch_size, self.ctx.progress, "eval (streamed)"
+        ), None
+
+
+class Residual(Strategy):
+    name = "residual"
+
+    def prepare(self, seqs, batch_size):
+        ctx = self.ctx
+        runner = FullRunner(ctx.model, ctx.spec, ctx.method.interventions(ctx.trained))
+        t0 = time.perf_counter()
+        cache = build_residual(ctx.model, runner.start, seqs, ctx.pad_id, batch_size, ctx.progress)
+        info = {"source": "built", "seconds": time.perf_counter() - t0, "mb": cache.nbytes / 2**20,
+                "from_point": runner.start}  # fmt: skip
+        return runner, cache, info
+
+    def train(self, examples, seed):
+        seqs = [p + a[:-1] for p, a in examples]
+        runner, cache, info = self.prepare(seqs, self.ctx.trainer.eval_batch_size)
+
+        def step(group, denominator):
+            return backward(runner.step_loss(cache, group, examples, denominator))
+
+        return self.ctx.fit(examples, seed, step), info
+
+    def score(self, prompts, yes_id, no_id, batch_size):
+        runner, cache, info = self.prepare(prompts, batch_size)
+        last = lambda idx: runner.last_logits(cache, idx, [len(prompts[i]) for i in idx])  # noqa: E731
+        return score_prompts([len(p) for p in prompts], last, yes_id, no_id, batch_size, progress=False), info
+
+
+BY_NAME = {cls.name: cls for cls in (Stock, Cached, Streamed, Residual)}

@@ -25,7 +25,7 @@ sweep: install ## a layer sweep (multirun/): ARGS overrides, e.g. ARGS="data.max
 	$(PY) train.py -m intervention.layer=8,16,24 $(ARGS)
 
 data: install ## prepare a dataset into its Oxen repository data/repos/<name>: ARGS="data=persuasion_sample"
-	$(PY) -m reftlab.data_cli prepare $(ARGS)
+	$(PY) -m reftlab.data.cli prepare $(ARGS)
 
 report: install ## comparison report of an experiment's runs: ARGS="--experiment reft_vs_lora"
 	$(PY) report.py $(ARGS)

@@ -2,7 +2,7 @@
 
 import sys
 
-from reftlab.predict import main
+from reftlab.serving.predict import main
 
 if __name__ == "__main__":
     sys.exit(main())

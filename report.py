@@ -2,7 +2,7 @@
 
 import sys
 
-from reftlab.report import main
+from reftlab.report.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

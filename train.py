@@ -12,7 +12,7 @@ import traceback
 import hydra
 from omegaconf import DictConfig
 
-import reftlab.schema  # noqa: F401  (typed settings: a wrong type fails at composition, naming its key)
+import reftlab.config.schema  # noqa: F401  (typed settings: a wrong type fails at composition, naming its key)
 from reftlab.tracking import redact, redact_logging
 
 redact_logging()  # credentials in URLs are masked in every log line, Hydra's included

@@ -14,11 +14,21 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ["REFTLAB_DATA_REPOS"] = tempfile.mkdtemp(prefix="reftlab-repos-")
 
 
-def compose(*overrides: str):
-    """The config `python train.py <overrides>` would run, composed by Hydra."""
-    from reftlab.configs import compose as reftlab_compose
+_COMPOSED: dict = {}
 
-    return reftlab_compose(list(overrides))
+
+def compose(*overrides: str):
+    """The config `python train.py <overrides>` would run, composed by Hydra (once per overrides and
+    conf/ folder in the session; each call gets its own copy to change)."""
+    import copy
+
+    from reftlab.config.compose import compose as reftlab_compose
+    from reftlab.config.compose import conf_dir
+
+    key = (overrides, conf_dir())
+    if key not in _COMPOSED:
+        _COMPOSED[key] = reftlab_compose(list(overrides))
+    return copy.deepcopy(_COMPOSED[key])
 
 
 @pytest.fixture
@@ -89,3 +99,25 @@ def pytest_collection_modifyitems(config, items):
         fixtures = set(getattr(item, "fixturenames", ()))
         if fixtures & {"mlflow_uri", "repos"} or "bundled" in item.name:
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session")
+def tiny4():
+    """The tiny random Llama with 4 layers (a stored prefix has real layers above it; GQA: 4 query /
+    2 key-value heads), built once for the session, with 24 training examples and 16 test prompts."""
+    import torch
+
+    from reftlab import models
+    from reftlab.data import recipes
+    from reftlab.prompts import PromptBuilder
+
+    cfg = compose("model=tiny_random", "model.num_layers=4")
+    model, tokenizer, device, dtype = models.load_model_and_tokenizer(cfg.model)
+    assert dtype == torch.float32
+    dcfg = compose("data.max_train=24", "data.max_eval=16").data
+    dcfg.path = str(ROOT / dcfg.path)
+    prepared = recipes.prepare(dcfg)
+    builder = PromptBuilder(tokenizer, dcfg.system_prompt, 64)
+    examples = builder.examples(prepared.train["text"], prepared.train["label"])
+    prompts = builder.prompts(prepared.eval["text"])
+    return model, tokenizer, builder, examples, prompts

@@ -73,7 +73,7 @@ def sweep_of(preset: str) -> dict[str, list[str]]:
     """The values each swept key takes in a preset, as Hydra's sweeper expands them."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from reftlab.configs import compose as reftlab_compose
+    from reftlab.config.compose import compose as reftlab_compose
 
     cfg = reftlab_compose([f"experiment={preset}"], return_hydra_config=True)
     parser = OverridesParser.create()

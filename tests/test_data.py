@@ -6,16 +6,16 @@ from conftest import ROOT, compose
 from sklearn.model_selection import train_test_split
 from sklearn.utils import resample
 
-from reftlab import data
+from reftlab.data import recipes
 
 SUBSET = ROOT / "data/persuasion/anthropic_persuasion_subset_3claims.csv"
 
 
 def prepared(*overrides):
     cfg = compose(*overrides).data
-    if cfg.path is not None and not data.is_url(cfg.path):
+    if cfg.path is not None and not recipes.is_url(cfg.path):
         cfg.path = str(ROOT / cfg.path)
-    return data.prepare(cfg), cfg
+    return recipes.prepare(cfg), cfg
 
 
 def test_opinion_spam_counts_and_stratified_split():
@@ -35,7 +35,7 @@ def test_opinion_spam_counts_and_stratified_split():
 def test_no_validation_split_with_val_fraction_zero_and_bad_fraction_named():
     p, _ = prepared("data.val_fraction=0")
     assert (len(p.train), len(p.val), len(p.eval)) == (1276, 0, 320)
-    with pytest.raises(data.DataError, match=r"data.val_fraction=1.5 must be >= 0 and < 1"):
+    with pytest.raises(recipes.DataError, match=r"data.val_fraction=1.5 must be >= 0 and < 1"):
         prepared("data.val_fraction=1.5")
 
 
@@ -60,7 +60,7 @@ def test_persuasion_recipe_counts_and_labels():
     # deceptive upsampled to 45 -> 90 balanced rows (split=seed keeps the blog's 270 rows).
     assert len(p.full) == 90
     assert p.full["label"].value_counts().to_dict() == {"No": 45, "Yes": 45}
-    assert set(p.full["source"]) == set(data.CLAUDE_SOURCES)
+    assert set(p.full["source"]) == set(recipes.CLAUDE_SOURCES)
     assert (p.full["label"] == "Yes").equals(p.full["prompt_type"] == "Deceptive")
     assert not p.eval["text"].duplicated().any()
 
@@ -114,7 +114,7 @@ def test_full_persuasion_config_reads_a_local_copy_like_the_sample():
 
 def test_write_produces_parquet_and_readme(tmp_path):
     p, cfg = prepared("data=persuasion_sample")
-    folder = data.write(p, cfg, tmp_path / "out")
+    folder = recipes.write(p, cfg, tmp_path / "out")
     for part in ("full", "train", "val", "eval"):
         assert len(pd.read_parquet(folder / f"{part}.parquet")) == len(getattr(p, part))
     text = (folder / "README.md").read_text()
@@ -144,25 +144,25 @@ def test_headerless_file_uses_numbered_columns(tmp_path):
 def test_missing_column_names_the_columns(tmp_path):
     path = tmp_path / "x.csv"
     pd.DataFrame({"a": ["t"] * 4, "b": [0, 1, 0, 1]}).to_csv(path, index=False)
-    with pytest.raises(data.DataError, match=r"data.text_column='text'.*columns are: a, b"):
+    with pytest.raises(recipes.DataError, match=r"data.text_column='text'.*columns are: a, b"):
         prepared("data=csv", f"data.path={path}")
 
 
 def test_missing_file_and_bad_settings_are_named(tmp_path):
-    with pytest.raises(data.DataError, match="no such file"):
+    with pytest.raises(recipes.DataError, match="no such file"):
         prepared("data=csv", f"data.path={tmp_path / 'nope.csv'}")
-    with pytest.raises(data.DataError, match="data.path is not set"):
+    with pytest.raises(recipes.DataError, match="data.path is not set"):
         prepared("data=csv")
-    with pytest.raises(data.DataError, match=r"data.split='nonsense'.*stratified"):
+    with pytest.raises(recipes.DataError, match=r"data.split='nonsense'.*stratified"):
         prepared("data.split=nonsense")
-    with pytest.raises(data.DataError, match=r"positive_label='maybe'.*deceptive, truthful"):
+    with pytest.raises(recipes.DataError, match=r"positive_label='maybe'.*deceptive, truthful"):
         prepared("data.positive_label=maybe")
 
 
 def test_corrupt_file_is_reported(tmp_path):
     path = tmp_path / "broken.parquet"
     path.write_bytes(b"not a parquet file")
-    with pytest.raises(data.DataError, match="Could not read"):
+    with pytest.raises(recipes.DataError, match="Could not read"):
         prepared("data=csv", f"data.path={path}")
 
 
@@ -178,13 +178,13 @@ def test_several_positive_labels_yaml_booleans_and_the_readme_says_which(tmp_pat
     p, _ = prepared(*common, "data.positive_label=[pants-fire,false,barely-true]", "data.license=CC BY 4.0")
     yes = set(df.loc[p.full.index[p.full["label"] == "Yes"], "truth"])
     assert yes == {"pants-fire", "false", "barely-true"} and (p.full["label"] == "Yes").sum() == 30
-    text = data.readme(p, compose(*common, "data.license=CC BY 4.0").data)
+    text = recipes.readme(p, compose(*common, "data.license=CC BY 4.0").data)
     assert "`Yes` = `truth` is 'barely-true' or 'false' or 'pants-fire'" in text
     assert "'half-true' or 'mostly-true' or 'true'" in text and "License: CC BY 4.0" in text
     assert "deceptive" not in text and "CC BY-NC-SA" not in text  # not the shipped corpora's words
     # one wrong value in the list is named (as typed), with the file's values
     with pytest.raises(
-        data.DataError, match=r"positive_label=\['pant-fire'\].*barely-true, false, half-true"
+        recipes.DataError, match=r"positive_label=\['pant-fire'\].*barely-true, false, half-true"
     ):
         prepared(*common, "data.positive_label=[pant-fire,false]")
     # a bare YAML boolean / number still matches the file's text
@@ -194,5 +194,5 @@ def test_several_positive_labels_yaml_booleans_and_the_readme_says_which(tmp_pat
     )
     p, _ = prepared("data=csv", f"data.path={bools}", "data.positive_label=false")
     assert (p.full["label"] == "Yes").sum() == 10
-    text = data.readme(p, compose("data=csv", f"data.path={bools}").data)
+    text = recipes.readme(p, compose("data=csv", f"data.path={bools}").data)
     assert "License: not given" in text

@@ -1,16 +1,14 @@
 """Data quality (issue #19): holes in the data, too little data, duplicate texts, the settings a pinned
-data version was prepared with, and the model card's predict command."""
+data version was prepared with (the model card's predict commands: test_predict.py)."""
 
 import json
-import re
-import shlex
 
 import pandas as pd
 import pytest
 from conftest import compose
 from test_data import SUBSET, prepared
 
-from reftlab import card, data, predict, versioning
+from reftlab.data import recipes, versioning
 
 
 def table(n: int = 40) -> pd.DataFrame:
@@ -44,7 +42,7 @@ def test_an_empty_label_cell_in_a_csv_is_dropped_not_read_as_no(tmp_path, caplog
     assert p.full["label"].value_counts().to_dict() == {"Yes": 18, "No": 18}  # 2, 6 were even: not "No"
     assert p.info["dropped_no_label"] == 3 and p.info["dropped_no_label_rows"] == [3, 7, 10]
     assert p.info["dropped_no_text"] == 1 and p.info["dropped_no_text_rows"] == [12]
-    assert "dropped 3 rows with no label (rows 3, 7, 10), 1 with no text (row 12)" in data.readme(p, cfg)
+    assert "dropped 3 rows with no label (rows 3, 7, 10), 1 with no text (row 12)" in recipes.readme(p, cfg)
     assert "3 rows with no label" in caplog.text and "holes.csv" in caplog.text
 
 
@@ -69,33 +67,14 @@ def test_too_little_data_left_after_dropping_says_so_and_names_the_rows(tmp_path
     df.loc[[1, 3, 5, 7, 9], "label"] = ""  # only one "1" left
     write(df, path)
     with pytest.raises(
-        data.DataError, match=r"1 'Yes' row.*dropped 5 rows with no label \(rows 2, 4, 6, 8, 10\)"
+        recipes.DataError, match=r"1 'Yes' row.*dropped 5 rows with no label \(rows 2, 4, 6, 8, 10\)"
     ):
         own(path)
 
 
-def test_predict_refuses_a_missing_text_before_loading_any_model(tmp_path, monkeypatch):
-    folder = tmp_path / "model"
-    folder.mkdir()
-    (folder / "reft_settings.json").write_text("{}")
-
-    def never(*args, **kwargs):
-        raise AssertionError("a model was loaded")
-
-    monkeypatch.setattr(predict, "classify", never)
-    monkeypatch.setattr(predict, "load", never)
-    frame = pd.DataFrame({"body": ["fine", None, "also fine", None], "id": [1, 2, 3, 4]})
-    frame.to_parquet(tmp_path / "x.parquet")
-    with pytest.raises(SystemExit, match=r"--input .*x.parquet: column 'body' has no text in rows 2, 4"):
-        predict.main(["--path", str(folder), "--input", str(tmp_path / "x.parquet"), "--column", "body"])
-    (tmp_path / "x.csv").write_text("text,id\nfine,1\n,2\n   ,3\n")
-    with pytest.raises(SystemExit, match=r"column 'text' has no text in rows 2, 3"):
-        predict.main(["--path", str(folder), "--input", str(tmp_path / "x.csv")])
-
-
 def test_persuasion_drops_arguments_with_no_text(tmp_path):
     raw = pd.read_csv(SUBSET, keep_default_na=False)
-    claude = raw.index[raw["source"].isin(data.CLAUDE_SOURCES)]
+    claude = raw.index[raw["source"].isin(recipes.CLAUDE_SOURCES)]
     raw.loc[claude[:2], "argument"] = ""
     raw.to_csv(tmp_path / "p.csv", index=False)
     p, _ = prepared("data=persuasion_sample", f"data.path={tmp_path / 'p.csv'}")
@@ -124,7 +103,7 @@ def test_persuasion_drops_arguments_with_no_text(tmp_path):
 def test_too_little_data_is_a_data_error_that_names_what_is_needed(tmp_path, labels, extra, words):
     path = tmp_path / "tiny.csv"
     pd.DataFrame({"text": [f"t{i}" for i in range(len(labels))], "label": labels}).to_csv(path, index=False)
-    with pytest.raises(data.DataError, match=words):
+    with pytest.raises(recipes.DataError, match=words):
         own(path, *extra)
 
 
@@ -133,7 +112,7 @@ def test_a_group_split_with_too_few_groups_is_a_data_error(tmp_path):
     df = table(20).assign(hotel=["a"] * 10 + ["b"] * 10)
     write(df, path)
     with pytest.raises(
-        data.DataError, match=r"data.eval_fraction=0.6 of 2 groups leaves no group for training"
+        recipes.DataError, match=r"data.eval_fraction=0.6 of 2 groups leaves no group for training"
     ):
         own(path, "data.group_column=hotel", "data.split=hotel", "data.eval_fraction=0.6")
 
@@ -147,7 +126,7 @@ def test_the_default_split_has_no_text_in_two_parts_and_the_readme_counts_the_du
     assert all(a.isdisjoint(b) for i, a in enumerate(parts) for b in parts[i + 1 :])
     assert not p.full["text"].duplicated().any()
     assert p.info["duplicates_removed"] == 4 and p.info["conflicting_texts"] == 0 and len(p.full) == 1596
-    text = (data.write(p, cfg, tmp_path / "out") / "README.md").read_text()
+    text = (recipes.write(p, cfg, tmp_path / "out") / "README.md").read_text()
     assert "removed 4 duplicate texts, 0 with conflicting labels" in text
 
 
@@ -166,7 +145,7 @@ def test_copies_that_disagree_on_the_label_are_all_dropped(tmp_path):
         1,
         3,
     )
-    assert "removed 1 duplicate text, 1 with conflicting labels (3 rows dropped)" in data.readme(p, cfg)
+    assert "removed 1 duplicate text, 1 with conflicting labels (3 rows dropped)" in recipes.readme(p, cfg)
 
 
 def test_persuasion_dedupes_arguments_before_upsampling_and_the_seed_split_keeps_the_blogs_rows():
@@ -202,7 +181,7 @@ def test_a_pinned_revision_is_described_with_its_own_settings(repos, in_root, ca
     assert (p.info["split"], p.info["eval_fraction"], p.info["split_seed"]) == ("hotel", 0.25, 7)
     assert p.info["recipe"] == "table" and p.info["val_fraction"] == 0.15
     assert p.info["duplicates_removed"] == 4 and p.info["dropped_no_label"] == 0
-    text = data.readme(p, cfg)
+    text = recipes.readme(p, cfg)
     assert "split: hotel; eval fraction 0.25; split seed 7" in text and "stratified" not in text
     assert "removed 4 duplicate texts" in text
 
@@ -219,32 +198,3 @@ def test_settings_of_an_older_commit_without_recipe_json_come_from_its_readme(tm
     }  # fmt: skip
     (tmp_path / "recipe.json").write_text(json.dumps({"split": "stratified", "recipe": "table"}))
     assert versioning.recorded(tmp_path)["split"] == "stratified"  # recipe.json wins where present
-
-
-# E. the model card's predict commands are ones predict.py takes
-
-
-@pytest.mark.parametrize("method", ["loreft", "lora"])
-def test_the_model_cards_predict_commands_parse_with_predict_py(tmp_path, monkeypatch, method):
-    import io
-    import sys
-
-    text = card.model_card(compose(f"intervention={method}"), {}, "abc123", "def456")
-    quoted = re.findall(r"`([^`\n]*predict\.py[^`\n]*)`", text)  # inline, and lines of a code block
-    commands = quoted + [line for line in text.splitlines() if "predict.py" in line and "`" not in line]
-    commands = [c.split("|")[-1] for c in commands]
-    assert commands
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "texts.csv").write_text("text\nhello\n")
-    monkeypatch.setattr(sys, "stdin", io.StringIO("hello\n"))
-    monkeypatch.setattr(predict, "fetch", lambda run_id, uri: tmp_path / "empty")
-    used = set()
-    for command in commands:
-        words = shlex.split(command)
-        used |= set(words)
-        args = words[words.index("predict.py") + 1 :]
-        args = [str(tmp_path / "empty") if a.startswith("<") else a for a in args]  # <folder>, <run id>
-        with pytest.raises(SystemExit) as stop:  # gets past argparse to the (empty) folder
-            predict.main(args)
-        assert "holds no trained intervention" in str(stop.value), (command, stop.value)
-    assert {"--path", "--run", "--input"} <= used  # a saved folder, an MLflow run, a file of texts

@@ -11,7 +11,9 @@ import pandas as pd
 import pytest
 from conftest import PYTHON, ROOT, compose, runs, tiny_overrides
 
-from reftlab import report, run, validate
+from reftlab import run, scoring, validate
+from reftlab.config import identity
+from reftlab.report import render
 
 SECRET = "tok3n"
 LEAKY_URL = f"https://bob:{SECRET}@example.invalid/d.csv"
@@ -56,7 +58,7 @@ def test_a_credential_in_a_data_url_never_leaves_the_process(mlflow_uri, tmp_pat
 
 
 def test_results_are_kept_when_logging_the_model_fails(in_root, mlflow_uri, tmp_path, monkeypatch, capsys):
-    from reftlab import pyfunc
+    from reftlab.serving import pyfunc
 
     def refused(*a, **k):
         raise RuntimeError("the artifact server answered 503")
@@ -100,8 +102,8 @@ def test_a_diverged_run_fails_naming_the_step_and_the_setting(in_root, mlflow_ur
 def test_non_finite_scores_fail_the_run():
     cfg = compose()
     with pytest.raises(validate.DivergedError, match="1 of 3 scores are not numbers .*model.dtype=float32"):
-        run.check_scores([0.1, float("nan"), -2.0], cfg)
-    run.check_scores([0.1, 3.0], cfg)  # finite: nothing to say
+        scoring.check_scores([0.1, float("nan"), -2.0], cfg)
+    scoring.check_scores([0.1, 3.0], cfg)  # finite: nothing to say
 
 
 def report_rows(**extra) -> pd.DataFrame:
@@ -128,7 +130,7 @@ def report_rows(**extra) -> pd.DataFrame:
 
 
 def test_the_report_never_chooses_a_diverged_run(tmp_path):
-    result = report.write(report_rows(), tmp_path, "t")
+    result = render.write(report_rows(), tmp_path, "t")
     assert result["failed"] == 1 and result["finished"] == 3
     chosen = result["table"].loc[result["chosen"]["overall"]]
     assert chosen["method"] == "loreft" and set(chosen["_runs"]["run_id"]) == {"a", "b"}
@@ -136,11 +138,11 @@ def test_the_report_never_chooses_a_diverged_run(tmp_path):
 
 
 def test_the_report_says_when_runs_mix_code_versions_or_small_test_splits(tmp_path):
-    plain = report.write(report_rows(**{"tags.code_version": "c1"}), tmp_path / "a", "t")
+    plain = render.write(report_rows(**{"tags.code_version": "c1"}), tmp_path / "a", "t")
     assert plain["caveats"] == []
     mixed = report_rows(**{"tags.code_version": ["c1", "c1", "c2", "c2"]})
     mixed["tags.result_warning"] = ["", "", "the test split is too small to judge (3 examples)", ""]
-    notes = report.write(mixed, tmp_path / "b", "t")["caveats"]
+    notes = render.write(mixed, tmp_path / "b", "t")["caveats"]
     assert any("1 of 3 runs were scored on a test split too small" in n for n in notes)
     assert any("2 versions of reftlab's code" in n for n in notes)
     assert "2 versions of reftlab" in (tmp_path / "b" / "report.html").read_text()
@@ -155,17 +157,17 @@ def test_a_test_split_too_small_to_judge_is_flagged(in_root, mlflow_uri, tmp_pat
     run.run(compose(*tiny), output_dir=tmp_path / "preset")  # the preset's own split can be read
     blog, preset = runs(mlflow_uri).sort_values("start_time").to_dict("records")
     assert blog["metrics.test_judgeable"] == 0 and "too small" in blog["tags.result_warning"]
-    assert preset["metrics.test_judgeable"] == 1 and preset["metrics.eval_examples"] >= run.MIN_JUDGED
+    assert preset["metrics.test_judgeable"] == 1 and preset["metrics.eval_examples"] >= scoring.MIN_JUDGED
     assert "WARNING: the test split" not in capsys.readouterr().err
 
 
 def test_judge_names_one_class_and_small_splits():
     frame = lambda labels: pd.DataFrame({"label": labels})  # noqa: E731
     prepared = type("P", (), {"eval": frame(["No"] * 40), "val": frame(["Yes", "No"] * 20)})()
-    (note,) = run.judge(prepared)
+    (note,) = scoring.judge(prepared)
     assert note.startswith("the test split is too small to judge (all 'No'")
     prepared.eval, prepared.val = frame(["Yes", "No"] * 20), frame(["Yes", "No"] * 5)
-    assert run.judge(prepared) == [
+    assert scoring.judge(prepared) == [
         "the validation split is too small to judge (10 examples; at least 30 of both labels are needed): "
         "its accuracy says little. Raise data.val_fraction or use more data"
     ]
@@ -176,8 +178,8 @@ def test_resume_reruns_a_job_after_the_code_changed(in_root, mlflow_uri, tmp_pat
     run.run(cfg, output_dir=tmp_path / "a")
     run.run(cfg, output_dir=tmp_path / "b")  # same code: skipped
     assert json.loads((tmp_path / "b" / "status.json").read_text())["status"] == "skipped"
-    today = run.code_version()
-    monkeypatch.setattr(run, "code_version", lambda: "a-fix")
+    today = identity.code_version()
+    monkeypatch.setattr(identity, "code_version", lambda: "a-fix")
     run.run(cfg, output_dir=tmp_path / "c")  # the fix: a new result, not the old numbers
     recorded = runs(mlflow_uri)
     assert recorded["status"].tolist() == ["FINISHED", "FINISHED"]
@@ -185,17 +187,17 @@ def test_resume_reruns_a_job_after_the_code_changed(in_root, mlflow_uri, tmp_pat
 
 
 def test_the_code_version_and_a_local_model_change_the_identity(tmp_path):
-    assert len(run.code_version()) == 16 and run.code_version() == run.code_version.__wrapped__()
+    assert len(identity.code_version()) == 16 and identity.code_version() == identity.code_version.__wrapped__()
     folder = tmp_path / "model"
     folder.mkdir()
     (folder / "config.json").write_text("{}")
     (folder / "model.safetensors").write_bytes(b"a" * 3_000_000)
     model = compose("model=llama3_8b_instruct", f"model.path={folder}").model
-    before = run.model_fingerprint(model)
+    before = identity.model_fingerprint(model)
     (folder / "model.safetensors").write_bytes(b"a" * 2_999_999 + b"b")  # same size, the last byte differs
-    assert before and run.model_fingerprint(model) != before
+    assert before and identity.model_fingerprint(model) != before
     assert (
-        run.model_fingerprint(compose("model=llama3_8b_instruct").model) == ""
+        identity.model_fingerprint(compose("model=llama3_8b_instruct").model) == ""
     )  # a hub id: the config names it
 
 
@@ -228,7 +230,7 @@ def test_a_wrong_type_on_the_command_line_stops_before_anything_runs(tmp_path):
 
 
 def test_metrics_json_is_strict_and_no_loss_is_made_up_without_training(in_root, mlflow_uri, tmp_path):
-    assert json.loads(run.strict_json({"a": float("nan"), "b": 1.5})) == {"a": None, "b": 1.5}
+    assert json.loads(scoring.strict_json({"a": float("nan"), "b": 1.5})) == {"a": None, "b": 1.5}
     cfg = compose(*tiny_overrides("trainer.epochs=0", f"mlflow.tracking_uri={mlflow_uri}"))
     metrics = run.run(cfg, output_dir=tmp_path / "job")
     assert "train_loss_last" not in metrics and "train_loss_first" not in metrics
@@ -254,7 +256,7 @@ def test_a_sweep_whose_jobs_cannot_compose_leaves_its_parent_failed_not_running(
 
 
 def test_a_job_outside_hydra_is_never_a_child_of_a_sweep_left_in_the_environment(monkeypatch):
-    from reftlab import parent
+    from reftlab.sweep import parent
 
     monkeypatch.setenv(parent.ENV, "0123456789abcdef0123456789abcdef")  # e.g. from an in-process sweep
     assert parent.of_this_job() is None

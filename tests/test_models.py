@@ -5,8 +5,9 @@ import pytest
 import torch
 from conftest import compose
 
-from reftlab import models, reft, training
-from reftlab.positions import COMPONENTS
+from reftlab import methods, models, reft
+from reftlab.engine import score
+from reftlab.spec import COMPONENTS
 
 
 def test_bundled_model_predicts_text():
@@ -72,16 +73,14 @@ def test_matmul_probe_measures_both_dtypes_without_touching_the_seeded_generator
 
 
 @pytest.mark.parametrize("component", COMPONENTS)
-def test_every_component_runs(component):
-    cfg = compose("model=tiny_random").model
-    model, tokenizer, _, _ = models.load_model_and_tokenizer(cfg)
-    settings = {"layer": 0, "component": component, "rank": 2, "positions": "f1+l1"}
+def test_every_component_runs(tiny4, component):
+    model, tokenizer = tiny4[:2]
+    settings = {"method": "loreft", "layer": 0, "component": component, "rank": 2, "positions": "f1+l1"}
     reft_model = reft.build(model, settings)
     prompts = [tokenizer("a short text")["input_ids"], tokenizer("another, longer text here")["input_ids"]]
-    scores = training.predict(
-        reft_model, settings, prompts, 1, 2, tokenizer.pad_token_id, "cpu", progress=False
-    )
-    frozen = training.predict(model, settings, prompts, 1, 2, tokenizer.pad_token_id, "cpu", progress=False)
+    args = (prompts, 1, 2, tokenizer.pad_token_id, "cpu")
+    scores = score(reft_model, methods.get("loreft"), settings, *args, progress=False)
+    frozen = score(model, methods.get("none"), settings, *args, progress=False)
     assert scores.shape == (2,) and np.isfinite(scores).all()
     # the intervention at this component reaches the output (a random LoReFT is not the identity)
     assert not np.allclose(scores, frozen, atol=1e-6)

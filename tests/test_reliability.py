@@ -3,19 +3,21 @@ from a shared folder, credentials never reach logs, bad input stops early with i
 
 import pickle
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 from conftest import PYTHON, ROOT, compose, runs, tiny_overrides
 
-from reftlab import prefix_cache, run, tracking, validate, versioning
+from reftlab import run, tracking, validate
+from reftlab.data import versioning
+from reftlab.engine import prefix
+from reftlab.engine import store as cache_store
 
 
 def small_cache(start=1, n=4):
     keys = torch.randn(2, 1 + 10 * n, 2, 8)
-    return prefix_cache.PrefixCache(
+    return prefix.PrefixCache(
         start, keys, torch.randn_like(keys), torch.randn(1 + 2 * n, 16),
         np.arange(n) * 10 + 1, np.full(n, 10), np.arange(n) * 2 + 1, np.full(n, 2),
     )  # fmt: skip
@@ -26,7 +28,7 @@ def test_the_prefix_store_deletes_only_what_it_wrote(tmp_path):
     for f in foreign:
         f.write_bytes(b"x" * 100_000)
     cache = small_cache()
-    store = prefix_cache.DiskStore(tmp_path, int(cache.nbytes * 2.5))
+    store = cache_store.DiskStore(tmp_path, int(cache.nbytes * 2.5))
     store.folder.mkdir(parents=True)
     planted = store.folder / "mine.safetensors"  # no metadata beside it: not an entry of the store
     planted.write_bytes(b"y" * 100_000)
@@ -48,7 +50,7 @@ def test_the_store_never_unpickles_a_file_from_the_cache_folder(tmp_path):
         def __reduce__(self):
             return (open, (str(marker), "w"))
 
-    store = prefix_cache.DiskStore(tmp_path, 10**9)
+    store = cache_store.DiskStore(tmp_path, 10**9)
     store.folder.mkdir(parents=True)
     (tmp_path / "k.pt").write_bytes(pickle.dumps(Payload()))  # the old format's name
     store.path("k").write_bytes(pickle.dumps(Payload()))  # a pickle where tensors should be
@@ -114,28 +116,6 @@ def test_a_user_error_prints_its_message_without_a_traceback(mlflow_uri, tmp_pat
     assert runs(mlflow_uri)["status"].tolist() == ["FAILED"]  # still recorded
 
 
-def test_predict_refuses_a_bad_batch_size_and_overwriting_its_input(tmp_path):
-    texts = tmp_path / "in.csv"
-    texts.write_text("text\nhello\n")
-    for args, words in [
-        (["--batch-size", "-1"], "--batch-size -1 is not valid"),
-        (["--input", str(texts), "--output", str(texts)], "is the input file"),
-    ]:
-        out = subprocess.run([PYTHON, "predict.py", "--path", str(tmp_path), *args], cwd=ROOT,
-                             capture_output=True, text=True, timeout=120)  # fmt: skip
-        assert out.returncode == 2 and words in out.stderr, out.stderr
-    assert texts.read_text() == "text\nhello\n"
-
-
-def test_predict_keeps_blank_lines_so_outputs_line_up(monkeypatch):
-    import io
-
-    from reftlab import predict
-
-    monkeypatch.setattr(sys, "stdin", io.StringIO("first\n\nthird\n"))
-    assert predict.read_texts(None, "text") == ["first", "", "third"]
-
-
 def test_make_clean_never_touches_the_team_servers_store():
     dry = subprocess.run(["make", "-n", "clean"], cwd=ROOT, capture_output=True, text=True).stdout
     assert "rm -rf" in dry and "mlflow-server.db" not in dry and "mlartifacts" not in dry
@@ -152,7 +132,7 @@ def test_the_server_store_uri_is_never_on_a_command_line():
 
 
 def test_single_run_folders_are_unique_to_the_microsecond():
-    from reftlab.configs import compose as full
+    from reftlab.config.compose import compose as full
 
     hydra = full([], return_hydra_config=True).hydra
     import re
@@ -200,7 +180,7 @@ def test_two_identical_jobs_started_together_run_once(mlflow_uri, tmp_path):
 
 
 def test_a_job_that_died_without_a_status_fails_the_sweep(tmp_path):
-    from reftlab import sweep
+    from reftlab.sweep import callback as sweep
 
     for job, status in (("0", "finished"), ("1", None), ("2", "failed")):
         (tmp_path / job / ".hydra").mkdir(parents=True)
@@ -226,7 +206,7 @@ def test_the_pre_timeout_system_exit_is_recorded_killed(mlflow_uri, tmp_path):
 
 
 def test_sqlite_with_a_slurm_launcher_warns(caplog, tmp_path):
-    from reftlab.configs import compose as full
+    from reftlab.config.compose import compose as full
     from reftlab.sweep import SweepCallback
 
     cfg = full(
@@ -244,10 +224,13 @@ CHILD_SETUP = """
 import sys, time, pathlib
 import numpy as np, torch
 sys.path.insert(0, {src!r})
-from reftlab import configs, models, prefix_cache
-model, *_ = models.load_model_and_tokenizer(configs.compose(["model=tiny_random", "model.num_layers=3"]).model)
+from reftlab import models
+from reftlab.engine import prefix
+from reftlab.engine import store as cache_store
+from reftlab.config.compose import compose
+model, *_ = models.load_model_and_tokenizer(compose(["model=tiny_random", "model.num_layers=3"]).model)
 seqs = [list(range(5, 5 + n)) for n in (9, 12, 7, 15)]
-store = prefix_cache.DiskStore(pathlib.Path({folder!r}), 10**9)
+store = cache_store.DiskStore(pathlib.Path({folder!r}), 10**9)
 """
 
 
@@ -287,21 +270,21 @@ def slow(*a, **k):
     real(*a, **k)
     time.sleep(600)
 st.save_file = slow
-cache = prefix_cache.build(model, 1, seqs, [2] * 4, 0, progress=False)
-store.save(prefix_cache.cache_key(model, seqs, [2] * 4, {}), cache)
+cache = prefix.build(model, 1, seqs, [2] * 4, 0, progress=False)
+store.save(cache_store.cache_key(model, seqs, [2] * 4, {}), cache)
 """,
         tmp_path,
     )
-    store = prefix_cache.DiskStore(tmp_path, 10**9)
+    store = cache_store.DiskStore(tmp_path, 10**9)
     wait_for(lambda: list(store.folder.glob("*.tmp-*.safetensors")), proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
     model, seqs = tiny_store_inputs()
-    key = prefix_cache.cache_key(model, seqs, [2] * 4, {})
+    key = cache_store.cache_key(model, seqs, [2] * 4, {})
     assert store.load(key, "cpu") is None  # no entry: the kill came before it was complete
     assert len(store.stale_temps()) == 1  # its writer is dead: the store knows the file is garbage
-    prefix_cache.clear_memory()
-    cache, source, _ = prefix_cache.obtain(model, 1, seqs, [2] * 4, 0, {}, store, 4, False)
+    cache_store.clear_memory()
+    cache, source, _ = cache_store.obtain(model, 1, seqs, [2] * 4, 0, {}, store, 4, False)
     assert source == "built"
     for _ in range(200):  # the save runs in a thread; the eviction before it removes the dead temp
         if store.load(key, "cpu") is not None:
@@ -314,9 +297,9 @@ store.save(prefix_cache.cache_key(model, seqs, [2] * 4, {}), cache)
 
 def test_an_entry_evicted_while_another_job_loads_it_is_rebuilt_there(tmp_path):
     model, seqs = tiny_store_inputs()
-    key = prefix_cache.cache_key(model, seqs, [2] * 4, {})
-    first = prefix_cache.build(model, 1, seqs, [2] * 4, 0, progress=False)
-    store = prefix_cache.DiskStore(tmp_path, int(first.nbytes * 1.5))
+    key = cache_store.cache_key(model, seqs, [2] * 4, {})
+    first = prefix.build(model, 1, seqs, [2] * 4, 0, progress=False)
+    store = cache_store.DiskStore(tmp_path, int(first.nbytes * 1.5))
     assert store.save(key, first)
     # the other job has read the entry's metadata and is about to read its tensors when it is evicted
     proc = child(
@@ -329,8 +312,8 @@ def paused(*a, **k):
         time.sleep(0.05)
     return real(*a, **k)
 st.load_file = paused
-cache, source, _ = prefix_cache.obtain(model, 1, seqs, [2] * 4, 0, {{}}, store, 4, False)
-direct = prefix_cache.build(model, 1, seqs, [2] * 4, 0, progress=False)
+cache, source, _ = cache_store.obtain(model, 1, seqs, [2] * 4, 0, {{}}, store, 4, False)
+direct = prefix.build(model, 1, seqs, [2] * 4, 0, progress=False)
 print(source, torch.equal(cache.keys, direct.keys), torch.equal(cache.hidden, direct.hidden))
 """.format(go=str(tmp_path / "go")),
         tmp_path,

@@ -14,7 +14,10 @@ import time
 import pytest
 from test_reliability import small_cache
 
-from reftlab import locks, prefix_cache, sweep, tracking, versioning
+from reftlab import locks, tracking
+from reftlab.data import versioning
+from reftlab.engine import store as cache_store
+from reftlab.sweep import callback as sweep
 
 # --- run locks and lock files in shared folders ---
 
@@ -46,8 +49,8 @@ def run_lock_folder(tmp):
 LOCKS = {
     "file_lock": lambda tmp: (tmp / "x.lock", lambda: locks.file_lock(tmp / "x.lock")),
     "prefix store key": lambda tmp: (
-        tmp / prefix_cache.DiskStore.SUBFOLDER / "k.lock",
-        lambda: prefix_cache.DiskStore(tmp, 10**9).lock("k"),
+        tmp / cache_store.DiskStore.SUBFOLDER / "k.lock",
+        lambda: cache_store.DiskStore(tmp, 10**9).lock("k"),
     ),
     "versioning": lambda tmp: (tmp / ".repo.lock", lambda: versioning.locked(tmp / "repo")),
     "run lock": lambda tmp: (run_lock_folder(tmp) / "exp-key.lock", lambda: locks.run_lock("exp-key")),
@@ -71,7 +74,7 @@ def test_a_symlink_planted_at_a_lock_path_is_refused_and_its_target_kept(private
 
 
 def test_the_prefix_store_refuses_a_symlinked_store_lock(tmp_path):
-    store = prefix_cache.DiskStore(tmp_path, 10**9)
+    store = cache_store.DiskStore(tmp_path, 10**9)
     store.folder.mkdir(parents=True)
     target = tmp_path / "victim.txt"
     target.write_text("precious")
@@ -255,7 +258,7 @@ def test_a_dead_pid_here_or_a_launcher_that_returned_still_closes_runs(tmp_path,
 
 
 def test_a_temp_file_is_dead_only_if_its_hosts_pid_is_gone_or_it_is_old(tmp_path):
-    store = prefix_cache.DiskStore(tmp_path, 10**9)
+    store = cache_store.DiskStore(tmp_path, 10**9)
     store.folder.mkdir(parents=True)
     here, gone = socket.gethostname(), a_dead_pid()
     names = {
@@ -277,15 +280,15 @@ def test_a_temp_file_is_dead_only_if_its_hosts_pid_is_gone_or_it_is_old(tmp_path
 
 
 def test_a_save_names_its_temp_files_with_this_host(tmp_path, monkeypatch):
-    store = prefix_cache.DiskStore(tmp_path, 10**9)
+    store = cache_store.DiskStore(tmp_path, 10**9)
     seen = []
-    real = prefix_cache.Path.replace
+    real = cache_store.Path.replace
 
     def spy(self, target):
         seen.append(self.name)
         return real(self, target)
 
-    monkeypatch.setattr(prefix_cache.Path, "replace", spy)
+    monkeypatch.setattr(cache_store.Path, "replace", spy)
     assert store.save("f" * 24, small_cache())
     assert seen and all(n.startswith(f"{'f' * 24}.tmp-{socket.gethostname()}-{os.getpid()}.") for n in seen)
 
@@ -305,7 +308,7 @@ def hold_lock(path) -> subprocess.Popen:
 
 def test_a_tensor_file_left_without_its_metadata_is_counted_and_evicted_first(tmp_path):
     cache = small_cache()
-    store = prefix_cache.DiskStore(tmp_path, int(cache.nbytes * 2.5))
+    store = cache_store.DiskStore(tmp_path, int(cache.nbytes * 2.5))
     store.folder.mkdir(parents=True)
     assert store.save("a", cache)
     orphan = store.path("0123456789abcdef01234567")  # a key's tensors; the kill came before its .json

@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 from conftest import PYTHON, ROOT, compose, runs, tiny_overrides
 
-from reftlab import run, versioning
+from reftlab import run
+from reftlab.data import versioning
 
 
 @pytest.fixture
@@ -102,7 +103,7 @@ def test_a_killed_prepare_leaves_a_repository_the_next_run_can_use(repos, in_roo
 
     versioning.prepare(compose().data)
     folder = repos / "opinion_spam"
-    proc = subprocess.Popen([PYTHON, "-m", "reftlab.data_cli", "prepare", "data.split=hotel"], cwd=ROOT,
+    proc = subprocess.Popen([PYTHON, "-m", "reftlab.data.cli", "prepare", "data.split=hotel"], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.time() + 120
     while not versioning.pending_marker(folder).exists() and proc.poll() is None and time.time() < deadline:
@@ -135,7 +136,9 @@ def test_repositories_stay_usable_from_other_processes(repos, in_root):
     # liboxen locks a repository for the life of a process that opened it; reftlab opens it only in
     # short-lived helper processes, so this process and others can keep working on it.
     versioning.prepare(compose("data=persuasion_sample").data)
-    code = "from reftlab import versioning as v; print(len(v.oxen('log', v.repo_dir('persuasion_sample'))))"
+    code = (
+        "from reftlab.data import versioning as v; print(len(v.oxen('log', v.repo_dir('persuasion_sample'))))"
+    )
     out = subprocess.run([PYTHON, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "1", out.stderr
     versioning.prepare(compose("data=persuasion_sample", "data.split=seed").data)
@@ -144,7 +147,7 @@ def test_repositories_stay_usable_from_other_processes(repos, in_root):
 
 def test_cli_prepare_and_log(repos):
     def cli(*args):
-        return subprocess.run([PYTHON, "-m", "reftlab.data_cli", *args], cwd=ROOT, capture_output=True, text=True,
+        return subprocess.run([PYTHON, "-m", "reftlab.data.cli", *args], cwd=ROOT, capture_output=True, text=True,
                               timeout=120)  # fmt: skip
 
     out = cli("prepare", "data=persuasion_sample")

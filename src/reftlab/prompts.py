@@ -7,7 +7,7 @@ template around it is kept, so the answer position is always the last prompt tok
 
 from __future__ import annotations
 
-from .data import NO, YES
+from .data.recipes import NO, YES
 
 PLACEHOLDER = "\u2063TEXT\u2063"
 FALLBACK_TEMPLATE = "{system}\n\n{text}\nAnswer:"

@@ -5,11 +5,9 @@ Each error names the bad value and what is allowed.
 
 from __future__ import annotations
 
-from . import data
-
-
-class ConfigError(ValueError):
-    """A setting that cannot work, found before any expensive step."""
+from .config import ConfigError  # defined in config/ (data/ raises it too); validate.ConfigError is it
+from .data import recipes
+from .data.versioning import safe_name
 
 
 class DivergedError(ConfigError):
@@ -88,25 +86,12 @@ def check_trainer(tcfg) -> None:
             raise ConfigError(f"trainer.{key}={value!r} is not valid: it must be a number of GB >= 0")
 
 
-def safe_name(value, setting: str) -> str:
-    """A name used as one folder name (data/repos/<name>, reports/<name>): one plain path component."""
-    import re
-
-    text = str(value)
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", text) or ".." in text:
-        raise ConfigError(
-            f"{setting}={value!r} is not valid: use letters, digits, '.', '_' or '-' (a single folder name, "
-            "not a path)"
-        )
-    return text
-
-
 def check_data(dcfg) -> None:
     safe_name(dcfg.name, "data.name")
-    if dcfg.recipe not in data.RECIPES:
-        raise ConfigError(f"data.recipe={dcfg.recipe!r} is not valid: choose one of {list(data.RECIPES)}")
+    if dcfg.recipe not in recipes.RECIPES:
+        raise ConfigError(f"data.recipe={dcfg.recipe!r} is not valid: choose one of {list(recipes.RECIPES)}")
     if dcfg.get("revision") is None:  # a stored revision needs no source file
-        data.check_path(dcfg.path)
+        recipes.check_path(dcfg.path)
 
 
 MODEL_SOURCES = ("bundled", "hub", "random")

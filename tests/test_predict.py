@@ -1,9 +1,15 @@
-"""A run's MLflow model: load_model, `mlflow models predict` and `mlflow models serve` give what
-predict.py gives, offline; the model is logged from code (nothing pickled) under the run's name, checks
-its input, and can be registered by name with the run's results as tags."""
+"""Serving (reftlab.serving): predict.py reads its texts (blank lines kept, missing texts refused before
+any model loads) and checks its flags; the model card's commands are ones it takes; it gives a run's
+own predictions back from the run or its folder. A run's MLflow model: load_model, `mlflow models
+predict` and `mlflow models serve` give what predict.py gives, offline; the model is logged from code
+(nothing pickled) under the run's name, checks its input, and can be registered by name with the run's
+results as tags."""
 
+import io
 import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -13,10 +19,99 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import ROOT, compose, runs, tiny_overrides
+from conftest import PYTHON, ROOT, compose, runs, tiny_overrides
 from test_sweeps import free_port, wait_for_port
 
-from reftlab import predict, pyfunc, run
+from reftlab import run
+from reftlab.serving import card, predict, pyfunc
+
+# predict.py: its input and its flags, checked before any model is loaded
+
+
+def test_predict_refuses_a_bad_batch_size_and_overwriting_its_input(tmp_path):
+    texts = tmp_path / "in.csv"
+    texts.write_text("text\nhello\n")
+    for args, words in [
+        (["--batch-size", "-1"], "--batch-size -1 is not valid"),
+        (["--input", str(texts), "--output", str(texts)], "is the input file"),
+    ]:
+        out = subprocess.run([PYTHON, "predict.py", "--path", str(tmp_path), *args], cwd=ROOT,
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert out.returncode == 2 and words in out.stderr, out.stderr
+    assert texts.read_text() == "text\nhello\n"
+
+
+def test_predict_keeps_blank_lines_so_outputs_line_up(monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("first\n\nthird\n"))
+    assert predict.read_texts(None, "text") == ["first", "", "third"]
+
+
+def test_predict_refuses_a_missing_text_before_loading_any_model(tmp_path, monkeypatch):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "reft_settings.json").write_text("{}")
+
+    def never(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(predict, "classify", never)
+    monkeypatch.setattr(predict, "load", never)
+    frame = pd.DataFrame({"body": ["fine", None, "also fine", None], "id": [1, 2, 3, 4]})
+    frame.to_parquet(tmp_path / "x.parquet")
+    with pytest.raises(SystemExit, match=r"--input .*x.parquet: column 'body' has no text in rows 2, 4"):
+        predict.main(["--path", str(folder), "--input", str(tmp_path / "x.parquet"), "--column", "body"])
+    (tmp_path / "x.csv").write_text("text,id\nfine,1\n,2\n   ,3\n")
+    with pytest.raises(SystemExit, match=r"column 'text' has no text in rows 2, 3"):
+        predict.main(["--path", str(folder), "--input", str(tmp_path / "x.csv")])
+
+
+# The model card's predict commands are ones predict.py takes.
+@pytest.mark.parametrize("method", ["loreft", "lora"])
+def test_the_model_cards_predict_commands_parse_with_predict_py(tmp_path, monkeypatch, method):
+    text = card.model_card(compose(f"intervention={method}"), {}, "abc123", "def456")
+    quoted = re.findall(r"`([^`\n]*predict\.py[^`\n]*)`", text)  # inline, and lines of a code block
+    commands = quoted + [line for line in text.splitlines() if "predict.py" in line and "`" not in line]
+    commands = [c.split("|")[-1] for c in commands]
+    assert commands
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "texts.csv").write_text("text\nhello\n")
+    monkeypatch.setattr(sys, "stdin", io.StringIO("hello\n"))
+    monkeypatch.setattr(predict, "fetch", lambda run_id, uri: tmp_path / "empty")
+    used = set()
+    for command in commands:
+        words = shlex.split(command)
+        used |= set(words)
+        args = words[words.index("predict.py") + 1 :]
+        args = [str(tmp_path / "empty") if a.startswith("<") else a for a in args]  # <folder>, <run id>
+        with pytest.raises(SystemExit) as stop:  # gets past argparse to the (empty) folder
+            predict.main(args)
+        assert "holds no trained intervention" in str(stop.value), (command, stop.value)
+    assert {"--path", "--run", "--input"} <= used  # a saved folder, an MLflow run, a file of texts
+
+
+# Whole jobs: predict.py and the run's MLflow model give the run's own predictions
+
+
+@pytest.mark.parametrize("method", ["loreft", "lora"])
+def test_predict_round_trip(method, in_root, mlflow_uri, tmp_path):
+    cfg = compose(*tiny_overrides(f"intervention={method}", f"mlflow.tracking_uri={mlflow_uri}"))
+    run.run(cfg, output_dir=tmp_path / "job")
+    saved = pd.read_parquet(tmp_path / "job" / "predictions.parquet")
+    texts = tmp_path / "texts.csv"
+    saved[["text"]].to_csv(texts, index=False)
+    run_id = runs(mlflow_uri)["run_id"].iloc[0]
+    out = subprocess.run([PYTHON, "predict.py", "--run", run_id, "--tracking-uri", mlflow_uri, "--input", str(texts),
+                          "--output", str(tmp_path / "p.csv")], cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    predicted = pd.read_csv(tmp_path / "p.csv")
+    assert list(predicted["label"]) == list(saved["prediction"])
+    pd.testing.assert_series_equal(predicted["p_yes"], saved["p_yes"], check_names=False, atol=1e-6)
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == len(saved) and lines[0].split("\t")[0] in ("Yes", "No")
+    stdin = subprocess.run([PYTHON, "predict.py", "--path", str(tmp_path / "job" / "intervention")], input="a text\nanother\n",
+                           cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert stdin.returncode == 0 and len(stdin.stdout.strip().splitlines()) == 2
+
 
 MLFLOW = str(Path(sys.executable).parent / "mlflow")  # the environment's own CLI
 
@@ -113,7 +208,8 @@ with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     import mlflow
     logging.getLogger("mlflow").addHandler(handler)
-    from reftlab import pyfunc, tracking
+    from reftlab import tracking
+    from reftlab.serving import pyfunc
 
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment("reftlab")

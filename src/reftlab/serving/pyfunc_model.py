@@ -15,12 +15,12 @@ import mlflow
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
-from reftlab.pyfunc import ARTIFACT
+from reftlab.serving.pyfunc import ARTIFACT
 
 
 class ReftlabModel(PythonModel):
     def load_context(self, context) -> None:
-        from reftlab.predict import Classifier
+        from reftlab.serving.predict import Classifier
 
         self.classifier = Classifier(Path(context.artifacts[ARTIFACT]))
 

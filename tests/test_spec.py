@@ -2,8 +2,7 @@
 
 import pytest
 
-from reftlab.positions import intervention_slots, parse_positions
-from reftlab.spec import unit_locations
+from reftlab.spec import intervention_slots, parse_positions, unit_locations
 
 
 @pytest.mark.parametrize(
@@ -42,3 +41,11 @@ def test_unit_locations_follow_left_padding():
         "sources->base"
     ]
     assert only == [[5], [5]]
+
+
+def test_components_exist_in_pyvene_llama_mapping():
+    from pyvene.models.llama.modelings_intervenable_llama import llama_type_to_module_mapping
+
+    from reftlab.spec import COMPONENTS
+
+    assert set(COMPONENTS) <= set(llama_type_to_module_mapping)

@@ -1,4 +1,4 @@
-"""One Oxen operation per process: `python -m reftlab.oxen_ops '<json request>'`.
+"""One Oxen operation per process: `python -m reftlab.data.oxen_ops '<json request>'`.
 
 liboxen keeps a repository's refs database locked for the whole life of any process that opened
 it, which would block every other process (parallel sweep jobs, the next run, a user's `oxen`

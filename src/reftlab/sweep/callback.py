@@ -17,7 +17,10 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
-from .tracking import CACHE_FROM_ENV, STATUS_FILE
+from .. import tracking
+from ..tracking import CACHE_FROM_ENV, STATUS_FILE
+from .parent import close as close_parent
+from .parent import open_for as open_parent
 
 log = logging.getLogger(__name__)
 
@@ -154,8 +157,6 @@ def mark_killed(row: dict, tracking_uri: str, client=None):
     """Mark a dead job's MLflow run KILLED (tag `error`) and its status killed; returns the client."""
     from mlflow.tracking import MlflowClient
 
-    from . import tracking
-
     if row.get("run_id"):
         client = client or MlflowClient(tracking_uri)
         try:
@@ -205,8 +206,6 @@ class SweepCallback(Callback):
 
     def on_multirun_start(self, config, **kwargs) -> None:
         # Create the tracking database and experiment once, before parallel jobs race to do it.
-        from . import tracking
-
         tracking.redact_logging()  # the launchers log each job's overrides
         tracking.remember_secrets([str(o) for o in config.hydra.overrides.task])
 
@@ -219,10 +218,9 @@ class SweepCallback(Callback):
                 tracking.redact(uri),
             )
         experiment_id = tracking.setup(config.mlflow)
-        from . import parent
 
         # one parent run for the whole sweep, before any job starts: every job becomes its child
-        self._parent = parent.open_for(config, uri, experiment_id), experiment_id
+        self._parent = open_parent(config, uri, experiment_id), experiment_id
         # Jobs at different layers share one prefix cache built from the lowest (trainer.cache_from
         # set by hand wins); a cache from a lower layer serves every layer above it.
         os.environ.pop(CACHE_FROM_ENV, None)
@@ -239,8 +237,6 @@ class SweepCallback(Callback):
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
-        from . import tracking
-
         tracking.redact_logging()
         tracking.remember_secrets([str(o) for o in config.hydra.overrides.task])
         runtime = config.hydra.runtime.output_dir if config.hydra.runtime.output_dir else None
@@ -251,8 +247,6 @@ class SweepCallback(Callback):
             tracking.redact_files(Path(config.hydra.sweep.dir) / "multirun.yaml")
 
     def _finish(self, all_ended: bool) -> list[dict]:
-        from . import tracking
-
         sweep_dir, uri = self._pending
         self._pending = None
         os.environ.pop(CACHE_FROM_ENV, None)
@@ -268,14 +262,12 @@ class SweepCallback(Callback):
 
     def _close_parent(self, sweep_dir: Path, uri: str, rows: list[dict], all_ended: bool) -> str:
         """End the sweep's parent run with its answer; the lines that point a person to it."""
-        from . import parent, tracking
-
         opened = getattr(self, "_parent", None)
         if not opened:
             return ""
         run_id, experiment_id = opened
         try:
-            report_dir = parent.close(sweep_dir, uri, rows, all_ended)
+            report_dir = close_parent(sweep_dir, uri, rows, all_ended)
         except Exception as e:  # the store may be unreachable: the jobs' runs and files still hold it all
             log.warning("Could not close the sweep's parent run %s: %s", run_id, e)
             return ""

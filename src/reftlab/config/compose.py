@@ -9,7 +9,7 @@ def conf_dir() -> Path:
     """conf/ of the working directory when it has one, else the project's own."""
     here = Path("conf")
     return (
-        here if (here / "train.yaml").exists() else Path(__file__).resolve().parents[2] / "conf"
+        here if (here / "train.yaml").exists() else Path(__file__).resolve().parents[3] / "conf"
     ).resolve()
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import tracking
+from .. import tracking
 
 
 def fetch(run_id: str, tracking_uri: str | None) -> Path:
@@ -31,16 +31,18 @@ def read_texts(path: str | None, column: str) -> list[str]:
     """The texts to classify: stdin's lines, or a file's column (a row with no text is refused)."""
     if path is None:  # one text per line; a blank line is a (blank) text, so outputs line up with inputs
         return [line.rstrip("\n") for line in sys.stdin]
-    from . import data
+    from ..data import recipes
 
-    frame = data.read_table(path)
+    frame = recipes.read_table(path)
     if column not in frame.columns:
         raise SystemExit(
             f"--column {column!r} is not a column of {path}; its columns are: {', '.join(map(str, frame.columns))}"
         )
-    holes = data.blank(frame[column])
+    holes = recipes.blank(frame[column])
     if holes.any():
-        rows = data.rows_text(data.row_numbers(frame.index[holes][: data.SHOWN_ROWS]), int(holes.sum()))
+        rows = recipes.rows_text(
+            recipes.row_numbers(frame.index[holes][: recipes.SHOWN_ROWS]), int(holes.sum())
+        )
         raise SystemExit(
             f"--input {path}: column {column!r} has no text in {rows} (row 1 = the first data row): "
             "fill them in or leave those rows out"
@@ -52,7 +54,7 @@ def load(folder: Path):
     """(model or adapter, settings, tokenizer, device) from a saved folder."""
     from omegaconf import OmegaConf
 
-    from . import methods, models
+    from .. import methods, models
 
     settings = json.loads((Path(folder) / "reft_settings.json").read_text())
     model, tokenizer, device, _ = models.load_model_and_tokenizer(OmegaConf.create(settings["model_config"]))
@@ -65,19 +67,21 @@ class Classifier:
     called on texts it gives labels and P(Yes). predict.py and the MLflow model (`pyfunc`) use it."""
 
     def __init__(self, folder: Path):
-        from .prompts import PromptBuilder
+        from .. import methods
+        from ..prompts import PromptBuilder
 
         self.trained, self.settings, self.tokenizer, self.device = load(folder)
+        self.method = methods.get(self.settings["method"])
         self.builder = PromptBuilder(
             self.tokenizer, self.settings["system_prompt"], self.settings["max_length"]
         )
 
     def __call__(self, texts: list[str], batch_size: int = 16, progress: bool = True) -> pd.DataFrame:
-        from . import training
+        from ..engine import score
 
         b = self.builder
-        scores = training.predict(self.trained, self.settings, b.prompts(texts), b.yes_id, b.no_id,
-                                  self.tokenizer.pad_token_id, self.device, batch_size, progress)  # fmt: skip
+        scores = score(self.trained, self.method, self.settings, b.prompts(texts), b.yes_id, b.no_id,
+                       self.tokenizer.pad_token_id, self.device, batch_size, progress)  # fmt: skip
         return pd.DataFrame(
             {"text": texts, "label": np.where(scores > 0, "Yes", "No"), "p_yes": 1 / (1 + np.exp(-scores))}
         )

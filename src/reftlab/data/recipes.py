@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .tracking import redact
+from ..tracking import redact
 
 log = logging.getLogger(__name__)
 YES, NO = "Yes", "No"

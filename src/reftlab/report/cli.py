@@ -1,0 +1,83 @@
+"""python report.py --experiment ablate_layer [--filter "tags.dataset = 'opinion_spam'"] [--out reports/x]
+
+Writes the report of an experiment's runs (or, `--run`, of one sweep's jobs) and logs it to MLflow:
+as a summary run (tag kind=report) or as the sweep parent's artifacts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+from .. import tracking
+from .render import write
+from .runs import baseline_runs, data_hashes, load_runs, load_sweep
+from .tables import pct
+
+
+def parse_reference(items: list[str] | None) -> dict | None:
+    if not items:
+        return None
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise SystemExit(f"--reference {item!r}: use key=value, e.g. intervention.layer=15")
+        key, value = item.split("=", 1)
+        out[key] = value
+    return out
+
+
+def log_to_mlflow(out: Path, experiment: str, filter_string: str) -> str:
+    import mlflow
+
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_name="report") as run:
+        mlflow.set_tags({"kind": "report", "filter": filter_string or "(all runs)"})
+        mlflow.log_artifacts(str(out), "report")
+    return run.info.run_id
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Compare the runs of an MLflow experiment: tables and plots."
+    )
+    parser.add_argument("--experiment", default="reftlab")
+    parser.add_argument("--run", default=None, help="a sweep's parent run id: report exactly that sweep's jobs "
+                        "(its children); the report is logged to the parent run")  # fmt: skip
+    parser.add_argument("--tracking-uri", default=None, help="default: sqlite:///mlflow.db in this directory")
+    parser.add_argument("--filter", default="", help="MLflow filter, e.g. \"tags.dataset = 'opinion_spam'\"")
+    parser.add_argument("--out", default=None, help="report folder (default: reports/<experiment>)")
+    parser.add_argument("--reference", nargs="*", help="the group to test against, e.g. intervention.layer=15 "
+                        "(default: the project's default settings)")  # fmt: skip
+    parser.add_argument("--no-mlflow", action="store_true", help="do not log the report as a summary run")
+    args = parser.parse_args(argv)
+    uri = tracking.tracking_uri(args.tracking_uri)
+    if args.run:
+        sweep, runs = load_sweep(args.run, uri)
+        title, name = f"reftlab sweep: {sweep.info.run_name}", f"sweep-{args.run[:8]}"
+    else:
+        runs = load_runs(args.experiment, uri, args.filter)
+        title, name = f"reftlab report: {args.experiment}", args.experiment
+    others = baseline_runs(data_hashes(runs))
+    out = Path(args.out or f"reports/{re.sub(r'[^A-Za-z0-9._-]+', '_', name).strip('.') or 'report'}")
+    result = write(runs, out, title, others, parse_reference(args.reference))
+    print(f"{out / 'report.md'}: {result['finished']} finished, {result['failed']} failed or unfinished runs")
+    if result["chosen"] and result["chosen"]["overall"] is not None:
+        row = result["table"].loc[result["chosen"]["overall"]]
+        what = ", ".join(f"{k}={row[k]}" for k in result["keys"])
+        print(
+            f"chosen on validation: {what} (val {pct(row['val_accuracy'])}, test {pct(row['accuracy'], row['ci95'])})"
+        )
+    if not args.no_mlflow and args.run:
+        import mlflow
+
+        mlflow.tracking.MlflowClient(uri).log_artifacts(args.run, str(out), "report")
+        print(f"logged to the sweep's run {args.run} (artifacts report/)")
+    elif not args.no_mlflow:
+        print(f"logged as MLflow run {log_to_mlflow(out, args.experiment, args.filter)} (tag kind=report)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,137 @@
+"""The plots of a report: test accuracy (mean, 95% CI over seeds) against each setting the
+experiment varies, and against trainable parameters and train time, with reference lines (chance,
+zero-shot, TF-IDF, LoRA at its validation-chosen best, from any experiment on the same data)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from .runs import method_name, untrained, varying
+from .stats import sort_key, summarise
+from .tables import label, pct
+
+# Axes a plot can have, in order of preference: (setting, label, numeric, log scale).
+AXES = (
+    ("intervention.layer", "layer", True, False),
+    ("intervention.rank", "rank", True, True),
+    ("intervention.positions", "positions", False, False),
+    ("trainer.epochs", "epochs", True, False),
+    ("trainer.lr", "learning rate", True, True),
+    ("data.max_train", "training examples", True, False),
+    ("trainer.max_length", "max prompt tokens", True, False),
+)
+
+
+def reference_lines(table: pd.DataFrame, others: pd.DataFrame) -> list[tuple[str, float]]:
+    """Chance, every method that trains nothing (zero-shot, TF-IDF), and every trained method this
+    experiment did not run (e.g. LoRA beside a LoReFT ablation) at its validation-chosen best; from
+    this experiment's runs or, failing that, from runs of any experiment on the same data (`others`)."""
+    lines = []
+    c = table["chance"].dropna()
+    if len(c):
+        lines.append(("chance (majority)", float(c.iloc[0])))
+    pool = others if len(others) else pd.DataFrame(columns=["method"])
+    wanted = list(dict.fromkeys(list(table.loc[untrained(table["method"]), "method"]) + list(pool["method"])))
+    here = set(table["method"])
+    for method in wanted:
+        is_baseline = bool(untrained(pd.Series([method])).iloc[0])
+        if method in here and not is_baseline:
+            continue  # a method of this experiment is in the table, not a reference line
+        source = table[table["method"] == method]
+        if source.empty:
+            rows = pool[pool["method"] == method]
+            source = summarise(rows, varying(rows))
+        scored = source[source["val_accuracy"].notna()]
+        best = scored.loc[scored["val_accuracy"].idxmax()] if len(scored) else source.iloc[0]
+        lines.append(
+            (method_name(method) + ("" if is_baseline else " (best by validation)"), float(best["accuracy"]))
+        )
+    return lines
+
+
+def describe(refs: list[tuple[str, float]]) -> str:
+    """The reference lines in words."""
+    return "; ".join(f"{n} {pct(v)}" for n, v in refs)
+
+
+def plots_for(table: pd.DataFrame, keys: list[str]) -> list[tuple[str, str, bool, bool, str]]:
+    """(column, file, numeric, log x, title) for each plot worth drawing: one per varied setting,
+    then trainable parameters and train time where they differ."""
+    trained = table[~untrained(table["method"])]
+    out = []
+    for key, title, numeric, log_x in AXES:
+        if key in keys and trained[key].nunique() > 1:
+            is_number = pd.to_numeric(trained[key], errors="coerce").notna().all()
+            out.append(
+                (key, f"accuracy_vs_{title.replace(' ', '_')}.png", numeric and is_number, log_x, title)
+            )
+    if trained["trainable_params"].nunique() > 1:
+        out.append(
+            ("trainable_params", "accuracy_vs_trainable_params.png", True, True, "trainable parameters")
+        )
+    if len(trained) > 1:
+        out.append(("train_seconds", "accuracy_vs_train_time.png", True, False, "train time (s)"))
+    return out
+
+
+def draw(
+    table: pd.DataFrame, keys: list[str], out: Path, refs: list[tuple[str, float]]
+) -> list[tuple[str, str]]:
+    """Draw every plot worth drawing into `out`; returns (file, title) of each."""
+    drawn = []
+    for col, name, numeric, log_x, title in plots_for(table, keys):
+        plot(table, keys, col, numeric, log_x, out / name, title, refs)
+        drawn.append((name, title))
+    return drawn
+
+
+def plot(table: pd.DataFrame, keys: list[str], x: str, numeric: bool, log_x: bool, path: Path, title: str,
+         refs: list[tuple[str, float]]) -> None:  # fmt: skip
+    """Test accuracy (mean, 95% CI) against one setting or metric, one line per other group; the
+    validation accuracy dotted beside it; reference lines for the baselines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    points = table[~untrained(table["method"])]
+    series = [k for k in keys if k != x and k != "data"]
+    categories = None
+    if not numeric:
+        categories = sorted(points[x].astype(str).unique(), key=sort_key)
+    for name, g in points.groupby(series, sort=False) if series else [((), points)]:
+        g = g.assign(
+            _x=pd.to_numeric(g[x], errors="coerce") if numeric else g[x].astype(str).map(categories.index)
+        )
+        g = g[g["_x"].notna()].sort_values("_x")
+        if g.empty:
+            continue
+        name = name if isinstance(name, tuple) else (name,)
+        text = ", ".join(
+            f"{label(k, keys)}={method_name(v) if k == 'method' else v}"
+            for k, v in zip(series, name, strict=True)
+        )
+        line = ax.errorbar(g["_x"], g["accuracy"], yerr=g["ci95"].fillna(0), marker="o", capsize=3,
+                           label=f"{text}: test" if text else "test")  # fmt: skip
+        ax.plot(g["_x"], g["val_accuracy"], linestyle=":", marker=".", color=line.lines[0].get_color(),
+                label=f"{text}: validation" if text else "validation")  # fmt: skip
+    for (name, value), style in zip(refs, ("-", "--", "-.", ":"), strict=False):
+        ax.axhline(value, linestyle=style, color="gray", lw=1)
+        ax.annotate(f"{name} {100 * value:.1f}%", (0.01, value), xycoords=("axes fraction", "data"),
+                    fontsize=7, color="dimgray", va="bottom")  # fmt: skip
+    if categories is not None:
+        ax.set_xticks(range(len(categories)), categories, rotation=20 if len(categories) > 4 else 0)
+    if log_x:
+        ax.set_xscale("log")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
+    ax.set_xlabel(title)
+    ax.set_ylabel("accuracy (mean, 95% CI over seeds)")
+    ax.set_title(f"accuracy vs {title}")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside: never over a line
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)

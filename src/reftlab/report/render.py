@@ -1,0 +1,277 @@
+"""A report as one list of sections, each rendered by one Markdown and one HTML renderer.
+
+`write` finds what the runs say (`analyse`), draws the plots, builds the sections (`SECTIONS`, in
+order: the title with the counts and caveats, the results with how to read them, the table and
+the reference lines, the plots, each method's settings, the settings all runs share, the failed
+runs) and writes them as report.md and report.html. A section is a heading and blocks: text,
+a table, images, settings; `markdown` and `html` each know how to write every block once.
+"""
+
+from __future__ import annotations
+
+import html as escaping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from . import plots, stats, tables
+from .runs import caveats, comparable, constant_settings, dedupe, method_settings, tidy, varying
+from .tables import label, pct
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222;line-height:1.45}
+table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{padding:4px 10px;border-bottom:1px solid #ddd;
+text-align:right}th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}tr.chosen td{font-weight:bold;
+background:#eef6ee}.plots img{width:48%;margin:1%;border:1px solid #eee}.note{color:#555;font-size:14px}"""
+
+
+# --- blocks and sections ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Text:
+    """Lines of text (Markdown inline: **bold**, `code`): one paragraph in Markdown, one <p> per
+    line in HTML. `style`: "" plain, "note" (small print), "caution" (small print, bold)."""
+
+    lines: list[str]
+    style: str = ""
+
+
+@dataclass(frozen=True)
+class Table:
+    frame: pd.DataFrame
+    bold: frozenset[int] = frozenset()  # rows in bold (the chosen group)
+
+
+@dataclass(frozen=True)
+class Images:
+    files: list[tuple[str, str]]  # (file, what it shows)
+
+
+@dataclass(frozen=True)
+class Settings:
+    values: dict  # setting -> value, one bullet each
+
+
+@dataclass(frozen=True)
+class Section:
+    title: str
+    blocks: list
+    level: int = 2
+
+
+# --- what the runs say --------------------------------------------------------------------------
+
+
+@dataclass
+class Found:
+    """What a report says: the runs (tidied, deduplicated), the group keys and, when some finished,
+    the summary table, the choice, the reference group, the reference lines and the plots."""
+
+    title: str
+    finished: pd.DataFrame
+    failed: pd.DataFrame
+    keys: list[str]
+    caveats: list[str]
+    table: pd.DataFrame | None = None
+    chosen: dict | None = None
+    reference: int | None = None
+    references: list[tuple[str, float]] = field(default_factory=list)
+    plots: list[tuple[str, str]] = field(default_factory=list)  # (file, title), drawn by `write`
+
+
+def analyse(rows: pd.DataFrame, title: str, others: pd.DataFrame | None, reference: dict | None) -> Found:
+    """Tidy, group, deduplicate and summarise MLflow's runs frame (`others`: runs of any experiment
+    for the reference lines; `reference`: the group to test against, default the project's)."""
+    rows = tidy(rows)
+    finished_all = rows[rows["status"] == "FINISHED"]
+    failed = rows[rows["status"] != "FINISHED"][["run_id", "status", "method", "seed", "error"]]
+    keys = varying(finished_all) if len(finished_all) else ["method"]
+    finished = dedupe(finished_all, keys)
+    found = Found(title, finished, failed, keys, caveats(finished))
+    if len(finished):
+        found.table = stats.summarise(finished, keys)
+        found.chosen = stats.choose(found.table)
+        wanted = stats.default_settings() if reference is None else reference
+        found.reference = stats.reference_group(found.table, keys, wanted)
+        found.references = plots.reference_lines(found.table, comparable(others, finished))
+    return found
+
+
+def how_to_read(found: Found) -> list[str]:
+    table, keys, chosen = found.table, found.keys, found.chosen
+    lines = [
+        f"Groups: every setting that differs ({', '.join(f'`{k}`' for k in keys)}); seeds are averaged. "
+        "Test accuracy: mean ± half-width of the 95% confidence interval over seeds (Student t). "
+        "Train time: the optimisation steps (mean over seeds); cache pass: the one no-grad pass that "
+        "builds the prefix cache (the longest; later jobs of a sweep load it)."
+    ]
+    if chosen["overall"] is not None:
+        row = table.loc[chosen["overall"]]
+        what = ", ".join(f"{label(k, keys)}={row[k]}" for k in keys)
+        lines.append(
+            f"**Chosen on the validation split** (highest mean validation accuracy, {pct(row['val_accuracy'])}): "
+            f"{what}; its test accuracy, reported once, is {pct(row['accuracy'], row['ci95'])}. "
+            "The test split played no part in any choice."
+        )
+    else:
+        lines.append("No run has a validation score (data.val_fraction=0): nothing is chosen.")
+    if found.reference is not None:
+        lines.append("p vs reference: Welch's t-test of test accuracy over seeds against the group with the "
+                     "project's default settings (* p < 0.05).")  # fmt: skip
+    return lines
+
+
+# --- the sections, in order ---------------------------------------------------------------------
+
+
+def intro(found: Found) -> list[Section]:
+    blocks = [Text([f"{len(found.finished)} finished runs, {len(found.failed)} failed or unfinished."])]
+    blocks += [Text(found.caveats, "caution")] if found.caveats else []
+    blocks += [Text(["No finished runs."])] if found.table is None else []
+    return [Section(found.title, blocks, level=1)]
+
+
+def results(found: Found) -> list[Section]:
+    if found.table is None:
+        return []
+    shown = tables.display(found.table, found.keys, found.chosen, found.reference)
+    bold = frozenset() if found.chosen["overall"] is None else frozenset({found.chosen["overall"]})
+    blocks = [Text(how_to_read(found), "note"), Table(shown, bold)]
+    if found.references:
+        blocks.append(Text([f"Reference lines: {plots.describe(found.references)}."], "note"))
+    return [Section("Results", blocks)]
+
+
+def figures(found: Found) -> list[Section]:
+    if found.table is None:
+        return []
+    return [Section("Plots", [Images([(name, f"accuracy vs {title}") for name, title in found.plots])])]
+
+
+def per_method(found: Found) -> list[Section]:
+    if found.table is None:
+        return []
+    fixed = method_settings(found.finished, found.keys)
+    return [Section(f"{method} settings", [Settings(values)]) for method, values in fixed.items()]
+
+
+def shared(found: Found) -> list[Section]:
+    if found.table is None:
+        return []
+    return [Section("Settings shared by all runs", [Settings(constant_settings(found.finished, found.keys))])]
+
+
+def failed_runs(found: Found) -> list[Section]:
+    block = Table(found.failed) if len(found.failed) else Text(["None."])
+    return [Section("Failed or unfinished runs", [block])]
+
+
+SECTIONS = (intro, results, figures, per_method, shared, failed_runs)
+
+
+def sections(found: Found) -> list[Section]:
+    return [section for make in SECTIONS for section in make(found)]
+
+
+# --- the renderers ------------------------------------------------------------------------------
+
+
+def markdown(doc: list[Section]) -> str:
+    lines = []
+    for section in doc:
+        lines += [f"{'#' * section.level} {section.title}", ""]
+        for i, block in enumerate(section.blocks):
+            lines += ([""] if i else []) + markdown_block(block)
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def markdown_block(block) -> list[str]:
+    match block:
+        case Text(lines=lines):
+            return list(lines)
+        case Table(frame=frame, bold=bold):
+            return [markdown_table(frame, bold)]
+        case Images(files=files):
+            return [f"![{alt}]({name})" for name, alt in files]
+        case Settings(values=values):
+            return [f"- `{k}` = {v}" for k, v in values.items()]
+    raise TypeError(f"no Markdown for {block!r}")
+
+
+def markdown_table(frame: pd.DataFrame, bold: frozenset[int] = frozenset()) -> str:
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
+    for i, row in enumerate(frame.itertuples(index=False)):
+        cells = [str(v) for v in row]
+        if i in bold:
+            cells = [f"**{c}**" if c and not c.startswith("**") else c for c in cells]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def html(doc: list[Section]) -> str:
+    title = escaping.escape(doc[0].title)
+    lines = [f"<html><head><meta charset='utf-8'><title>{title}</title><style>{CSS}</style></head><body>"]
+    for section in doc:
+        lines.append(f"<h{section.level}>{escaping.escape(section.title)}</h{section.level}>")
+        for block in section.blocks:
+            lines += html_block(block)
+    lines.append("</body></html>")
+    return "\n".join(lines)
+
+
+def html_text(text: str) -> str:
+    """Markdown inline text as HTML text: escaped, without the bold marks."""
+    return escaping.escape(text).replace("**", "")
+
+
+def html_block(block) -> list[str]:
+    match block:
+        case Text(lines=lines, style=""):
+            return [f"<p>{html_text(line)}</p>" for line in lines]
+        case Text(lines=lines, style="note"):
+            return [f"<p class='note'>{html_text(line)}</p>" for line in lines]
+        case Text(lines=lines, style="caution"):
+            return [f"<p class='note'><b>{html_text(line)}</b></p>" for line in lines]
+        case Table(frame=frame, bold=bold):
+            return [html_table(frame, bold)]
+        case Images(files=files):
+            images = [f"<img src='{escaping.escape(n)}' alt='{escaping.escape(alt)}'>" for n, alt in files]
+            return ["<div class='plots'>", *images, "</div>"]
+        case Settings(values=values):
+            items = [
+                f"<li><code>{escaping.escape(k)}</code> = {escaping.escape(str(v))}</li>"
+                for k, v in values.items()
+            ]
+            return ["<ul>", *items, "</ul>"]
+    raise TypeError(f"no HTML for {block!r}")
+
+
+def html_table(frame: pd.DataFrame, bold: frozenset[int] = frozenset()) -> str:
+    head = "".join(f"<th>{escaping.escape(str(c))}</th>" for c in frame.columns)
+    body = []
+    for i, row in enumerate(frame.itertuples(index=False)):
+        cells = "".join(f"<td>{html_text(str(v))}</td>" for v in row)
+        body.append(f"<tr class='chosen'>{cells}</tr>" if i in bold else f"<tr>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+# --- the report ---------------------------------------------------------------------------------
+
+
+def write(runs: pd.DataFrame, out: Path, title: str, others: pd.DataFrame | None = None,
+          reference: dict | None = None) -> dict:  # fmt: skip
+    """Write report.md, report.html and the plots into `out`; returns what was found and chosen."""
+    out.mkdir(parents=True, exist_ok=True)
+    found = analyse(runs, title, others, reference)
+    if found.table is not None:
+        found.plots = plots.draw(found.table, found.keys, out, found.references)
+    doc = sections(found)
+    (out / "report.md").write_text(markdown(doc))
+    (out / "report.html").write_text(html(doc))
+    result = {"finished": len(found.finished), "failed": len(found.failed), "keys": found.keys,
+              "chosen": found.chosen, "table": found.table, "caveats": found.caveats}  # fmt: skip
+    if found.table is not None:
+        result.update(reference=found.reference, plots=[name for name, _ in found.plots])
+    return result

@@ -1,0 +1,43 @@
+"""The closing summary of one run: what a person reads when it ends (the result, the time, where
+everything is, what to do next)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import tracking
+from ..serving.pyfunc import model_name
+
+
+def closing_summary(name: str, cfg, metrics: dict, info, output_dir: Path, notes: list[str] = ()) -> str:
+    """What a person reads when a run ends: the result, the time, where everything is, what next."""
+    lines = [f"\n{name} finished ({cfg.intervention.method} on {cfg.data.name})"]
+    lines += [f"  WARNING: {note}" for note in notes]
+    if "accuracy" in metrics:
+        line = f"  test accuracy {100 * metrics['accuracy']:.1f}%"
+        if "f1" in metrics:
+            line += f", F1 {metrics['f1']:.3f}"
+        line += f" on {int(metrics.get('eval_examples', 0))} examples"
+        if metrics.get("val_examples"):
+            line += f"; validation {100 * metrics['val_accuracy']:.1f}% on {int(metrics['val_examples'])}"
+        lines.append(line + " (choose settings on validation)")
+    times = [
+        f"{k.split('_')[0]} {metrics[k]:.0f} s" for k in ("train_seconds", "eval_seconds") if k in metrics
+    ]
+    if "trainable_params" in metrics:
+        percent = metrics.get("trainable_percent", float("nan"))
+        share = f" ({percent:.4f}%)" if percent == percent else ""  # no share for a method without a model
+        times.append(f"{int(metrics['trainable_params']):,} trainable parameters{share}")
+    if times:
+        lines.append("  " + ", ".join(times))
+    lines.append(f"  outputs: {output_dir}")
+    logged = not any("MLflow model" in note for note in notes)
+    if (output_dir / "intervention").is_dir() and cfg.mlflow.get("log_model", True) and logged:
+        lines.append(f"  MLflow model: runs:/{info.run_id}/{model_name(name)}")
+    lines.append(
+        f"  MLflow run {info.run_id} (experiment {cfg.mlflow.experiment}): open it with `make ui`, then"
+    )
+    uri = tracking.tracking_uri(cfg.mlflow.get("tracking_uri"))
+    lines.append(f"  {tracking.ui_link(uri, info.experiment_id, info.run_id)}")
+    lines.append(f"  compare runs: python report.py --experiment {cfg.mlflow.experiment}")
+    return "\n".join(lines)

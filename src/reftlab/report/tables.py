@@ -1,0 +1,85 @@
+"""The results table as people read it: one row per group, numbers formatted (percentages, counts,
+seconds, shares), the chosen and the reference group marked, p-values against the reference.
+A frame of text; `render` writes it as Markdown or HTML."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from .runs import method_name
+from .stats import welch_p
+
+
+def missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def label(key: str, keys: list[str]) -> str:
+    """Short column name: the last part, unless two keys share it."""
+    short = key.split(".")[-1]
+    return short if sum(k.split(".")[-1] == short for k in keys) == 1 else key
+
+
+def pct(value, ci=None) -> str:
+    if missing(value):
+        return "-"
+    text = f"{100 * value:.1f}%"
+    if ci is not None and not math.isnan(ci):
+        text += f" ± {100 * ci:.1f}"
+    return text
+
+
+def count(value) -> str:
+    return "-" if missing(value) else f"{int(round(value)):,}"
+
+
+def seconds(value) -> str:
+    if missing(value):
+        return "-"
+    return f"{value:.1f} s" if value < 10 else f"{value:,.0f} s"
+
+
+def share(value) -> str:
+    if missing(value):
+        return "-"
+    return f"{value:.4f}%" if value < 0.1 else f"{value:.2f}%"
+
+
+def p_value(p: float) -> str:
+    """Welch's p, starred below 0.05."""
+    if math.isnan(p):
+        return "-"
+    return ("<0.001" if p < 0.001 else f"{p:.3f}") + (" *" if p < 0.05 else "")
+
+
+def display(table: pd.DataFrame, keys: list[str], chosen: dict, ref: int | None) -> pd.DataFrame:
+    """The table as people read it: formatted numbers, marks for what was chosen."""
+    rows = []
+    ref_runs = table.loc[ref, "_runs"] if ref is not None else None
+    for i, row in table.iterrows():
+        marks = []
+        if i == chosen["overall"]:
+            marks.append("**chosen** (best validation)")
+        elif i in chosen["per_method"].values():
+            marks.append(f"best {method_name(row['method'])} (validation)")
+        if i == ref:
+            marks.append("reference")
+        out = {label(k, keys): (method_name(row[k]) if k == "method" else row[k]) for k in keys}
+        out |= {
+            "seeds": int(row["seeds"]),
+            "val acc": pct(row["val_accuracy"]),
+            "test acc (95% CI)": pct(row["accuracy"], row["ci95"]),
+            "F1": f"{row['f1']:.3f}" if not math.isnan(row["f1"]) else "-",
+            "trainable": count(row["trainable_params"]),
+            "% of model": share(row["trainable_percent"]),
+            "train time": seconds(row["train_seconds"]),
+            "cache pass": seconds(row["cache_seconds"]),
+        }
+        if ref_runs is not None:
+            p = welch_p(row["_runs"]["accuracy"], ref_runs["accuracy"]) if i != ref else float("nan")
+            out["p vs reference"] = p_value(p)
+        out["note"] = ", ".join(marks)
+        rows.append(out)
+    return pd.DataFrame(rows)

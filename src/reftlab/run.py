@@ -95,7 +95,7 @@ def record(cfg, method, resolved: dict, key: str, output_dir: Path) -> dict:
         mlflow.log_params(tracking.flatten(resolved))
         mlflow.log_artifact(str(output_dir / "config.yaml"))
         mlflow.log_dict(versions, "environment.json")
-        metrics, notes = execute(cfg, output_dir)
+        metrics, notes = execute(cfg, output_dir, key)
     shown = {k: metrics[k] for k in ("val_accuracy", "accuracy", "f1") if k in metrics}
     log.info("Run %s finished: %s", active.info.run_id, shown)
     print(
@@ -104,7 +104,7 @@ def record(cfg, method, resolved: dict, key: str, output_dir: Path) -> dict:
     return metrics
 
 
-def execute(cfg, output_dir: Path) -> tuple[dict, list[str]]:
+def execute(cfg, output_dir: Path, key: str = "") -> tuple[dict, list[str]]:
     """The job inside its MLflow run; returns its metrics and the warnings a person should read.
 
     The results (metrics, loss curve, predictions, metrics.json) are recorded as soon as they exist;
@@ -125,7 +125,7 @@ def execute(cfg, output_dir: Path) -> tuple[dict, list[str]]:
     )
     mlflow.log_text(recipes.readme(prepared, cfg.data), "data/README.md")
     log_datasets(cfg, prepared, data_version)
-    outcome = method.run(methods.Job(cfg, prepared, output_dir))  # the trained weights are on disk
+    outcome = method.run(methods.Job(cfg, prepared, output_dir, key))  # the trained weights are on disk
     scoring.check_scores(outcome.scores, cfg)
     metrics = {**scoring.split_metrics(prepared, outcome.scores), **outcome.metrics}
     notes = scoring.judge(prepared)

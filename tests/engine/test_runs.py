@@ -7,6 +7,7 @@ from conftest import compose, runs, tiny_overrides
 from reftlab.engine import clear_caches
 
 
+@pytest.mark.slow  # six whole jobs
 def test_runs_log_their_path_and_reuse_the_cache(in_root, mlflow_uri, tmp_path):
     from reftlab import run
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..spec import InterventionSpec
 from ..tracking import PeakMemory
@@ -40,6 +40,8 @@ class TrainResult:
     cache_source: str | None = None  # built, disk, memory or streamed
     cache_mb: float | None = None
     cache_point: int | None = None  # the residual-stream point the cache was built from (<= the job's)
+    tags: dict = field(default_factory=dict)  # what else a run records (a fused group's id and size)
+    metrics: dict = field(default_factory=dict)
 
     @property
     def train_seconds(self) -> float:
@@ -52,12 +54,13 @@ class Engine:
     planner chooses among those the method allows (`method.paths`)."""
 
     def __init__(self, trained, method, spec, trainer_cfg, pad_id: int, device="cpu", describe: dict | None = None,
-                 store="config", progress: bool = True):  # fmt: skip
+                 store="config", progress: bool = True, given=None):  # fmt: skip
         model = method.frozen(trained)
         spec = InterventionSpec.of(spec, model.config.num_hidden_layers)
         disk = store_for(trainer_cfg) if store == "config" else store
         self.ctx = Context(trained, method, spec, trainer_cfg, pad_id, device, describe or {}, disk, progress)
         self.eval_info: dict | None = None  # where the last scoring's cache came from
+        self.given = given  # a fused.Result: this job was trained (and scored) in a fused group
 
     def plan(self, seqs, suffix_lens) -> Plan:
         ctx = self.ctx
@@ -67,6 +70,8 @@ class Engine:
         return self.plan(*train_inputs(examples, self.ctx.spec.last))
 
     def train(self, examples, seed: int) -> TrainResult:
+        if self.given is not None:  # trained in its fused group: take its weights and record
+            return self.given.adopt(self.ctx)
         chosen = self.plan_training(examples)
         if chosen.strategy == "stock" and "cached" in self.ctx.method.paths:
             log.warning("Training with the stock path: %s", chosen.reason)
@@ -86,6 +91,12 @@ class Engine:
 
     def predict(self, prompts, yes_id: int, no_id: int) -> tuple[object, str]:
         """Yes-minus-No scores for `prompts` and the strategy that computed them."""
+        if (
+            self.given is not None
+            and self.given.scores is not None
+            and len(self.given.scores) == len(prompts)
+        ):
+            return self.given.scores, "cached"
         chosen = self.plan(prompts, [self.ctx.spec.last] * len(prompts))
         if chosen.strategy == "streamed":
             log.info("Evaluating with streamed prefixes: %s", chosen.reason)

@@ -84,6 +84,51 @@ def step_means(logits, targets, groups, denominator):
     return total, per_batch
 
 
+class Schedule:
+    """One training run's steps: its optimizer and learning-rate schedule, and its batches (shuffled
+    by its own seed, trainer.grad_accum of them per optimizer step). `train` runs one; a fused
+    sweep runs several side by side, each finishing when its own steps are done."""
+
+    def __init__(self, params, examples, trainer_cfg, seed: int):
+        from transformers import get_linear_schedule_with_warmup
+
+        self.cfg = trainer_cfg
+        self.optimizer = torch.optim.AdamW(params, lr=trainer_cfg.lr, weight_decay=trainer_cfg.weight_decay)
+        self.rng = random.Random(seed)
+        self.lengths = [len(p) + len(a) for p, a in examples]
+        self.accum = trainer_cfg.grad_accum
+        self.denominator = trainer_cfg.batch_size * self.accum
+        steps_per_epoch = math.ceil(math.ceil(len(examples) / trainer_cfg.batch_size) / self.accum)
+        self.total = steps_per_epoch * trainer_cfg.epochs
+        self.scheduler = get_linear_schedule_with_warmup(
+            self.optimizer, int(trainer_cfg.warmup_ratio * self.total), self.total
+        )
+        self.losses, self.done, self.epoch, self._queue = [], 0, 0, []
+
+    def next_group(self) -> list[list[int]] | None:
+        """The batches of the next optimizer step, or None when the run is done."""
+        if not self._queue:
+            if self.epoch == self.cfg.epochs:
+                return None
+            epoch_batches = batches(self.lengths, self.cfg.batch_size, self.rng, self.cfg.group_by_length)
+            self._queue = [
+                epoch_batches[i : i + self.accum] for i in range(0, len(epoch_batches), self.accum)
+            ]
+            self.epoch += 1
+            if not self._queue:
+                return self.next_group()
+        return self._queue.pop(0)
+
+    def finish(self, group_losses: list[float]) -> None:
+        """After the step's backward: record its batch losses (a NaN/inf fails the run here), step."""
+        self.losses.extend(group_losses)
+        check_finite(group_losses, self.done + 1, self.total, self.cfg)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.done += 1
+
+
 def train(params, examples, trainer_cfg, seed: int, step, progress: bool = True) -> dict:
     """Train `params` on `examples` ((prompt ids, answer ids) pairs); returns the per-batch losses,
     the number of optimizer steps and the steps' wall-clock seconds.
@@ -91,33 +136,15 @@ def train(params, examples, trainer_cfg, seed: int, step, progress: bool = True)
     Each optimizer step covers trainer.grad_accum batches; `step(batches, denominator)` computes and
     backpropagates their loss (sum over batches of mean loss x len(batch) / denominator) and returns
     the batch means as floats."""
-    from transformers import get_linear_schedule_with_warmup
-
-    optimizer = torch.optim.AdamW(params, lr=trainer_cfg.lr, weight_decay=trainer_cfg.weight_decay)
-    rng = random.Random(seed)
-    lengths = [len(p) + len(a) for p, a in examples]
-    accum = trainer_cfg.grad_accum
-    denominator = trainer_cfg.batch_size * accum
-    steps_per_epoch = math.ceil(math.ceil(len(examples) / trainer_cfg.batch_size) / accum)
-    total = steps_per_epoch * trainer_cfg.epochs
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(trainer_cfg.warmup_ratio * total), total)
-    losses, done = [], 0
+    run = Schedule(params, examples, trainer_cfg, seed)
     start = time.perf_counter()
-    bar = tqdm(total=total, desc="train", unit="step", disable=not progress)
-    for _epoch in range(trainer_cfg.epochs):
-        epoch_batches = batches(lengths, trainer_cfg.batch_size, rng, trainer_cfg.group_by_length)
-        for first in range(0, len(epoch_batches), accum):
-            group = epoch_batches[first : first + accum]
-            losses.extend(step(group, denominator))
-            check_finite(losses[-len(group) :], done + 1, total, trainer_cfg)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            done += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(losses[-accum * 10 :]):.4f}")
+    bar = tqdm(total=run.total, desc="train", unit="step", disable=not progress)
+    while (group := run.next_group()) is not None:
+        run.finish(step(group, run.denominator))
+        bar.update(1)
+        bar.set_postfix(loss=f"{np.mean(run.losses[-run.accum * 10 :]):.4f}")
     bar.close()
-    return {"losses": losses, "steps": done, "train_seconds": time.perf_counter() - start}
+    return {"losses": run.losses, "steps": run.done, "train_seconds": time.perf_counter() - start}
 
 
 def check_finite(recent: list[float], step: int, total: int, trainer_cfg) -> None:

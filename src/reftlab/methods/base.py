@@ -24,6 +24,7 @@ class Job:
     cfg: object  # the composed config
     prepared: object  # data.Prepared
     output_dir: Path
+    key: str = ""  # the job's identity (config.identity.config_hash): a fused sweep's result is found by it
 
     @property
     def texts(self) -> list[str]:
@@ -135,7 +136,9 @@ class LanguageModelMethod(Method):
         return model, tokenizer, device, n_layers, builder, tags
 
     def run(self, job: Job) -> Outcome:
-        from ..engine import Engine
+        from transformers import set_seed
+
+        from ..engine import Engine, fused
         from ..spec import InterventionSpec
         from ..tracking import plot_losses
 
@@ -144,10 +147,12 @@ class LanguageModelMethod(Method):
         total = sum(p.numel() for p in model.parameters())  # before building: the frozen model alone
         settings = self.settings(cfg, n_layers)
         spec = InterventionSpec.of(settings, n_layers)  # parsed once, passed on
+        set_seed(cfg.seed)  # the initial weights depend on the seed alone (a fused sweep builds them so too)
         trained = self.build(model, settings, spec)
         n_trainable = sum(p.numel() for p in self.trainable(trained))
         describe = {"model": cfg.model.name, "data": cfg.data.name, "data_hash": job.prepared.version()}
-        engine = Engine(trained, self, spec, cfg.trainer, tokenizer.pad_token_id, device, describe)
+        engine = Engine(trained, self, spec, cfg.trainer, tokenizer.pad_token_id, device, describe,
+                        given=fused.take(job.key))  # fmt: skip
         examples = builder.examples(job.prepared.train["text"], job.prepared.train["label"])
         result = engine.train(examples, cfg.seed)
         start = time.perf_counter()
@@ -158,6 +163,7 @@ class LanguageModelMethod(Method):
         if result.cache_source:
             tags["cache_source"] = result.cache_source
             tags["cache_point"] = str(result.cache_point)
+        tags |= result.tags
         losses = result.losses
         metrics = {
             "train_seconds": result.train_seconds,
@@ -174,6 +180,7 @@ class LanguageModelMethod(Method):
             }
         if result.cache_source:
             metrics |= {"cache_seconds": result.cache_seconds, "cache_mb": result.cache_mb}
+        metrics |= result.metrics
         artifacts = []
         if cfg.get("save_intervention", True):  # the trained weights first: nothing after this can lose them
             artifacts.append(("intervention", self.save(trained, settings, job.output_dir / "intervention")))

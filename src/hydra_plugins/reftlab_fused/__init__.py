@@ -1,0 +1,1 @@
+"""reftlab's Hydra launcher plugin: `hydra/launcher=fused` (see reftlab.sweep.fused)."""

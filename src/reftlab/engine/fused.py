@@ -1,0 +1,201 @@
+"""Fused training: several jobs that share one stored prefix train together, one pass per step.
+
+Members are ReFT jobs on the same frozen model and the same training examples (same tokens, so one
+prefix cache serves them all), each with its own interventions (any layers at or above the cache's
+point, any rank, variant, seed, learning rate, number of epochs). Each step stacks the suffix rows
+of every member's batches and runs the frozen layers over them once; each member's interventions
+act on its own rows at its own points (a member whose lowest layer is higher gets none below it:
+the frozen layers there compute what `suffix.advance` would). One backward serves all members
+(their parameters are disjoint); each keeps its own batches, optimizer and schedule (`loop.Schedule`)
+and drops out when its steps are done. A member whose loss stops being a number fails alone.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .loop import Schedule, answer_targets, step_means
+from .plan import POINT_OFFSET, start_point
+from .suffix import attention_implementation, intervene, points, suffix_states
+
+
+@dataclass
+class Member:
+    """One job of a fused group: its context (trained interventions, method, spec, trainer settings)
+    and its seed; after training, its losses and steps, or the error that stopped it."""
+
+    ctx: object  # strategies.Context
+    seed: int
+    losses: list = field(default_factory=list)
+    steps: int = 0
+    error: BaseException | None = None
+
+    def __post_init__(self):
+        spec = self.ctx.spec
+        self.at = points(spec, self.ctx.method.interventions(self.ctx.trained))
+        self.n_pos, self.start = spec.last, start_point(spec)
+
+
+def compatible(members) -> str | None:
+    """None if these members can train fused on one cache, else why not."""
+    first = members[0].ctx
+    for m in members:
+        spec = m.ctx.spec
+        if m.ctx.model is not first.model:
+            return "members must share the frozen model"
+        if spec.first or spec.component not in POINT_OFFSET:
+            return f"positions={spec.positions}, component={spec.component}: not a prefix-cache setting"
+        if spec.last != first.spec.last:
+            return f"positions={spec.positions}: every member needs the same l<n> as {first.spec.positions}"
+    return None
+
+
+def step_rows(body, cache, members, groups, answers):
+    """One pass over the stacked suffix rows of every member's step: each member's (loss, batch means)."""
+    idx = np.concatenate([np.concatenate([np.asarray(g) for g in group]) for group in groups])
+    sizes = [sum(len(g) for g in group) for group in groups]
+    bounds = np.cumsum([0, *sizes])
+    device = cache.hidden.device
+    wheres = [[torch.arange(m.n_pos, device=device).expand(n, -1)] * sum(map(len, m.at.values()))
+              for m, n in zip(members, sizes, strict=True)]  # fmt: skip
+    acting = {p for m in members for p in m.at}
+
+    def apply(h, point):
+        if point not in acting:
+            return h
+        return torch.cat([intervene(h[lo:hi], m.at, point, w) if point in m.at else h[lo:hi]
+                          for m, w, lo, hi in zip(members, wheres, bounds[:-1], bounds[1:], strict=True)])  # fmt: skip
+
+    h, _ = suffix_states(body, cache, idx, len(body.layers), apply)
+    first = members[0].n_pos - 1  # the last prompt token predicts the first answer token
+    logits = members[0].ctx.model.lm_head(body.norm(h)[:, first:].contiguous()).float()
+    targets = answer_targets([answers[i] for i in idx], logits.shape[1], right=False)
+    return [step_means(logits[lo:hi], targets[lo:hi], group, m.schedule.denominator)
+            for m, group, lo, hi in zip(members, groups, bounds[:-1], bounds[1:], strict=True)]  # fmt: skip
+
+
+def train(members: list[Member], cache, examples, progress: bool = True) -> float:
+    """Train every member on `examples` from `cache` (a PrefixCache at or below every member's point);
+    returns the group's wall-clock seconds. Each member's result lands on it (losses, steps, error)."""
+    reason = compatible(members)
+    if reason:
+        raise ValueError(f"these jobs cannot train fused: {reason}")
+    if any(m.start < cache.start for m in members):
+        raise ValueError(f"the prefix cache starts at point {cache.start}, above a member's interventions")
+    model = members[0].ctx.model
+    answers = [a for _, a in examples]
+    for m in members:
+        m.schedule = Schedule(m.ctx.method.trainable(m.ctx.trained), examples, m.ctx.trainer, m.seed)
+        m.ctx.method.train_mode(m.ctx.trained, True)
+    start = time.perf_counter()
+    bar = tqdm(total=max(m.schedule.total for m in members), desc=f"train x{len(members)}", unit="step",
+               disable=not progress)  # fmt: skip
+    try:
+        with attention_implementation(model):
+            while True:
+                active, groups = [], []
+                for m in members:
+                    group = m.schedule.next_group() if m.error is None else None
+                    if group is not None:
+                        active.append(m)
+                        groups.append(group)
+                if not active:
+                    break
+                results = step_rows(model.model, cache, active, groups, answers)
+                sum(total for total, _ in results).backward()
+                for m, (_, per_batch) in zip(active, results, strict=True):
+                    try:
+                        m.schedule.finish(torch.stack(per_batch).tolist())
+                    except Exception as e:  # diverged: this member fails alone
+                        m.error = e
+                        m.schedule.optimizer.zero_grad(set_to_none=True)
+                bar.update(1)
+    finally:
+        bar.close()
+        for m in members:
+            m.ctx.method.train_mode(m.ctx.trained, False)
+            m.losses, m.steps = m.schedule.losses, m.schedule.done
+    return time.perf_counter() - start
+
+
+@torch.no_grad()
+def score(members: list[Member], cache, yes_id: int, no_id: int, batch_size: int = 16) -> list[np.ndarray]:
+    """Yes-minus-No scores of every cached prompt for every member, each batch of prompts run once
+    for all members (their rows stacked)."""
+    model = members[0].ctx.model
+    body = model.model
+    n = len(cache.prefix_len)
+    order = sorted(range(n), key=lambda i: -int(cache.prefix_len[i]))
+    out = [np.zeros(n, dtype=np.float64) for _ in members]
+    device = cache.hidden.device
+    with attention_implementation(model):
+        for b in range(0, n, batch_size):
+            idx = np.asarray(order[b : b + batch_size])
+            k = len(idx)
+            wheres = [[torch.arange(m.n_pos, device=device).expand(k, -1)] * sum(map(len, m.at.values()))
+                      for m in members]  # fmt: skip
+
+            def apply(h, point, wheres=wheres, k=k):
+                return torch.cat([intervene(h[j * k : (j + 1) * k], m.at, point, w) if point in m.at
+                                  else h[j * k : (j + 1) * k] for j, (m, w) in enumerate(zip(members, wheres, strict=True))])  # fmt: skip
+
+            h, s = suffix_states(body, cache, np.tile(idx, len(members)), len(body.layers), apply)
+            h = body.norm(h)
+            last = torch.from_numpy(np.tile(s, 1) - 1).to(h.device)
+            logits = model.lm_head(h[torch.arange(len(last), device=h.device), last]).float()
+            for j in range(len(members)):
+                rows = logits[j * k : (j + 1) * k]
+                out[j][idx] = (rows[:, yes_id] - rows[:, no_id]).cpu().numpy()
+    return out
+
+
+@dataclass
+class Result:
+    """What a fused group hands each member's job: the trained intervention weights, the losses,
+    the scores of the job's texts, and the group's timings (its wall-clock and this member's share)."""
+
+    state: list  # each intervention's state_dict, in `spec.slots` order
+    losses: list
+    steps: int
+    scores: np.ndarray | None
+    group: str  # the group's id
+    size: int
+    group_seconds: float  # the group's training wall-clock (cache pass included)
+    cache_source: str
+    cache_point: int
+    cache_mb: float
+    error: BaseException | None = None
+
+    def adopt(self, ctx):
+        """Load the weights into the job's freshly built interventions; its TrainResult."""
+        from . import TrainResult
+
+        if self.error is not None:
+            raise type(self.error)(f"{self.error} (trained in fused group {self.group} of {self.size} jobs)")
+        for iv, state in zip(ctx.method.interventions(ctx.trained), self.state, strict=True):
+            iv.load_state_dict(state)
+        share = self.group_seconds / self.size
+        return TrainResult(
+            losses=self.losses, steps=self.steps, step_seconds=share, path="cached",
+            reason=f"fused with {self.size - 1} other job(s) of the sweep on one prefix cache",
+            cache_source=self.cache_source, cache_mb=self.cache_mb, cache_point=self.cache_point,
+            tags={"fused_group": self.group, "fused_size": str(self.size)},
+            metrics={"fused_group_seconds": self.group_seconds, "fused_size": self.size},
+        )  # fmt: skip
+
+
+_RESULTS: dict[str, Result] = {}  # a fused group's results, by job key, until each job takes its own
+
+
+def offer(key: str, result: Result) -> None:
+    _RESULTS[key] = result
+
+
+def take(key: str) -> Result | None:
+    """The fused result of the job `key` (once), or None: the job trains on its own."""
+    return _RESULTS.pop(key, None) if key else None

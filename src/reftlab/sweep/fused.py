@@ -1,0 +1,156 @@
+"""A sweep at the cost of about one run: the jobs that can share a prefix cache train fused.
+
+`hydra/launcher=fused` (hydra_plugins/reftlab_fused) calls `train_groups` before it runs the jobs:
+it composes every job, keeps those that can share one stored prefix (a ReFT method on the cached
+strategy, last-token positions, no dropout; the same model, data, prompt and max length), leaves
+out what already FINISHED (resume), trains each group of two or more in this process with
+`engine.fused` (one pass over the frozen layers per step for all members), scores it the same way,
+and offers each member's result to its job. Then the jobs run one after another as usual, each its
+own MLflow run (child of the sweep's parent): a member's job takes its trained weights and scores
+instead of training, a member that diverged fails alone, and every other job trains on its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+
+from omegaconf import OmegaConf, open_dict
+
+from .. import methods, tracking, validate
+from ..config import identity
+from ..data import versioning
+from ..engine import Engine, fused
+from ..engine.plan import POINT_OFFSET, max_bytes, train_inputs
+from ..engine.store import obtain, store_for
+from ..reft import PYREFT_CLASSES
+from ..spec import InterventionSpec
+
+log = logging.getLogger(__name__)
+
+
+def job_config(hydra_context, config, overrides):
+    """The config a job's task function receives (the sweep config of its overrides, without `hydra`)."""
+    cfg = hydra_context.config_loader.load_sweep_config(config, list(overrides))
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+def why_alone(cfg) -> str | None:
+    """None if the job can train in a fused group, else why it trains on its own."""
+    icfg = cfg.intervention
+    if icfg.method not in PYREFT_CLASSES:
+        return f"method {icfg.method} is not a ReFT intervention"
+    if cfg.trainer.cache == "off":
+        return "trainer.cache=off"
+    if InterventionSpec.of(icfg).first or icfg.component not in POINT_OFFSET:
+        return f"positions={icfg.positions}, component={icfg.component}: no shared prefix cache"
+    if float(icfg.get("dropout", 0.0) or 0.0) > 0:
+        return "intervention.dropout > 0: dropout draws differ when rows are stacked"
+    return None
+
+
+def group_key(cfg) -> str:
+    """Jobs with the same key share one prefix cache: the same model, data, prompt and max length."""
+    shared = {"model": cfg.model, "data": cfg.data, "max_length": cfg.trainer.max_length,
+              "positions": InterventionSpec.of(cfg.intervention).last, "cache_max_gb": cfg.trainer.cache_max_gb,
+              "eval_batch_size": cfg.trainer.eval_batch_size, "mlflow": cfg.mlflow}  # fmt: skip
+    return json.dumps(
+        OmegaConf.to_container(OmegaConf.create(shared), resolve=True), sort_keys=True, default=str
+    )
+
+
+def train_groups(hydra_context, config, job_overrides, progress: bool = True) -> list[list[str]]:
+    """Train every group of compatible, unfinished jobs of the sweep fused; returns the groups' job keys."""
+    groups: dict[str, list] = {}
+    for overrides in job_overrides:
+        try:
+            cfg = job_config(hydra_context, config, overrides)
+            reason = why_alone(cfg)
+            method = methods.get(cfg.intervention.method)
+            validate.check(cfg, method)
+        except Exception as e:  # the job fails on its own, recorded like any bad setting
+            log.info("Fused sweep: %s runs on its own (%s)", " ".join(overrides), tracking.redact(e))
+            continue
+        if reason:
+            log.info("Fused sweep: %s runs on its own: %s", " ".join(overrides), reason)
+            continue
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        key = identity.config_hash(resolved, method.trains, identity.identity(cfg))
+        experiment_id = tracking.setup(cfg.mlflow)
+        if not cfg.get("force", False) and tracking.finished_run(experiment_id, key) is not None:
+            continue  # resume: its job finds it FINISHED and skips
+        groups.setdefault(group_key(cfg), []).append((cfg, key))
+    done = []
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        try:
+            train_group(members, progress)
+            done.append([key for _, key in members])
+        except Exception as e:  # the jobs then train one by one, as without fusion
+            log.warning("Fused training of %d jobs failed (%s): they train one by one", len(members),
+                        tracking.redact(e))  # fmt: skip
+            for _, key in members:
+                fused.take(key)
+    return done
+
+
+def train_group(members, progress: bool = True) -> None:
+    """Load the model and data once, train and score every member fused, offer each its result."""
+    from transformers import set_seed
+
+    start = time.perf_counter()
+    cfg0 = members[0][0]
+    prepared, _ = versioning.load(cfg0.data)
+    method0 = methods.get(cfg0.intervention.method)
+    job0 = methods.Job(cfg0, prepared, None)
+    model, tokenizer, device, n_layers, builder, _ = method0.load_model(job0)
+    describe = {"model": cfg0.model.name, "data": cfg0.data.name, "data_hash": prepared.version()}
+    store = store_for(cfg0.trainer)
+    examples = builder.examples(prepared.train["text"], prepared.train["label"])
+    group, keys = [], []
+    for cfg, key in members:
+        method = methods.get(cfg.intervention.method)
+        method.validate(cfg.intervention, n_layers, cfg.model.name)
+        method.check_model(cfg, model)
+        settings = method.settings(cfg, n_layers)
+        spec = InterventionSpec.of(settings, n_layers)
+        set_seed(cfg.seed)
+        trained = method.build(model, settings, spec)
+        engine = Engine(
+            trained, method, spec, cfg.trainer, tokenizer.pad_token_id, device, describe, store, progress
+        )
+        if engine.plan_training(examples).strategy != "cached":
+            continue  # its job finds no result and trains on its own
+        group.append(fused.Member(engine.ctx, cfg.seed))
+        keys.append(key)
+    if len(group) < 2:
+        return
+    spec0 = group[0].ctx.spec
+    lowest = min(m.start for m in group)
+    shared = cfg0.trainer.get("cache_from")
+    build_at = lowest if shared is None else min(lowest, int(shared))
+    bound, batch = max_bytes(cfg0.trainer), cfg0.trainer.eval_batch_size
+    seqs, suffix = train_inputs(examples, spec0.last)
+    cache, source, _ = obtain(model, lowest, seqs, suffix, tokenizer.pad_token_id, {**describe, "role": "train"},
+                              store, batch, progress, build_at=build_at, max_bytes=bound)  # fmt: skip
+    fused.train(group, cache, examples, progress)
+    seconds = time.perf_counter() - start
+    prompts = builder.prompts(job0.texts)
+    eval_cache, _, _ = obtain(model, lowest, prompts, [spec0.last] * len(prompts), tokenizer.pad_token_id,
+                              {**describe, "role": "eval"}, store, batch, progress, build_at=build_at, max_bytes=bound)  # fmt: skip
+    alive = [m for m in group if m.error is None]
+    scored = fused.score(alive, eval_cache, builder.yes_id, builder.no_id, batch) if alive else []
+    scores = dict(zip(map(id, alive), scored, strict=True))
+    name = hashlib.sha256("|".join(sorted(keys)).encode()).hexdigest()[:8]
+    for m, key in zip(group, keys, strict=True):
+        state = [{k: v.detach().clone() for k, v in iv.state_dict().items()}
+                 for iv in m.ctx.method.interventions(m.ctx.trained)]  # fmt: skip
+        fused.offer(key, fused.Result(state, m.losses, m.steps, scores.get(id(m)), name, len(group), seconds,
+                                      source, cache.start, cache.nbytes / 2**20, m.error))  # fmt: skip
+    log.info("Fused group %s: %d jobs trained in %.1f s (%.1f s a job), %d failed", name, len(group), seconds,
+             seconds / len(group), sum(m.error is not None for m in group))  # fmt: skip

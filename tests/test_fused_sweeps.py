@@ -1,0 +1,77 @@
+"""`hydra/launcher=fused`: a sweep's compatible jobs train fused, each still its own MLflow run with
+its own result; a member that diverges fails alone; a resumed fused sweep runs only what did not finish."""
+
+import shutil
+import subprocess
+
+import pytest
+from conftest import PYTHON, ROOT, compose, runs, tiny_overrides
+
+from reftlab import run
+
+pytestmark = pytest.mark.slow  # starts train.py
+
+SWEEP = ("model.num_layers=3", "trainer.epochs=2", "save_intervention=false", "mlflow.log_model=false")
+
+
+def fused_sweep(folder, uri, *overrides):
+    args = [PYTHON, "train.py", "-m", "hydra/launcher=fused", *tiny_overrides(*SWEEP, *overrides),
+            f"mlflow.tracking_uri={uri}", f"hydra.sweep.dir={folder / 'multirun'}",
+            f"trainer.cache_dir={folder / 'prefix'}"]  # fmt: skip
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory, empty_store):
+    """Ranks 1 and 2 at a good and a diverging learning rate, fused; then the same sweep again."""
+    folder = tmp_path_factory.mktemp("fused")
+    shutil.copyfile(empty_store, folder / "mlflow.db")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    grid = ("intervention.rank=1,2", "trainer.lr=0.02,1e30")
+    first = fused_sweep(folder, uri, *grid)
+    table = runs(uri)
+    again = fused_sweep(folder, uri, *grid)
+    return first, table, again, runs(uri), uri, folder
+
+
+def test_each_job_of_a_fused_sweep_is_its_own_run_and_a_diverging_one_fails_alone(swept):
+    first, table, *_ = swept
+    assert first.returncode != 0 and "4 jobs: 2 finished, 2 failed, 0 skipped" in first.stderr
+    said = first.stdout + first.stderr
+    assert "Fused group" in said and "4 jobs trained" in said
+    good, bad = table[table["params.trainer.lr"] == "0.02"], table[table["params.trainer.lr"] == "1e+30"]
+    assert len(good) == len(bad) == 2
+    assert (good["status"] == "FINISHED").all() and (bad["status"] == "FAILED").all()
+    assert (
+        bad["tags.error"].str.contains("diverged").all() and bad["tags.error"].str.contains("of 4 jobs").all()
+    )
+    assert (good["tags.fused_size"] == "4").all() and good["tags.fused_group"].nunique() == 1
+    assert (good["tags.train_path"] == "cached").all() and (good["metrics.fused_group_seconds"] > 0).all()
+    assert good["tags.mlflow.parentRunId"].notna().all()  # children of the sweep's parent run
+
+
+def test_a_fused_job_equals_the_same_job_run_on_its_own(swept, in_root, tmp_path):
+    _, table, _, _, uri, folder = swept
+    fused = table[(table["params.trainer.lr"] == "0.02") & (table["params.intervention.rank"] == "2")].iloc[0]
+    cfg = compose(*tiny_overrides(*SWEEP, "intervention.rank=2", "trainer.lr=0.02", "mlflow.experiment=solo",
+                                  f"mlflow.tracking_uri={uri}", f"trainer.cache_dir={folder / 'prefix'}"))  # fmt: skip
+    solo = run.run(cfg, tmp_path / "solo")
+    for name in (
+        "train_loss_first",
+        "train_loss_last",
+        "log_loss",
+        "val_log_loss",
+        "accuracy",
+        "val_accuracy",
+    ):
+        assert fused[f"metrics.{name}"] == pytest.approx(solo[name], rel=1e-4), name
+
+
+def test_a_resumed_fused_sweep_runs_only_what_did_not_finish(swept):
+    _, first, again, table, *_ = swept
+    assert "4 jobs: 0 finished, 2 failed, 2 skipped" in again.stderr
+    new = table[~table["run_id"].isin(first["run_id"])]
+    assert len(new) == 2 and (new["status"] == "FAILED").all()  # the two that diverged, again
+    assert (new["params.trainer.lr"] == "1e+30").all() and new["tags.error"].str.contains(
+        "group .* of 2 jobs"
+    ).all()

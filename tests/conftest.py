@@ -37,13 +37,61 @@ def in_root(monkeypatch):
     monkeypatch.chdir(ROOT)
 
 
-@pytest.fixture
-def mlflow_uri(tmp_path):
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory) -> Path:
+    """An empty MLflow SQLite store with its tables made, once per session: creating them (MLflow's
+    migrations) takes seconds in each process that would otherwise do it."""
     import mlflow
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    yield uri
+    path = tmp_path_factory.mktemp("empty-store") / "mlflow.db"
+    mlflow.MlflowClient(f"sqlite:///{path}").search_experiments()
     mlflow.set_tracking_uri(None)
+    return path
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path, empty_store):
+    """A tracking store of this test's own: a copy of the empty store (a test of creating the
+    database itself, e.g. two jobs racing to, names a file that does not exist yet)."""
+    import shutil
+
+    import mlflow
+
+    shutil.copyfile(empty_store, tmp_path / "mlflow.db")
+    yield f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture(scope="session")
+def tiny_job(tmp_path_factory, empty_store):
+    """Whole jobs of the tiny model shared by the tests that only read what one left:
+    `tiny_job(*overrides)` runs `tiny_overrides(*overrides)` once for the session, in a tracking
+    store of its own, and gives (its metrics, its output folder, its tracking URI)."""
+    import contextlib
+    import shutil
+
+    import mlflow
+
+    from reftlab import run
+
+    done = {}
+
+    def job(*overrides: str):
+        key = tuple(sorted(overrides))
+        if key not in done:
+            folder = tmp_path_factory.mktemp("job")
+            shutil.copyfile(empty_store, folder / "mlflow.db")
+            uri = f"sqlite:///{folder / 'mlflow.db'}"
+            with contextlib.chdir(ROOT):
+                metrics = run.run(
+                    compose(*tiny_overrides(*overrides, f"mlflow.tracking_uri={uri}")),
+                    output_dir=folder / "job",
+                )
+            mlflow.set_tracking_uri(None)
+            done[key] = metrics, folder / "job", uri
+        return done[key]
+
+    return job
 
 
 def tiny_overrides(*extra: str) -> list[str]:
@@ -90,15 +138,83 @@ def runs(uri: str, experiment: str = "reftlab", sweeps: bool = False):
 
 
 PYTHON = sys.executable
+# For processes that train at the same time (a parallel sweep's jobs, two jobs started together):
+# one torch thread each. Two jobs of two threads each on a 2-core machine train ~5x slower
+# (measured: 31 s instead of 6 s for the same 320 steps), and what the tests prove does not
+# depend on the thread count.
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def pytest_collection_modifyitems(config, items):
-    """`slow`: tests that run whole jobs or sweeps (they use a tracking database) or load the
-    bundled model; `make test-fast` (-m "not slow") runs the rest, the unit tests (README gives its measured time)."""
-    for item in items:
-        fixtures = set(getattr(item, "fixturenames", ()))
-        if fixtures & {"mlflow_uri", "repos"} or "bundled" in item.name:
-            item.add_marker(pytest.mark.slow)
+class Done:
+    """What `train_here` gives back: like subprocess.run's CompletedProcess."""
+
+    def __init__(self, returncode: int, stdout: str, stderr: str):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def train_here(*args: str) -> Done:
+    """`python train.py <args>` run in this process (a sweep's jobs too: Hydra's basic launcher runs
+    them in its own process), from the project root, with what it prints and its exit status. What
+    a process would take with it at its end goes with the call: the environment, Hydra's global
+    state, the logging handlers Hydra adds, reftlab's in-memory prefix store, a sweep's exit hook
+    (run here, as the interpreter's exit would run it)."""
+    import atexit
+    import contextlib
+    import io
+    import logging
+    import runpy
+
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from reftlab.engine import store
+
+    root, env, argv, cwd = logging.getLogger(), dict(os.environ), sys.argv, os.getcwd()
+    handlers, level = root.handlers[:], root.level
+    at_exit, register, unregister = [], atexit.register, atexit.unregister
+
+    def hold(fn, *a, **k):  # the sweep callback's exit hook runs when the "process" ends, below
+        if type(getattr(fn, "__self__", None)).__name__ != "SweepCallback":
+            return register(fn, *a, **k)
+        at_exit.append((fn, a, k))
+        return fn
+
+    def let_go(fn):
+        at_exit[:] = [(f, a, k) for f, a, k in at_exit if f != fn]
+        unregister(fn)
+
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    store.clear_memory()  # a fresh process has nothing in memory
+    try:
+        os.chdir(ROOT)
+        sys.argv = ["train.py", *args]
+        atexit.register, atexit.unregister = hold, let_go
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                runpy.run_path(str(ROOT / "train.py"), run_name="__main__")
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else int(e.code is not None)
+            finally:
+                for fn, a, k in at_exit:
+                    fn(*a, **k)
+    finally:
+        atexit.register, atexit.unregister = register, unregister
+        sys.argv = argv
+        os.chdir(cwd)
+        os.environ.clear()
+        os.environ.update(env)
+        GlobalHydra.instance().clear()
+        HydraConfig.instance().cfg = None
+        for handler in root.handlers[:]:
+            if handler not in handlers:
+                root.removeHandler(handler)
+                handler.close()
+        for handler in handlers:
+            if handler not in root.handlers:
+                root.addHandler(handler)
+        root.setLevel(level)
+        store.clear_memory()
+    return Done(code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="session")

@@ -168,6 +168,7 @@ def repos(tmp_path, monkeypatch):
     return tmp_path / "repos"
 
 
+@pytest.mark.slow
 def test_a_pinned_revision_is_described_with_its_own_settings(repos, in_root, caplog):
     old, _ = versioning.prepare(
         compose("data.split=hotel", "data.eval_fraction=0.25", "data.split_seed=7").data

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import PYTHON, ROOT, compose, runs, tiny_overrides
+from conftest import PYTHON, ROOT, compose, runs, tiny_overrides, train_here
 
 from reftlab import run, scoring, validate
 from reftlab.config import identity
@@ -34,6 +34,7 @@ def artifact_texts(uri: str, run_id: str) -> str:
     return "\n".join(out)
 
 
+@pytest.mark.slow
 def test_a_credential_in_a_data_url_never_leaves_the_process(mlflow_uri, tmp_path):
     common = ["data=csv", f"data.path={LEAKY_URL}", f"mlflow.tracking_uri={mlflow_uri}"]
     single = subprocess.run([PYTHON, "train.py", *tiny_overrides(*common), f"hydra.run.dir={tmp_path / 'one'}"],
@@ -57,6 +58,7 @@ def test_a_credential_in_a_data_url_never_leaves_the_process(mlflow_uri, tmp_pat
         assert SECRET not in artifact_texts(mlflow_uri, row["run_id"])  # error.txt, config.yaml
 
 
+@pytest.mark.slow
 def test_results_are_kept_when_logging_the_model_fails(in_root, mlflow_uri, tmp_path, monkeypatch, capsys):
     from reftlab.serving import pyfunc
 
@@ -87,6 +89,7 @@ def test_a_registry_name_mlflow_refuses_stops_before_training():
         validate.check(cfg, methods.get(cfg.intervention.method))
 
 
+@pytest.mark.slow
 def test_a_diverged_run_fails_naming_the_step_and_the_setting(in_root, mlflow_uri, tmp_path):
     cfg = compose(
         *tiny_overrides("intervention=direft", "trainer.lr=1e30", f"mlflow.tracking_uri={mlflow_uri}")
@@ -148,6 +151,7 @@ def test_the_report_says_when_runs_mix_code_versions_or_small_test_splits(tmp_pa
     assert "2 versions of reftlab" in (tmp_path / "b" / "report.html").read_text()
 
 
+@pytest.mark.slow
 def test_a_test_split_too_small_to_judge_is_flagged(in_root, mlflow_uri, tmp_path, capsys):
     tiny = ["intervention=tfidf", "data=persuasion_sample", f"mlflow.tracking_uri={mlflow_uri}"]
     run.run(compose(*tiny, "data.eval_fraction=0.05"), output_dir=tmp_path / "blog")  # the blog's 95/5 split
@@ -173,6 +177,7 @@ def test_judge_names_one_class_and_small_splits():
     ]
 
 
+@pytest.mark.slow
 def test_resume_reruns_a_job_after_the_code_changed(in_root, mlflow_uri, tmp_path, monkeypatch):
     cfg = compose("intervention=tfidf", "data.max_train=64", f"mlflow.tracking_uri={mlflow_uri}")
     run.run(cfg, output_dir=tmp_path / "a")
@@ -187,7 +192,9 @@ def test_resume_reruns_a_job_after_the_code_changed(in_root, mlflow_uri, tmp_pat
 
 
 def test_the_code_version_and_a_local_model_change_the_identity(tmp_path):
-    assert len(identity.code_version()) == 16 and identity.code_version() == identity.code_version.__wrapped__()
+    assert (
+        len(identity.code_version()) == 16 and identity.code_version() == identity.code_version.__wrapped__()
+    )
     folder = tmp_path / "model"
     folder.mkdir()
     (folder / "config.json").write_text("{}")
@@ -229,6 +236,7 @@ def test_a_wrong_type_on_the_command_line_stops_before_anything_runs(tmp_path):
     assert "full_key: trainer.lr" in out.stderr and not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_metrics_json_is_strict_and_no_loss_is_made_up_without_training(in_root, mlflow_uri, tmp_path):
     assert json.loads(scoring.strict_json({"a": float("nan"), "b": 1.5})) == {"a": None, "b": 1.5}
     cfg = compose(*tiny_overrides("trainer.epochs=0", f"mlflow.tracking_uri={mlflow_uri}"))
@@ -244,10 +252,11 @@ def test_metrics_json_is_strict_and_no_loss_is_made_up_without_training(in_root,
     assert row["status"] == "FINISHED" and "metrics.train_loss_last" not in row
 
 
+@pytest.mark.slow
 def test_a_sweep_whose_jobs_cannot_compose_leaves_its_parent_failed_not_running(tmp_path, mlflow_uri):
-    out = subprocess.run([PYTHON, "train.py", "-m", "intervention=tfidf", "trainer.lr=1e-3,abc",
-                          f"mlflow.tracking_uri={mlflow_uri}", f"hydra.sweep.dir={tmp_path / 's'}"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    # here: the launcher fails in this process, whose exit hook (run at the call's end) closes the parent
+    out = train_here("-m", "intervention=tfidf", "trainer.lr=1e-3,abc", f"mlflow.tracking_uri={mlflow_uri}",
+                     f"hydra.sweep.dir={tmp_path / 's'}")  # fmt: skip
     assert out.returncode == 1 and "full_key: trainer.lr" in out.stderr
     assert not (tmp_path / "s" / "0").exists()  # no job ran
     (parent,) = runs(mlflow_uri, sweeps=True).to_dict("records")

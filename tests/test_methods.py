@@ -5,6 +5,8 @@ from conftest import compose, runs, tiny_overrides
 
 from reftlab import models, run
 
+pytestmark = pytest.mark.slow  # every test runs a job
+
 D = 32  # tiny_random hidden size; 4 heads of 8 -> q 32 wide, 2 KV heads -> v 16 wide
 R = 4
 
@@ -27,9 +29,11 @@ def test_reft_methods_train_and_count_parameters_exactly(method, in_root, mlflow
     assert row["status"] == "FINISHED" and row["tags.method"] == method
 
 
-def test_multiple_layers_and_all(in_root, mlflow_uri, tmp_path):
-    listed = run.run(compose(*tiny_overrides("intervention.layer=[0,1]", "intervention.positions=f1+l1",
-                                             f"mlflow.tracking_uri={mlflow_uri}")), output_dir=tmp_path / "a")  # fmt: skip
+LISTED = ("intervention=loreft", "intervention.positions=f1+l1", "intervention.layer=[0,1]")
+
+
+def test_multiple_layers_and_all(in_root, mlflow_uri, tmp_path, tiny_job):
+    listed, *_ = tiny_job(*LISTED)  # the job whose weights pyreft loads below
     assert listed["trainable_params"] == 4 * EXPECTED_PARAMS["loreft"]  # 2 layers x (prefix, suffix)
     every = run.run(compose(*tiny_overrides("intervention.layer=all", "intervention.positions=f1+l1",
                                             "intervention.share_weights=true", f"mlflow.tracking_uri={mlflow_uri}")),
@@ -84,9 +88,7 @@ def test_bad_lora_module_is_named(in_root, mlflow_uri, tmp_path):
 
 
 @pytest.mark.parametrize("method", ["loreft", "lora"])
-def test_saved_weights_load_in_pyreft_and_peft_exactly_with_a_model_card(
-    in_root, mlflow_uri, tmp_path, method
-):
+def test_saved_weights_load_in_pyreft_and_peft_exactly_with_a_model_card(in_root, tmp_path, method, tiny_job):
     import numpy as np
     import torch
 
@@ -94,10 +96,10 @@ def test_saved_weights_load_in_pyreft_and_peft_exactly_with_a_model_card(
     from reftlab.engine import score
     from reftlab.methods import get
 
-    extra = ["intervention.positions=f1+l1", "intervention.layer=[0,1]"] if method == "loreft" else []
-    cfg = compose(*tiny_overrides(f"intervention={method}", f"mlflow.tracking_uri={mlflow_uri}", *extra))
-    metrics = run.run(cfg, output_dir=tmp_path / "job")
-    folder = tmp_path / "job" / "intervention"
+    overrides = LISTED if method == "loreft" else ("intervention=lora",)  # jobs other tests read too
+    metrics, job, mlflow_uri = tiny_job(*overrides)
+    cfg = compose(*tiny_overrides(*overrides))
+    folder = job / "intervention"
     model, tok, *_ = models.load_model_and_tokenizer(cfg.model)
     ours, settings = get(method).load(model, folder)
     if method == "loreft":  # pyreft's own loader on the pyreft/ layout: same fp32 weights, same answers
@@ -108,7 +110,7 @@ def test_saved_weights_load_in_pyreft_and_peft_exactly_with_a_model_card(
         unzipped = tmp_path / "from_zip"  # what an MLflow artifact download gives: pyreft.zip
         zipfile.ZipFile(folder / "pyreft.zip").extractall(unzipped)
         assert sorted(p.name for p in unzipped.iterdir()) == sorted(
-            p.name for p in (tmp_path / "job" / "intervention_pyreft").iterdir()
+            p.name for p in (job / "intervention_pyreft").iterdir()
         )
         theirs = pyreft().ReftModel.load(str(unzipped), model)
         a = [t for iv in ours.interventions.values() for t in iv.state_dict().values()]

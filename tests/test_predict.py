@@ -19,10 +19,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import PYTHON, ROOT, compose, runs, tiny_overrides
+from conftest import PYTHON, ROOT, compose, runs
 from test_sweeps import free_port, wait_for_port
 
-from reftlab import run
 from reftlab.serving import card, predict, pyfunc
 
 # predict.py: its input and its flags, checked before any model is loaded
@@ -92,25 +91,61 @@ def test_the_model_cards_predict_commands_parse_with_predict_py(tmp_path, monkey
 # Whole jobs: predict.py and the run's MLflow model give the run's own predictions
 
 
+@pytest.fixture
+def job(tiny_job):
+    """The tiny model's job of a method (the LoReFT one registered by name), shared with other
+    modules: `job(method)` -> (its output folder, its tracking URI)."""
+
+    import mlflow
+
+    def one(method: str):
+        register = ["mlflow.register_model=tiny-deception"] if method == "loreft" else []
+        _, folder, uri = tiny_job(f"intervention={method}", *register)
+        return folder, uri
+
+    yield one
+    mlflow.set_tracking_uri(None)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["loreft", "lora"])
-def test_predict_round_trip(method, in_root, mlflow_uri, tmp_path):
-    cfg = compose(*tiny_overrides(f"intervention={method}", f"mlflow.tracking_uri={mlflow_uri}"))
-    run.run(cfg, output_dir=tmp_path / "job")
-    saved = pd.read_parquet(tmp_path / "job" / "predictions.parquet")
+def test_predict_round_trip(method, job, tmp_path, monkeypatch, capsys):
+    folder, uri = job(method)
+    saved = pd.read_parquet(folder / "predictions.parquet")
     texts = tmp_path / "texts.csv"
     saved[["text"]].to_csv(texts, index=False)
-    run_id = runs(mlflow_uri)["run_id"].iloc[0]
-    out = subprocess.run([PYTHON, "predict.py", "--run", run_id, "--tracking-uri", mlflow_uri, "--input", str(texts),
-                          "--output", str(tmp_path / "p.csv")], cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert out.returncode == 0, out.stderr[-2000:]
+    run_id = runs(uri)["run_id"].iloc[0]
+    args = [
+        "--run",
+        run_id,
+        "--tracking-uri",
+        uri,
+        "--input",
+        str(texts),
+        "--output",
+        str(tmp_path / "p.csv"),
+    ]
+    if method == "lora":  # the command, in a fresh process (LoReFT's weights load in fresh processes below:
+        # `mlflow models predict` and `serve` run predict.py's classifier)
+        out = subprocess.run(
+            [PYTHON, "predict.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        printed = out.stdout
+    else:  # predict.py's main, here
+        capsys.readouterr()
+        assert predict.main(args) == 0
+        printed = capsys.readouterr().out
     predicted = pd.read_csv(tmp_path / "p.csv")
     assert list(predicted["label"]) == list(saved["prediction"])
     pd.testing.assert_series_equal(predicted["p_yes"], saved["p_yes"], check_names=False, atol=1e-6)
-    lines = out.stdout.strip().splitlines()
+    lines = printed.strip().splitlines()
     assert len(lines) == len(saved) and lines[0].split("\t")[0] in ("Yes", "No")
-    stdin = subprocess.run([PYTHON, "predict.py", "--path", str(tmp_path / "job" / "intervention")], input="a text\nanother\n",
-                           cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert stdin.returncode == 0 and len(stdin.stdout.strip().splitlines()) == 2
+    # a saved folder and stdin's lines (predict.py is this main)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("a text\nanother\n"))
+    capsys.readouterr()
+    assert predict.main(["--path", str(folder / "intervention")]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 2
 
 
 MLFLOW = str(Path(sys.executable).parent / "mlflow")  # the environment's own CLI
@@ -133,15 +168,13 @@ TEXTS = [
 ]
 
 
-def test_the_runs_mlflow_model_predicts_like_predict_py_everywhere(in_root, mlflow_uri, tmp_path):
+@pytest.mark.slow
+def test_the_runs_mlflow_model_predicts_like_predict_py_everywhere(in_root, job, tmp_path):
     import mlflow
 
-    cfg = compose(
-        *tiny_overrides(f"mlflow.tracking_uri={mlflow_uri}", "mlflow.register_model=tiny-deception")
-    )
-    run.run(cfg, output_dir=tmp_path / "job")
+    folder, mlflow_uri = job("loreft")  # a run with mlflow.register_model=tiny-deception
     run_id = runs(mlflow_uri)["run_id"].iloc[0]
-    want = predict.classify(tmp_path / "job" / "intervention", TEXTS)
+    want = predict.classify(folder / "intervention", TEXTS)
     mlflow.set_tracking_uri(mlflow_uri)
     uri = logged_model(run_id).model_uri  # the run's one logged model, whatever its name
     info = mlflow.models.get_model_info(uri)
@@ -222,13 +255,14 @@ print(json.dumps({"run_id": active.info.run_id, "model_uri": info.model_uri,
 """
 
 
-def test_the_model_is_logged_from_code_under_its_name_and_checks_its_input(in_root, mlflow_uri, tmp_path):
+@pytest.mark.slow
+def test_the_model_is_logged_from_code_under_its_name_and_checks_its_input(
+    in_root, job, mlflow_uri, tmp_path
+):
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    cfg = compose(*tiny_overrides(f"mlflow.tracking_uri={mlflow_uri}", "mlflow.log_model=false"))
-    run.run(cfg, output_dir=tmp_path / "job")
-    folder = tmp_path / "job" / "intervention"
+    folder = job("loreft")[0] / "intervention"  # its weights, logged here into a store of this test's own
     tags = {"val_accuracy": "0.823", "test_accuracy": "0.875", "run_name": "loreft-L1-r4 opinion_spam lr0.5"}
     done = subprocess.run([sys.executable, "-c", LOG_IN_A_FRESH_PROCESS, mlflow_uri, str(folder), json.dumps(tags)],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip

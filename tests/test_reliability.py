@@ -7,7 +7,7 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-from conftest import PYTHON, ROOT, compose, runs, tiny_overrides
+from conftest import ONE_THREAD, PYTHON, ROOT, compose, runs, tiny_overrides, train_here
 
 from reftlab import run, tracking, validate
 from reftlab.data import versioning
@@ -59,6 +59,7 @@ def test_the_store_never_unpickles_a_file_from_the_cache_folder(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_credentials_are_masked_everywhere_they_would_be_logged(in_root, mlflow_uri, tmp_path):
     assert tracking.redact("postgresql://bob:s3cret@db:5432/x") == "postgresql://bob:***@db:5432/x"
     assert tracking.redact("https://h/f.csv?token=abc&x=1") == "https://h/f.csv?token=***&x=1"
@@ -104,12 +105,10 @@ def test_a_dataset_repository_stays_inside_the_repository_root():
         versioning.repo_dir("..")
 
 
+@pytest.mark.slow
 def test_a_user_error_prints_its_message_without_a_traceback(mlflow_uri, tmp_path):
-    out = subprocess.run(
-        [PYTHON, "train.py", *tiny_overrides("intervention.layer=7", f"mlflow.tracking_uri={mlflow_uri}",
-                                             f"hydra.run.dir={tmp_path / 'run'}")],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    out = train_here(*tiny_overrides("intervention.layer=7", f"mlflow.tracking_uri={mlflow_uri}",
+                                     f"hydra.run.dir={tmp_path / 'run'}"))  # fmt: skip
     assert out.returncode == 2
     assert "error: intervention.layer=7 is not a layer of model 'tiny_random'" in out.stderr
     assert "Traceback" not in out.stderr
@@ -147,6 +146,7 @@ def test_status_and_metrics_files_are_written_whole(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "status.json"]  # no temp left
 
 
+@pytest.mark.slow
 def test_resume_notices_an_edited_data_file(in_root, mlflow_uri, tmp_path):
     path = tmp_path / "mine.csv"
     rows = [f"text {i},{'spam' if i % 2 else 'ham'}" for i in range(60)]
@@ -161,22 +161,24 @@ def test_resume_notices_an_edited_data_file(in_root, mlflow_uri, tmp_path):
     assert runs(mlflow_uri)["status"].tolist() == ["FINISHED", "FINISHED"]
 
 
+@pytest.mark.slow
 def test_two_identical_jobs_started_together_run_once(mlflow_uri, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'new.db'}"  # no database yet: the two race to create it too
     args = [
         PYTHON,
         "train.py",
-        *tiny_overrides(f"mlflow.tracking_uri={mlflow_uri}", "save_intervention=false"),
+        *tiny_overrides(f"mlflow.tracking_uri={uri}", "save_intervention=false"),
     ]
     first = subprocess.Popen([*args, f"hydra.run.dir={tmp_path / 'a'}"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+                             stderr=subprocess.PIPE, text=True, env=ONE_THREAD)  # fmt: skip
     second = subprocess.Popen([*args, f"hydra.run.dir={tmp_path / 'b'}"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True)  # fmt: skip
+                              stderr=subprocess.PIPE, text=True, env=ONE_THREAD)  # fmt: skip
     for proc in (first, second):
         assert proc.wait(timeout=600) == 0, proc.stderr.read()[-2000:]
     statuses = sorted(
         __import__("json").loads((tmp_path / d / "status.json").read_text())["status"] for d in ("a", "b")
     )
-    assert statuses == ["finished", "skipped"] and len(runs(mlflow_uri)) == 1
+    assert statuses == ["finished", "skipped"] and len(runs(uri)) == 1
 
 
 def test_a_job_that_died_without_a_status_fails_the_sweep(tmp_path):
@@ -193,6 +195,7 @@ def test_a_job_that_died_without_a_status_fails_the_sweep(tmp_path):
     assert "job 1 missing" in text
 
 
+@pytest.mark.slow
 def test_the_pre_timeout_system_exit_is_recorded_killed(mlflow_uri, tmp_path):
     import mlflow
 
@@ -205,6 +208,7 @@ def test_the_pre_timeout_system_exit_is_recorded_killed(mlflow_uri, tmp_path):
     assert '"killed"' in (tmp_path / "status.json").read_text()
 
 
+@pytest.mark.slow
 def test_sqlite_with_a_slurm_launcher_warns(caplog, tmp_path):
     from reftlab.config.compose import compose as full
     from reftlab.sweep import SweepCallback
@@ -258,6 +262,7 @@ def wait_for(predicate, proc, seconds=120):
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_kill_9_during_a_cache_write_leaves_nothing_that_is_loaded_and_is_cleaned(tmp_path):
     import signal
 
@@ -295,6 +300,7 @@ store.save(cache_store.cache_key(model, seqs, [2] * 4, {}), cache)
     assert torch.equal(again.keys, cache.keys) and torch.equal(again.hidden, cache.hidden)
 
 
+@pytest.mark.slow
 def test_an_entry_evicted_while_another_job_loads_it_is_rebuilt_there(tmp_path):
     model, seqs = tiny_store_inputs()
     key = cache_store.cache_key(model, seqs, [2] * 4, {})

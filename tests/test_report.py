@@ -1,12 +1,10 @@
 """The report (`reftlab.report`): grouping, statistics, the choice on validation, reference lines,
 plots, and one list of sections written as Markdown and HTML."""
 
-import subprocess
-
 import mlflow
 import pandas as pd
 import pytest
-from conftest import PYTHON, ROOT, runs
+from conftest import runs, train_here
 
 from reftlab.report import cli, render
 from reftlab.report.runs import baseline_runs, load_runs, method_name
@@ -54,6 +52,7 @@ def fake_run(method, accuracy, layer=None, rank=None, seed=1, params=100, second
     return active.info.run_id
 
 
+@pytest.mark.slow
 def test_report_on_synthetic_runs(tmp_path, mlflow_uri):
     mlflow.set_tracking_uri(mlflow_uri)
     mlflow.set_experiment("cmp")
@@ -94,6 +93,7 @@ def test_report_on_synthetic_runs(tmp_path, mlflow_uri):
     assert "report/report.html" in logged and "report/accuracy_vs_layer.png" in logged
 
 
+@pytest.mark.slow
 def test_report_chooses_on_validation_never_on_test(tmp_path, mlflow_uri):
     """Layer 8 is best on test, layer 15 on validation: the report must choose 15 and say so."""
     mlflow.set_tracking_uri(mlflow_uri)
@@ -111,6 +111,7 @@ def test_report_chooses_on_validation_never_on_test(tmp_path, mlflow_uri):
     assert "| 8 | 3 |" in md
 
 
+@pytest.mark.slow
 def test_reference_lines_from_other_experiments_only_at_the_same_budget(tmp_path, mlflow_uri):
     """LoRA and TF-IDF from another experiment are drawn beside a LoReFT ablation only where they
     saw the same data caps and prompt length (and, LoRA, trained as many epochs)."""
@@ -133,6 +134,7 @@ def test_reference_lines_from_other_experiments_only_at_the_same_budget(tmp_path
     assert "66.0%" not in line and "85.0%" not in line and "77.0%" not in line
 
 
+@pytest.mark.slow
 def test_report_groups_every_differing_setting_and_counts_duplicates_once(tmp_path, mlflow_uri):
     mlflow.set_tracking_uri(mlflow_uri)
     mlflow.set_experiment("grp")
@@ -152,13 +154,13 @@ def test_report_groups_every_differing_setting_and_counts_duplicates_once(tmp_pa
     assert not (tmp_path / "r" / "accuracy_vs_layer.png").exists()
 
 
+@pytest.mark.slow
 def test_reft_vs_lora_preset_is_one_command(tmp_path, mlflow_uri):
-    out = subprocess.run(
-        [PYTHON, "train.py", "experiment=reft_vs_lora", "model=tiny_random", "model.num_layers=16", "data.max_train=16",
-         "data.max_val=16", "data.max_eval=16", "trainer.max_length=64", "trainer.epochs=1",
-         "trainer.lr=1e-3,4e-3", "seed=1,2",
-         f"mlflow.tracking_uri={mlflow_uri}", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    out = train_here(  # `python train.py ...`, here: the preset's sweep runs its jobs in its own process
+        "experiment=reft_vs_lora", "model=tiny_random", "model.num_layers=16", "data.max_train=16",
+        "data.max_val=16", "data.max_eval=16", "trainer.max_length=64", "trainer.epochs=1",
+        "trainer.lr=1e-3,4e-3", "seed=1,2",
+        f"mlflow.tracking_uri={mlflow_uri}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     # none and tfidf depend on neither the seed nor the learning rate: run once each

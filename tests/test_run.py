@@ -1,13 +1,14 @@
-"""Whole jobs on the tiny model: what reaches MLflow, bad input, and sweeps."""
+"""Whole jobs on the tiny model: what reaches MLflow, and bad input (sweeps: test_sweeps.py)."""
 
 import re
-import subprocess
 
 import pandas as pd
 import pytest
-from conftest import PYTHON, ROOT, compose, runs, tiny_overrides
+from conftest import compose, runs, tiny_overrides
 
 from reftlab import models, run
+
+pytestmark = pytest.mark.slow  # every test runs a job (or starts one that must fail)
 
 METRICS = ["accuracy", "f1", "train_seconds", "eval_seconds", "trainable_params", "trainable_percent",
            "peak_memory_mb"]  # fmt: skip
@@ -129,32 +130,3 @@ def test_rank_larger_than_the_model_is_refused(in_root, mlflow_uri, tmp_path):
     ):
         run.run(cfg, output_dir=tmp_path / "bad")
     assert runs(mlflow_uri)["status"].tolist() == ["FAILED"]
-
-
-def sweep(tmp_path, mlflow_uri, *overrides):
-    return subprocess.run(
-        [PYTHON, "train.py", "-m", *tiny_overrides(*overrides), f"mlflow.tracking_uri={mlflow_uri}",
-         f"hydra.sweep.dir={tmp_path / 'multirun'}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-
-
-def test_two_job_sweep_leaves_two_finished_runs(mlflow_uri, tmp_path):
-    out = sweep(tmp_path, mlflow_uri, "intervention.layer=0,1")
-    assert out.returncode == 0, out.stderr[-3000:]
-    table = runs(mlflow_uri)
-    assert sorted(table["params.intervention.layer"]) == ["0", "1"]
-    assert set(table["status"]) == {"FINISHED"}
-    assert table["tags.data_version"].notna().all() and table["tags.data_version"].nunique() == 1
-    for name in METRICS:
-        assert table[f"metrics.{name}"].notna().all(), name
-    assert (tmp_path / "multirun" / "0" / "predictions.parquet").exists()
-    assert (tmp_path / "multirun" / "1" / "intervention" / "reft_settings.json").exists()
-    # the sweep ends with its jobs ranked by validation accuracy, test beside it
-    ranked = out.stderr[out.stderr.index("jobs ranked by validation accuracy") :].splitlines()
-    first, second = ranked[2].split(), ranked[3].split()
-    assert first[-1].startswith("intervention.layer=") and len(first) == 5  # only what differs is shown
-    layer = first[-1].split("=")[1]
-    val = table.set_index("params.intervention.layer")["metrics.val_accuracy"]
-    assert first[1] == f"{100 * val[layer]:.1f}%" and val[layer] == val.max()
-    assert float(first[1].rstrip("%")) >= float(second[1].rstrip("%"))

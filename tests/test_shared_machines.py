@@ -190,6 +190,7 @@ SCHEDULER = {  # (squeue, sacct) -> what becomes of the job: closed, left runnin
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", SCHEDULER)
 def test_a_job_on_another_host_is_closed_only_on_the_schedulers_word(tmp_path, mlflow_uri, monkeypatch, case):
     from mlflow.tracking import MlflowClient
@@ -215,6 +216,7 @@ def test_a_job_on_another_host_is_closed_only_on_the_schedulers_word(tmp_path, m
         assert ("not verified" in text) == (outcome == "unverified")
 
 
+@pytest.mark.slow
 def test_a_job_on_another_host_without_a_scheduler_id_is_left_running(tmp_path, mlflow_uri, monkeypatch):
     from mlflow.tracking import MlflowClient
 
@@ -232,6 +234,7 @@ def test_a_job_on_another_host_without_a_scheduler_id_is_left_running(tmp_path, 
     assert "job 0 still running on host node-elsewhere" in sweep.summary(rows)
 
 
+@pytest.mark.slow
 def test_a_dead_pid_here_or_a_launcher_that_returned_still_closes_runs(tmp_path, mlflow_uri):
     from mlflow.tracking import MlflowClient
 

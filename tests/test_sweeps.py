@@ -11,59 +11,95 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PYTHON, ROOT, runs, tiny_overrides
+from conftest import ONE_THREAD, PYTHON, ROOT, compose, runs, tiny_overrides, train_here
+
+from reftlab import run
+
+pytestmark = pytest.mark.slow  # every test here starts train.py (and some a server)
 
 
-def train(tmp_path, uri, *overrides, multirun=True, timeout=600):
-    args = [PYTHON, "train.py", *(["-m"] if multirun else []), *tiny_overrides(*overrides),
-            f"mlflow.tracking_uri={uri}", f"hydra.sweep.dir={tmp_path / 'multirun'}",
-            f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
-    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+def train(tmp_path, uri, *overrides, multirun=True, timeout=600, here=False):
+    """train.py on the tiny model: in a process of its own, or (`here`) in this one, where a sweep
+    needs no other process (Hydra's basic launcher runs its jobs in the sweep's own process)."""
+    args = [*(["-m"] if multirun else []), *tiny_overrides(*overrides), f"mlflow.tracking_uri={uri}",
+            f"hydra.sweep.dir={tmp_path / 'multirun'}", f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
+    if here:
+        return train_here(*args)
+    return subprocess.run(
+        [PYTHON, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=ONE_THREAD
+    )
 
 
-def test_joblib_runs_two_jobs_in_parallel(tmp_path, mlflow_uri):
-    out = train(tmp_path, mlflow_uri, "hydra/launcher=local_parallel", "intervention.layer=0,1")
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "sweep summary: 2 jobs: 2 finished, 0 failed, 0 skipped" in out.stderr
-    table = runs(mlflow_uri)
-    assert sorted(table["params.intervention.layer"]) == ["0", "1"]
-    assert set(table["status"]) == {"FINISHED"} and table["metrics.accuracy"].notna().all()
-    # The two jobs overlapped in time (parallel), each in its own process.
-    start, end = table["start_time"], table["end_time"]
-    assert start.max() < end.min()
+@pytest.fixture(scope="module")
+def layer_sweep(tmp_path_factory, empty_store):
+    """One sweep of the tiny model (3 layers), the in-process launcher: layer 2, then 9 (no such
+    layer: it fails), then 0; the higher layer runs first. Its output, store, folders and cache."""
+    folder = tmp_path_factory.mktemp("layer-sweep")
+    uri = store_in(folder, empty_store)
+    out = train(
+        folder,
+        uri,
+        "model.num_layers=3",
+        "intervention.layer=2,9,0",
+        f"trainer.cache_dir={folder / 'prefix'}",
+        here=True,
+    )
+    return out, uri, folder
 
 
-def test_submitit_local_runs_the_same_code_path(tmp_path, mlflow_uri):
-    out = train(tmp_path, mlflow_uri, "hydra/launcher=submitit_local", "intervention.rank=1,2")
-    assert out.returncode == 0, out.stderr[-3000:]
-    table = runs(mlflow_uri)
-    assert sorted(table["params.intervention.rank"]) == ["1", "2"]
-    assert set(table["status"]) == {"FINISHED"}
-    # jobs in submitit's own processes find their sweep's parent run through the sweep folder
-    (parent,) = runs(mlflow_uri, sweeps=True).query("`tags.kind` == 'sweep'")["run_id"]
-    assert set(table["tags.mlflow.parentRunId"]) == {parent}
-
-
-def test_rerunning_a_finished_sweep_skips_every_job(tmp_path, mlflow_uri):
-    first = train(tmp_path / "a", mlflow_uri, "intervention.layer=0,1")
-    assert first.returncode == 0, first.stderr[-3000:]
-    again = train(tmp_path / "b", mlflow_uri, "intervention.layer=0,1")
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "2 jobs: 0 finished, 0 failed, 2 skipped" in again.stderr
-    assert len(runs(mlflow_uri)) == 2
-    forced = train(tmp_path / "c", mlflow_uri, "intervention.layer=0", "force=true")
-    assert forced.returncode == 0 and "1 finished" in forced.stderr
-    assert len(runs(mlflow_uri)) == 3
-
-
-def test_a_failing_job_is_summarised_and_the_rest_run(tmp_path, mlflow_uri):
-    out = train(tmp_path, mlflow_uri, "intervention.layer=0,9,1")
+def test_a_failing_job_is_summarised_and_the_rest_run(layer_sweep):
+    out, uri, _ = layer_sweep
     assert out.returncode != 0
     assert "3 jobs: 2 finished, 1 failed, 0 skipped" in out.stderr
-    assert "valid layers are 0..1" in out.stderr
-    table = runs(mlflow_uri).set_index("params.intervention.layer")
+    assert "valid layers are 0..2" in out.stderr
+    table = runs(uri).set_index("params.intervention.layer")
     assert table.loc["9", "status"] == "FAILED" and table.loc["9", "tags.error"]
-    assert table.loc["0", "status"] == table.loc["1", "status"] == "FINISHED"
+    assert table.loc["0", "status"] == table.loc["2", "status"] == "FINISHED"
+
+
+METRICS = ["accuracy", "f1", "train_seconds", "eval_seconds", "trainable_params", "trainable_percent",
+           "peak_memory_mb"]  # fmt: skip
+
+
+def test_the_jobs_that_finish_leave_their_runs_and_files_and_are_ranked(layer_sweep):
+    out, uri, folder = layer_sweep
+    table = runs(uri)
+    table = table[table["status"] == "FINISHED"]
+    assert sorted(table["params.intervention.layer"]) == ["0", "2"]
+    assert table["tags.data_version"].notna().all() and table["tags.data_version"].nunique() == 1
+    for name in METRICS:
+        assert table[f"metrics.{name}"].notna().all(), name
+    assert (folder / "multirun" / "0" / "predictions.parquet").exists()
+    assert (folder / "multirun" / "2" / "intervention" / "reft_settings.json").exists()
+    # the sweep ends with its jobs ranked by validation accuracy, test beside it
+    ranked = out.stderr[out.stderr.index("jobs ranked by validation accuracy") :].splitlines()
+    first, second = ranked[2].split(), ranked[3].split()
+    assert first[-1].startswith("intervention.layer=") and len(first) == 5  # only what differs is shown
+    layer = first[-1].split("=")[1]
+    val = table.set_index("params.intervention.layer")["metrics.val_accuracy"]
+    assert first[1] == f"{100 * val[layer]:.1f}%" and val[layer] == val.max()
+    assert float(first[1].rstrip("%")) >= float(second[1].rstrip("%"))
+
+
+def test_a_sweep_over_layers_builds_one_prefix_cache(layer_sweep, in_root, mlflow_uri, tmp_path):
+    from reftlab.engine import store as cache_store
+
+    # the higher layer ran first; the sweep's lowest layer still decides where the one cache starts
+    _, uri, folder = layer_sweep
+    table = runs(uri).set_index("params.intervention.layer").drop(index="9")
+    assert set(table["tags.train_path"]) == {"cached"}
+    assert list(table["tags.cache_point"]) == ["0", "0"]  # block_output of layer 0 is point 1: served from 0
+    assert table.loc["2", "tags.cache_source"] == "built"
+    assert table.loc["0", "tags.cache_source"] in ("memory", "disk")
+    # the training and evaluation caches were each stored once
+    assert len(list((folder / "prefix").rglob("*.safetensors"))) == 2
+    # a later single run at a layer in between is served by the stored cache, no new pass
+    cache_store.clear_memory()  # nothing of this process's own: what it finds comes from the folder
+    cfg = compose(*tiny_overrides("model.num_layers=3", "intervention.layer=1", f"trainer.cache_dir={folder / 'prefix'}",
+                                  "save_intervention=false", f"mlflow.tracking_uri={mlflow_uri}"))  # fmt: skip
+    run.run(cfg, output_dir=tmp_path / "one")
+    row = runs(mlflow_uri).set_index("params.intervention.layer").loc["1"]
+    assert row["tags.cache_source"] == "disk" and row["tags.cache_point"] == "0"
 
 
 def test_sigterm_marks_the_run_killed(tmp_path, mlflow_uri):
@@ -166,9 +202,11 @@ def postgres():
 @contextlib.contextmanager
 def mlflow_server(tmp_path, *args: str, env=None):
     """An `mlflow server` on a free loopback port with proxied artifacts; yields its URI; stopped
-    (with its workers, by the server's own pid) at the end."""
+    (with its workers, by the server's own pid) at the end. Without MLflow's job-execution consumers
+    (GenAI jobs reftlab never submits; each is a process of its own importing MLflow)."""
     port = free_port()
     log_path = tmp_path / "mlflow-server.log"
+    env = {**(env or os.environ), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     server = subprocess.Popen(
         [str(Path(PYTHON).parent / "mlflow"), "server", *args, "--serve-artifacts", "--artifacts-destination",
          str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
@@ -202,9 +240,13 @@ def test_parallel_sweep_against_a_tracking_server_on_postgresql(tmp_path, postgr
         assert any((tmp_path / "artifacts").rglob("predictions.parquet"))
 
 
-def test_the_authenticated_server_refuses_strangers_and_takes_a_run(tmp_path):
+def test_the_authenticated_server_refuses_strangers_and_takes_a_run(tmp_path, empty_store):
+    import mlflow
+
     """`make mlflow-server-auth`'s app on loopback: no credentials -> 401; a train.py run with the
-    client credentials from the environment logs normally."""
+    client credentials from the environment logs normally (its params, metrics and artifacts; not an
+    MLflow model: logging one asks for every metric's history, each request checks the password's
+    scrypt hash, and a run keeps its results when the model is not logged anyway)."""
     import urllib.error
     import urllib.request
 
@@ -214,48 +256,29 @@ def test_the_authenticated_server_refuses_strangers_and_takes_a_run(tmp_path):
     (tmp_path / "auth.ini").write_text(
         ini.replace("sqlite:///mlflow-auth.db", f"sqlite:///{tmp_path / 'auth.db'}")
     )
+    shutil.copyfile(empty_store, tmp_path / "store.db")  # its tables made already
     store = f"sqlite:///{tmp_path / 'store.db'}"
     with mlflow_server(tmp_path, "--app-name", "basic-auth", "--backend-store-uri", store, env=env) as uri:
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(f"{uri}/api/2.0/mlflow/experiments/search?max_results=5", timeout=30)
         assert refused.value.code == 401
         login = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": "pw-for-the-test-9"}
-        out = subprocess.run([PYTHON, "train.py", *tiny_overrides(f"mlflow.tracking_uri={uri}",
-                                                                   f"hydra.run.dir={tmp_path / 'run'}")],
-                             cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, **login})  # fmt: skip
-        assert out.returncode == 0, out.stderr[-3000:]
         os.environ.update(login)
         try:
+            out = train(tmp_path, uri, "mlflow.log_model=false", multirun=False, here=True)
+            assert out.returncode == 0, out.stderr[-3000:]
             table = runs(uri)
+            artifacts = {a.path for a in mlflow.MlflowClient(uri).list_artifacts(table["run_id"].iloc[0])}
         finally:
             for key in login:
                 del os.environ[key]
         assert table["status"].tolist() == ["FINISHED"]
+        assert table["metrics.accuracy"].notna().all() and "predictions.parquet" in artifacts
 
 
-def test_a_sweep_over_layers_builds_one_prefix_cache(tmp_path, mlflow_uri):
-    # the higher layer runs first; the sweep's lowest layer still decides where the one cache starts
-    out = train(tmp_path, mlflow_uri, "model.num_layers=3", "intervention.layer=2,0",
-                f"trainer.cache_dir={tmp_path / 'prefix'}", "save_intervention=false")  # fmt: skip
-    assert out.returncode == 0, out.stderr[-3000:]
-    table = runs(mlflow_uri).set_index("params.intervention.layer")
-    assert set(table["tags.train_path"]) == {"cached"}
-    assert list(table["tags.cache_point"]) == ["0", "0"]  # block_output of layer 0 is point 1: served from 0
-    assert table.loc["2", "tags.cache_source"] == "built"
-    assert table.loc["0", "tags.cache_source"] in ("memory", "disk")
-    # the training and evaluation caches were each stored once
-    assert len(list((tmp_path / "prefix").rglob("*.safetensors"))) == 2
-    # a later single run at a layer in between is served by the stored cache, no new pass
-    single = train(tmp_path / "one", mlflow_uri, "model.num_layers=3", "intervention.layer=1",
-                   f"trainer.cache_dir={tmp_path / 'prefix'}", "save_intervention=false", multirun=False)  # fmt: skip
-    assert single.returncode == 0, single.stderr[-3000:]
-    row = runs(mlflow_uri).set_index("params.intervention.layer").loc["1"]
-    assert row["tags.cache_source"] == "disk" and row["tags.cache_point"] == "0"
-
-
-@pytest.mark.parametrize("launcher", ["local_parallel", "submitit_local"])
-def test_a_job_killed_mid_sweep_is_recorded_and_rerun(tmp_path, mlflow_uri, launcher):
-    """Fault injection: kill -9 one job of a parallel sweep while it trains."""
+def kill_one_job(folder, uri: str, launcher: str) -> dict:
+    """Fault injection: kill -9 one job of a parallel sweep while it trains, then run the same sweep
+    again. What each step left: its exit status and output, the store's runs, the job's status."""
     import json
 
     overrides = [
@@ -264,13 +287,15 @@ def test_a_job_killed_mid_sweep_is_recorded_and_rerun(tmp_path, mlflow_uri, laun
         f"hydra/launcher={launcher}",
         "intervention.layer=0,1",
     ]
-    args = [PYTHON, "train.py", "-m", *tiny_overrides(*overrides, f"mlflow.tracking_uri={mlflow_uri}",
-            f"hydra.sweep.dir={tmp_path / 'multirun'}")]  # fmt: skip
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    status = tmp_path / "multirun" / "0" / "status.json"
+    args = [PYTHON, "train.py", "-m", *tiny_overrides(*overrides, f"mlflow.tracking_uri={uri}",
+            f"hydra.sweep.dir={folder / 'multirun'}")]  # fmt: skip
+    proc = subprocess.Popen(
+        args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ONE_THREAD
+    )
+    status = folder / "multirun" / "0" / "status.json"
 
     def running(job):
-        path = tmp_path / "multirun" / job / "status.json"
+        path = folder / "multirun" / job / "status.json"
         return path.exists() and json.loads(path.read_text())["status"] == "running"
 
     try:
@@ -283,53 +308,113 @@ def test_a_job_killed_mid_sweep_is_recorded_and_rerun(tmp_path, mlflow_uri, laun
         _, err = proc.communicate(timeout=600)
     finally:
         proc.kill()
-    assert proc.returncode != 0
-    everything = runs(mlflow_uri, sweeps=True)
+    killed = {"returncode": proc.returncode, "err": err, "runs": runs(uri, sweeps=True),
+              "status": json.loads(status.read_text())["status"]}  # fmt: skip
+    # re-running the sweep runs what did not finish, and skips what did
+    again = train(folder / "again", uri, *overrides)
+    return {
+        "launcher": launcher,
+        "uri": uri,
+        "killed": killed,
+        "again": again,
+        "runs": runs(uri, sweeps=True),
+    }
+
+
+def store_in(folder, empty_store) -> str:
+    import shutil
+
+    shutil.copyfile(empty_store, folder / "mlflow.db")
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="module")
+def killed_joblib(tmp_path_factory, empty_store):
+    folder = tmp_path_factory.mktemp("killed-joblib")
+    return kill_one_job(folder, store_in(folder, empty_store), "local_parallel")
+
+
+@pytest.fixture(scope="module")
+def killed_submitit(tmp_path_factory, empty_store):
+    folder = tmp_path_factory.mktemp("killed-submitit")
+    return kill_one_job(folder, store_in(folder, empty_store), "submitit_local")
+
+
+@pytest.mark.parametrize("launcher", ["local_parallel", "submitit_local"])
+def test_a_job_killed_mid_sweep_is_recorded_and_rerun(request, launcher):
+    result = request.getfixturevalue("killed_joblib" if launcher == "local_parallel" else "killed_submitit")
+    killed = result["killed"]
+    assert killed["returncode"] != 0
+    everything = killed["runs"]
     (sweep,) = everything[everything["tags.kind"] == "sweep"].to_dict("records")
     assert sweep["status"] in ("KILLED", "FAILED") and sweep["metrics.jobs_killed"] >= 1  # the parent too
     table = everything[everything["tags.kind"] != "sweep"].set_index("params.intervention.layer")
     # nothing is left RUNNING: the killed job's run is KILLED with the reason; under joblib the broken
     # worker pool stops the other job too (also KILLED), under submitit the other job finishes
     assert table.loc["0", "status"] == "KILLED" and "SIGKILL" in table.loc["0", "tags.error"]
-    assert json.loads(status.read_text())["status"] == "killed"
+    assert killed["status"] == "killed"
     expected_other = "KILLED" if launcher == "local_parallel" else "FINISHED"
     assert table.loc["1", "status"] == expected_other
-    assert "sweep summary: 2 jobs" in err and "job 0 killed" in err
+    assert "sweep summary: 2 jobs" in killed["err"] and "job 0 killed" in killed["err"]
     # re-running the sweep runs what did not finish, and skips what did
-    again = train(tmp_path / "again", mlflow_uri, *overrides)
+    again = result["again"]
     assert again.returncode == 0, again.stderr[-3000:]
     finished = 2 if launcher == "local_parallel" else 1
     assert f"sweep summary: 2 jobs: {finished} finished, 0 failed, {2 - finished} skipped" in again.stderr
+    # the re-run continues under the same parent; every job, in joblib's workers or submitit's own
+    # processes, found it through the sweep folder (the killed one, the finished one, the re-run ones)
+    everything = result["runs"]
+    assert everything["tags.kind"].tolist().count("sweep") == 1
+    table = everything[everything["tags.kind"] != "sweep"]
+    assert set(table["tags.mlflow.parentRunId"]) == {sweep["run_id"]}
+    finished = table[table["status"] == "FINISHED"]
+    assert (
+        sorted(finished["params.intervention.layer"]) == ["0", "1"]
+        and finished["metrics.accuracy"].notna().all()
+    )
+
+
+def test_joblib_runs_two_jobs_in_parallel_as_children_of_one_parent(killed_joblib):
+    """The re-run of the killed joblib sweep ran both jobs again: in parallel, each in its own worker
+    process, as children of the sweep's one parent run, which now holds the finished sweep's answer."""
+    again, uri = killed_joblib["again"], killed_joblib["uri"]
+    check_parent(again, killed_joblib["runs"], uri, "intervention.layer", "0,1")
+    table = runs(uri)
+    table = table[table["status"] == "FINISHED"]
+    assert (
+        sorted(table["params.intervention.layer"]) == ["0", "1"] and table["metrics.accuracy"].notna().all()
+    )
+    # The two jobs overlapped in time (parallel), each in its own process.
+    start, end = table["start_time"], table["end_time"]
+    assert start.max() < end.min()
 
 
 def tfidf(folder, uri, *overrides, multirun=True):
-    """train.py with TF-IDF (seconds a job, no language model) on a capped default split."""
-    args = [PYTHON, "train.py", *(["-m"] if multirun else []), "data.max_val=32", "data.max_eval=32", *overrides,
-            "intervention=tfidf", f"mlflow.tracking_uri={uri}", f"hydra.sweep.dir={folder / 'multirun'}",
-            f"hydra.run.dir={folder / 'run'}"]  # fmt: skip
-    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    """train.py with TF-IDF (seconds a job, no language model) on a capped default split, in this
+    process (the basic launcher runs a sweep's jobs in its own process)."""
+    return train_here(*(["-m"] if multirun else []), "data.max_val=32", "data.max_eval=32", *overrides,
+                      "intervention=tfidf", f"mlflow.tracking_uri={uri}", f"hydra.sweep.dir={folder / 'multirun'}",
+                      f"hydra.run.dir={folder / 'run'}")  # fmt: skip
 
 
-@pytest.mark.parametrize("launcher", ["basic", "local_parallel"])
-def test_a_sweep_is_one_parent_run_with_its_jobs_as_children_and_its_report(tmp_path, mlflow_uri, launcher):
+def check_parent(out, table, uri: str, key: str, values: str):
+    """The sweep (2 jobs, both finished now) is one parent run with its jobs as children; the parent
+    holds the counts, the best job by validation, the wall-clock and the report; the lines that point
+    to it are printed, with the sweep's summary once. `table`: the store's runs, parents too, then."""
     import mlflow
 
-    train = tfidf
-
-    sweep = ["data.max_train=32,48"] + ([f"hydra/launcher={launcher}"] if launcher != "basic" else [])
-    out = train(tmp_path, mlflow_uri, *sweep)
     assert out.returncode == 0, out.stderr[-3000:]
-    table = runs(mlflow_uri, sweeps=True)
     (parent,) = table[table["tags.kind"] == "sweep"].to_dict("records")
-    jobs = table[table["tags.kind"] != "sweep"]
-    assert len(jobs) == 2 and set(jobs["tags.mlflow.parentRunId"]) == {parent["run_id"]}
-    assert parent["status"] == "FINISHED" and parent["tags.mlflow.runName"] == "sweep data.max_train=32,48"
-    assert parent["params.sweep.data.max_train"] == "32,48" and parent["metrics.jobs_finished"] == 2
-    best = jobs.loc[jobs["metrics.val_accuracy"].idxmax()]
-    assert parent["tags.best_run_id"] == best["run_id"]
+    children = table[table["tags.kind"] != "sweep"]
+    jobs = children[children["status"] == "FINISHED"]
+    assert len(jobs) == 2 and set(children["tags.mlflow.parentRunId"]) == {parent["run_id"]}
+    assert parent["status"] == "FINISHED" and parent["tags.mlflow.runName"] == f"sweep {key}={values}"
+    assert parent[f"params.sweep.{key}"] == values and parent["metrics.jobs_finished"] == 2
+    best = jobs.set_index("run_id").loc[parent["tags.best_run_id"]]  # a job of the best validation accuracy
+    assert best["metrics.val_accuracy"] == jobs["metrics.val_accuracy"].max()
     assert parent["metrics.best_test_accuracy"] == pytest.approx(best["metrics.accuracy"])
     assert parent["metrics.sweep_seconds"] > 0
-    client = mlflow.tracking.MlflowClient(mlflow_uri)
+    client = mlflow.tracking.MlflowClient(uri)
     assert {a.path for a in client.list_artifacts(parent["run_id"], "report")} >= {
         "report/report.md",
         "report/report.html",
@@ -342,18 +427,51 @@ def test_a_sweep_is_one_parent_run_with_its_jobs_as_children_and_its_report(tmp_
         in said
     )
     assert f"python report.py --run {parent['run_id']}" in said and said.count("sweep summary:") == 1
+    return parent
+
+
+@pytest.fixture(scope="module")
+def tfidf_sweep(tmp_path_factory, empty_store):
+    """A two-job TF-IDF sweep; the same sweep again; then one of its jobs again with force=true. What
+    each printed, and the store's runs (parents too) after each."""
+    folder = tmp_path_factory.mktemp("tfidf-sweep")
+    uri = store_in(folder, empty_store)
+    done = {"uri": uri, "folder": folder}
+    for step, extra in (("first", ["data.max_train=32,48"]), ("again", ["data.max_train=32,48"]),
+                        ("forced", ["data.max_train=32", "force=true"])):  # fmt: skip
+        done[step] = tfidf(folder / step, uri, *extra)
+        done[f"{step}_runs"] = runs(uri, sweeps=True)
+    return done
+
+
+def test_a_sweep_is_one_parent_run_with_its_jobs_as_children_and_its_report(tfidf_sweep, tmp_path):
+    uri, table = tfidf_sweep["uri"], tfidf_sweep["first_runs"]
+    parent = check_parent(tfidf_sweep["first"], table, uri, "data.max_train", "32,48")
+    jobs = table[table["tags.kind"] != "sweep"].reset_index(drop=True)
+    assert len(jobs) == 2  # its only jobs: both finished
+    assert parent["tags.best_run_id"] == jobs.loc[jobs["metrics.val_accuracy"].idxmax(), "run_id"]
     # the same sweep again (resume): its jobs are skipped and it continues under the same parent
-    again = train(tmp_path / "again", mlflow_uri, *sweep)
+    again, table = tfidf_sweep["again"], tfidf_sweep["again_runs"]
     assert again.returncode == 0 and "2 skipped" in again.stderr
-    table = runs(mlflow_uri, sweeps=True)
     assert (table["tags.kind"] == "sweep").sum() == 1 and len(table) == 3
     # report.py --run reports exactly this sweep
-    report = subprocess.run([PYTHON, "report.py", "--run", parent["run_id"], "--tracking-uri", mlflow_uri,
+    report = subprocess.run([PYTHON, "report.py", "--run", parent["run_id"], "--tracking-uri", uri,
                              "--out", str(tmp_path / "r"), "--no-mlflow"], cwd=ROOT, capture_output=True, text=True)  # fmt: skip
     assert report.returncode == 0 and "2 finished, 0 failed" in report.stdout, report.stderr[-2000:]
     # a single run stays top-level
-    single = train(tmp_path / "one", mlflow_uri, "data.max_train=40", multirun=False)
+    single = tfidf(tmp_path / "one", uri, "data.max_train=40", multirun=False)
     assert single.returncode == 0
-    table = runs(mlflow_uri, sweeps=True)
+    table = runs(uri, sweeps=True)
     lone = table[table["params.data.max_train"] == "40"]
     assert len(lone) == 1 and lone["tags.mlflow.parentRunId"].isna().all()
+
+
+def test_rerunning_a_finished_sweep_skips_every_job(tfidf_sweep):
+    again = tfidf_sweep["again"]
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "2 jobs: 0 finished, 0 failed, 2 skipped" in again.stderr
+    jobs = lambda table: table[table["tags.kind"] != "sweep"]  # noqa: E731
+    assert len(jobs(tfidf_sweep["again_runs"])) == 2
+    forced = tfidf_sweep["forced"]
+    assert forced.returncode == 0 and "1 finished" in forced.stderr
+    assert len(jobs(tfidf_sweep["forced_runs"])) == 3

@@ -9,6 +9,8 @@ from conftest import PYTHON, ROOT, compose, runs, tiny_overrides
 from reftlab import run
 from reftlab.data import versioning
 
+pytestmark = pytest.mark.slow  # every test runs a job or writes a dataset repository
+
 
 @pytest.fixture
 def repos(tmp_path, monkeypatch):

@@ -20,14 +20,20 @@ def test_every_local_link_of_readme_and_docs_resolves():
     broken = []
     for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
         for target in LINK.findall(page.read_text()):
-            if "://" not in target and not target.startswith("mailto:") and not (page.parent / target).exists():
+            if (
+                "://" not in target
+                and not target.startswith("mailto:")
+                and not (page.parent / target).exists()
+            ):
                 broken.append(f"{page.relative_to(ROOT)} -> {target}")
     assert not broken, broken
 
 
 def test_every_test_named_in_reliability_md_exists():
     text = (ROOT / "docs" / "reliability.md").read_text()
-    sources = {p.relative_to(ROOT / "tests").as_posix(): p.read_text() for p in (ROOT / "tests").rglob("test_*.py")}
+    sources = {
+        p.relative_to(ROOT / "tests").as_posix(): p.read_text() for p in (ROOT / "tests").rglob("test_*.py")
+    }
     missing, current = [], None
     for ref in re.findall(r"`((?:engine/)?test_\w+\.py(?:::test_\w+)?|::test_\w+)", text):
         file, _, function = ref.partition("::")

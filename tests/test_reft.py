@@ -29,7 +29,9 @@ def test_save_load_gives_identical_predictions(tiny4, tmp_path):
     torch.manual_seed(1)
     reft_model = reft.build(model, settings)
     trainer = compose("trainer.epochs=1", "trainer.lr=0.02", "trainer.cache=off").trainer
-    Engine(reft_model, method, settings, trainer, tokenizer.pad_token_id, store=None, progress=False).train(examples, 0)
+    Engine(reft_model, method, settings, trainer, tokenizer.pad_token_id, store=None, progress=False).train(
+        examples, 0
+    )
     args = (prompts, builder.yes_id, builder.no_id, tokenizer.pad_token_id, "cpu")
     before = score(reft_model, method, settings, *args, progress=False)
     reft.save(reft_model, settings, tmp_path / "iv")

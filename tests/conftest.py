@@ -138,11 +138,14 @@ def runs(uri: str, experiment: str = "reftlab", sweeps: bool = False):
 
 
 PYTHON = sys.executable
-# For processes that train at the same time (a parallel sweep's jobs, two jobs started together):
-# one torch thread each. Two jobs of two threads each on a 2-core machine train ~5x slower
-# (measured: 31 s instead of 6 s for the same 320 steps), and what the tests prove does not
-# depend on the thread count.
-ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def one_thread() -> dict[str, str]:
+    """The environment for processes that train at the same time (a parallel sweep's jobs, two jobs
+    started together): one torch thread each. Two jobs of two threads each on a 2-core machine train
+    ~5x slower (measured: 31 s instead of 6 s for the same 320 steps); what the tests prove does not
+    depend on the thread count."""
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 class Done:

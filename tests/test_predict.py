@@ -27,16 +27,17 @@ from reftlab.serving import card, predict, pyfunc
 # predict.py: its input and its flags, checked before any model is loaded
 
 
-def test_predict_refuses_a_bad_batch_size_and_overwriting_its_input(tmp_path):
+def test_predict_refuses_a_bad_batch_size_and_overwriting_its_input(tmp_path, capsys):
     texts = tmp_path / "in.csv"
     texts.write_text("text\nhello\n")
     for args, words in [
         (["--batch-size", "-1"], "--batch-size -1 is not valid"),
         (["--input", str(texts), "--output", str(texts)], "is the input file"),
     ]:
-        out = subprocess.run([PYTHON, "predict.py", "--path", str(tmp_path), *args], cwd=ROOT,
-                             capture_output=True, text=True, timeout=120)  # fmt: skip
-        assert out.returncode == 2 and words in out.stderr, out.stderr
+        with pytest.raises(SystemExit) as stop:  # predict.py's main: a usage error, exit status 2
+            predict.main(["--path", str(tmp_path), *args])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and words in err, err
     assert texts.read_text() == "text\nhello\n"
 
 

@@ -7,7 +7,7 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-from conftest import ONE_THREAD, PYTHON, ROOT, compose, runs, tiny_overrides, train_here
+from conftest import PYTHON, ROOT, compose, one_thread, runs, tiny_overrides, train_here
 
 from reftlab import run, tracking, validate
 from reftlab.data import versioning
@@ -170,9 +170,9 @@ def test_two_identical_jobs_started_together_run_once(mlflow_uri, tmp_path):
         *tiny_overrides(f"mlflow.tracking_uri={uri}", "save_intervention=false"),
     ]
     first = subprocess.Popen([*args, f"hydra.run.dir={tmp_path / 'a'}"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True, env=ONE_THREAD)  # fmt: skip
+                             stderr=subprocess.PIPE, text=True, env=one_thread())  # fmt: skip
     second = subprocess.Popen([*args, f"hydra.run.dir={tmp_path / 'b'}"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True, env=ONE_THREAD)  # fmt: skip
+                              stderr=subprocess.PIPE, text=True, env=one_thread())  # fmt: skip
     for proc in (first, second):
         assert proc.wait(timeout=600) == 0, proc.stderr.read()[-2000:]
     statuses = sorted(

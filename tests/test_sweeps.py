@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ONE_THREAD, PYTHON, ROOT, compose, runs, tiny_overrides, train_here
+from conftest import PYTHON, ROOT, compose, one_thread, runs, tiny_overrides, train_here
 
 from reftlab import run
 
@@ -26,14 +26,19 @@ def train(tmp_path, uri, *overrides, multirun=True, timeout=600, here=False):
     if here:
         return train_here(*args)
     return subprocess.run(
-        [PYTHON, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=ONE_THREAD
+        [PYTHON, "train.py", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=one_thread(),
     )
 
 
 @pytest.fixture(scope="module")
 def layer_sweep(tmp_path_factory, empty_store):
-    """One sweep of the tiny model (3 layers), the in-process launcher: layer 2, then 9 (no such
-    layer: it fails), then 0; the higher layer runs first. Its output, store, folders and cache."""
+    """One sweep of the tiny model (3 layers) under Hydra's basic launcher, in this process: layer 2,
+    then 9 (no such layer: it fails), then 0; the higher layer runs first. Its output and store."""
     folder = tmp_path_factory.mktemp("layer-sweep")
     uri = store_in(folder, empty_store)
     out = train(
@@ -290,7 +295,7 @@ def kill_one_job(folder, uri: str, launcher: str) -> dict:
     args = [PYTHON, "train.py", "-m", *tiny_overrides(*overrides, f"mlflow.tracking_uri={uri}",
             f"hydra.sweep.dir={folder / 'multirun'}")]  # fmt: skip
     proc = subprocess.Popen(
-        args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ONE_THREAD
+        args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=one_thread()
     )
     status = folder / "multirun" / "0" / "status.json"
 

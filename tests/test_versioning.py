@@ -147,12 +147,19 @@ def test_repositories_stay_usable_from_other_processes(repos, in_root):
     assert len(versioning.history(compose("data=persuasion_sample").data)) == 2
 
 
-def test_cli_prepare_and_log(repos):
-    def cli(*args):
-        return subprocess.run([PYTHON, "-m", "reftlab.data.cli", *args], cwd=ROOT, capture_output=True, text=True,
-                              timeout=120)  # fmt: skip
+def test_cli_prepare_and_log(repos, in_root, capsys):
+    from conftest import Done
 
-    out = cli("prepare", "data=persuasion_sample")
+    from reftlab.data import cli as data_cli
+
+    def cli(*args):  # the CLI's main, here (the command itself runs first, below)
+        capsys.readouterr()
+        code = data_cli.main(list(args))
+        said = capsys.readouterr()
+        return Done(code, said.out, said.err)
+
+    out = subprocess.run([PYTHON, "-m", "reftlab.data.cli", "prepare", "data=persuasion_sample"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert "(committed)" in out.stdout
     assert "no new commit" in cli("prepare", "data=persuasion_sample").stdout

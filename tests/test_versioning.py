@@ -18,6 +18,33 @@ def repos(tmp_path, monkeypatch):
     return tmp_path / "repos"
 
 
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """opinion_spam prepared once for the module with the default settings: its repositories folder
+    and the commit (a test copies the folder: what its own first `prepare` would have left)."""
+    import contextlib
+    import os
+
+    folder = tmp_path_factory.mktemp("prepared") / "repos"
+    before = os.environ["REFTLAB_DATA_REPOS"]
+    os.environ["REFTLAB_DATA_REPOS"] = str(folder)
+    try:
+        with contextlib.chdir(ROOT):
+            commit, made = versioning.prepare(compose().data)
+    finally:
+        os.environ["REFTLAB_DATA_REPOS"] = before
+    assert made
+    return folder, commit
+
+
+def prepare_default(prepared, repos) -> str:
+    """`versioning.prepare(compose().data)` on an empty repositories folder, as a copy of its result."""
+    import shutil
+
+    shutil.copytree(prepared[0], repos, symlinks=True)
+    return prepared[1]
+
+
 def own_csv(path, offset: int):
     texts = [f"review number {i + offset} about the hotel" for i in range(40)]
     pd.DataFrame({"text": texts, "label": ["Yes", "No"] * 20}).to_csv(path, index=False)
@@ -67,16 +94,16 @@ def test_training_prepares_the_data_when_no_repository_exists(repos, tmp_path, m
     assert row["tags.data_version"] == versioning.history(compose().data)[0]["commit"]
 
 
-def test_unknown_revision_is_named_with_the_repository(repos, in_root):
-    versioning.prepare(compose().data)
+def test_unknown_revision_is_named_with_the_repository(repos, prepared, in_root):
+    prepare_default(prepared, repos)
     with pytest.raises(
         versioning.VersionError, match=r"data.revision='deadbeef' is not a commit of .*opinion_spam"
     ):
         versioning.load(compose("data.revision=deadbeef").data)
 
 
-def test_uncommitted_changes_stop_prepare_and_are_kept(repos, in_root):
-    versioning.prepare(compose().data)
+def test_uncommitted_changes_stop_prepare_and_are_kept(repos, prepared, in_root):
+    prepare_default(prepared, repos)
     readme = repos / "opinion_spam" / "README.md"
     readme.write_text("my notes\n")
     with pytest.raises(versioning.VersionError, match=r"uncommitted changes \(README.md\)"):
@@ -84,10 +111,10 @@ def test_uncommitted_changes_stop_prepare_and_are_kept(repos, in_root):
     assert readme.read_text() == "my notes\n"
 
 
-def test_a_half_done_reftlab_commit_is_rolled_back_and_said(repos, in_root, caplog):
+def test_a_half_done_reftlab_commit_is_rolled_back_and_said(repos, prepared, in_root, caplog):
     """What a kill during `prepare` leaves (the files copied, no commit, the marker beside the
     repository) is rolled back on the next run, which then proceeds; a user's own edit is not."""
-    first, _ = versioning.prepare(compose().data)
+    first = prepare_default(prepared, repos)
     folder = repos / "opinion_spam"
     (folder / "train.parquet").write_bytes(b"half a parquet file")
     versioning.pending_marker(folder).write_text('{"operation": "prepare", "pid": 1}')
@@ -98,12 +125,12 @@ def test_a_half_done_reftlab_commit_is_rolled_back_and_said(repos, in_root, capl
     assert len(pd.read_parquet(folder / "train.parquet")) == 1084
 
 
-def test_a_killed_prepare_leaves_a_repository_the_next_run_can_use(repos, in_root, tmp_path):
+def test_a_killed_prepare_leaves_a_repository_the_next_run_can_use(repos, prepared, in_root, tmp_path):
     """Fault injection: kill -9 a `prepare` of other settings while it runs, then prepare again."""
     import signal
     import time
 
-    versioning.prepare(compose().data)
+    prepare_default(prepared, repos)
     folder = repos / "opinion_spam"
     proc = subprocess.Popen([PYTHON, "-m", "reftlab.data.cli", "prepare", "data.split=hotel"], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip

@@ -10,6 +10,7 @@ from reftlab.engine import score
 from reftlab.spec import COMPONENTS
 
 
+@pytest.mark.slow  # the bundled model
 def test_bundled_model_predicts_text():
     cfg = compose().model
     model, tokenizer, device, dtype = models.load_model_and_tokenizer(cfg)

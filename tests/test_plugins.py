@@ -39,6 +39,7 @@ def toy_config(tmp_path, mlflow_uri, *extra):
                    f"hydra.searchpath=[file://{tmp_path / 'conf'}]")  # fmt: skip
 
 
+@pytest.mark.slow  # a whole job
 def test_a_new_method_is_one_class_and_one_yaml(in_root, mlflow_uri, tmp_path):
     assert "toy_length" in methods.names()
     metrics = run.run(toy_config(tmp_path, mlflow_uri), output_dir=tmp_path / "job")
@@ -53,6 +54,7 @@ def test_a_new_method_is_one_class_and_one_yaml(in_root, mlflow_uri, tmp_path):
     assert "toy length" in (tmp_path / "r" / "report.md").read_text() and result["finished"] == 1
 
 
+@pytest.mark.slow  # a whole job
 def test_a_new_methods_bad_setting_is_named_and_recorded(in_root, mlflow_uri, tmp_path):
     with pytest.raises(validate.ConfigError, match=r"intervention.scale=-1.0 is not valid"):
         run.run(toy_config(tmp_path, mlflow_uri, "intervention.scale=-1.0"), output_dir=tmp_path / "bad")

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from .loop import Schedule, answer_targets, step_means
 from .plan import POINT_OFFSET, start_point
-from .suffix import attention_implementation, intervene, points, suffix_states
+from .suffix import attention_implementation, intervene, last_prompt_tokens, points, suffix_states
 
 
 @dataclass
@@ -55,14 +55,11 @@ def compatible(members) -> str | None:
     return None
 
 
-def step_rows(body, cache, members, groups, answers):
-    """One pass over the stacked suffix rows of every member's step: each member's (loss, batch means)."""
-    idx = np.concatenate([np.concatenate([np.asarray(g) for g in group]) for group in groups])
-    sizes = [sum(len(g) for g in group) for group in groups]
+def stacked(members, sizes: list[int], device):
+    """`apply(h, point)` for rows stacked member by member (`sizes[j]` rows of member j): each
+    member's interventions act on its own rows only; and the rows' bounds."""
     bounds = np.cumsum([0, *sizes])
-    device = cache.hidden.device
-    wheres = [[torch.arange(m.n_pos, device=device).expand(n, -1)] * sum(map(len, m.at.values()))
-              for m, n in zip(members, sizes, strict=True)]  # fmt: skip
+    wheres = [last_prompt_tokens(m.at, m.n_pos, n, device) for m, n in zip(members, sizes, strict=True)]
     acting = {p for m in members for p in m.at}
 
     def apply(h, point):
@@ -71,6 +68,13 @@ def step_rows(body, cache, members, groups, answers):
         return torch.cat([intervene(h[lo:hi], m.at, point, w) if point in m.at else h[lo:hi]
                           for m, w, lo, hi in zip(members, wheres, bounds[:-1], bounds[1:], strict=True)])  # fmt: skip
 
+    return apply, bounds
+
+
+def step_rows(body, cache, members, groups, answers):
+    """One pass over the stacked suffix rows of every member's step: each member's (loss, batch means)."""
+    idx = np.concatenate([np.concatenate([np.asarray(g) for g in group]) for group in groups])
+    apply, bounds = stacked(members, [sum(len(g) for g in group) for group in groups], cache.hidden.device)
     h, _ = suffix_states(body, cache, idx, len(body.layers), apply)
     first = members[0].n_pos - 1  # the last prompt token predicts the first answer token
     logits = members[0].ctx.model.lm_head(body.norm(h)[:, first:].contiguous()).float()
@@ -132,25 +136,16 @@ def score(members: list[Member], cache, yes_id: int, no_id: int, batch_size: int
     n = len(cache.prefix_len)
     order = sorted(range(n), key=lambda i: -int(cache.prefix_len[i]))
     out = [np.zeros(n, dtype=np.float64) for _ in members]
-    device = cache.hidden.device
     with attention_implementation(model):
         for b in range(0, n, batch_size):
             idx = np.asarray(order[b : b + batch_size])
-            k = len(idx)
-            wheres = [[torch.arange(m.n_pos, device=device).expand(k, -1)] * sum(map(len, m.at.values()))
-                      for m in members]  # fmt: skip
-
-            def apply(h, point, wheres=wheres, k=k):
-                return torch.cat([intervene(h[j * k : (j + 1) * k], m.at, point, w) if point in m.at
-                                  else h[j * k : (j + 1) * k] for j, (m, w) in enumerate(zip(members, wheres, strict=True))])  # fmt: skip
-
+            apply, bounds = stacked(members, [len(idx)] * len(members), cache.hidden.device)
             h, s = suffix_states(body, cache, np.tile(idx, len(members)), len(body.layers), apply)
             h = body.norm(h)
-            last = torch.from_numpy(np.tile(s, 1) - 1).to(h.device)
+            last = torch.from_numpy(s - 1).to(h.device)
             logits = model.lm_head(h[torch.arange(len(last), device=h.device), last]).float()
-            for j in range(len(members)):
-                rows = logits[j * k : (j + 1) * k]
-                out[j][idx] = (rows[:, yes_id] - rows[:, no_id]).cpu().numpy()
+            for j, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+                out[j][idx] = (logits[lo:hi, yes_id] - logits[lo:hi, no_id]).cpu().numpy()
     return out
 
 

@@ -9,11 +9,14 @@ how many bytes it takes.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
 
 from ..models import head_dim
+
+log = logging.getLogger(__name__)
 
 # The execution strategies, by the names runs record (tags train_path / eval_path):
 # stock: the whole sequence through the model (pyreft or peft); cached: the frozen prefix stored
@@ -90,15 +93,13 @@ def train_inputs(examples, n_pos: int) -> tuple[list[list[int]], list[int]]:
 def shared_point(spec, model, seqs, suffix_lens, bound: int, lowest: int | None) -> int:
     """Where to build a stored cache: `lowest` (trainer.cache_from) if it is below the job's point
     and the cache from there fits `bound`; else the job's own point."""
-    import logging
-
     start = start_point(spec)
     if lowest is None or lowest >= start:
         return start
     lowest = max(0, int(lowest))
     need = prefix_bytes(model, lowest, seqs, suffix_lens)
     if need > bound:
-        logging.getLogger(__name__).warning(
+        log.warning(
             "A prefix cache from point %d (shared by the sweep's layers) needs %.2f GB, more than "
             "trainer.cache_max_gb: building from this job's point %d", lowest, need / 2**30, start)  # fmt: skip
         return start

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .. import hf_compat
+from ..spec import unit_locations
 from .loop import answer_targets, step_means
 from .plan import POINT_OFFSET, start_point
 from .prefix import PrefixCache
@@ -71,6 +72,12 @@ def points(spec, interventions) -> dict[int, list[tuple[int, torch.nn.Module]]]:
     for slot, ((layer, _), iv) in enumerate(zip(spec.slots, interventions, strict=True)):
         at.setdefault(layer + offset, []).append((slot, iv))
     return at
+
+
+def last_prompt_tokens(at: dict, n_pos: int, rows: int, device) -> list[torch.Tensor]:
+    """`where` for suffix rows: every intervention acts on the first `n_pos` suffix columns (the last
+    prompt tokens), in each of `rows` rows."""
+    return [torch.arange(n_pos, device=device).expand(rows, -1)] * sum(map(len, at.values()))
 
 
 def intervene(h, at: dict, point: int, where: list[torch.Tensor]):
@@ -138,9 +145,7 @@ class SuffixRunner:
     def hidden(self, cache, idx) -> tuple[torch.Tensor, np.ndarray]:
         """Final hidden states [B, S, H] of the suffixes of examples `idx` (right-padded), and their lengths."""
         device = cache.hidden.device
-        where = [torch.arange(self.n_pos, device=device).expand(len(idx), -1)] * sum(
-            map(len, self.at.values())
-        )
+        where = last_prompt_tokens(self.at, self.n_pos, len(idx), device)
 
         def apply(h, point):
             return intervene(h, self.at, point, where)
@@ -168,12 +173,9 @@ class FullRunner:
     """Runs whole stored sequences from the lowest intervention point up, with the interventions."""
 
     def __init__(self, model, spec, interventions):
-        from ..spec import unit_locations
-
         self.base, self.body, self.spec = model, model.model, spec
         self.at = points(spec, interventions)
         self.start = start_point(spec)
-        self.locations = unit_locations
 
     def hidden(self, cache, idx, prompt_lens) -> torch.Tensor:
         """Final hidden states [B, W, H] of sequences `idx` (left-padded to the longest), whose
@@ -192,7 +194,7 @@ class FullRunner:
         allowed = np.tril(np.ones((width, width), bool))[None] & real[:, None, :]
         allowed |= np.eye(width, dtype=bool)[None] & ~real[:, :, None]
         mask = torch.from_numpy(allowed).to(device)[:, None]  # boolean, True = may attend (sdpa, eager)
-        slots = self.locations(self.spec, list(prompt_lens), starts.tolist())["sources->base"][1]
+        slots = unit_locations(self.spec, list(prompt_lens), starts.tolist())["sources->base"][1]
         # a short prompt has fewer positions: repeat its last one (the same token, intervened once)
         where = [
             torch.tensor([r + [r[-1]] * (max(map(len, s)) - len(r)) for r in s], device=device) for s in slots

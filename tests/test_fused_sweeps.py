@@ -2,23 +2,20 @@
 its own result; a member that diverges fails alone; a resumed fused sweep runs only what did not finish."""
 
 import shutil
-import subprocess
 
 import pytest
-from conftest import PYTHON, ROOT, compose, runs, tiny_overrides
+from conftest import compose, runs, tiny_overrides, train_here
 
 from reftlab import run
 
-pytestmark = pytest.mark.slow  # starts train.py
+pytestmark = pytest.mark.slow  # two whole sweeps of four jobs
 
 SWEEP = ("model.num_layers=3", "trainer.epochs=2", "save_intervention=false", "mlflow.log_model=false")
 
 
 def fused_sweep(folder, uri, *overrides):
-    args = [PYTHON, "train.py", "-m", "hydra/launcher=fused", *tiny_overrides(*SWEEP, *overrides),
-            f"mlflow.tracking_uri={uri}", f"hydra.sweep.dir={folder / 'multirun'}",
-            f"trainer.cache_dir={folder / 'prefix'}"]  # fmt: skip
-    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    return train_here("-m", "hydra/launcher=fused", *tiny_overrides(*SWEEP, *overrides), f"mlflow.tracking_uri={uri}",
+                      f"hydra.sweep.dir={folder / 'multirun'}", f"trainer.cache_dir={folder / 'prefix'}")  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -158,10 +158,19 @@ def bundled_model_dir() -> Path:
     return target
 
 
+_TOKENIZERS: dict[str, object] = {}
+
+
 def load_tokenizer(name_or_path: str | Path):
+    """The tokenizer of a hub id or folder, loaded once per process (a job asks for it when it checks
+    its settings and again when it loads the model; a sweep's in-process jobs share it). Nothing in
+    reftlab, pyreft or peft changes a tokenizer; the settings below are set again on every call."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
+    key = str(name_or_path)
+    if key not in _TOKENIZERS:
+        _TOKENIZERS[key] = AutoTokenizer.from_pretrained(key)
+    tokenizer = _TOKENIZERS[key]
     # Llama `generate`/forward reject token_type_ids; pyreft's data code must not produce them.
     tokenizer.model_input_names = ["input_ids", "attention_mask"]
     if tokenizer.pad_token is None:

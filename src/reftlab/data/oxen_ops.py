@@ -32,6 +32,13 @@ def commits(repo) -> list[dict]:
     return [{"id": c.id, "message": c.message, "timestamp": str(c.timestamp)} for c in log]
 
 
+def dirty(repo) -> list[str]:
+    s = repo.status()
+    parts = (s.unstaged_modified_files(), s.unstaged_removed_files(), s.modified_files(), s.removed_files(),
+             s.added_files())  # fmt: skip
+    return sorted({str(f) for part in parts for f in part})
+
+
 def run(request: dict):
     import oxen
 
@@ -44,10 +51,9 @@ def run(request: dict):
     if op == "log":
         return commits(repo)
     if op == "dirty":
-        s = repo.status()
-        parts = (s.unstaged_modified_files(), s.unstaged_removed_files(), s.modified_files(), s.removed_files(),
-                 s.added_files())  # fmt: skip
-        return sorted({str(f) for part in parts for f in part})
+        return dirty(repo)
+    if op == "state":  # what a run's load needs, in one process: the changed files and the history
+        return {"dirty": dirty(repo), "log": commits(repo)}
     if op == "commit":
         ensure_user()
         for name in request["files"]:

@@ -122,13 +122,14 @@ def changing(folder: Path, what: str):
     marker.unlink(missing_ok=True)  # only when the operation completed
 
 
-def check_clean(folder: Path) -> None:
+def check_clean(folder: Path, dirty: list[str] | None = None, history: list[dict] | None = None) -> None:
     """A dirty working tree stops us, unless an interrupted reftlab operation left it so: then its
-    files are put back to the last commit (logged), and the operation can run again."""
-    dirty = oxen("dirty", folder)
+    files are put back to the last commit (logged), and the operation can run again. `dirty` and
+    `history`: what one "state" operation already said (else asked here)."""
+    dirty = oxen("dirty", folder) if dirty is None else dirty
     marker = pending_marker(folder)
     if dirty and marker.exists() and set(map(str, dirty)) <= set(FILES):
-        history = oxen("log", folder)
+        history = oxen("log", folder) if history is None else history
         oxen("rollback", folder, files=list(FILES), head=history[0]["id"] if history else None)
         log.warning(
             "Rolled back %s in %s: left half-done by an interrupted reftlab operation (%s)",
@@ -148,27 +149,36 @@ def prepare(cfg) -> tuple[str, bool]:
 
     Returns (commit id, whether a new commit was made).
     """
-    import tempfile
-
     folder = repo_dir(cfg.name)
     with locked(folder):
-        if not exists(folder):
-            oxen("init", folder)
-        check_clean(folder)
-        prepared = recipes.prepare(cfg, caps=False)
-        with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
-            recipes.write(prepared, cfg, Path(tmp))
-            key = content_key(Path(tmp))
-            for commit in oxen("log", folder):  # newest first: the same content was committed before
-                if f"[content {key}]" in commit["message"]:
-                    return commit["id"], False
-            with changing(folder, "prepare"):
-                for name in FILES:
-                    shutil.copyfile(Path(tmp) / name, folder / name)
-                commit_id = oxen(
-                    "commit", folder, files=list(FILES), message=commit_message(prepared, cfg, key)
-                )
-        return commit_id, True
+        commit_id, new, _ = prepare_locked(cfg, folder)
+    return commit_id, new
+
+
+def prepare_locked(cfg, folder: Path) -> tuple[str, bool, list[dict]]:
+    """`prepare` under the repository's lock; also gives the history after it (newest first). When the
+    content was committed before, this costs one Oxen process (state), not three."""
+    import tempfile
+
+    if not exists(folder):
+        oxen("init", folder)
+    state = oxen("state", folder)
+    history = state["log"]
+    if state["dirty"]:
+        check_clean(folder, state["dirty"], history)
+        history = oxen("log", folder)
+    prepared = recipes.prepare(cfg, caps=False)
+    with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
+        recipes.write(prepared, cfg, Path(tmp))
+        key = content_key(Path(tmp))
+        for commit in history:  # newest first: the same content was committed before
+            if f"[content {key}]" in commit["message"]:
+                return commit["id"], False, history
+        with changing(folder, "prepare"):
+            for name in FILES:
+                shutil.copyfile(Path(tmp) / name, folder / name)
+            commit_id = oxen("commit", folder, files=list(FILES), message=commit_message(prepared, cfg, key))
+    return commit_id, True, oxen("log", folder)
 
 
 def resolve(folder: Path, revision: str, history: list[dict]) -> str:
@@ -253,11 +263,13 @@ def load(cfg) -> tuple[recipes.Prepared, str]:
     """The data a run uses and its Oxen commit id (caps applied after reading)."""
     folder = repo_dir(cfg.name)
     revision = cfg.get("revision")
-    commit_id = prepare(cfg)[0] if revision is None else None
-    with locked(folder):
-        require(folder)
-        history = oxen("log", folder)
-        commit_id = commit_id or resolve(folder, revision, history)
+    with locked(folder):  # one lock for prepare and read: a parallel job may commit in between
+        if revision is None:
+            commit_id, _, history = prepare_locked(cfg, folder)
+        else:
+            require(folder)
+            history = oxen("log", folder)
+            commit_id = resolve(folder, revision, history)
         head = history[0]["id"]
         where = folder if commit_id == head else snapshot(folder, commit_id, head)
         # Read under the lock: a parallel job may commit other settings into the working tree next.

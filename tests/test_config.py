@@ -98,3 +98,18 @@ def test_reft_vs_lora_gives_each_method_the_same_learning_rate_grid_and_three_se
     sweep = sweep_of("reft_vs_lora")
     assert sweep["intervention"] == ["loreft", "lora", "none", "tfidf"]
     assert len(sweep["trainer.lr"]) >= 3 and sweep["seed"] == ["1", "2", "3"]
+
+
+def test_a_method_that_does_not_train_ignores_the_seed_and_the_training_settings():
+    """What lets a sweep over seed or trainer.lr run TF-IDF and zero-shot once (resume skips the rest)."""
+    from omegaconf import OmegaConf
+
+    from reftlab.config.identity import config_hash
+
+    def key(*overrides, trains):
+        return config_hash(OmegaConf.to_container(compose(*overrides), resolve=True), trains=trains)
+
+    for setting in ("seed=2", "trainer.lr=0.5", "intervention.layer=3"):
+        assert key(setting, trains=False) == key(trains=False), setting
+        assert key(setting, trains=True) != key(trains=True), setting
+    assert key("data.eval_fraction=0.3", trains=False) != key(trains=False)  # the data still counts

@@ -37,12 +37,10 @@ def artifact_texts(uri: str, run_id: str) -> str:
 @pytest.mark.slow
 def test_a_credential_in_a_data_url_never_leaves_the_process(mlflow_uri, tmp_path):
     common = ["data=csv", f"data.path={LEAKY_URL}", f"mlflow.tracking_uri={mlflow_uri}"]
-    single = subprocess.run([PYTHON, "train.py", *tiny_overrides(*common), f"hydra.run.dir={tmp_path / 'one'}"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    # in this process: what it prints (Hydra's log handlers included) is captured like a process's
+    single = train_here(*tiny_overrides(*common), f"hydra.run.dir={tmp_path / 'one'}")
     assert single.returncode == 2 and "bob:***@example.invalid" in single.stderr
-    sweep = subprocess.run([PYTHON, "train.py", "-m", *tiny_overrides(*common, "seed=1,2"),
-                            f"hydra.sweep.dir={tmp_path / 'many'}"],
-                           cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    sweep = train_here("-m", *tiny_overrides(*common, "seed=1,2"), f"hydra.sweep.dir={tmp_path / 'many'}")
     assert sweep.returncode == 1 and "#1 : " in sweep.stdout + sweep.stderr  # the launcher's job lines
     for said in (single.stdout, single.stderr, sweep.stdout, sweep.stderr):
         assert SECRET not in said

@@ -191,20 +191,19 @@ def test_the_runs_mlflow_model_predicts_like_predict_py_everywhere(in_root, job,
         "MLFLOW_TRACKING_URI": mlflow_uri,
         "PATH": f"{Path(MLFLOW).parent}{os.pathsep}{os.environ['PATH']}",
     }
-    # `mlflow models predict`, the current environment
-    pd.DataFrame({"text": TEXTS}).to_csv(tmp_path / "texts.csv", index=False)
-    done = subprocess.run([MLFLOW, "models", "predict", "-m", uri, "-i", str(tmp_path / "texts.csv"), "-t", "csv",
-                           "-o", str(tmp_path / "out.json"), "--env-manager", "local"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    cli = pd.DataFrame(json.loads((tmp_path / "out.json").read_text())["predictions"])
-    assert list(cli["label"]) == list(want["label"]) and np.allclose(cli["p_yes"], want["p_yes"], atol=1e-6)
-    # `mlflow models serve` on the loopback address: one request
+    # `mlflow models serve` on the loopback address (started first: it loads the model while the
+    # predict command below runs) and `mlflow models predict`, the current environment
     port = free_port()
     server = subprocess.Popen([MLFLOW, "models", "serve", "-m", uri, "-h", "127.0.0.1", "-p", str(port),
                                "--env-manager", "local", "-w", "1"], cwd=ROOT, env=env, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
     try:
+        pd.DataFrame({"text": TEXTS}).to_csv(tmp_path / "texts.csv", index=False)
+        done = subprocess.run([MLFLOW, "models", "predict", "-m", uri, "-i", str(tmp_path / "texts.csv"), "-t",
+                               "csv", "-o", str(tmp_path / "out.json"), "--env-manager", "local"],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        cli = pd.DataFrame(json.loads((tmp_path / "out.json").read_text())["predictions"])
         wait_for_port(port, 120, server)
         body = json.dumps({"dataframe_split": {"columns": ["text"], "data": [[t] for t in TEXTS]}}).encode()
         request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
@@ -214,6 +213,7 @@ def test_the_runs_mlflow_model_predicts_like_predict_py_everywhere(in_root, job,
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(30)
+    assert list(cli["label"]) == list(want["label"]) and np.allclose(cli["p_yes"], want["p_yes"], atol=1e-6)
     assert list(served["label"]) == list(want["label"]) and np.allclose(
         served["p_yes"], want["p_yes"], atol=1e-6
     )

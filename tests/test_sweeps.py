@@ -287,7 +287,7 @@ def kill_one_job(folder, uri: str, launcher: str) -> dict:
     import json
 
     overrides = [
-        "trainer.epochs=40",
+        "trainer.epochs=16",
         "data.max_train=64",
         f"hydra/launcher={launcher}",
         "intervention.layer=0,1",
@@ -299,24 +299,31 @@ def kill_one_job(folder, uri: str, launcher: str) -> dict:
     )
     status = folder / "multirun" / "0" / "status.json"
 
-    def running(job):
-        path = folder / "multirun" / job / "status.json"
-        return path.exists() and json.loads(path.read_text())["status"] == "running"
+    def training(job):  # its run is open and its training loop has started (the engine says which path)
+        path, log = folder / "multirun" / job / "status.json", folder / "multirun" / job / "train.log"
+        return (
+            path.exists()
+            and json.loads(path.read_text())["status"] == "running"
+            and log.exists()
+            and "Training with" in log.read_text()
+        )
 
     try:
         deadline = time.time() + 300
-        while not (running("0") and running("1")):  # both jobs have their runs (a slow machine starts late)
+        while not (training("0") and training("1")):  # both jobs train at once (a slow machine starts late)
             assert proc.poll() is None and time.time() < deadline, "the sweep ended before its jobs trained"
-            time.sleep(0.2)
-        time.sleep(2)
+            time.sleep(0.1)
+        pids = {json.loads((folder / "multirun" / j / "status.json").read_text())["pid"] for j in ("0", "1")}
         os.kill(json.loads(status.read_text())["pid"], signal.SIGKILL)
         _, err = proc.communicate(timeout=600)
     finally:
         proc.kill()
     killed = {"returncode": proc.returncode, "err": err, "runs": runs(uri, sweeps=True),
-              "status": json.loads(status.read_text())["status"]}  # fmt: skip
-    # re-running the sweep runs what did not finish, and skips what did
-    again = train(folder / "again", uri, *overrides)
+              "status": json.loads(status.read_text())["status"], "pids": pids}  # fmt: skip
+    # re-running the sweep runs what did not finish, and skips what did: in this process, under the
+    # basic launcher (the launcher is no part of a sweep's identity; the killed sweep above already
+    # ran its jobs in the launcher's own processes)
+    again = train(folder / "again", uri, *[o for o in overrides if not o.startswith("hydra/")], here=True)
     return {
         "launcher": launcher,
         "uri": uri,
@@ -380,18 +387,20 @@ def test_a_job_killed_mid_sweep_is_recorded_and_rerun(request, launcher):
 
 
 def test_joblib_runs_two_jobs_in_parallel_as_children_of_one_parent(killed_joblib):
-    """The re-run of the killed joblib sweep ran both jobs again: in parallel, each in its own worker
-    process, as children of the sweep's one parent run, which now holds the finished sweep's answer."""
+    """The killed joblib sweep ran its two jobs at once, each in its own worker process (both were
+    running when one was killed), as children of the sweep's one parent run; after the re-run the
+    parent holds the finished sweep's answer."""
     again, uri = killed_joblib["again"], killed_joblib["uri"]
+    assert len(killed_joblib["killed"]["pids"]) == 2 and os.getpid() not in killed_joblib["killed"]["pids"]
+    first = killed_joblib["killed"]["runs"]
+    jobs = first[first["tags.kind"] != "sweep"]
+    assert len(jobs) == 2 and jobs["start_time"].max() < jobs["end_time"].min()  # they overlapped in time
     check_parent(again, killed_joblib["runs"], uri, "intervention.layer", "0,1")
     table = runs(uri)
     table = table[table["status"] == "FINISHED"]
     assert (
         sorted(table["params.intervention.layer"]) == ["0", "1"] and table["metrics.accuracy"].notna().all()
     )
-    # The two jobs overlapped in time (parallel), each in its own process.
-    start, end = table["start_time"], table["end_time"]
-    assert start.max() < end.min()
 
 
 def tfidf(folder, uri, *overrides, multirun=True):

@@ -194,6 +194,7 @@ def train_here(*args: str) -> Done:
     import io
     import logging
     import runpy
+    import threading
 
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
@@ -203,6 +204,10 @@ def train_here(*args: str) -> Done:
     root, env, argv, cwd = logging.getLogger(), dict(os.environ), sys.argv, os.getcwd()
     handlers, level = root.handlers[:], root.level
     at_exit, register, unregister = [], atexit.register, atexit.unregister
+    run_exitfuncs, shutdown, real_exit = atexit._run_exitfuncs, threading._shutdown, os._exit
+
+    def leave(code):
+        raise SystemExit(code)
 
     def hold(fn, *a, **k):  # the sweep callback's exit hook runs when the "process" ends, below
         if type(getattr(fn, "__self__", None)).__name__ != "SweepCallback":
@@ -220,6 +225,8 @@ def train_here(*args: str) -> Done:
         os.chdir(ROOT)
         sys.argv = ["train.py", *args]
         atexit.register, atexit.unregister = hold, let_go
+        # train.py ends its process with os._exit after the exit handlers: here, the call just returns
+        atexit._run_exitfuncs, threading._shutdown, os._exit = (lambda: None), (lambda: None), leave
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
                 runpy.run_path(str(ROOT / "train.py"), run_name="__main__")
@@ -230,6 +237,7 @@ def train_here(*args: str) -> Done:
                     fn(*a, **k)
     finally:
         atexit.register, atexit.unregister = register, unregister
+        atexit._run_exitfuncs, threading._shutdown, os._exit = run_exitfuncs, shutdown, real_exit
         sys.argv = argv
         os.chdir(cwd)
         os.environ.clear()

@@ -33,10 +33,11 @@ report: install ## comparison report of an experiment's runs: ARGS="--experiment
 bench: install ## training speed: stock pyreft vs cached prefix vs one forward pass (about 25 min here); ARGS="--examples 64"
 	$(PY) benchmarks/train_speed.py $(ARGS)
 
-test: install ## the whole suite: 269 tests on tiny models and the shipped data (16 min on a 2-core AVX2 CPU)
-	$(PY) -m pytest -q $(ARGS)
+TEST_WORKERS ?= 2
+test: install ## the whole suite on tiny models and the shipped data, in TEST_WORKERS=2 processes (see README for its time)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
-test-fast: install ## the 187 unit tests (80 s on a 2-core AVX2 CPU; skips what is marked slow: whole jobs, sweeps, servers, the bundled model)
+test-fast: install ## the unit tests, in one process (skips what is marked slow: whole jobs, sweeps, servers, the bundled model)
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
 
 lint: install ## ruff lint and format check

@@ -276,3 +276,15 @@ def tiny4():
     examples = builder.examples(prepared.train["text"], prepared.train["label"])
     prompts = builder.prompts(prepared.eval["text"])
     return model, tokenizer, builder, examples, prompts
+
+
+# The files whose tests take longest (whole sweeps, servers, the MLflow model CLIs) run first, so
+# that `pytest -n 2 --dist loadfile` (make test) hands them out before the short ones and the two
+# workers end together. Order within a file is kept; without xdist the order changes nothing proven.
+LONGEST_FIRST = ("test_sweeps.py", "test_servers.py", "test_predict.py", "test_fused_sweeps.py", "test_report.py",
+                 "test_reliability.py", "test_versioning.py", "test_lose_nothing.py")  # fmt: skip
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # a stable sort

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import PYTHON, ROOT, compose, runs
-from test_sweeps import free_port, wait_for_port
+from test_servers import free_port, wait_for_port
 
 from reftlab.serving import card, predict, pyfunc
 

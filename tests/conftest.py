@@ -281,7 +281,7 @@ def tiny4():
 # The files whose tests take longest (whole sweeps, servers, the MLflow model CLIs) run first, so
 # that `pytest -n 2 --dist loadfile` (make test) hands them out before the short ones and the two
 # workers end together. Order within a file is kept; without xdist the order changes nothing proven.
-LONGEST_FIRST = ("test_sweeps.py", "test_servers.py", "test_predict.py", "test_fused_sweeps.py", "test_report.py",
+LONGEST_FIRST = ("test_sweep_kills.py", "test_servers.py", "test_sweeps.py", "test_predict.py", "test_fused_sweeps.py", "test_report.py",
                  "test_reliability.py", "test_versioning.py", "test_lose_nothing.py")  # fmt: skip
 
 

@@ -113,3 +113,25 @@ def test_a_method_that_does_not_train_ignores_the_seed_and_the_training_settings
         assert key(setting, trains=False) == key(trains=False), setting
         assert key(setting, trains=True) != key(trains=True), setting
     assert key("data.eval_fraction=0.3", trains=False) != key(trains=False)  # the data still counts
+
+
+# How many fused groups each ablation's jobs form under hydra/launcher=fused (reftlab.sweep.fused):
+# one prefix cache is shared by any layers, ranks, seeds and epochs, not by other last-token positions.
+FUSED_GROUPS = {"ablate_rank": [12], "ablate_layer": [15], "ablate_epochs": [12], "ablate_layers_multi": [12],
+                "ablate_positions": [3, 3, 3, 3]}  # fmt: skip
+
+
+@pytest.mark.parametrize("preset", sorted(FUSED_GROUPS))
+def test_each_ablation_preset_forms_the_fused_groups_its_settings_allow(preset):
+    import itertools
+    from collections import Counter
+
+    from reftlab.sweep.fused import group_key, why_alone
+
+    sweep = sweep_of(preset)
+    keys = Counter()
+    for values in itertools.product(*sweep.values()):
+        cfg = compose(f"experiment={preset}", *(f"{k}={v}" for k, v in zip(sweep, values, strict=True)))
+        assert why_alone(cfg) is None, (preset, values, why_alone(cfg))
+        keys[group_key(cfg)] += 1
+    assert sorted(keys.values()) == FUSED_GROUPS[preset]

@@ -77,16 +77,21 @@ def empty_store(tmp_path_factory) -> Path:
     return path
 
 
+def store_in(folder: Path, empty_store: Path, name: str = "mlflow.db") -> str:
+    """A copy of the empty store in `folder`, and its tracking URI."""
+    import shutil
+
+    shutil.copyfile(empty_store, folder / name)
+    return f"sqlite:///{folder / name}"
+
+
 @pytest.fixture
 def mlflow_uri(tmp_path, empty_store):
     """A tracking store of this test's own: a copy of the empty store (a test of creating the
     database itself, e.g. two jobs racing to, names a file that does not exist yet)."""
-    import shutil
-
     import mlflow
 
-    shutil.copyfile(empty_store, tmp_path / "mlflow.db")
-    yield f"sqlite:///{tmp_path / 'mlflow.db'}"
+    yield store_in(tmp_path, empty_store)
     mlflow.set_tracking_uri(None)
 
 
@@ -96,7 +101,6 @@ def tiny_job(tmp_path_factory, empty_store):
     `tiny_job(*overrides)` runs `tiny_overrides(*overrides)` once for the session, in a tracking
     store of its own, and gives (its metrics, its output folder, its tracking URI)."""
     import contextlib
-    import shutil
 
     import mlflow
 
@@ -108,8 +112,7 @@ def tiny_job(tmp_path_factory, empty_store):
         key = tuple(sorted(overrides))
         if key not in done:
             folder = tmp_path_factory.mktemp("job")
-            shutil.copyfile(empty_store, folder / "mlflow.db")
-            uri = f"sqlite:///{folder / 'mlflow.db'}"
+            uri = store_in(folder, empty_store)
             with contextlib.chdir(ROOT):
                 metrics = run.run(
                     compose(*tiny_overrides(*overrides, f"mlflow.tracking_uri={uri}")),
@@ -281,8 +284,9 @@ def tiny4():
 # The files whose tests take longest (whole sweeps, servers, the MLflow model CLIs) run first, so
 # that `pytest -n 2 --dist loadfile` (make test) hands them out before the short ones and the two
 # workers end together. Order within a file is kept; without xdist the order changes nothing proven.
-LONGEST_FIRST = ("test_sweep_kills.py", "test_servers.py", "test_sweeps.py", "test_predict.py", "test_fused_sweeps.py", "test_report.py",
-                 "test_reliability.py", "test_versioning.py", "test_lose_nothing.py")  # fmt: skip
+LONGEST_FIRST = ("test_sweep_kills.py", "test_servers.py", "test_sweeps.py", "test_predict.py",
+                 "test_fused_sweeps.py", "test_report.py", "test_reliability.py", "test_versioning.py",
+                 "test_lose_nothing.py")  # fmt: skip
 
 
 def pytest_collection_modifyitems(config, items):

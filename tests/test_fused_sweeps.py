@@ -1,10 +1,8 @@
 """`hydra/launcher=fused`: a sweep's compatible jobs train fused, each still its own MLflow run with
 its own result; a member that diverges fails alone; a resumed fused sweep runs only what did not finish."""
 
-import shutil
-
 import pytest
-from conftest import compose, runs, tiny_overrides, train_here
+from conftest import compose, runs, store_in, tiny_overrides, train_here
 
 from reftlab import run
 
@@ -22,8 +20,7 @@ def fused_sweep(folder, uri, *overrides):
 def swept(tmp_path_factory, empty_store):
     """Ranks 1 and 2 at a good and a diverging learning rate, fused; then the same sweep again."""
     folder = tmp_path_factory.mktemp("fused")
-    shutil.copyfile(empty_store, folder / "mlflow.db")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    uri = store_in(folder, empty_store)
     grid = ("intervention.rank=1,2", "trainer.lr=0.02,1e30")
     first = fused_sweep(folder, uri, *grid)
     table = runs(uri)

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PYTHON, ROOT, runs
+from conftest import PYTHON, ROOT, runs, store_in
 from test_sweeps import train
 
 pytestmark = pytest.mark.slow  # every test here starts a server and train.py
@@ -145,8 +145,7 @@ def test_the_authenticated_server_refuses_strangers_and_takes_a_run(tmp_path, em
     (tmp_path / "auth.ini").write_text(
         ini.replace("sqlite:///mlflow-auth.db", f"sqlite:///{tmp_path / 'auth.db'}")
     )
-    shutil.copyfile(empty_store, tmp_path / "store.db")  # its tables made already
-    store = f"sqlite:///{tmp_path / 'store.db'}"
+    store = store_in(tmp_path, empty_store, "store.db")  # its tables made already
     with mlflow_server(tmp_path, "--app-name", "basic-auth", "--backend-store-uri", store, env=env) as uri:
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(f"{uri}/api/2.0/mlflow/experiments/search?max_results=5", timeout=30)

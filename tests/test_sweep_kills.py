@@ -8,8 +8,8 @@ import subprocess
 import time
 
 import pytest
-from conftest import PYTHON, ROOT, one_thread, runs, tiny_overrides
-from test_sweeps import check_parent, store_in, train
+from conftest import PYTHON, ROOT, one_thread, runs, store_in, tiny_overrides
+from test_sweeps import check_parent, train
 
 pytestmark = pytest.mark.slow  # every test here starts train.py sweeps
 

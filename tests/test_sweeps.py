@@ -1,12 +1,11 @@
 """Sweeps that scale and survive: parallel launchers, resume, SIGTERM, a shared tracking server."""
 
-import shutil
 import signal
 import subprocess
 import time
 
 import pytest
-from conftest import PYTHON, ROOT, compose, one_thread, runs, tiny_overrides, train_here
+from conftest import PYTHON, ROOT, compose, one_thread, runs, store_in, tiny_overrides, train_here
 
 from reftlab import run
 
@@ -28,12 +27,6 @@ def train(tmp_path, uri, *overrides, multirun=True, timeout=600, here=False):
         timeout=timeout,
         env=one_thread(),
     )
-
-
-def store_in(folder, empty_store) -> str:
-
-    shutil.copyfile(empty_store, folder / "mlflow.db")
-    return f"sqlite:///{folder / 'mlflow.db'}"
 
 
 @pytest.fixture(scope="module")

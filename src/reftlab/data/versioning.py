@@ -164,9 +164,8 @@ def prepare_locked(cfg, folder: Path) -> tuple[str, bool, list[dict]]:
         oxen("init", folder)
     state = oxen("state", folder)
     history = state["log"]
-    if state["dirty"]:
+    if state["dirty"]:  # a rollback restores files, never commits: the history stays as it is
         check_clean(folder, state["dirty"], history)
-        history = oxen("log", folder)
     prepared = recipes.prepare(cfg, caps=False)
     with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
         recipes.write(prepared, cfg, Path(tmp))

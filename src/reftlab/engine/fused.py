@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .loop import Schedule, answer_targets, step_means
+from .loop import Schedule, answer_loss, answer_targets, step_means
 from .plan import POINT_OFFSET, start_point
 from .suffix import attention_implementation, intervene, last_prompt_tokens, points, suffix_states
 
@@ -77,9 +77,9 @@ def step_rows(body, cache, members, groups, answers):
     apply, bounds = stacked(members, [sum(len(g) for g in group) for group in groups], cache.hidden.device)
     h, _ = suffix_states(body, cache, idx, len(body.layers), apply)
     first = members[0].n_pos - 1  # the last prompt token predicts the first answer token
-    logits = members[0].ctx.model.lm_head(body.norm(h)[:, first:].contiguous()).float()
-    targets = answer_targets([answers[i] for i in idx], logits.shape[1], right=False)
-    return [step_means(logits[lo:hi], targets[lo:hi], group, m.schedule.denominator)
+    targets = answer_targets([answers[i] for i in idx], h.shape[1] - first, right=False)
+    ce = answer_loss(members[0].ctx.model.lm_head, body.norm(h)[:, first:], targets)
+    return [step_means(None, targets[lo:hi], group, m.schedule.denominator, ce[lo:hi])
             for m, group, lo, hi in zip(members, groups, bounds[:-1], bounds[1:], strict=True)]  # fmt: skip
 
 

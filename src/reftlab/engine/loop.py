@@ -66,13 +66,32 @@ def answer_targets(answers: list[list[int]], width: int, right: bool) -> torch.T
     return targets
 
 
-def step_means(logits, targets, groups, denominator):
+def answer_loss(head, h, targets) -> torch.Tensor:
+    """Cross-entropy [B, K] of each answer token (`targets` [B, K], -100 where none: 0 there) from
+    final hidden states `h` [B, K, H] through the output layer `head` (a bias-free linear), as
+    F.cross_entropy(head(h)) computes it, but with the logits laid out [vocab, rows] (W @ h^T):
+    on a CPU that product runs ~1.8x faster than h @ W^T for the few rows a step has (measured
+    here: 61 against 108 GFLOP/s for 96 rows of 49,152 logits), and its backward is faster too."""
+    rows = h.reshape(-1, h.shape[-1])
+    logits = torch.mm(head.weight, rows.T).float()  # [vocab, rows], contiguous: no strided CE
+    if head.bias is not None:
+        logits = logits + head.bias.float()[:, None]
+    t = targets.reshape(-1).to(logits.device)
+    valid = t != -100
+    picked = logits.gather(0, t.clamp(min=0)[None]).squeeze(0)
+    ce = torch.where(valid, torch.logsumexp(logits, dim=0) - picked, 0.0)
+    return ce.view(targets.shape)
+
+
+def step_means(logits, targets, groups, denominator, ce=None):
     """(sum of each batch's mean answer cross-entropy x len(batch) / denominator, the batch means)
-    for one pass over all batches of a step (`targets` -100 where no answer token is)."""
-    targets = targets.to(logits.device)
-    ce = torch.nn.functional.cross_entropy(  # on [rows, vocab]: a strided layout is slow on CPU
-        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
-    ).view(targets.shape)
+    for one pass over all batches of a step (`targets` -100 where no answer token is); `ce`: the
+    per-token cross-entropy already computed (`answer_loss`), then `logits` is not read."""
+    targets = targets.to(logits.device if ce is None else ce.device)
+    if ce is None:
+        ce = torch.nn.functional.cross_entropy(  # on [rows, vocab]: a strided layout is slow on CPU
+            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
+        ).view(targets.shape)
     valid = (targets != -100).sum(1)
     per_batch, total, row = [], 0.0, 0
     for g in groups:

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch.nn.utils import parametrize
 
 from .. import hf_compat
 from ..spec import unit_locations
-from .loop import answer_targets, step_means
+from .loop import answer_loss, answer_targets, step_means
 from .plan import POINT_OFFSET, start_point
 from .prefix import PrefixCache
 
@@ -115,20 +116,25 @@ def suffix_states(body, cache: PrefixCache, idx, stop: int, apply=None) -> tuple
     parts = (gather, sgather, positions, allowed)  # one host-to-device copy per step
     packed = torch.from_numpy(np.concatenate([a.reshape(-1).astype(np.int64) for a in parts])).to(device)
     g, sg, positions, allowed = torch.split(packed, [a.size for a in parts])
-    n = stop - cache.start  # the stored layers this pass reads
-    keys = cache.keys[:n].index_select(1, g).view(n, b, width, *cache.keys.shape[2:])
-    values = cache.values[:n].index_select(1, g).view_as(keys)
+    kv, d = cache.keys.shape[2:]
+    # rows of a layer's keys viewed [tokens * kv, d], in [b, kv, width] order: gathered straight
+    # into the layout the attention reads (no copy of a transposed view per layer)
+    g = (g.view(b, 1, width) * kv + torch.arange(kv, device=device).view(1, kv, 1)).reshape(-1)
     h = cache.hidden.index_select(0, sg).view(b, slen, -1)
     mask = torch.zeros((b, 1, slen, width + slen), dtype=torch.float32, device=device)
     mask.masked_fill_(allowed.view(b, 1, slen, width + slen) == 0, float("-inf"))
     positions = positions.view(b, slen)
     position_embeddings = hf_compat.rotary(body, h, positions)
-    h = apply(h, cache.start)
-    for j in range(cache.start, stop):
-        stored = _StoredPrefix(keys[j - cache.start].transpose(1, 2), values[j - cache.start].transpose(1, 2))
-        out = body.layers[j](h, attention_mask=mask, position_ids=positions,
-                             position_embeddings=position_embeddings, **{cache_arg: stored})  # fmt: skip
-        h = apply(hf_compat.layer_output(out), j + 1)
+    with parametrize.cached():  # LoReFT reads its orthogonal R twice a call: one Householder product
+        h = apply(h, cache.start)
+        for j in range(cache.start, stop):
+            # one layer's stored prefix at a time: a fused step's batch is large, its layers' keys more so
+            keys = cache.keys[j - cache.start].reshape(-1, d).index_select(0, g).view(b, kv, width, d)
+            values = cache.values[j - cache.start].reshape(-1, d).index_select(0, g).view(b, kv, width, d)
+            stored = _StoredPrefix(keys, values)
+            out = body.layers[j](h, attention_mask=mask, position_ids=positions,
+                                 position_embeddings=position_embeddings, **{cache_arg: stored})  # fmt: skip
+            h = apply(hf_compat.layer_output(out), j + 1)
     return h, s
 
 
@@ -159,9 +165,9 @@ class SuffixRunner:
         idx = np.concatenate([np.asarray(g) for g in groups])
         h, _ = self.hidden(cache, idx)
         first = self.n_pos - 1  # the last prompt token predicts the first answer token
-        logits = self.base.lm_head(h[:, first:].contiguous()).float()
-        targets = answer_targets([answers[i] for i in idx], logits.shape[1], right=False)
-        return step_means(logits, targets, groups, denominator)
+        targets = answer_targets([answers[i] for i in idx], h.shape[1] - first, right=False)
+        ce = answer_loss(self.base.lm_head, h[:, first:], targets)
+        return step_means(None, targets, groups, denominator, ce)
 
     def last_logits(self, cache, idx) -> torch.Tensor:
         h, s = self.hidden(cache, idx)
@@ -200,13 +206,14 @@ class FullRunner:
             torch.tensor([r + [r[-1]] * (max(map(len, s)) - len(r)) for r in s], device=device) for s in slots
         ]
         embeddings = hf_compat.rotary(self.body, h, positions)
-        for j in range(self.start, len(self.body.layers)):
-            h = intervene(h, self.at, j, where)
-            out = self.body.layers[j](
-                h, attention_mask=mask, position_ids=positions, position_embeddings=embeddings
-            )
-            h = hf_compat.layer_output(out)
-        return self.body.norm(intervene(h, self.at, len(self.body.layers), where))
+        with parametrize.cached():
+            for j in range(self.start, len(self.body.layers)):
+                h = intervene(h, self.at, j, where)
+                out = self.body.layers[j](
+                    h, attention_mask=mask, position_ids=positions, position_embeddings=embeddings
+                )
+                h = hf_compat.layer_output(out)
+            return self.body.norm(intervene(h, self.at, len(self.body.layers), where))
 
     def step_loss(self, cache, groups, examples, denominator):
         """As `SuffixRunner.step_loss`: all batches of a step in one pass."""
@@ -214,8 +221,10 @@ class FullRunner:
         answers = [examples[i][1] for i in idx]
         h = self.hidden(cache, idx, [len(examples[i][0]) for i in idx])
         k = max(len(a) for a in answers)  # the last k positions predict the (right-aligned) answers
-        logits = self.base.lm_head(h[:, -k:].contiguous()).float()
-        return step_means(logits, answer_targets(answers, k, right=True), groups, denominator)
+        targets = answer_targets(answers, k, right=True)
+        return step_means(
+            None, targets, groups, denominator, answer_loss(self.base.lm_head, h[:, -k:], targets)
+        )
 
     def last_logits(self, cache, idx, prompt_lens) -> torch.Tensor:
         return self.base.lm_head(self.hidden(cache, idx, prompt_lens)[:, -1])

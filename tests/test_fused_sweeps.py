@@ -4,7 +4,7 @@ its own result; a member that diverges fails alone; a resumed fused sweep runs o
 import pytest
 from conftest import compose, runs, store_in, tiny_overrides, train_here
 
-from reftlab import run
+from reftlab import models, run
 
 pytestmark = pytest.mark.slow  # two whole sweeps of four jobs
 
@@ -22,10 +22,14 @@ def swept(tmp_path_factory, empty_store):
     folder = tmp_path_factory.mktemp("fused")
     uri = store_in(folder, empty_store)
     grid = ("intervention.rank=1,2", "trainer.lr=0.02,1e30")
-    first = fused_sweep(folder, uri, *grid)
+    loads = []
+    with pytest.MonkeyPatch.context() as mp:  # count the loads of the frozen model
+        load = models.load_model_and_tokenizer
+        mp.setattr(models, "load_model_and_tokenizer", lambda cfg: loads.append(cfg) or load(cfg))
+        first = fused_sweep(folder, uri, *grid)
     table = runs(uri)
     again = fused_sweep(folder, uri, *grid)
-    return first, table, again, runs(uri), uri, folder
+    return first, table, again, runs(uri), uri, folder, len(loads)
 
 
 def test_each_job_of_a_fused_sweep_is_its_own_run_and_a_diverging_one_fails_alone(swept):
@@ -44,8 +48,13 @@ def test_each_job_of_a_fused_sweep_is_its_own_run_and_a_diverging_one_fails_alon
     assert good["tags.mlflow.parentRunId"].notna().all()  # children of the sweep's parent run
 
 
+def test_a_fused_group_loads_the_model_once_for_all_its_jobs(swept):
+    *_, loads = swept
+    assert loads == 1  # the group's pass; its four jobs wrap the same frozen model
+
+
 def test_a_fused_job_equals_the_same_job_run_on_its_own(swept, in_root, tmp_path):
-    _, table, _, _, uri, folder = swept
+    _, table, _, _, uri, folder, _ = swept
     fused = table[(table["params.trainer.lr"] == "0.02") & (table["params.intervention.rank"] == "2")].iloc[0]
     cfg = compose(*tiny_overrides(*SWEEP, "intervention.rank=2", "trainer.lr=0.02", "mlflow.experiment=solo",
                                   f"mlflow.tracking_uri={uri}", f"trainer.cache_dir={folder / 'prefix'}"))  # fmt: skip

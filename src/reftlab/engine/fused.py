@@ -185,12 +185,23 @@ class Result:
 
 
 _RESULTS: dict[str, Result] = {}  # a fused group's results, by job key, until each job takes its own
+_MODELS: dict[str, tuple] = {}  # the group's loaded frozen model, by job key, until each job has taken it
 
 
-def offer(key: str, result: Result) -> None:
+def offer(key: str, result: Result, loaded: tuple | None = None) -> None:
+    """Hand the job `key` its fused result and, if given, the group's loaded (model, tokenizer,
+    device, dtype): a ReFT job only wraps the frozen model, so its job needs no load of its own."""
     _RESULTS[key] = result
+    if loaded is not None:
+        _MODELS[key] = loaded
 
 
 def take(key: str) -> Result | None:
     """The fused result of the job `key` (once), or None: the job trains on its own."""
     return _RESULTS.pop(key, None) if key else None
+
+
+def take_model(key: str) -> tuple | None:
+    """The group's loaded model for the job `key` (once), or None: the job loads its own. The last
+    member to take it leaves no reference behind, so the group's model is freed with its last job."""
+    return _MODELS.pop(key, None) if key else None

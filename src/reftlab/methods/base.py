@@ -118,15 +118,20 @@ class LanguageModelMethod(Method):
             "max_length": cfg.trainer.max_length,
         }
 
-    def load_model(self, job: Job):
+    def load_model(self, job: Job, loaded: tuple | None = None):
+        """The frozen model (`loaded`: already loaded (model, tokenizer, device, dtype)), checked
+        against the job's settings; with its layer count, prompt builder and the run's device tags."""
         from transformers import set_seed
 
         from .. import models
+        from ..engine import fused
         from ..prompts import PromptBuilder
 
         cfg = job.cfg
         set_seed(cfg.seed)
-        model, tokenizer, device, dtype = models.load_model_and_tokenizer(cfg.model)
+        # a member of a fused group wraps the group's model (loaded once for all its jobs)
+        loaded = loaded or fused.take_model(job.key) or models.load_model_and_tokenizer(cfg.model)
+        model, tokenizer, device, dtype = loaded
         n_layers = models.num_layers(model)
         self.validate(cfg.intervention, n_layers, cfg.model.name)  # against the loaded model's layer count
         self.check_model(cfg, model)

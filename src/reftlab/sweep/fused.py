@@ -19,7 +19,7 @@ import time
 
 from omegaconf import OmegaConf, open_dict
 
-from .. import methods, tracking, validate
+from .. import methods, models, tracking, validate
 from ..config import identity
 from ..data import versioning
 from ..engine import Engine, fused
@@ -96,6 +96,7 @@ def train_groups(hydra_context, config, job_overrides, progress: bool = True) ->
                         tracking.redact(e))  # fmt: skip
             for _, key in members:
                 fused.take(key)
+                fused.take_model(key)
     return done
 
 
@@ -108,7 +109,8 @@ def train_group(members, progress: bool = True) -> None:
     prepared, _ = versioning.load(cfg0.data)
     method0 = methods.get(cfg0.intervention.method)
     job0 = methods.Job(cfg0, prepared, None)
-    model, tokenizer, device, n_layers, builder, _ = method0.load_model(job0)
+    loaded = models.load_model_and_tokenizer(cfg0.model)  # once: the members' jobs take it too
+    model, tokenizer, device, n_layers, builder, _ = method0.load_model(job0, loaded)
     describe = {"model": cfg0.model.name, "data": cfg0.data.name, "data_hash": prepared.version()}
     store = store_for(cfg0.trainer)
     examples = builder.examples(prepared.train["text"], prepared.train["label"])
@@ -151,6 +153,7 @@ def train_group(members, progress: bool = True) -> None:
         state = [{k: v.detach().clone() for k, v in iv.state_dict().items()}
                  for iv in m.ctx.method.interventions(m.ctx.trained)]  # fmt: skip
         fused.offer(key, fused.Result(state, m.losses, m.steps, scores.get(id(m)), name, len(group), seconds,
-                                      source, cache.start, cache.nbytes / 2**20, m.error))  # fmt: skip
+                                      source, cache.start, cache.nbytes / 2**20, m.error),
+                    loaded)  # fmt: skip
     log.info("Fused group %s: %d jobs trained in %.1f s (%.1f s a job), %d failed", name, len(group), seconds,
              seconds / len(group), sum(m.error is not None for m in group))  # fmt: skip

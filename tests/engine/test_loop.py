@@ -2,11 +2,13 @@
 how a batch is padded."""
 
 import numpy as np
+import pytest
 import torch
 from conftest import compose
 
 from reftlab import methods, reft
 from reftlab.engine import Engine, score
+from reftlab.engine.loop import answer_loss
 
 SETTINGS = {"method": "loreft", "layer": 1, "component": "block_output", "rank": 4, "positions": "l1",
             "share_weights": False, "dropout": 0.0}  # fmt: skip
@@ -45,3 +47,17 @@ def test_predictions_do_not_depend_on_batch_padding(tiny4):
     one = score(trained, methods.get("loreft"), settings, *args, batch_size=1, progress=False)
     many = score(trained, methods.get("loreft"), settings, *args, batch_size=16, progress=False)
     np.testing.assert_allclose(one, many, atol=1e-4)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_the_answer_loss_equals_cross_entropy_of_the_head_and_its_gradient_too(bias):
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=bias)
+    h = torch.randn(3, 4, 16, requires_grad=True)
+    targets = torch.tensor([[3, 7, -100, -100], [49, 0, 1, -100], [-100, 5, 5, 5]])
+    have = answer_loss(head, h, targets)
+    (grad_have,) = torch.autograd.grad(have.sum(), h)
+    want = torch.nn.functional.cross_entropy(head(h).reshape(-1, 50), targets.reshape(-1), reduction="none")
+    (grad_want,) = torch.autograd.grad(want.sum(), h)
+    assert torch.allclose(have, want.view(3, 4), atol=1e-6) and (have[targets == -100] == 0).all()
+    assert torch.allclose(grad_have, grad_want, atol=1e-6)

@@ -100,3 +100,43 @@ def test_plain_copy_drops_the_gguf_quantization_config_and_keeps_the_weights(tin
     assert not hasattr(copy.config, "quantization_config")
     for (name, a), (_, b) in zip(model.state_dict().items(), copy.state_dict().items(), strict=True):
         assert torch.equal(a.float(), b), name
+
+
+@pytest.mark.parametrize("shape", [(576, 32), (16, 4), (4, 16), (9, 1)])
+def test_the_fast_orthogonal_map_gives_torchs_weights_and_gradients(shape):
+    from torch.nn.utils.parametrizations import orthogonal
+
+    torch.manual_seed(0)
+    layer = orthogonal(torch.nn.Linear(shape[1], shape[0], bias=False))
+    original = layer.parametrizations.weight.original
+    with torch.no_grad():  # away from the initial point, where every reflector is trivial
+        original.add_(0.3 * torch.randn_like(original))
+    upstream = torch.randn(shape)
+    want = layer.weight.detach().clone()
+    (layer.weight * upstream).sum().backward()
+    want_grad, original.grad = original.grad.clone(), None
+    hf_compat.fast_orthogonal(layer)
+    assert type(layer.parametrizations.weight[0]).__name__ == "FastOrthogonal"
+    have = layer.weight
+    (have * upstream).sum().backward()
+    assert torch.allclose(have, want, atol=1e-6)
+    assert torch.allclose(original.grad, want_grad, atol=1e-5 * want_grad.abs().max().item())
+
+
+def test_a_loreft_intervention_gets_the_fast_orthogonal_map(tiny):
+    from reftlab import reft
+
+    trained = reft.build(
+        tiny[0],
+        {
+            "method": "loreft",
+            "layer": 1,
+            "rank": 2,
+            "positions": "l1",
+            "component": "block_output",
+            "dropout": 0.0,
+            "share_weights": False,
+        },
+    )
+    (iv,) = reft.interventions(trained)
+    assert type(iv.rotate_layer.parametrizations.weight[0]).__name__ == "FastOrthogonal"

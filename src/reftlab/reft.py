@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from . import hf_compat
 from .hf_compat import pyreft
 from .models import head_dim
 from .spec import InterventionSpec
@@ -94,6 +95,7 @@ def build(model, settings):
     )
     for intervention in reft_model.interventions.values():
         intervention.to(model.device).float()
+        hf_compat.fast_orthogonal(intervention)  # LoReFT's R: the same, its Householder product ~30x faster
     return reft_model
 
 

@@ -3,20 +3,42 @@
 The launcher trains every group of compatible jobs first (`reftlab.sweep.fused.train_groups`), then
 runs the jobs one after another like Hydra's basic launcher: each job is its own MLflow run and
 takes its group's result instead of training; a job outside every group trains on its own.
+
+`hydra/launcher=fused_slurm` (and `fused_submitit_local`, the same code path on this machine): the
+same on SLURM through hydra-submitit-launcher, where a fused group is the unit one array task runs
+(its members train together there, then run as their own jobs in that task) and every other job
+is an array task of its own.
 """
 
 from dataclasses import dataclass
 
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra.core.config_store import ConfigStore
+from hydra_plugins.hydra_submitit_launcher.config import LocalQueueConf, SlurmQueueConf
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
+
+HERE = "hydra_plugins.reftlab_fused.fused_launcher"
 
 
 @dataclass
 class FusedLauncherConf:
-    _target_: str = "hydra_plugins.reftlab_fused.fused_launcher.FusedLauncher"
+    _target_: str = f"{HERE}.FusedLauncher"
 
 
-ConfigStore.instance().store(group="hydra/launcher", name="fused", node=FusedLauncherConf, provider="reftlab")
+@dataclass
+class FusedSlurmConf(SlurmQueueConf):
+    _target_: str = f"{HERE}.FusedSlurmLauncher"
+
+
+@dataclass
+class FusedLocalConf(LocalQueueConf):
+    _target_: str = f"{HERE}.FusedLocalLauncher"
+
+
+store = ConfigStore.instance()
+store.store(group="hydra/launcher", name="fused", node=FusedLauncherConf, provider="reftlab")
+store.store(group="hydra/launcher", name="fused_submitit_slurm", node=FusedSlurmConf, provider="reftlab")
+store.store(group="hydra/launcher", name="fused_submitit_local", node=FusedLocalConf, provider="reftlab")
 
 
 class FusedLauncher(BasicLauncher):
@@ -25,3 +47,55 @@ class FusedLauncher(BasicLauncher):
 
         train_groups(self.hydra_context, self.config, job_overrides)
         return super().launch(job_overrides, initial_job_idx)
+
+
+class _FusedSubmitit(BaseSubmititLauncher):
+    """submitit's launcher with one array task per fused group (and per job outside every group).
+
+    `launch` hands submitit one entry per task (the task's first job stands for it in submitit's
+    log) and keeps the tasks on the launcher, which travels to each worker; there `__call__` trains
+    the task's group fused, then runs each of its jobs as the basic launcher would (its own job
+    number, output folder and MLflow run), and returns their results in the sweep's order."""
+
+    def launch(self, job_overrides, initial_job_idx):
+        from reftlab.sweep.fused import tasks
+
+        self._overrides = [list(o) for o in job_overrides]
+        self._first = initial_job_idx
+        self._tasks = tasks(self.hydra_context, self.config, self._overrides)
+        per_task = super().launch([self._overrides[t[0]] for t in self._tasks], 0)
+        results = {}
+        for task, returned in zip(self._tasks, per_task, strict=True):
+            results.update(zip(task, returned, strict=True))
+        return [results[i] for i in range(len(job_overrides))]
+
+    def __call__(self, sweep_overrides, job_dir_key, job_num, job_id, singleton_state):
+        import submitit
+        from hydra.core.singleton import Singleton
+        from hydra.core.utils import run_job, setup_globals
+        from omegaconf import open_dict
+
+        from reftlab.sweep.fused import train_groups
+
+        Singleton.set_state(singleton_state)
+        setup_globals()
+        task = self._tasks[job_num]
+        if len(task) > 1:
+            train_groups(self.hydra_context, self.config, [self._overrides[i] for i in task])
+        returned = []
+        for i in task:
+            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, self._overrides[i])
+            with open_dict(cfg.hydra.job) as job:
+                job.id = submitit.JobEnvironment().job_id
+                job.num = self._first + i
+            returned.append(run_job(hydra_context=self.hydra_context, task_function=self.task_function,
+                                    config=cfg, job_dir_key=job_dir_key, job_subdir_key="hydra.sweep.subdir"))  # fmt: skip
+        return returned
+
+
+class FusedSlurmLauncher(_FusedSubmitit):
+    _EXECUTOR = "slurm"
+
+
+class FusedLocalLauncher(_FusedSubmitit):
+    _EXECUTOR = "local"

@@ -63,10 +63,11 @@ def group_key(cfg) -> str:
     )
 
 
-def train_groups(hydra_context, config, job_overrides, progress: bool = True) -> list[list[str]]:
-    """Train every group of compatible, unfinished jobs of the sweep fused; returns the groups' job keys."""
+def plan(hydra_context, config, job_overrides) -> list[list[tuple[int, object, str]]]:
+    """The sweep's groups of compatible, unfinished jobs (two or more each): (index in
+    `job_overrides`, composed config, job key) per member. Every other job trains on its own."""
     groups: dict[str, list] = {}
-    for overrides in job_overrides:
+    for index, overrides in enumerate(job_overrides):
         try:
             cfg = job_config(hydra_context, config, overrides)
             reason = why_alone(cfg)
@@ -83,11 +84,23 @@ def train_groups(hydra_context, config, job_overrides, progress: bool = True) ->
         experiment_id = tracking.setup(cfg.mlflow)
         if not cfg.get("force", False) and tracking.finished_run(experiment_id, key) is not None:
             continue  # resume: its job finds it FINISHED and skips
-        groups.setdefault(group_key(cfg), []).append((cfg, key))
+        groups.setdefault(group_key(cfg), []).append((index, cfg, key))
+    return [members for members in groups.values() if len(members) >= 2]
+
+
+def tasks(hydra_context, config, job_overrides) -> list[list[int]]:
+    """The sweep cut into the units one worker runs (a SLURM array task): each fused group is one
+    task, every other job a task of its own; job indices, in the sweep's order."""
+    grouped = [[index for index, _, _ in members] for members in plan(hydra_context, config, job_overrides)]
+    alone = [[i] for i in range(len(job_overrides)) if not any(i in g for g in grouped)]
+    return sorted(grouped + alone)
+
+
+def train_groups(hydra_context, config, job_overrides, progress: bool = True) -> list[list[str]]:
+    """Train every group of compatible, unfinished jobs of the sweep fused; returns the groups' job keys."""
     done = []
-    for members in groups.values():
-        if len(members) < 2:
-            continue
+    for group in plan(hydra_context, config, job_overrides):
+        members = [(cfg, key) for _, cfg, key in group]
         try:
             train_group(members, progress)
             done.append([key for _, key in members])

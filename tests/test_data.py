@@ -196,3 +196,45 @@ def test_several_positive_labels_yaml_booleans_and_the_readme_says_which(tmp_pat
     assert (p.full["label"] == "Yes").sum() == 10
     text = recipes.readme(p, compose("data=csv", f"data.path={bools}").data)
     assert "License: not given" in text
+
+
+def test_folds_partition_the_reviews_and_draw_validation_inside_the_training_part():
+    parts = [prepared("data.folds=5", f"data.fold={i}")[0] for i in range(5)]
+    tests = [set(p.eval["group"]) for p in parts]  # row ids (stratified)
+    assert sum(map(len, tests)) == len(parts[0].full) == 1596  # each review in exactly one test fold
+    assert set().union(*tests) == set(parts[0].full["group"])
+    for p, test in zip(parts, tests, strict=True):
+        assert abs(p.eval["label"].value_counts()["Yes"] - len(p.eval) / 2) <= 2  # stratified
+        assert test.isdisjoint(p.train["group"]) and test.isdisjoint(p.val["group"])
+        assert set(p.val["group"]).isdisjoint(p.train["group"])
+        assert len(p.val) == pytest.approx(0.15 * (len(p.full) - len(p.eval)), abs=1)
+    assert parts[2].info["folds"] == 5 and parts[2].info["fold"] == 2
+    assert "fold 2 of 5" in recipes.readme(parts[2], compose("data.folds=5", "data.fold=2").data)
+
+
+def test_hotel_folds_hold_out_whole_hotels():
+    parts = [prepared("data.split=hotel", "data.folds=5", f"data.fold={i}")[0] for i in range(5)]
+    held = [set(p.eval["group"]) for p in parts]  # hotels
+    assert sum(map(len, held)) == 20 and len(set().union(*held)) == 20  # 20 hotels, 4 a fold
+    for p, hotels in zip(parts, held, strict=True):
+        assert hotels.isdisjoint(p.train["group"]) and hotels.isdisjoint(p.val["group"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (("data.folds=5", "data.fold=5"), r"data.fold=5 is not valid: choose 0 \.\. 4 \(data.folds=5\)"),
+        (("data.folds=1",), r"data.folds=1 is not valid: it must be an integer >= 2"),
+        (("data.fold=1",), r"data.fold=1 is not valid: choose 0 unless data.folds is set"),
+    ],
+)
+def test_bad_folds_are_refused_before_any_data_is_read(overrides, message):
+    from reftlab import validate
+
+    with pytest.raises(validate.ConfigError, match=message):
+        validate.check_data(compose(*overrides).data)
+
+
+def test_more_folds_than_hotels_is_a_data_error_that_says_so():
+    with pytest.raises(recipes.DataError, match=r"data.folds=25 needs at least 25 groups .* there are 20"):
+        prepared("data.split=hotel", "data.folds=25")

@@ -82,6 +82,8 @@ class Data:
     eval_fraction: float = 0.2
     split_seed: int = 42
     val_fraction: float = 0.15
+    folds: int | None = None  # k-fold cross-validation: fold `fold` of `folds` is the test part
+    fold: int = 0
     max_train: int | None = None
     max_val: int | None = None
     max_eval: int | None = None

@@ -35,7 +35,16 @@ CLAUDE_SOURCES = ("Claude 1.3", "Claude 2", "Claude 3 Haiku", "Claude 3 Opus", "
 PERSUASION_COLUMNS = ("claim", "argument", "source", "prompt_type")
 PERSUASION_SPLITS = ("argument", "claim", "seed")
 # The settings that made a prepared version: kept in its prepared.info and recipe.json, described in its README.
-DESCRIBED = ("recipe", "split", "eval_fraction", "split_seed", "val_fraction", "upsample_seed")
+DESCRIBED = (
+    "recipe",
+    "split",
+    "eval_fraction",
+    "split_seed",
+    "val_fraction",
+    "folds",
+    "fold",
+    "upsample_seed",
+)
 SHOWN_ROWS = 10  # row numbers named in messages and READMEs (the counts are always complete)
 SPLIT_SETTINGS = {"test": "data.eval_fraction", "validation": "data.val_fraction"}
 
@@ -134,6 +143,40 @@ def stratified_split(df: pd.DataFrame, fraction: float, seed: int, part: str = "
 
     check_stratified(df, fraction, part, note)
     return train_test_split(df, test_size=fraction, random_state=seed, stratify=df["label"])
+
+
+def fold_split(
+    df: pd.DataFrame, folds: int, fold: int, seed: int, groups: pd.Series | None = None, note: str = ""
+):
+    """Fold `fold` of `folds` as the test part, the other folds for training: stratified folds (the
+    label proportions kept in each), or with `groups` whole groups per fold, no group on both sides
+    (scikit-learn's StratifiedGroupKFold: the labels balanced as far as the groups allow)."""
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    if groups is None:
+        smallest = int(df["label"].value_counts().min())
+        if smallest < folds:
+            raise DataError(f"data.folds={folds} needs at least {folds} rows of each label; the rarest label has "
+                            f"{plural(smallest, 'row')}{note}")  # fmt: skip
+        splits = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(df, df["label"])
+    else:
+        n = int(groups.nunique())
+        if n < folds:
+            raise DataError(f"data.folds={folds} needs at least {folds} groups to hold out whole groups; there are "
+                            f"{n}{note}")  # fmt: skip
+        splits = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed).split(
+            df, df["label"], groups
+        )
+    train_idx, test_idx = list(splits)[fold]
+    return df.iloc[train_idx], df.iloc[test_idx]
+
+
+def test_part(df: pd.DataFrame, cfg, splitter, groups: pd.Series | None, note: str = ""):
+    """(training part, test part): fold `data.fold` of `data.folds` when folds are set, else
+    `data.eval_fraction` of the rows split by `splitter`."""
+    if cfg.get("folds") is None:
+        return splitter(df, cfg.eval_fraction, "test")
+    return fold_split(df, int(cfg.folds), int(cfg.get("fold", 0)), cfg.split_seed, groups, note)
 
 
 def plural(n: int, word: str) -> str:
@@ -352,7 +395,7 @@ def table_recipe(cfg) -> Prepared:
         def splitter(df, fraction, part):
             return group_split(df, df["group"], fraction, cfg.split_seed, part, note)
 
-    train, eval_ = splitter(full, cfg.eval_fraction, "test")
+    train, eval_ = test_part(full, cfg, splitter, None if split == "stratified" else full["group"], note)
     train, val = carve_val(train, cfg, splitter)
     info = {
         "source": str(cfg.path),
@@ -437,7 +480,9 @@ def persuasion_recipe(cfg) -> Prepared:
             return train_test_split(df, test_size=fraction, random_state=cfg.split_seed)
         return group_split(df, df[cfg.split], fraction, cfg.split_seed, part, note)
 
-    train, eval_ = splitter(balanced, cfg.eval_fraction, "test")
+    train, eval_ = test_part(
+        balanced, cfg, splitter, None if cfg.split == "seed" else balanced[cfg.split], note
+    )
     train, val = carve_val(train, cfg, splitter)
     eval_ = eval_.drop_duplicates(subset=["argument"])
     val = val.drop_duplicates(subset=["argument"])
@@ -519,6 +564,14 @@ def readme(prepared: Prepared, cfg) -> str:
         f"- Source: {redact(prepared.info.get('source'))}",
         f"- Recipe: {setting('recipe')}; split: {setting('split')}; eval fraction {setting('eval_fraction')}; "
         f"split seed {setting('split_seed')}",
+        *(
+            [
+                f"- Cross-validation: the test part is fold {setting('fold')} of {setting('folds')} (folds numbered from 0; "
+                "the eval fraction is not used)"
+            ]
+            if setting("folds") is not None
+            else []
+        ),  # fmt: skip
         *(
             [f"- Cleaning (before splitting; row 1 = the file's first data row): {cleaning}"]
             if cleaning

@@ -180,3 +180,27 @@ def test_reft_vs_lora_preset_is_one_command(tmp_path, mlflow_uri):
     assert "**chosen** (best validation)" in text
     for method in ("none", "tfidf"):  # no learning rate: shown as "-", not the grid's first value
         assert table.loc[table["method"] == method, "trainer.lr"].tolist() == ["-"]
+
+
+def test_the_folds_of_a_configuration_pool_as_replicates_on_their_corpus():
+    from reftlab.report import runs as report_runs
+    from reftlab.report.stats import summarise
+
+    rows = []
+    for rank, acc in (("1", 0.70), ("4", 0.80)):
+        for seed in ("1", "2"):
+            for fold in ("0", "1", "2"):
+                rows.append({"run_id": f"{rank}{seed}{fold}", "status": "FINISHED", "tags.method": "loreft",
+                             "params.intervention.rank": rank, "params.seed": seed, "params.data.folds": "3",
+                             "params.data.fold": fold, "tags.data_hash": f"rows-of-fold-{fold}",
+                             "tags.data_corpus_hash": "corpus", "metrics.accuracy": acc, "metrics.val_accuracy": acc,
+                             "metrics.train_loss_last": 0.1, "metrics.trainable_params": 10})  # fmt: skip
+    tidy = report_runs.tidy(pd.DataFrame(rows))
+    keys = report_runs.varying(tidy)
+    assert keys == ["intervention.rank"]  # neither the fold nor each fold's rows split a group
+    kept = report_runs.dedupe(tidy, keys)
+    assert len(kept) == 12  # seed x fold replicates, none collapsed
+    table = summarise(kept, keys)
+    assert table["seeds"].tolist() == [6, 6] and table["accuracy"].tolist() == pytest.approx([0.70, 0.80])
+    plain = report_runs.tidy(pd.DataFrame(rows).drop(columns=["params.data.folds"]))
+    assert "data" in report_runs.varying(plain)  # without folds, other rows are other data

@@ -120,6 +120,7 @@ def execute(cfg, output_dir: Path, key: str = "") -> tuple[dict, list[str]]:
             "data_version": data_version,
             "data_repo": str(versioning.repo_dir(cfg.data.name)),
             "data_hash": prepared.version(),
+            "data_corpus_hash": prepared.corpus_version(),
             "data_split": str(prepared.info.get("split", cfg.data.split)),
         }
     )

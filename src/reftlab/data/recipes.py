@@ -62,6 +62,11 @@ class Prepared:
     info: dict = field(default_factory=dict)
     val: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["text", "label", "group"]))
 
+    def corpus_version(self) -> str:
+        """Content hash of every row before splitting (text, label): the same for every fold, cap
+        and split of one corpus, so a report can pool the folds of a configuration."""
+        return hashlib.sha256(self.full[["text", "label"]].to_csv(index=False).encode()).hexdigest()[:16]
+
     def version(self) -> str:
         """Content hash of the train, validation and test rows (text, label): what the run saw."""
         h = hashlib.sha256()

@@ -1,6 +1,7 @@
 """The runs a report compares: loaded from MLflow, tidied to one row per run, grouped, deduplicated.
 
-- Groups are every setting that differs between the runs except the seed (the replicates) and the
+- Groups are every setting that differs between the runs except the seed and the fold (the
+  replicates: a cross-validated configuration pools its folds, on the corpus they were cut from) and the
   settings that change no result or only how it is computed (the one list in `config.identity`,
   which resume uses too), plus the data content: runs on different data, models or learning rates
   are never averaged together. A run repeated with the same seed
@@ -26,7 +27,9 @@ METRICS = ("accuracy", "val_accuracy", "f1", "train_loss_last", "trainable_param
            "eval_seconds", "peak_memory_mb", "tp", "fp", "tn", "fn")  # fmt: skip
 # Params a report holds apart from the settings: the seed (the replicates of a group), the method
 # (a column of its own) and where the data came from (the data content, tag data_hash, says what it was).
-NOT_SETTINGS = ("seed", "intervention.method", "data.remote", "data.revision")
+# With cross-validation the fold is a replicate too: the folds of a configuration pool, and their
+# data is the corpus they were cut from (tag data_corpus_hash), not each fold's rows.
+NOT_SETTINGS = ("seed", "data.fold", "intervention.method", "data.remote", "data.revision")
 DIVERGED = "diverged: a non-finite training loss (a run recorded before reftlab failed such runs)"
 
 
@@ -127,13 +130,16 @@ def setting_columns(runs: pd.DataFrame) -> list[str]:
 
 
 def tidy(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per run: status, method, seed, every setting (as text), data content and metrics."""
+    """One row per run: status, method, seed, fold, every setting (as text), data content and metrics."""
+    folds = column(runs, "params.data.folds", None)
+    folded = folds.notna() & ~folds.astype(str).isin(("None", "-", ""))
     out = pd.DataFrame(
         {
             "run_id": runs["run_id"],
             "status": runs["status"],
             "method": column(runs, "tags.method", "?").fillna("?"),
             "seed": column(runs, "params.seed", "-").fillna("-"),
+            "fold": "-",  # a fold number where the run was cross-validated (data.folds set)
             "data": column(runs, "tags.data_hash", "-").fillna("-"),
             "model": column(runs, "tags.model", "-").fillna("-"),
             "experiment": column(runs, "experiment_id", "-"),
@@ -145,6 +151,8 @@ def tidy(runs: pd.DataFrame) -> pd.DataFrame:
             "start_time": column(runs, "start_time", pd.NaT),
         }
     )
+    out.loc[folded, "fold"] = column(runs, "params.data.fold", "-")[folded].astype(str)
+    out.loc[folded, "data"] = column(runs, "tags.data_corpus_hash", "-")[folded].fillna("-")
     blank = untrained(out["method"])  # zero-shot and TF-IDF have no layer, rank or optimiser
     for name in setting_columns(runs):
         out[name] = runs[f"params.{name}"].fillna("-").astype(str).replace("None", "-")
@@ -226,9 +234,9 @@ def method_settings(finished: pd.DataFrame, keys: list[str]) -> dict[str, dict[s
 
 
 def dedupe(rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """A run repeated with the same settings and seed counts once (the latest)."""
+    """A run repeated with the same settings, seed and fold counts once (the latest)."""
     ordered = rows.sort_values("start_time", na_position="first")
-    return ordered.drop_duplicates(subset=keys + ["seed"], keep="last")
+    return ordered.drop_duplicates(subset=keys + ["seed", "fold"], keep="last")
 
 
 def same_budget(others: pd.DataFrame, finished: pd.DataFrame) -> pd.DataFrame:

@@ -204,3 +204,50 @@ def test_the_folds_of_a_configuration_pool_as_replicates_on_their_corpus():
     assert table["seeds"].tolist() == [6, 6] and table["accuracy"].tolist() == pytest.approx([0.70, 0.80])
     plain = report_runs.tidy(pd.DataFrame(rows).drop(columns=["params.data.folds"]))
     assert "data" in report_runs.varying(plain)  # without folds, other rows are other data
+
+
+def test_the_paired_test_calls_a_planted_difference_significant_and_an_identical_pair_not():
+    import numpy as np
+
+    from reftlab.report.stats import holm, paired_bootstrap
+
+    rng = np.random.default_rng(0)
+    base = [rng.random(320) < 0.80 for _ in range(3)]  # 3 replicates, 320 test reviews each
+    better = [b | (rng.random(320) < 0.25) for b in base]  # right wherever base is, and on ~5 points more
+    diff, low, high, p = paired_bootstrap(list(zip(better, base, strict=True)))
+    assert 0.03 < diff < 0.08 and 0 < low < diff < high and p < 0.01
+    same = paired_bootstrap(list(zip(base, base, strict=True)))
+    assert same == (0.0, 0.0, 0.0, 1.0)
+    noise = [rng.random(320) < 0.80 for _ in range(3)]  # another run as good: no difference to find
+    assert paired_bootstrap(list(zip(noise, base, strict=True)))[3] > 0.05
+    assert holm([0.01, 0.04, float("nan"), 0.03]) == pytest.approx(
+        [0.03, 0.06, float("nan"), 0.06], nan_ok=True
+    )
+
+
+def test_groups_pair_with_the_reference_by_seed_and_fold_on_the_same_reviews():
+    import numpy as np
+
+    from reftlab.report.tables import against_reference
+
+    texts = [f"review {i}" for i in range(200)]
+    rng = np.random.default_rng(1)
+    truth = {}
+
+    def runs_of(name, accuracy):
+        rows = []
+        for seed in ("1", "2"):
+            for fold in ("0", "1"):
+                run_id = f"{name}-{seed}-{fold}"
+                truth[run_id] = pd.Series((rng.random(200) < accuracy).astype(int), index=texts)
+                rows.append({"run_id": run_id, "seed": seed, "fold": fold, "accuracy": truth[run_id].mean()})
+        return pd.DataFrame(rows)
+
+    table = pd.DataFrame({"_runs": [runs_of("ref", 0.70), runs_of("good", 0.90), runs_of("twin", 0.70)]})
+    found = against_reference(table, 0, correct=truth.get)
+    good, twin = found[1], found[2]
+    assert good[4] == twin[4] == "paired"
+    assert 0.15 < good[0] < 0.25 and good[1] > 0 and good[3] < 0.05  # significant after Holm
+    assert twin[1] < 0 < twin[2] and twin[3] > 0.05
+    no_predictions = against_reference(table, 0, correct=lambda run_id: None)
+    assert no_predictions[1][4] == "welch" and np.isnan(no_predictions[1][1])

@@ -121,6 +121,28 @@ def column(runs: pd.DataFrame, name: str, default=np.nan) -> pd.Series:
     return runs[name] if name in runs else pd.Series(default, index=runs.index)
 
 
+_CORRECT: dict[str, pd.Series | None] = {}
+
+
+def test_correct(run_id: str) -> pd.Series | None:
+    """A run's correctness (1 right, 0 wrong) on each review of its test split, by review text, from
+    its predictions.parquet artifact (tracking URI as set by `load_runs`); None when it has none."""
+    import mlflow
+
+    if run_id not in _CORRECT:
+        try:
+            path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="predictions.parquet")
+            rows = pd.read_parquet(path)
+            test = rows[rows["split"] == "test"]
+            right = pd.Series(
+                (test["prediction"] == test["label"]).astype(int).to_numpy(), index=test["text"]
+            )
+            _CORRECT[run_id] = right[~right.index.duplicated()]
+        except Exception:  # no such artifact (an older run, a fake one), or unreadable: no pairing
+            _CORRECT[run_id] = None
+    return _CORRECT[run_id]
+
+
 def setting_columns(runs: pd.DataFrame) -> list[str]:
     """The params that define what a run computes: all but those in `NOT_SETTINGS` and those that
     change no result or only how it is computed (`config.identity`)."""

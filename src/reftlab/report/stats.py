@@ -1,5 +1,7 @@
-"""The statistics of a report: means over seeds with a 95% confidence interval (Student t), Welch's
-t-test against a reference group, chance, and the choice, made on validation accuracy only.
+"""The statistics of a report: means over seeds with a 95% confidence interval (Student t), the
+paired difference against a reference group (a bootstrap over the same test reviews, stratified by
+seed and fold, Holm-adjusted over the table; Welch's t-test over seeds where a run has no
+predictions), chance, and the choice, made on validation accuracy only.
 
 - Per group: seeds, validation accuracy, test accuracy mean with its 95% CI over seeds, F1,
   trainable parameters, train time.
@@ -26,6 +28,64 @@ def ci95(values: pd.Series) -> float:
     if len(v) < 2:
         return float("nan")
     return float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+
+
+def paired_bootstrap(pairs, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float, float]:
+    """Two configurations scored on the same reviews: `pairs` holds, per replicate (a seed, a fold),
+    their 0/1 correctness on that replicate's test reviews, aligned review by review. Returns the
+    difference in accuracy (mean over replicates), its 95% bootstrap interval and the two-sided p
+    of "no difference": reviews resampled with replacement within each replicate (a bootstrap
+    stratified by seed and fold), `n_boot` times."""
+    rng = np.random.default_rng(seed)
+    diffs = [np.asarray(a, float) - np.asarray(b, float) for a, b in pairs]
+    observed = float(np.mean([d.mean() for d in diffs]))
+    boot = np.zeros(n_boot)
+    for d in diffs:
+        boot += d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(axis=1)
+    boot /= len(diffs)
+    low, high = np.percentile(boot, [2.5, 97.5])
+    p = min(1.0, 2 * min(float((boot <= 0).mean()), float((boot >= 0).mean())))
+    return observed, float(low), float(high), p
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm's step-down adjustment for the comparisons of one table (NaN: no comparison)."""
+    order = sorted((p, i) for i, p in enumerate(pvalues) if not math.isnan(p))
+    adjusted, running = [float("nan")] * len(pvalues), 0.0
+    for rank, (p, i) in enumerate(order):
+        running = max(running, min(1.0, (len(order) - rank) * p))
+        adjusted[i] = running
+    return adjusted
+
+
+def paired_against(
+    runs: pd.DataFrame, reference: pd.DataFrame, correct
+) -> tuple[float, float, float, float] | None:
+    """`paired_bootstrap` of a group's runs against the reference group's, replicate by replicate:
+    runs pair by (seed, fold), or by fold alone when one side does not depend on the seed (TF-IDF,
+    zero-shot); `correct(run_id)` is a run's per-review correctness on its test split (a Series by
+    review text), None where the run has no predictions. None: no replicate pairs."""
+
+    def keyed(rows, by):
+        return {tuple(r[k] for k in by): r["run_id"] for _, r in rows.iterrows()}
+
+    for by in (("seed", "fold"), ("fold",)):
+        mine, theirs = keyed(runs, by), keyed(reference, by)
+        common = [k for k in mine if k in theirs]
+        if common:
+            break
+    else:
+        return None
+    pairs = []
+    for k in common:
+        a, b = correct(mine[k]), correct(theirs[k])
+        if a is None or b is None:
+            return None
+        shared = a.index.intersection(b.index)
+        if len(shared) == 0:
+            return None
+        pairs.append((a.loc[shared].to_numpy(), b.loc[shared].to_numpy()))
+    return paired_bootstrap(pairs)
 
 
 def welch_p(a: pd.Series, b: pd.Series) -> float:

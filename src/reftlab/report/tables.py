@@ -8,8 +8,8 @@ import math
 
 import pandas as pd
 
-from .runs import method_name
-from .stats import welch_p
+from .runs import method_name, test_correct
+from .stats import holm, paired_against, welch_p
 
 
 def missing(value) -> bool:
@@ -48,16 +48,49 @@ def share(value) -> str:
 
 
 def p_value(p: float) -> str:
-    """Welch's p, starred below 0.05."""
+    """A p-value, starred below 0.05."""
     if math.isnan(p):
         return "-"
     return ("<0.001" if p < 0.001 else f"{p:.3f}") + (" *" if p < 0.05 else "")
 
 
-def display(table: pd.DataFrame, keys: list[str], chosen: dict, ref: int | None) -> pd.DataFrame:
+def against_reference(table: pd.DataFrame, ref: int, correct=test_correct) -> dict:
+    """Per group, its test accuracy against the reference group's: (difference in points, 95% CI
+    low, high, Holm-adjusted p, how it was tested). Paired over the same reviews where both have
+    predictions; else Welch's t-test over seeds (no interval)."""
+    ref_runs, found = table.loc[ref, "_runs"], {}
+    for i, row in table.iterrows():
+        if i == ref:
+            continue
+        paired = paired_against(row["_runs"], ref_runs, correct)
+        if paired is not None:
+            found[i] = (*paired, "paired")
+        else:
+            diff = row["_runs"]["accuracy"].mean() - ref_runs["accuracy"].mean()
+            found[i] = (
+                diff,
+                float("nan"),
+                float("nan"),
+                welch_p(row["_runs"]["accuracy"], ref_runs["accuracy"]),
+                "welch",
+            )
+    adjusted = holm([v[3] for v in found.values()])
+    return {i: (*v[:3], p, v[4]) for (i, v), p in zip(found.items(), adjusted, strict=True)}
+
+
+def difference(diff: float, low: float, high: float) -> str:
+    if missing(diff):
+        return "-"
+    text = f"{100 * diff:+.1f} pts"
+    return text if missing(low) else f"{text} [{100 * low:+.1f}, {100 * high:+.1f}]"
+
+
+def display(
+    table: pd.DataFrame, keys: list[str], chosen: dict, ref: int | None, correct=test_correct
+) -> pd.DataFrame:
     """The table as people read it: formatted numbers, marks for what was chosen."""
     rows = []
-    ref_runs = table.loc[ref, "_runs"] if ref is not None else None
+    compared = against_reference(table, ref, correct) if ref is not None else None
     for i, row in table.iterrows():
         marks = []
         if i == chosen["overall"]:
@@ -77,9 +110,10 @@ def display(table: pd.DataFrame, keys: list[str], chosen: dict, ref: int | None)
             "train time": seconds(row["train_seconds"]),
             "cache pass": seconds(row["cache_seconds"]),
         }
-        if ref_runs is not None:
-            p = welch_p(row["_runs"]["accuracy"], ref_runs["accuracy"]) if i != ref else float("nan")
-            out["p vs reference"] = p_value(p)
+        if compared is not None:
+            diff, low, high, p, how = compared.get(i, (float("nan"),) * 4 + ("",))
+            out["vs reference (95% CI)"] = difference(diff, low, high)
+            out["p (Holm)"] = p_value(p) + (" (Welch)" if how == "welch" else "")
         out["note"] = ", ".join(marks)
         rows.append(out)
     return pd.DataFrame(rows)

@@ -251,3 +251,24 @@ def test_groups_pair_with_the_reference_by_seed_and_fold_on_the_same_reviews():
     assert twin[1] < 0 < twin[2] and twin[3] > 0.05
     no_predictions = against_reference(table, 0, correct=lambda run_id: None)
     assert no_predictions[1][4] == "welch" and np.isnan(no_predictions[1][1])
+
+
+def test_whole_number_settings_are_ticked_as_the_integers_run_even_on_a_log_axis():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from reftlab.report.plots import integer_ticks
+
+    fig, ax = plt.subplots()
+    ax.plot([1, 4, 16, 32], [0.8, 0.82, 0.85, 0.84])
+    ax.set_xscale("log")
+    integer_ticks(ax, [32.0, 1.0, 16.0, 4.0])
+    fig.canvas.draw()
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "4", "16", "32"]
+    assert len(ax.xaxis.get_minorticklocs()) == 0
+    ax2 = plt.subplots()[1]
+    integer_ticks(ax2, [0.001, 0.004])  # a learning rate keeps matplotlib's own ticks
+    assert [t.get_text() for t in ax2.get_xticklabels()] != ["0", "0"]
+    plt.close("all")

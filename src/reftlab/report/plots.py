@@ -87,6 +87,17 @@ def draw(
     return drawn
 
 
+def integer_ticks(ax, values) -> None:
+    """Settings that are whole numbers (layers, ranks, epochs) ticked at exactly the values run,
+    labelled as the integers they are (a log axis would write 2x10^0, 3x10^0)."""
+    import matplotlib
+
+    values = sorted(float(v) for v in values)
+    if values and all(v.is_integer() for v in values):
+        ax.set_xticks(values, [str(int(v)) for v in values])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+
+
 def plot(table: pd.DataFrame, keys: list[str], x: str, numeric: bool, log_x: bool, path: Path, title: str,
          refs: list[tuple[str, float]]) -> None:  # fmt: skip
     """Test accuracy (mean, 95% CI) against one setting or metric, one line per other group; the
@@ -126,9 +137,11 @@ def plot(table: pd.DataFrame, keys: list[str], x: str, numeric: bool, log_x: boo
         ax.set_xticks(range(len(categories)), categories, rotation=20 if len(categories) > 4 else 0)
     if log_x:
         ax.set_xscale("log")
+    if numeric:
+        integer_ticks(ax, pd.to_numeric(points[x], errors="coerce").dropna().unique())
     ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
     ax.set_xlabel(title)
-    ax.set_ylabel("accuracy (mean, 95% CI over seeds)")
+    ax.set_ylabel("accuracy (mean, 95% CI over seeds and folds)")
     ax.set_title(f"accuracy vs {title}")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside: never over a line

@@ -118,7 +118,7 @@ def how_to_read(found: Found) -> list[str]:
         lines.append("No run has a validation score (data.val_fraction=0): nothing is chosen.")
     if found.reference is not None:
         lines.append("vs reference: the group's test accuracy minus the reference group's (the project's default "
-                     "settings), paired on the same reviews: runs pair by seed and fold, and the 95% interval and "
+                     "settings, or --reference), paired on the same reviews: runs pair by seed and fold, and the 95% interval and "
                      "p come from a bootstrap over the reviews within each pair; p is Holm-adjusted over the "
                      "table's comparisons (* p < 0.05: only then is a difference called significant). Where a "
                      "run has no predictions, Welch's t-test over seeds (marked).")  # fmt: skip

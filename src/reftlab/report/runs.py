@@ -12,6 +12,9 @@
 
 from __future__ import annotations
 
+import os
+from unittest import mock
+
 import numpy as np
 import pandas as pd
 
@@ -131,7 +134,10 @@ def test_correct(run_id: str) -> pd.Series | None:
 
     if run_id not in _CORRECT:
         try:
-            path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="predictions.parquet")
+            with mock.patch.dict(
+                os.environ, {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+            ):  # no bar a run
+                path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="predictions.parquet")
             rows = pd.read_parquet(path)
             test = rows[rows["split"] == "test"]
             right = pd.Series(

@@ -135,3 +135,22 @@ def test_each_ablation_preset_forms_the_fused_groups_its_settings_allow(preset):
         assert why_alone(cfg) is None, (preset, values, why_alone(cfg))
         keys[group_key(cfg)] += 1
     assert sorted(keys.values()) == FUSED_GROUPS[preset]
+
+
+def test_a_folds_overlay_runs_any_preset_over_its_folds_in_one_fused_group_a_fold():
+    import itertools
+    from collections import Counter
+
+    from reftlab.config.compose import compose as reftlab_compose
+    from reftlab.sweep.fused import group_key
+
+    cfg = reftlab_compose(["experiment=ablate_rank", "folds=hotel5"], return_hydra_config=True)
+    params = dict(cfg.hydra.sweeper.params)
+    assert params == {"intervention.rank": "1,4,16,32", "seed": "1,2,3", "data.fold": "0,1,2,3,4"}
+    groups = Counter()
+    for rank, seed, fold in itertools.product((1, 4, 16, 32), (1, 2, 3), range(5)):
+        job = compose("experiment=ablate_rank", "folds=hotel5", f"intervention.rank={rank}", f"seed={seed}",
+                      f"data.fold={fold}")  # fmt: skip
+        assert (job.data.split, job.data.folds, job.data.fold) == ("hotel", 5, fold)
+        groups[group_key(job)] += 1
+    assert sorted(groups.values()) == [12] * 5  # 60 jobs: each fold's 12 share one prefix cache

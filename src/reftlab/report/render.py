@@ -101,8 +101,8 @@ def analyse(rows: pd.DataFrame, title: str, others: pd.DataFrame | None, referen
 def how_to_read(found: Found) -> list[str]:
     table, keys, chosen = found.table, found.keys, found.chosen
     lines = [
-        f"Groups: every setting that differs ({', '.join(f'`{k}`' for k in keys)}); seeds are averaged. "
-        "Test accuracy: mean ± half-width of the 95% confidence interval over seeds (Student t). "
+        f"Groups: every setting that differs ({', '.join(f'`{k}`' for k in keys)}); seeds (and folds) are averaged. "
+        "Test accuracy: mean ± half-width of the 95% confidence interval over them (Student t). "
         "Train time: the optimisation steps (mean over seeds); cache pass: the one no-grad pass that "
         "builds the prefix cache (the longest; later jobs of a sweep load it)."
     ]

@@ -25,9 +25,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(
-    0, str(ROOT / "benchmarks")
-)  # train_speed's Bench: the model and data of the step measurement
+# train_speed's Bench: the model and data of the step measurement
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def parse_args(argv=None):

@@ -92,12 +92,12 @@ def check_data(dcfg) -> None:
         raise ConfigError(f"data.recipe={dcfg.recipe!r} is not valid: choose one of {list(recipes.RECIPES)}")
     if dcfg.get("revision") is None:  # a stored revision needs no source file
         recipes.check_path(dcfg.path)
-    folds, fold = dcfg.get("folds"), dcfg.get("fold", 0)
-    if folds is not None and (isinstance(folds, bool) or not isinstance(folds, int) or folds < 2):
+    folds, fold = dcfg.get("folds"), dcfg.get("fold", 0)  # integers: the schema checks the types
+    if folds is not None and folds < 2:
         raise ConfigError(
             f"data.folds={folds!r} is not valid: it must be an integer >= 2 (or null: no folds)"
         )
-    if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < (folds or 1):
+    if not 0 <= fold < (folds or 1):
         allowed = f"0 .. {folds - 1} (data.folds={folds})" if folds else "0 unless data.folds is set"
         raise ConfigError(f"data.fold={fold!r} is not valid: choose {allowed}")
 

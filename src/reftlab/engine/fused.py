@@ -79,7 +79,7 @@ def step_rows(body, cache, members, groups, answers):
     first = members[0].n_pos - 1  # the last prompt token predicts the first answer token
     targets = answer_targets([answers[i] for i in idx], h.shape[1] - first, right=False)
     ce = answer_loss(members[0].ctx.model.lm_head, body.norm(h)[:, first:], targets)
-    return [step_means(None, targets[lo:hi], group, m.schedule.denominator, ce[lo:hi])
+    return [step_means(ce[lo:hi], targets[lo:hi], group, m.schedule.denominator)
             for m, group, lo, hi in zip(members, groups, bounds[:-1], bounds[1:], strict=True)]  # fmt: skip
 
 

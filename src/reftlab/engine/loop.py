@@ -83,15 +83,11 @@ def answer_loss(head, h, targets) -> torch.Tensor:
     return ce.view(targets.shape)
 
 
-def step_means(logits, targets, groups, denominator, ce=None):
+def step_means(ce, targets, groups, denominator):
     """(sum of each batch's mean answer cross-entropy x len(batch) / denominator, the batch means)
-    for one pass over all batches of a step (`targets` -100 where no answer token is); `ce`: the
-    per-token cross-entropy already computed (`answer_loss`), then `logits` is not read."""
-    targets = targets.to(logits.device if ce is None else ce.device)
-    if ce is None:
-        ce = torch.nn.functional.cross_entropy(  # on [rows, vocab]: a strided layout is slow on CPU
-            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
-        ).view(targets.shape)
+    for one pass over all batches of a step, from the per-token cross-entropy `ce` (`answer_loss`;
+    `targets` -100 where no answer token is)."""
+    targets = targets.to(ce.device)
     valid = (targets != -100).sum(1)
     per_batch, total, row = [], 0.0, 0
     for g in groups:

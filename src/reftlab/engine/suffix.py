@@ -167,7 +167,7 @@ class SuffixRunner:
         first = self.n_pos - 1  # the last prompt token predicts the first answer token
         targets = answer_targets([answers[i] for i in idx], h.shape[1] - first, right=False)
         ce = answer_loss(self.base.lm_head, h[:, first:], targets)
-        return step_means(None, targets, groups, denominator, ce)
+        return step_means(ce, targets, groups, denominator)
 
     def last_logits(self, cache, idx) -> torch.Tensor:
         h, s = self.hidden(cache, idx)
@@ -222,9 +222,7 @@ class FullRunner:
         h = self.hidden(cache, idx, [len(examples[i][0]) for i in idx])
         k = max(len(a) for a in answers)  # the last k positions predict the (right-aligned) answers
         targets = answer_targets(answers, k, right=True)
-        return step_means(
-            None, targets, groups, denominator, answer_loss(self.base.lm_head, h[:, -k:], targets)
-        )
+        return step_means(answer_loss(self.base.lm_head, h[:, -k:], targets), targets, groups, denominator)
 
     def last_logits(self, cache, idx, prompt_lens) -> torch.Tensor:
         return self.base.lm_head(self.hidden(cache, idx, prompt_lens)[:, -1])

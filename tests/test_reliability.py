@@ -286,39 +286,46 @@ store.save(cache_store.cache_key(model, seqs, [2] * 4, {}), cache)
     proc.wait(30)
     model, seqs = tiny_store_inputs()
     key = cache_store.cache_key(model, seqs, [2] * 4, {})
-    assert store.load(key, "cpu") is None  # no entry: the kill came before it was complete
+    assert store.load(key, "cpu") is None and not store.entries()  # the kill came before it was complete
     assert len(store.stale_temps()) == 1  # its writer is dead: the store knows the file is garbage
     cache_store.clear_memory()
-    cache, source, _ = cache_store.obtain(model, 1, seqs, [2] * 4, 0, {}, store, 4, False)
+    cache, source, _ = cache_store.obtain(model, 1, seqs, 2, [()] * 4, 0, store, 4, False)
     assert source == "built"
-    for _ in range(200):  # the save runs in a thread; the eviction before it removes the dead temp
-        if store.load(key, "cpu") is not None:
-            break
-        __import__("time").sleep(0.05)
-    assert not list(store.folder.glob("*.tmp-*")) and [p.stem for p in store.entries()] == [key]
-    again = store.load(key, "cpu")
+    saved = wait_for_shard(store)  # the save runs in a thread; the eviction before it removes the dead temp
+    assert not list(store.folder.glob("*.tmp-*")) and [p.stem for p in store.entries()] == [saved]
+    again = store.load(saved, "cpu")
     assert torch.equal(again.keys, cache.keys) and torch.equal(again.hidden, cache.hidden)
+
+
+def wait_for_shard(store) -> str:
+    """The key of the store's one complete entry, once a background save has written it."""
+    for _ in range(400):
+        if store.entries():
+            return store.entries()[0].stem
+        __import__("time").sleep(0.05)
+    raise AssertionError("no entry was written")
 
 
 @pytest.mark.slow
 def test_an_entry_evicted_while_another_job_loads_it_is_rebuilt_there(tmp_path):
     model, seqs = tiny_store_inputs()
-    key = cache_store.cache_key(model, seqs, [2] * 4, {})
     first = prefix.build(model, 1, seqs, [2] * 4, 0, progress=False)
     store = cache_store.DiskStore(tmp_path, int(first.nbytes * 1.5))
-    assert store.save(key, first)
-    # the other job has read the entry's metadata and is about to read its tensors when it is evicted
+    cache_store.clear_memory()
+    assert cache_store.obtain(model, 1, seqs, 2, [()] * 4, 0, store, 4, False)[1] == "built"
+    key = wait_for_shard(store)
+    # the other job has found the shard in the store's index and is about to open it when it is evicted
     proc = child(
         """
-import safetensors.torch as st
-real = st.load_file
+import safetensors
+real = safetensors.safe_open
 def paused(*a, **k):
     pathlib.Path({go!r}).parent.joinpath("loading").touch()
     while not pathlib.Path({go!r}).exists():
         time.sleep(0.05)
     return real(*a, **k)
-st.load_file = paused
-cache, source, _ = cache_store.obtain(model, 1, seqs, [2] * 4, 0, {{}}, store, 4, False)
+safetensors.safe_open = paused
+cache, source, _ = cache_store.obtain(model, 1, seqs, 2, [()] * 4, 0, store, 4, False)
 direct = prefix.build(model, 1, seqs, [2] * 4, 0, progress=False)
 print(source, torch.equal(cache.keys, direct.keys), torch.equal(cache.hidden, direct.hidden))
 """.format(go=str(tmp_path / "go")),

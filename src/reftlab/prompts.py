@@ -50,6 +50,11 @@ class PromptBuilder:
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
+    @property
+    def tails(self) -> list[list[int]]:
+        """Each answer but its last token: what a training sequence adds after the prompt."""
+        return [ids[:-1] for ids in self.answer_ids.values()]
+
     def prompts(self, texts) -> list[list[int]]:
         bodies = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
         return [self.before + body[: self.budget] + self.after for body in bodies]

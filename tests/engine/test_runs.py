@@ -58,6 +58,32 @@ def test_runs_log_their_path_and_reuse_the_cache(in_root, mlflow_uri, tmp_path):
     )
 
 
+def test_the_second_fold_builds_nothing(in_root, mlflow_uri, tmp_path):
+    """Fold 0's job runs every example of the corpus through the model once (training set with its
+    answers, validation and test prompts); fold 1's job finds them all in the store."""
+    from reftlab import run
+
+    common = tiny_overrides("data=persuasion_sample", "data.folds=3", "data.max_train=null", "data.max_val=null",
+                            "data.max_eval=null", f"mlflow.tracking_uri={mlflow_uri}", "save_intervention=false",
+                            f"trainer.cache_dir={tmp_path / 'prefix'}")  # fmt: skip
+    metrics = {}
+    for fold in (0, 1):
+        clear_caches()
+        metrics[fold] = run.run(
+            compose(*common, f"data.fold={fold}", f"run_name=fold{fold}"), tmp_path / f"f{fold}"
+        )
+    df = runs(mlflow_uri).set_index("tags.mlflow.runName")
+    assert df.loc["fold0", "tags.cache_source"] == "built" and metrics[0]["cache_built_examples"] > 0
+    assert (
+        df.loc["fold1", "tags.cache_source"] == "disk" and df.loc["fold1", "tags.eval_cache_source"] == "disk"
+    )
+    assert metrics[1]["cache_built_examples"] == 0
+    assert (
+        metrics[0]["accuracy"] != metrics[1]["accuracy"]
+        or metrics[0]["train_loss_last"] != metrics[1]["train_loss_last"]
+    )  # two folds: other data, another result
+
+
 @pytest.mark.parametrize(
     "bad, words",
     [

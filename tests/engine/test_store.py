@@ -60,3 +60,63 @@ def test_the_residual_stream_stored_is_the_models_own(tiny4):
     row = cache.offset[0]
     assert torch.allclose(cache.hidden[row : row + len(seqs[0])], states[2][0], atol=1e-5)
     assert cache.nbytes == (1 + sum(map(len, seqs))) * model.config.hidden_size * 4
+
+
+def test_one_pass_over_the_corpus_serves_every_fold(tiny4, tmp_path):
+    """Entries are per example: fold 0's training set and test prompts are all that is ever built;
+    the other folds (their training sets mix fold 0's training and test examples) build nothing,
+    and what they get is what a pass over exactly their sequences stores."""
+    model, tokenizer, builder, examples, _ = tiny4
+    disk, pad = store.DiskStore(tmp_path, 10**9), tokenizer.pad_token_id
+    folds = [list(range(k, len(examples), 3)) for k in range(3)]
+    built = []
+    for k, test in enumerate(folds):
+        train = [i for i in range(len(examples)) if i not in test]
+        for idx, scoring in ((train, False), (test, True)):
+            prompts = [examples[i][0] for i in idx]
+            tails = [()] * len(idx) if scoring else [tuple(examples[i][1][:-1]) for i in idx]
+            store.clear_memory()  # a new job: nothing in memory
+            cache, source, _ = store.obtain(
+                model, 2, prompts, 1, tails, pad, disk, 5, False, answers=builder.tails
+            )
+            built.append(cache.meta["built"])
+            assert source == ("built" if k == 0 else "disk")
+            if scoring:
+                seqs, suffix = prompts, [1] * len(idx)
+            else:
+                seqs, suffix = train_inputs([examples[i] for i in idx], 1)
+            direct = prefix.build(model, 2, seqs, suffix, pad, batch_size=4, progress=False)
+            assert np.array_equal(cache.suffix_len, direct.suffix_len)
+            assert np.array_equal(cache.prefix_len, direct.prefix_len)
+            assert torch.allclose(cache.keys, direct.keys, atol=1e-5)
+            assert torch.allclose(cache.hidden, direct.hidden, atol=1e-5)
+            assert (cache.hidden[1:].abs().sum(-1) > 0).all()  # every row filled, answers' rows too
+    assert built[:2] == [16, 8] and sum(built[2:]) == 0  # each example run once, for all three folds
+    # a training set whose answers a shard lacks (scoring built it without them): those are built again
+    store.clear_memory()
+    other = [tuple(a[:-1]) + (7,) for _, a in examples[:3]]
+    cache, source, _ = store.obtain(model, 2, [p for p, _ in examples[:3]], 1, other, pad, disk, 5, False)
+    assert source == "built" and cache.meta["built"] == 3
+
+
+def test_shards_from_two_points_make_one_cache_at_the_higher(tiny4, tmp_path):
+    model, tokenizer, builder, examples, _ = tiny4
+    disk, pad = store.DiskStore(tmp_path, 10**9), tokenizer.pad_token_id
+    prompts, tails = [p for p, _ in examples[:10]], [tuple(a[:-1]) for _, a in examples[:10]]
+    for point, part in ((1, slice(0, 4)), (2, slice(4, 7))):
+        store.clear_memory()
+        store.obtain(model, point, prompts[part], 1, tails[part], pad, disk, 5, False)
+    store.clear_memory()
+    cache, source, _ = store.obtain(model, 2, prompts, 1, tails, pad, disk, 5, False, build_at=1)
+    assert source == "disk+built" and cache.meta["built"] == 3 and cache.start == 2  # point-1 parts advanced
+    direct = prefix.build(model, 2, *train_inputs(examples[:10], 1), pad, progress=False)
+    for i in range(10):  # example by example: the rows of a joined cache are not in the request's order
+        for got, want in zip(example_rows(cache, i), example_rows(direct, i), strict=True):
+            assert torch.allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def example_rows(cache, i):
+    """Example i's prefix keys, values and suffix stream in a packed cache."""
+    p, m = cache.prefix_offset[i], cache.prefix_len[i]
+    s, k = cache.suffix_offset[i], cache.suffix_len[i]
+    return cache.keys[:, p : p + m], cache.values[:, p : p + m], cache.hidden[s : s + k]

@@ -54,11 +54,12 @@ class Engine:
     planner chooses among those the method allows (`method.paths`)."""
 
     def __init__(self, trained, method, spec, trainer_cfg, pad_id: int, device="cpu", describe: dict | None = None,
-                 store="config", progress: bool = True, given=None):  # fmt: skip
+                 store="config", progress: bool = True, given=None, answers=()):  # fmt: skip
         model = method.frozen(trained)
         spec = InterventionSpec.of(spec, model.config.num_hidden_layers)
         disk = store_for(trainer_cfg) if store == "config" else store
-        self.ctx = Context(trained, method, spec, trainer_cfg, pad_id, device, describe or {}, disk, progress)
+        self.ctx = Context(trained, method, spec, trainer_cfg, pad_id, device, describe or {}, disk, progress,
+                           tuple(tuple(a) for a in answers))  # fmt: skip
         self.eval_info: dict | None = None  # where the last scoring's cache came from
         self.given = given  # a fused.Result: this job was trained (and scored) in a fused group
 
@@ -87,6 +88,7 @@ class Engine:
             cache_seconds=info.get("seconds", 0.0), peak_memory_mb=memory.peak_mb, path=chosen.strategy,
             reason=chosen.reason, cache_source=info.get("source"), cache_mb=info.get("mb"),
             cache_point=info.get("from_point"),
+            metrics={} if info.get("built") is None else {"cache_built_examples": info["built"]},
         )  # fmt: skip
 
     def predict(self, prompts, yes_id: int, no_id: int) -> tuple[object, str]:

@@ -101,10 +101,13 @@ def rows(idx, width: int, firsts, counts) -> np.ndarray:
 
 @torch.no_grad()
 def build(model, start: int, seqs: list[list[int]], suffix_lens: list[int], pad_id: int, batch_size: int = 16,
-          progress: bool = True) -> PrefixCache:  # fmt: skip
+          progress: bool = True, tails: tuple = ()) -> PrefixCache:  # fmt: skip
     """One no-grad pass of the frozen causal LM `model` over `seqs` (left-padded, longest first).
 
-    `suffix_lens[i]`: how many trailing tokens of seqs[i] the steps recompute."""
+    `suffix_lens[i]`: how many trailing tokens of seqs[i] the steps recompute. `tails`: token runs
+    (the answers) each sequence may go on with: the stream at point `start` of each is stored after
+    the suffix's own (suffix_len counts them), from a short continuation of the pass (its keys and
+    values are not kept), so one entry serves scoring the sequence and training on it with any of them."""
     device = next(model.parameters()).device
     cfg = model.config
     n_layers = cfg.num_hidden_layers
@@ -112,11 +115,13 @@ def build(model, start: int, seqs: list[list[int]], suffix_lens: list[int], pad_
     p_len = np.asarray([len(q) for q in seqs], dtype=np.int64) - s_len
     if (p_len < 0).any():
         raise ValueError("a suffix is longer than its sequence")
-    p_off, s_off = offsets(p_len), offsets(s_len)
+    extra = sum(len(t) for t in tails)
+    p_off, s_off = offsets(p_len), offsets(s_len + extra)
     shape = (n_layers - start, 1 + int(p_len.sum()), cfg.num_key_value_heads, head_dim(cfg))
     keys = torch.zeros(shape, dtype=model.dtype, device=device)
     values = torch.zeros(shape, dtype=model.dtype, device=device)
-    hidden = torch.zeros((1 + int(s_len.sum()), cfg.hidden_size), dtype=model.dtype, device=device)
+    hidden = torch.zeros((1 + int(s_len.sum()) + extra * len(seqs), cfg.hidden_size), dtype=model.dtype,
+                         device=device)  # fmt: skip
     cache_arg = hf_compat.cache_kwarg(model.model.forward)
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
     captured: list[torch.Tensor] = []
@@ -149,9 +154,30 @@ def build(model, start: int, seqs: list[list[int]], suffix_lens: list[int], pad_
                 store.index_copy_(1, dst, flat.index_select(1, src))
             h = captured[-1]
             hidden.index_copy_(0, sdst, h.reshape(-1, h.shape[-1]).index_select(0, ssrc))
+            after = s_off[idx] + s_len[idx]  # where each sequence's tails go
+            for tail in tails:
+                h = continue_with(model, tail, enc, kv_cache, cache_arg, captured)
+                rows_ = torch.from_numpy((after[:, None] + np.arange(len(tail))).reshape(-1)).to(device)
+                hidden.index_copy_(0, rows_, h.reshape(-1, h.shape[-1]))
+                after = after + len(tail)
     finally:
         hook.remove()
-    return PrefixCache(start, keys, values, hidden, p_off, p_len, s_off, s_len)
+    return PrefixCache(start, keys, values, hidden, p_off, p_len, s_off, s_len + extra)
+
+
+def continue_with(model, tail, enc, kv_cache, cache_arg, captured) -> torch.Tensor:
+    """The captured stream [batch, len(tail), hidden] of `tail` after each sequence of the batch
+    `enc` whose pass filled `kv_cache`; the cache is cut back to the batch's width after."""
+    device = enc["input_ids"].device
+    batch = enc["input_ids"].shape[0]
+    ids = torch.tensor([list(tail)] * batch, dtype=torch.long, device=device)
+    mask = torch.cat([enc["attention_mask"], torch.ones_like(ids)], dim=1)
+    positions = enc["position_ids"][:, -1:] + 1 + torch.arange(len(tail), device=device)
+    captured.clear()
+    model.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                **{cache_arg: kv_cache})  # fmt: skip
+    kv_cache.crop(-len(tail))  # a negative count removes tokens in transformers 4.x and 5.x alike
+    return captured[-1]
 
 
 @torch.no_grad()

@@ -1,8 +1,12 @@
-"""The store of prefix caches: on disk (keyed, bounded, shared by the jobs of a sweep) and in memory.
+"""The store of prefix caches: on disk (bounded, shared by the jobs of a sweep) and in memory.
 
-A cache is keyed by the model (config, dtype, weights) and the exact token ids (which carry the
-data version, the prompt and the max length), not by the intervention point: a cache stored from a
-lower point serves every higher one (`suffix.advance`), so jobs at different layers share one pass.
+On disk, entries are per example (`shards`): an example is named by the model (config, dtype,
+weights), its prompt's exact token ids (which carry the prompt, the text and the max length) and
+the number of suffix positions, not by the data version, fold, split or role. A request (a job's
+training set, its evaluation prompts) takes every example a stored shard holds and runs only the
+rest through the model, saved as a new shard: one pass over a corpus serves every fold of it. A
+shard from a lower point serves a higher one (`suffix.advance`), so jobs at different layers share
+one pass too.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import numpy as np
 import torch
 
 from ..locks import LockPathError, file_lock, try_file_lock
+from ..models import head_dim
+from . import shards
 from .prefix import PrefixCache, build
 
 log = logging.getLogger(__name__)
@@ -42,16 +48,25 @@ def weights_fingerprint(model) -> str:
     return h.hexdigest()[:16]
 
 
-def cache_key(model, seqs: list[list[int]], suffix_lens: list[int], describe: dict) -> str:
-    """Keyed by the model (its config, dtype and weights) and the exact token ids (which carry the
-    data version, the prompt and the max length), not by the intervention point."""
+def model_identity(model) -> str:
+    """The frozen model's name in the store: its config, dtype, the library versions and its weights."""
     import transformers
 
     h = hashlib.sha256()
-    h.update(repr(sorted(describe.items())).encode())
     h.update(model.config.to_json_string(use_diff=False).encode())
     h.update(f"{model.dtype}|{transformers.__version__}|{torch.__version__}".encode())
     h.update(weights_fingerprint(model).encode())
+    return h.hexdigest()[:24]
+
+
+def cache_key(
+    model, seqs: list[list[int]], suffix_lens: list[int], describe: dict, model_id: str | None = None
+) -> str:
+    """A name for these sequences' cache as a whole: the model, `describe` and the exact token ids,
+    not the intervention point."""
+    h = hashlib.sha256()
+    h.update(repr(sorted(describe.items())).encode())
+    h.update((model_id or model_identity(model)).encode())
     h.update(np.asarray(suffix_lens, dtype=np.int64).tobytes())
     for s in seqs:
         h.update(np.asarray(s, dtype=np.int64).tobytes())
@@ -127,8 +142,9 @@ class DiskStore:
             int(meta["start"]), tensors["keys"], tensors["values"], tensors["hidden"], **arrays
         )
 
-    def save(self, key: str, cache: PrefixCache) -> bool:
-        """Store `cache` as entry `key` (evicting old ones to stay in the bound); False if it does not fit."""
+    def save(self, key: str, cache: PrefixCache, about: dict | None = None) -> bool:
+        """Store `cache` as entry `key` (evicting old ones to stay in the bound), with `about` in its
+        metadata (a shard's model, examples and tails); False if it does not fit."""
         import json
 
         from safetensors.torch import save_file
@@ -152,12 +168,38 @@ class DiskStore:
         try:
             save_file(tensors, str(tmp_tensors))
             tmp_tensors.replace(self.path(key))
-            tmp_meta.write_text(json.dumps({"start": cache.start, "nbytes": cache.nbytes, "format": 2}))
+            meta = {"start": cache.start, "nbytes": cache.nbytes, "format": 2, **(about or {})}
+            tmp_meta.write_text(json.dumps(meta))
             tmp_meta.replace(self.meta_path(key))  # last: the entry is complete
         finally:
             for p in (tmp_tensors, tmp_meta):
                 p.unlink(missing_ok=True)
         return True
+
+    def shards(self, model_id: str) -> list[tuple[str, dict]]:
+        """(key, metadata) of every complete per-example shard of this model, oldest use first."""
+        import json
+
+        out = []
+        for path in self.entries():
+            try:
+                meta = json.loads(path.with_suffix(".json").read_text())
+            except (OSError, ValueError):  # evicted meanwhile, or being written
+                continue
+            if meta.get("model") == model_id and "examples" in meta:
+                out.append((path.stem, meta))
+        return out
+
+    @contextlib.contextmanager
+    def reading(self, key: str):
+        """The shard `key` open for slicing (safetensors' safe_open, no pickle), its use recorded."""
+        from safetensors import safe_open
+
+        with safe_open(str(self.path(key)), framework="pt") as handle:
+            yield handle
+        for p in (self.path(key), self.meta_path(key)):
+            with contextlib.suppress(OSError):
+                os.utime(p)
 
     def temp_path(self, key: str, ext: str) -> Path:
         """Where this process writes `<key>.<ext>` before renaming it: named by host and pid."""
@@ -268,47 +310,118 @@ _MEMORY: dict[str, PrefixCache] = {}  # this process's caches: jobs of an in-pro
 MEMORY_ENTRIES = 2  # a training and an evaluation cache
 
 
-def obtain(model, start, seqs, suffix_lens, pad_id, describe, store: DiskStore | None, batch_size, progress,
-           build_at: int | None = None, max_bytes: int | None = None):  # fmt: skip
-    """A cache for these sequences from point `start` or below (the caller advances it to `start`):
-    from memory, from disk, or built from point `build_at` (default `start`; lower lets other
-    layers of a sweep share it) and saved. A stored entry from a lower point larger than `max_bytes`
-    is not loaded. Returns (cache, source, seconds)."""
+def obtain(model, start, prompts, n, tails, pad_id, store: DiskStore | None, batch_size, progress,
+           build_at: int | None = None, answers=()):  # fmt: skip
+    """A cache for `prompts` with their last `n` tokens and, after them, `tails[i]` (the answer but
+    its last token when training; () when scoring) as each example's suffix, from point `start` or
+    below (the caller advances it to `start`): from memory, else each example from the stored shard
+    that holds it; the rest built from point `build_at` (default `start`; lower lets other layers of
+    a sweep share it) with the stream of every answer in `answers` too (one entry then serves
+    training and scoring), and saved as a new shard. Returns (cache, source, seconds); cache.meta
+    counts the examples built and reused."""
     t0 = time.perf_counter()
     build_at = start if build_at is None else min(build_at, start)
-    key = cache_key(model, seqs, suffix_lens, describe)
-    device = next(model.parameters()).device
+    tails = [tuple(t) for t in tails]
+    model_id = model_identity(model)
+    names = shards.example_keys(model_id, prompts, n)
+    key = cache_key(model, [[len(t), *t] for t in tails], [n], {"examples": names}, model_id)
     hit = _MEMORY.get(key)
-    if hit is not None and hit.start <= start and (max_bytes is None or hit.nbytes <= max_bytes):
+    if hit is not None and build_at <= hit.start <= start:
         return hit, "memory", time.perf_counter() - t0
     _MEMORY.pop(key, None)
     while len(_MEMORY) >= MEMORY_ENTRIES:  # make room first: two large caches plus a third may not fit
         _MEMORY.pop(next(iter(_MEMORY)))
-    lock = store.lock(key) if store else contextlib.nullcontext()
-    lock.__enter__()
+    lock_name = hashlib.sha256(f"{model_id}|{n}|{build_at}".encode()).hexdigest()[:24]
+    lock = store.lock(lock_name) if store else contextlib.nullcontext()
+    lock.__enter__()  # one builder per model, n and point: a parallel job waits, then reuses
     try:
-        cache = store.load(key, device, start, max_bytes) if store else None
-        source = "disk"
-        if cache is None:
-            cache = build(model, build_at, seqs, suffix_lens, pad_id, batch_size, progress)
-            source = "built"
+        with contextlib.ExitStack() as stack:
+            found, opened = _find(
+                store, model_id, list(zip(names, tails, strict=True)), build_at, start, stack
+            )
+            missing = [i for i, f in enumerate(found) if f is None]
+            built, answers = None, list(dict.fromkeys([t for t in (tails[i] for i in missing) if t] +
+                                                      [tuple(a) for a in answers]))  # fmt: skip
+            if missing:
+                built = build(model, build_at, [prompts[i] for i in missing], [n] * len(missing), pad_id,
+                              batch_size, progress, tails=answers)  # fmt: skip
+                opened[None] = shards.Source.of_cache(built, answers)
+            cache = _gather(model, found, missing, opened, n, tails, batch_size)
     except BaseException:
         lock.__exit__(None, None, None)
         raise
-    if store and source == "built":
-        # written while training runs; the lock (per key, across processes) is held until the
-        # file is complete, so a parallel job of the sweep waits for it instead of building again
-        threading.Thread(target=_save_then_unlock, args=(store, key, cache, lock), daemon=False).start()
+    if store and built is not None:
+        # written while training runs; the lock is held until the shard is complete, so a parallel
+        # job of the sweep waits for it instead of building the same examples again
+        about = shard_about(model_id, n, answers, [names[i] for i in missing])
+        name = cache_key(
+            model, [prompts[i] for i in missing], [n, build_at], {"tails": about["tails"]}, model_id
+        )
+        threading.Thread(
+            target=_save_then_unlock, args=(store, name, built, about, lock), daemon=False
+        ).start()
     else:
         lock.__exit__(None, None, None)
-    cache.meta = {"key": key, **describe}
+    source = "disk" if not missing else "built" if len(missing) == len(prompts) else "disk+built"
+    cache.meta = {"key": key, "built": len(missing), "reused": len(prompts) - len(missing)}
     _MEMORY[key] = cache
     return cache, source, time.perf_counter() - t0
 
 
-def _save_then_unlock(store, key, cache, lock) -> None:
+def shard_about(model_id: str, n: int, answers, names) -> dict:
+    """What a shard's metadata says of it: the model, n, the answers stored after each example's
+    suffix, and its examples' keys in order."""
+    return {"model": model_id, "n": n, "tails": [list(a) for a in answers], "examples": list(names)}
+
+
+def _find(store, model_id, wanted, build_at, start, stack) -> tuple[list, dict]:
+    """Which stored shard serves each wanted example (None: none does), with those shards open (in
+    `stack`). A shard evicted or unreadable before it could be opened no longer counts: its
+    examples are looked up again (and built, if no other shard has them)."""
+    index = store.shards(model_id) if store else []
+    while True:
+        found = shards.lookup(index, wanted, build_at, start)
+        meta, opened, gone = dict(index), {}, set()
+        for shard in dict.fromkeys(f[0] for f in found if f is not None):
+            try:
+                opened[shard] = shards.Source.of_file(stack.enter_context(store.reading(shard)), meta[shard])
+            except Exception as e:  # evicted meanwhile, truncated or foreign: its examples are rebuilt
+                log.warning("Prefix cache %s is unreadable (%s): building its examples again", shard, e)
+                gone.add(shard)
+        if not gone:
+            return found, opened
+        index = [(k, m) for k, m in index if k not in gone]
+
+
+def _gather(model, found, missing, opened, n, tails, batch_size) -> PrefixCache:
+    """The request's cache from the open shards that hold its examples and the part just built
+    (`opened[None]`): one cache per point, each advanced to the highest of them, then joined in
+    the request's order."""
+    from .suffix import advance
+
+    by_point: dict[int, list] = {}  # point -> [(example, source, position)]
+    for i, f in enumerate(found):
+        if f is not None:
+            by_point.setdefault(opened[f[0]].start, []).append((i, opened[f[0]], f[1]))
+    if missing:
+        built = opened[None]
+        by_point.setdefault(built.start, []).extend((i, built, pos) for pos, i in enumerate(missing))
+    cfg = model.config
+    shape = {"kv": (cfg.num_key_value_heads, head_dim(cfg)), "hidden": cfg.hidden_size, "dtype": model.dtype,
+             "device": next(model.parameters()).device}  # fmt: skip
+    top = max(by_point)
+    caches, members = [], []
+    for point, items in sorted(by_point.items()):
+        cache = shards.assemble([(src, pos, tails[i]) for i, src, pos in items], n, shape)
+        caches.append(advance(model, cache, top, batch_size) if point < top else cache)
+        members.append([i for i, _, _ in items])
+    return shards.combine(caches, members, len(found))
+
+
+def _save_then_unlock(store, key, cache, about, lock) -> None:
     try:
-        store.save(key, cache)
+        with store.lock(key):  # the shard's own lock too: its files are not taken for a dead job's
+            store.save(key, cache, about)
     except Exception as e:  # a full disk must not fail the run: the cache is in memory
         log.warning("Could not store the prefix cache %s: %s", key, e)
     finally:

@@ -24,7 +24,7 @@ import torch
 from .loop import answer_targets, left_pad
 from .loop import score as score_prompts
 from .loop import train as train_loop
-from .plan import Plan, max_bytes, train_inputs
+from .plan import Plan, train_inputs
 from .prefix import build, build_residual
 from .store import obtain
 from .suffix import FullRunner, SuffixRunner, advance, attention_implementation
@@ -45,6 +45,7 @@ class Context:
     describe: dict = field(default_factory=dict)  # what the cache key carries besides the tokens
     store: object = None  # a store.DiskStore, or None: memory only
     progress: bool = True
+    answers: tuple = ()  # the task's answers but their last token: a scoring pass stores their stream too
 
     @property
     def model(self):
@@ -125,16 +126,18 @@ class Stock(Strategy):
 class Cached(Strategy):
     name = "cached"
 
-    def prepare(self, seqs, suffix_lens, role: str, batch_size: int):
-        """A SuffixRunner and the cache for these sequences (from memory, disk, or built, then
-        advanced to the job's point when a lower one served it); and where it came from."""
+    def prepare(self, prompts, tails, batch_size: int):
+        """A SuffixRunner and the cache for these prompts, each followed by its tail (training: the
+        answer but its last token; scoring: none): from memory, the store, or built, then advanced
+        to the job's point when a lower one served it; and where it came from."""
         ctx, plan = self.ctx, self.plan
         runner = SuffixRunner(ctx.model, ctx.spec, ctx.method.interventions(ctx.trained))
         cache, source, seconds = obtain(
-            ctx.model, runner.start, seqs, suffix_lens, ctx.pad_id, {**ctx.describe, "role": role}, ctx.store,
-            batch_size, ctx.progress, build_at=plan.build_at, max_bytes=max_bytes(ctx.trainer),
+            ctx.model, runner.start, prompts, ctx.spec.last, tails, ctx.pad_id, ctx.store, batch_size, ctx.progress,
+            build_at=plan.build_at, answers=ctx.answers,
         )  # fmt: skip
-        info = {"source": source, "mb": cache.nbytes / 2**20, "from_point": cache.start}
+        info = {"source": source, "mb": cache.nbytes / 2**20, "from_point": cache.start,
+                "built": cache.meta.get("built"), "reused": cache.meta.get("reused")}  # fmt: skip
         if cache.start != runner.start:
             t0 = time.perf_counter()
             cache = advance(ctx.model, cache, runner.start, batch_size)
@@ -142,8 +145,8 @@ class Cached(Strategy):
         return runner, cache, {**info, "seconds": seconds}
 
     def train(self, examples, seed):
-        seqs, suffix = train_inputs(examples, self.ctx.spec.last)
-        runner, cache, info = self.prepare(seqs, suffix, "train", self.ctx.trainer.eval_batch_size)
+        prompts, tails = [p for p, _ in examples], [a[:-1] for _, a in examples]
+        runner, cache, info = self.prepare(prompts, tails, self.ctx.trainer.eval_batch_size)
         answers = [a for _, a in examples]
 
         def step(group, denominator):
@@ -153,7 +156,7 @@ class Cached(Strategy):
             return self.ctx.fit(examples, seed, step), info
 
     def score(self, prompts, yes_id, no_id, batch_size):
-        runner, cache, info = self.prepare(prompts, [self.ctx.spec.last] * len(prompts), "eval", batch_size)
+        runner, cache, info = self.prepare(prompts, [()] * len(prompts), batch_size)
         with attention_implementation(self.ctx.model):
             last = lambda idx: runner.last_logits(cache, np.asarray(idx))  # noqa: E731
             scores = score_prompts(list(cache.prefix_len), last, yes_id, no_id, batch_size, progress=False)

@@ -157,7 +157,7 @@ class LanguageModelMethod(Method):
         n_trainable = sum(p.numel() for p in self.trainable(trained))
         describe = {"model": cfg.model.name, "data": cfg.data.name, "data_hash": job.prepared.version()}
         engine = Engine(trained, self, spec, cfg.trainer, tokenizer.pad_token_id, device, describe,
-                        given=fused.take(job.key))  # fmt: skip
+                        given=fused.take(job.key), answers=builder.tails)  # fmt: skip
         examples = builder.examples(job.prepared.train["text"], job.prepared.train["label"])
         result = engine.train(examples, cfg.seed)
         start = time.perf_counter()
@@ -168,6 +168,8 @@ class LanguageModelMethod(Method):
         if result.cache_source:
             tags["cache_source"] = result.cache_source
             tags["cache_point"] = str(result.cache_point)
+        if engine.eval_info:  # where the scored prompts' cache came from (disk: no pass over them)
+            tags["eval_cache_source"] = engine.eval_info["source"]
         tags |= result.tags
         losses = result.losses
         metrics = {
@@ -186,6 +188,10 @@ class LanguageModelMethod(Method):
         if result.cache_source:
             metrics |= {"cache_seconds": result.cache_seconds, "cache_mb": result.cache_mb}
         metrics |= result.metrics
+        if engine.eval_info and engine.eval_info.get("built") is not None:  # examples run through the model
+            metrics["cache_built_examples"] = (
+                metrics.get("cache_built_examples", 0) + engine.eval_info["built"]
+            )
         artifacts = []
         if cfg.get("save_intervention", True):  # the trained weights first: nothing after this can lose them
             artifacts.append(("intervention", self.save(trained, settings, job.output_dir / "intervention")))

@@ -23,7 +23,7 @@ from .. import methods, models, tracking, validate
 from ..config import identity
 from ..data import versioning
 from ..engine import Engine, fused
-from ..engine.plan import POINT_OFFSET, max_bytes, train_inputs
+from ..engine.plan import POINT_OFFSET
 from ..engine.store import obtain, store_for
 from ..reft import PYREFT_CLASSES
 from ..spec import InterventionSpec
@@ -136,9 +136,8 @@ def train_group(members, progress: bool = True) -> None:
         spec = InterventionSpec.of(settings, n_layers)
         set_seed(cfg.seed)
         trained = method.build(model, settings, spec)
-        engine = Engine(
-            trained, method, spec, cfg.trainer, tokenizer.pad_token_id, device, describe, store, progress
-        )
+        engine = Engine(trained, method, spec, cfg.trainer, tokenizer.pad_token_id, device, describe, store,
+                        progress, answers=builder.tails)  # fmt: skip
         if engine.plan_training(examples).strategy != "cached":
             continue  # its job finds no result and trains on its own
         group.append(fused.Member(engine.ctx, cfg.seed))
@@ -149,15 +148,14 @@ def train_group(members, progress: bool = True) -> None:
     lowest = min(m.start for m in group)
     shared = cfg0.trainer.get("cache_from")
     build_at = lowest if shared is None else min(lowest, int(shared))
-    bound, batch = max_bytes(cfg0.trainer), cfg0.trainer.eval_batch_size
-    seqs, suffix = train_inputs(examples, spec0.last)
-    cache, source, _ = obtain(model, lowest, seqs, suffix, tokenizer.pad_token_id, {**describe, "role": "train"},
-                              store, batch, progress, build_at=build_at, max_bytes=bound)  # fmt: skip
+    batch, answers = cfg0.trainer.eval_batch_size, builder.tails
+    cache, source, _ = obtain(model, lowest, [p for p, _ in examples], spec0.last, [a[:-1] for _, a in examples],
+                              tokenizer.pad_token_id, store, batch, progress, build_at=build_at, answers=answers)  # fmt: skip
     fused.train(group, cache, examples, progress)
     seconds = time.perf_counter() - start
     prompts = builder.prompts(job0.texts)
-    eval_cache, _, _ = obtain(model, lowest, prompts, [spec0.last] * len(prompts), tokenizer.pad_token_id,
-                              {**describe, "role": "eval"}, store, batch, progress, build_at=build_at, max_bytes=bound)  # fmt: skip
+    eval_cache, _, _ = obtain(model, lowest, prompts, spec0.last, [()] * len(prompts), tokenizer.pad_token_id,
+                              store, batch, progress, build_at=build_at, answers=answers)  # fmt: skip
     alive = [m for m in group if m.error is None]
     scored = fused.score(alive, eval_cache, builder.yes_id, builder.no_id, batch) if alive else []
     scores = dict(zip(map(id, alive), scored, strict=True))

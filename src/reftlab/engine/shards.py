@@ -42,6 +42,7 @@ class Source:
     suffix_offset: np.ndarray
     get: object  # get(name, a, b): rows a..b of "keys"/"values" (dim 1) or "hidden" (dim 0)
     layers: int
+    cache: PrefixCache | None = None  # the cache, for a source in memory
 
     @classmethod
     def of_cache(cls, cache: PrefixCache, tails) -> Source:
@@ -50,7 +51,7 @@ class Source:
             return t[a:b] if name == "hidden" else t[:, a:b]
 
         return cls(cache.start, list(tails), cache.prefix_offset, cache.prefix_len, cache.suffix_offset, get,
-                   cache.keys.shape[0])  # fmt: skip
+                   cache.keys.shape[0], cache)  # fmt: skip
 
     @classmethod
     def of_file(cls, handle, meta: dict) -> Source:

@@ -212,6 +212,28 @@ def test_folds_partition_the_reviews_and_draw_validation_inside_the_training_par
     assert "fold 2 of 5" in recipes.readme(parts[2], compose("data.folds=5", "data.fold=2").data)
 
 
+def test_keep_takes_ott_et_al_s_800_positive_reviews_and_names_a_bad_value():
+    import pandas as pd
+
+    parts = [prepared("data.keep.polarity=positive", "data.split=hotel", "data.folds=5", f"data.fold={i}")[0]
+             for i in range(5)]  # fmt: skip
+    raw = pd.read_csv(ROOT / "data/opinion_spam/deceptive-opinion.csv")
+    positive = set(raw.loc[raw["polarity"] == "positive", "text"])
+    assert len(parts[0].full) == 800 and set(parts[0].full["text"]) <= positive  # 400 deceptive, 400 truthful
+    assert (parts[0].full["label"] == "Yes").sum() == 400
+    assert sum(len(p.eval) for p in parts) == 800  # 5 hotel folds of the positive reviews
+    assert parts[0].info["keep"] == {"polarity": ["positive"]} and "Rows kept" in recipes.readme(
+        parts[0], compose("data.keep.polarity=positive").data
+    )
+    assert "keep" not in prepared()[0].info  # null: every row, the version as before
+    with pytest.raises(
+        recipes.DataError, match=r"data.keep.polarity='positve'.*its values are: negative, positive"
+    ):
+        prepared("data.keep.polarity=positve")
+    with pytest.raises(recipes.DataError, match=r"data.keep='stars' is not a column.*polarity"):
+        prepared("+data.keep.stars=5")
+
+
 def test_hotel_folds_hold_out_whole_hotels():
     parts = [prepared("data.split=hotel", "data.folds=5", f"data.fold={i}")[0] for i in range(5)]
     held = [set(p.eval["group"]) for p in parts]  # hotels

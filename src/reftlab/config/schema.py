@@ -102,6 +102,7 @@ class TableData(Data):
     label_column: Any = "label"
     positive_label: Any = "Yes"  # one value or a list
     group_column: Any = None
+    keep: dict[str, Any] = field(default_factory=dict)  # column -> value or list: only those rows (null: all)
 
 
 @dataclass

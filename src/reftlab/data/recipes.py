@@ -365,6 +365,7 @@ def table_recipe(cfg) -> Prepared:
     text_col = column(raw, cfg.text_column, "data.text_column", cfg.path)
     label_col = column(raw, cfg.label_column, "data.label_column", cfg.path)
     had_holes = bool(raw[label_col].isna().any())
+    raw = keep_rows(raw, cfg)
     raw, cleaning = drop_missing(raw, label_col, text_col, cfg.path)
     if raw.empty:
         raise DataError(
@@ -412,6 +413,30 @@ def table_recipe(cfg) -> Prepared:
         **cleaning,
     }
     return Prepared(cfg.name, full, train, eval_, info, val)
+
+
+def kept(cfg) -> dict:
+    """`data.keep` without its null entries: column -> the values whose rows are kept."""
+    scalar = (str, int, float, bool)
+    return {str(k): [v] if isinstance(v, scalar) else list(v) for k, v in dict(cfg.get("keep") or {}).items()
+            if v is not None}  # fmt: skip
+
+
+def keep_rows(raw: pd.DataFrame, cfg) -> pd.DataFrame:
+    """Only the rows whose `data.keep` columns hold one of the given values (Ott et al.'s 800
+    positive reviews: data.keep.polarity=positive); a column or value the file lacks is an error."""
+    for name, wanted in kept(cfg).items():
+        col = column(raw, name, "data.keep", cfg.path)
+        values = [str(v) for v in wanted]
+        present = sorted(raw[col].astype(str).unique())
+        absent = [v for v in values if v not in present]
+        if absent:
+            raise DataError(
+                f"data.keep.{name}={values if len(values) > 1 else values[0]!r}: {absent} does not occur in column {col!r} of "
+                f"{redact(cfg.path)!r}; its values are: {', '.join(present[:SHOWN_ROWS])}"
+            )
+        raw = raw[raw[col].astype(str).isin(values)]
+    return raw
 
 
 def carve_val(train: pd.DataFrame, cfg, splitter) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -519,8 +544,12 @@ def prepare(cfg, caps: bool = True) -> Prepared:
 
 
 def described_settings(cfg) -> dict:
-    """The settings (of DESCRIBED) that made a prepared version, as plain values."""
-    return {k: cfg.get(k) for k in DESCRIBED if k in cfg}
+    """The settings (of DESCRIBED) that made a prepared version, as plain values; a row filter
+    (`data.keep`) only where it keeps fewer rows."""
+    out = {k: cfg.get(k) for k in DESCRIBED if k in cfg}
+    if kept(cfg):
+        out["keep"] = kept(cfg)
+    return out
 
 
 def apply_caps(prepared: Prepared, cfg) -> Prepared:
@@ -577,6 +606,7 @@ def readme(prepared: Prepared, cfg) -> str:
             if setting("folds") is not None
             else []
         ),  # fmt: skip
+        *([f"- Rows kept: {setting('keep')}"] if setting("keep") else []),
         *(
             [f"- Cleaning (before splitting; row 1 = the file's first data row): {cleaning}"]
             if cleaning

@@ -225,9 +225,10 @@ def test_the_paired_test_calls_a_planted_difference_significant_and_an_identical
     )
 
 
-def test_groups_pair_with_the_reference_by_seed_and_fold_on_the_same_reviews():
+def test_groups_pair_with_the_reference_by_seed_and_fold_on_the_same_reviews(tmp_path):
     import numpy as np
 
+    from reftlab.report.plots import differences
     from reftlab.report.tables import against_reference
 
     texts = [f"review {i}" for i in range(200)]
@@ -251,6 +252,12 @@ def test_groups_pair_with_the_reference_by_seed_and_fold_on_the_same_reviews():
     assert twin[1] < 0 < twin[2] and twin[3] > 0.05
     no_predictions = against_reference(table, 0, correct=lambda run_id: None)
     assert no_predictions[1][4] == "welch" and np.isnan(no_predictions[1][1])
+    # the plot reads the same: the planted difference filled and right of 0, the twin open across 0
+    table["intervention.rank"] = [4, 16, 32]
+    drawn = differences(table, ["intervention.rank"], found, 0, tmp_path / "d.png")
+    assert [d[0] for d in drawn] == ["rank=16", "rank=32"] and (tmp_path / "d.png").stat().st_size > 5000
+    assert drawn[0][4] and drawn[0][2] > 0 and not drawn[1][4] and drawn[1][2] < 0 < drawn[1][3]
+    assert drawn[0][1] == pytest.approx(100 * good[0])
 
 
 def test_whole_number_settings_are_ticked_as_the_integers_run_even_on_a_log_axis():

@@ -1,6 +1,8 @@
-"""The plots of a report: test accuracy (mean, 95% CI over seeds) against each setting the
-experiment varies, and against trainable parameters and train time, with reference lines (chance,
-zero-shot, TF-IDF, LoRA at its validation-chosen best, from any experiment on the same data)."""
+"""The plots of a report: each group's paired difference against the reference group (points,
+95% CI over the same reviews); test accuracy (mean, 95% CI over seeds and folds) against each
+setting the experiment varies, and against trainable parameters and train time, with reference
+lines (chance, zero-shot, TF-IDF, LoRA at its validation-chosen best, from any experiment on the
+same data)."""
 
 from __future__ import annotations
 
@@ -76,14 +78,57 @@ def plots_for(table: pd.DataFrame, keys: list[str]) -> list[tuple[str, str, bool
     return out
 
 
-def draw(
-    table: pd.DataFrame, keys: list[str], out: Path, refs: list[tuple[str, float]]
-) -> list[tuple[str, str]]:
-    """Draw every plot worth drawing into `out`; returns (file, title) of each."""
+def draw(table: pd.DataFrame, keys: list[str], out: Path, refs: list[tuple[str, float]], compared: dict | None = None,
+         ref: int | None = None) -> list[tuple[str, str]]:  # fmt: skip
+    """Draw every plot worth drawing into `out` (with `compared`, the paired differences against
+    the reference group first); returns (file, caption) of each."""
     drawn = []
+    if compared:
+        differences(table, keys, compared, ref, out / "difference_vs_reference.png")
+        drawn.append(("difference_vs_reference.png", "paired difference against the reference"))
     for col, name, numeric, log_x, title in plots_for(table, keys):
         plot(table, keys, col, numeric, log_x, out / name, title, refs)
-        drawn.append((name, title))
+        drawn.append((name, f"accuracy vs {title}"))
+    return drawn
+
+
+def group_name(row: pd.Series, keys: list[str]) -> str:
+    return ", ".join(f"{label(k, keys)}={method_name(row[k]) if k == 'method' else row[k]}" for k in keys)
+
+
+def differences(table: pd.DataFrame, keys: list[str], compared: dict, ref: int, path: Path) -> list[tuple]:
+    """Each group's test accuracy minus the reference group's, in points, with its paired 95%
+    interval (bootstrap over the same reviews); filled where Holm's p < 0.05, open where not,
+    a cross where only Welch's test over seeds was possible (no interval). Returns what it drew:
+    (group, difference, low, high in points, filled) from the top."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [(i, *compared[i]) for i in table.index if i in compared]
+    drawn = [(group_name(table.loc[i], keys), 100 * d, 100 * lo, 100 * hi, how == "paired" and p < 0.05)
+             for i, d, lo, hi, p, how in rows]  # fmt: skip
+    fig, ax = plt.subplots(figsize=(6.5, 1.2 + 0.42 * len(rows)))
+    for y, (_, diff, low, high, p, how) in enumerate(rows):
+        significant = how == "paired" and p < 0.05
+        if how == "paired":
+            ax.errorbar(100 * diff, y, xerr=[[100 * (diff - low)], [100 * (high - diff)]], fmt="o", capsize=3,
+                        color="tab:blue" if significant else "gray",
+                        markerfacecolor="tab:blue" if significant else "white")  # fmt: skip
+        else:
+            ax.plot(100 * diff, y, marker="x", color="gray")
+        ax.annotate(f"p={p:.3f}" if p >= 0.001 else "p<0.001", (100 * diff, y), textcoords="offset points",
+                    xytext=(0, 6), ha="center", fontsize=7, color="dimgray")  # fmt: skip
+    ax.axvline(0, color="black", lw=1)
+    ax.set_yticks(range(len(rows)), [name for name, *_ in drawn], fontsize=8)
+    ax.set_ylim(-0.7, len(rows) - 0.3)
+    ax.invert_yaxis()
+    ax.set_xlabel("test accuracy minus the reference's (points; paired 95% CI)")
+    ax.set_title(f"against {group_name(table.loc[ref], keys)} (filled: Holm p < 0.05)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
     return drawn
 
 
@@ -121,10 +166,7 @@ def plot(table: pd.DataFrame, keys: list[str], x: str, numeric: bool, log_x: boo
         if g.empty:
             continue
         name = name if isinstance(name, tuple) else (name,)
-        text = ", ".join(
-            f"{label(k, keys)}={method_name(v) if k == 'method' else v}"
-            for k, v in zip(series, name, strict=True)
-        )
+        text = group_name(pd.Series(dict(zip(series, name, strict=True))), series)
         line = ax.errorbar(g["_x"], g["accuracy"], yerr=g["ci95"].fillna(0), marker="o", capsize=3,
                            label=f"{text}: test" if text else "test")  # fmt: skip
         ax.plot(g["_x"], g["val_accuracy"], linestyle=":", marker=".", color=line.lines[0].get_color(),

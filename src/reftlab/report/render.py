@@ -76,6 +76,9 @@ class Found:
     table: pd.DataFrame | None = None
     chosen: dict | None = None
     reference: int | None = None
+    compared: dict | None = (
+        None  # group -> its paired difference against the reference (tables.against_reference)
+    )
     references: list[tuple[str, float]] = field(default_factory=list)
     plots: list[tuple[str, str]] = field(default_factory=list)  # (file, title), drawn by `write`
 
@@ -94,6 +97,8 @@ def analyse(rows: pd.DataFrame, title: str, others: pd.DataFrame | None, referen
         found.chosen = stats.choose(found.table)
         wanted = stats.default_settings() if reference is None else reference
         found.reference = stats.reference_group(found.table, keys, wanted)
+        if found.reference is not None:
+            found.compared = tables.against_reference(found.table, found.reference)
         found.references = plots.reference_lines(found.table, comparable(others, finished))
     return found
 
@@ -138,7 +143,7 @@ def intro(found: Found) -> list[Section]:
 def results(found: Found) -> list[Section]:
     if found.table is None:
         return []
-    shown = tables.display(found.table, found.keys, found.chosen, found.reference)
+    shown = tables.display(found.table, found.keys, found.chosen, found.reference, compared=found.compared)
     bold = frozenset() if found.chosen["overall"] is None else frozenset({found.chosen["overall"]})
     blocks = [Text(how_to_read(found), "note"), Table(shown, bold)]
     if found.references:
@@ -149,7 +154,7 @@ def results(found: Found) -> list[Section]:
 def figures(found: Found) -> list[Section]:
     if found.table is None:
         return []
-    return [Section("Plots", [Images([(name, f"accuracy vs {title}") for name, title in found.plots])])]
+    return [Section("Plots", [Images(found.plots)])]
 
 
 def per_method(found: Found) -> list[Section]:
@@ -269,7 +274,9 @@ def write(runs: pd.DataFrame, out: Path, title: str, others: pd.DataFrame | None
     out.mkdir(parents=True, exist_ok=True)
     found = analyse(runs, title, others, reference)
     if found.table is not None:
-        found.plots = plots.draw(found.table, found.keys, out, found.references)
+        found.plots = plots.draw(
+            found.table, found.keys, out, found.references, found.compared, found.reference
+        )
     doc = sections(found)
     (out / "report.md").write_text(markdown(doc))
     (out / "report.html").write_text(html(doc))

@@ -200,7 +200,7 @@ class Bench:
         trainer = self.trainer.copy()
         trainer.cache, trainer.cache_max_gb = cache, 64
         return Engine(model, methods.get("loreft"), self.settings(rank), trainer, self.tok.pad_token_id, self.device,
-                      {"bench": "train"}, store=store)  # fmt: skip
+                      store=store)  # fmt: skip
 
     def through_engine(self, rank, cache: str, evaluate: bool, label: str) -> dict:
         """reftlab's own training (trainer.cache=off: stock; auto: cached) through the run's Engine."""

@@ -53,12 +53,12 @@ class Engine:
     """Trains and scores `trained` (what `method` built on the frozen model) with the strategy the
     planner chooses among those the method allows (`method.paths`)."""
 
-    def __init__(self, trained, method, spec, trainer_cfg, pad_id: int, device="cpu", describe: dict | None = None,
-                 store="config", progress: bool = True, given=None, answers=()):  # fmt: skip
+    def __init__(self, trained, method, spec, trainer_cfg, pad_id: int, device="cpu", store="config",
+                 progress: bool = True, given=None, answers=()):  # fmt: skip
         model = method.frozen(trained)
         spec = InterventionSpec.of(spec, model.config.num_hidden_layers)
         disk = store_for(trainer_cfg) if store == "config" else store
-        self.ctx = Context(trained, method, spec, trainer_cfg, pad_id, device, describe or {}, disk, progress,
+        self.ctx = Context(trained, method, spec, trainer_cfg, pad_id, device, disk, progress,
                            tuple(tuple(a) for a in answers))  # fmt: skip
         self.eval_info: dict | None = None  # where the last scoring's cache came from
         self.given = given  # a fused.Result: this job was trained (and scored) in a fused group

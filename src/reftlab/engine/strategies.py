@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -42,7 +42,6 @@ class Context:
     trainer: object  # the trainer config
     pad_id: int
     device: object = "cpu"
-    describe: dict = field(default_factory=dict)  # what the cache key carries besides the tokens
     store: object = None  # a store.DiskStore, or None: memory only
     progress: bool = True
     answers: tuple = ()  # the task's answers but their last token: a scoring pass stores their stream too

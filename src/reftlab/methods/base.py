@@ -155,8 +155,7 @@ class LanguageModelMethod(Method):
         set_seed(cfg.seed)  # the initial weights depend on the seed alone (a fused sweep builds them so too)
         trained = self.build(model, settings, spec)
         n_trainable = sum(p.numel() for p in self.trainable(trained))
-        describe = {"model": cfg.model.name, "data": cfg.data.name, "data_hash": job.prepared.version()}
-        engine = Engine(trained, self, spec, cfg.trainer, tokenizer.pad_token_id, device, describe,
+        engine = Engine(trained, self, spec, cfg.trainer, tokenizer.pad_token_id, device,
                         given=fused.take(job.key), answers=builder.tails)  # fmt: skip
         examples = builder.examples(job.prepared.train["text"], job.prepared.train["label"])
         result = engine.train(examples, cfg.seed)

@@ -124,7 +124,6 @@ def train_group(members, progress: bool = True) -> None:
     job0 = methods.Job(cfg0, prepared, None)
     loaded = models.load_model_and_tokenizer(cfg0.model)  # once: the members' jobs take it too
     model, tokenizer, device, n_layers, builder, _ = method0.load_model(job0, loaded)
-    describe = {"model": cfg0.model.name, "data": cfg0.data.name, "data_hash": prepared.version()}
     store = store_for(cfg0.trainer)
     examples = builder.examples(prepared.train["text"], prepared.train["label"])
     group, keys = [], []
@@ -136,7 +135,7 @@ def train_group(members, progress: bool = True) -> None:
         spec = InterventionSpec.of(settings, n_layers)
         set_seed(cfg.seed)
         trained = method.build(model, settings, spec)
-        engine = Engine(trained, method, spec, cfg.trainer, tokenizer.pad_token_id, device, describe, store,
+        engine = Engine(trained, method, spec, cfg.trainer, tokenizer.pad_token_id, device, store,
                         progress, answers=builder.tails)  # fmt: skip
         if engine.plan_training(examples).strategy != "cached":
             continue  # its job finds no result and trains on its own

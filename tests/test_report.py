@@ -78,12 +78,14 @@ def test_report_on_synthetic_runs(tmp_path, mlflow_uri):
     assert (
         "<style>" in html and "<table>" in html and "4612.0" not in html and "0.72000" not in html
     )  # formatted
-    # Only the plots of what varies within a method: the layer; and parameters and train times.
+    # Only the plots of what varies within a method: the layer; and parameters and train times;
+    # and the groups against the reference (the default settings), paired
     plots = sorted(p.name for p in out.glob("*.png"))
     assert plots == [
         "accuracy_vs_layer.png",
         "accuracy_vs_train_time.png",
         "accuracy_vs_trainable_params.png",
+        "difference_vs_reference.png",
     ]
     table = runs(mlflow_uri, "cmp")
     summary = table[table.get("tags.kind") == "report"]

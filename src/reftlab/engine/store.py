@@ -26,8 +26,8 @@ import torch
 
 from ..locks import LockPathError, file_lock, try_file_lock
 from ..models import head_dim
-from . import shards
 from .prefix import PrefixCache, build
+from .shards import Source, assemble, combine, example_keys, lookup
 
 log = logging.getLogger(__name__)
 
@@ -311,22 +311,23 @@ MEMORY_ENTRIES = 2  # a training and an evaluation cache
 
 
 def obtain(model, start, prompts, n, tails, pad_id, store: DiskStore | None, batch_size, progress,
-           build_at: int | None = None, answers=()):  # fmt: skip
+           build_at: int | None = None, answers=(), max_bytes: int | None = None):  # fmt: skip
     """A cache for `prompts` with their last `n` tokens and, after them, `tails[i]` (the answer but
     its last token when training; () when scoring) as each example's suffix, from point `start` or
     below (the caller advances it to `start`): from memory, else each example from the stored shard
     that holds it; the rest built from point `build_at` (default `start`; lower lets other layers of
     a sweep share it) with the stream of every answer in `answers` too (one entry then serves
-    training and scoring), and saved as a new shard. Returns (cache, source, seconds); cache.meta
+    training and scoring), and saved as a new shard. Shards from below `build_at` serve too where
+    the cache from them stays within `max_bytes` (a lower point's is larger). Returns (cache, source, seconds); cache.meta
     counts the examples built and reused."""
     t0 = time.perf_counter()
     build_at = start if build_at is None else min(build_at, start)
     tails = [tuple(t) for t in tails]
     model_id = model_identity(model)
-    names = shards.example_keys(model_id, prompts, n)
+    names = example_keys(model_id, prompts, n)
     key = cache_key(model, [[len(t), *t] for t in tails], [n], {"examples": names}, model_id)
     hit = _MEMORY.get(key)
-    if hit is not None and build_at <= hit.start <= start:
+    if hit is not None and hit.start <= start and (max_bytes is None or hit.nbytes <= max_bytes):
         return hit, "memory", time.perf_counter() - t0
     _MEMORY.pop(key, None)
     while len(_MEMORY) >= MEMORY_ENTRIES:  # make room first: two large caches plus a third may not fit
@@ -336,16 +337,15 @@ def obtain(model, start, prompts, n, tails, pad_id, store: DiskStore | None, bat
     lock.__enter__()  # one builder per model, n and point: a parallel job waits, then reuses
     try:
         with contextlib.ExitStack() as stack:
-            found, opened = _find(
-                store, model_id, list(zip(names, tails, strict=True)), build_at, start, stack
-            )
+            wanted = list(zip(names, tails, strict=True))
+            found, opened = _find(store, model_id, wanted, build_at, start, max_bytes, stack)
             missing = [i for i, f in enumerate(found) if f is None]
             built, answers = None, list(dict.fromkeys([t for t in (tails[i] for i in missing) if t] +
                                                       [tuple(a) for a in answers]))  # fmt: skip
             if missing:
                 built = build(model, build_at, [prompts[i] for i in missing], [n] * len(missing), pad_id,
                               batch_size, progress, tails=answers)  # fmt: skip
-                opened[None] = shards.Source.of_cache(built, answers)
+                opened[None] = Source.of_cache(built, answers)
             cache = _gather(model, found, missing, opened, n, tails, batch_size)
     except BaseException:
         lock.__exit__(None, None, None)
@@ -374,17 +374,22 @@ def shard_about(model_id: str, n: int, answers, names) -> dict:
     return {"model": model_id, "n": n, "tails": [list(a) for a in answers], "examples": list(names)}
 
 
-def _find(store, model_id, wanted, build_at, start, stack) -> tuple[list, dict]:
+def _find(store, model_id, wanted, build_at, start, max_bytes, stack) -> tuple[list, dict]:
     """Which stored shard serves each wanted example (None: none does), with those shards open (in
-    `stack`). A shard evicted or unreadable before it could be opened no longer counts: its
-    examples are looked up again (and built, if no other shard has them)."""
+    `stack`): one from build_at..start, else one from below where the whole cache would stay
+    within `max_bytes`. A shard evicted or unreadable before it could be opened no longer counts:
+    its examples are looked up again (and built, if no other shard has them)."""
     index = store.shards(model_id) if store else []
     while True:
-        found = shards.lookup(index, wanted, build_at, start)
         meta, opened, gone = dict(index), {}, set()
+        found = lookup(index, wanted, build_at, start)
+        if max_bytes is not None and None in found:
+            lower = [f or g for f, g in zip(found, lookup(index, wanted, 0, start), strict=True)]
+            size = sum(meta[f[0]]["nbytes"] / len(meta[f[0]]["examples"]) for f in lower if f is not None)
+            found = lower if size <= max_bytes else found
         for shard in dict.fromkeys(f[0] for f in found if f is not None):
             try:
-                opened[shard] = shards.Source.of_file(stack.enter_context(store.reading(shard)), meta[shard])
+                opened[shard] = Source.of_file(stack.enter_context(store.reading(shard)), meta[shard])
             except Exception as e:  # evicted meanwhile, truncated or foreign: its examples are rebuilt
                 log.warning("Prefix cache %s is unreadable (%s): building its examples again", shard, e)
                 gone.add(shard)
@@ -412,10 +417,10 @@ def _gather(model, found, missing, opened, n, tails, batch_size) -> PrefixCache:
     top = max(by_point)
     caches, members = [], []
     for point, items in sorted(by_point.items()):
-        cache = shards.assemble([(src, pos, tails[i]) for i, src, pos in items], n, shape)
+        cache = assemble([(src, pos, tails[i]) for i, src, pos in items], n, shape)
         caches.append(advance(model, cache, top, batch_size) if point < top else cache)
         members.append([i for i, _, _ in items])
-    return shards.combine(caches, members, len(found))
+    return combine(caches, members, len(found))
 
 
 def _save_then_unlock(store, key, cache, about, lock) -> None:

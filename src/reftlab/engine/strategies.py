@@ -24,7 +24,7 @@ import torch
 from .loop import answer_targets, left_pad
 from .loop import score as score_prompts
 from .loop import train as train_loop
-from .plan import Plan, train_inputs
+from .plan import Plan, max_bytes, train_inputs
 from .prefix import build, build_residual
 from .store import obtain
 from .suffix import FullRunner, SuffixRunner, advance, attention_implementation
@@ -133,7 +133,7 @@ class Cached(Strategy):
         runner = SuffixRunner(ctx.model, ctx.spec, ctx.method.interventions(ctx.trained))
         cache, source, seconds = obtain(
             ctx.model, runner.start, prompts, ctx.spec.last, tails, ctx.pad_id, ctx.store, batch_size, ctx.progress,
-            build_at=plan.build_at, answers=ctx.answers,
+            build_at=plan.build_at, answers=ctx.answers, max_bytes=max_bytes(ctx.trainer),
         )  # fmt: skip
         info = {"source": source, "mb": cache.nbytes / 2**20, "from_point": cache.start,
                 "built": cache.meta.get("built"), "reused": cache.meta.get("reused")}  # fmt: skip

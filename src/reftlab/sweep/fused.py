@@ -23,7 +23,7 @@ from .. import methods, models, tracking, validate
 from ..config import identity
 from ..data import versioning
 from ..engine import Engine, fused
-from ..engine.plan import POINT_OFFSET
+from ..engine.plan import POINT_OFFSET, max_bytes
 from ..engine.store import obtain, store_for
 from ..reft import PYREFT_CLASSES
 from ..spec import InterventionSpec
@@ -147,14 +147,14 @@ def train_group(members, progress: bool = True) -> None:
     lowest = min(m.start for m in group)
     shared = cfg0.trainer.get("cache_from")
     build_at = lowest if shared is None else min(lowest, int(shared))
-    batch, answers = cfg0.trainer.eval_batch_size, builder.tails
+    batch, answers, bound = cfg0.trainer.eval_batch_size, builder.tails, max_bytes(cfg0.trainer)
     cache, source, _ = obtain(model, lowest, [p for p, _ in examples], spec0.last, [a[:-1] for _, a in examples],
-                              tokenizer.pad_token_id, store, batch, progress, build_at=build_at, answers=answers)  # fmt: skip
+                              tokenizer.pad_token_id, store, batch, progress, build_at=build_at, answers=answers, max_bytes=bound)  # fmt: skip
     fused.train(group, cache, examples, progress)
     seconds = time.perf_counter() - start
     prompts = builder.prompts(job0.texts)
     eval_cache, _, _ = obtain(model, lowest, prompts, spec0.last, [()] * len(prompts), tokenizer.pad_token_id,
-                              store, batch, progress, build_at=build_at, answers=answers)  # fmt: skip
+                              store, batch, progress, build_at=build_at, answers=answers, max_bytes=bound)  # fmt: skip
     alive = [m for m in group if m.error is None]
     scored = fused.score(alive, eval_cache, builder.yes_id, builder.no_id, batch) if alive else []
     scores = dict(zip(map(id, alive), scored, strict=True))

@@ -318,8 +318,8 @@ def obtain(model, start, prompts, n, tails, pad_id, store: DiskStore | None, bat
     that holds it; the rest built from point `build_at` (default `start`; lower lets other layers of
     a sweep share it) with the stream of every answer in `answers` too (one entry then serves
     training and scoring), and saved as a new shard. Shards from below `build_at` serve too where
-    the cache from them stays within `max_bytes` (a lower point's is larger). Returns (cache, source, seconds); cache.meta
-    counts the examples built and reused."""
+    the cache from them stays within `max_bytes` (a lower point's is larger). Returns (cache,
+    source, seconds); cache.meta counts the examples built and reused."""
     t0 = time.perf_counter()
     build_at = start if build_at is None else min(build_at, start)
     tails = [tuple(t) for t in tails]

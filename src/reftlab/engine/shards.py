@@ -77,22 +77,26 @@ class Source:
 
 def assemble(parts, n: int, shape: dict) -> PrefixCache:
     """A cache of `parts` (source, position in it, tail) in this order, all from one point: each
-    example's prefix keys/values, its n suffix rows and its tail's rows (scoring: no tail)."""
-    start = parts[0][0].start
+    example's prefix keys/values, its n suffix rows and its tail's rows (scoring: no tail). Where one
+    cache in memory (the pass just built) serves them all, its keys/values are shared, not copied."""
+    first = parts[0][0]
     p_len = np.asarray([int(src.prefix_len[pos]) for src, pos, _ in parts], dtype=np.int64)
     s_len = np.asarray([n + len(tail) for _, _, tail in parts], dtype=np.int64)
     p_off, s_off = offsets(p_len), offsets(s_len)
-    layers = parts[0][0].layers
-    kv = torch.zeros(
-        (layers, 1 + int(p_len.sum()), *shape["kv"]), dtype=shape["dtype"], device=shape["device"]
-    )
-    keys, values = kv, kv.clone()
+    shared = first.cache is not None and all(src is first for src, _, _ in parts)
+    if shared:  # the largest part of a cache stays where the pass put it
+        keys, values = first.cache.keys, first.cache.values
+        p_off = np.asarray([int(first.prefix_offset[pos]) for _, pos, _ in parts], dtype=np.int64)
+    else:
+        size = (first.layers, 1 + int(p_len.sum()), *shape["kv"])
+        keys = torch.zeros(size, dtype=shape["dtype"], device=shape["device"])
+        values = torch.zeros_like(keys)
     hidden = torch.zeros(
         (1 + int(s_len.sum()), shape["hidden"]), dtype=shape["dtype"], device=shape["device"]
     )
     for i, (src, pos, tail) in enumerate(parts):
         a, m = int(src.prefix_offset[pos]), int(p_len[i])
-        if layers and m:
+        if first.layers and m and not shared:
             keys[:, p_off[i] : p_off[i] + m] = src.get("keys", a, a + m)
             values[:, p_off[i] : p_off[i] + m] = src.get("values", a, a + m)
         h = int(src.suffix_offset[pos])
@@ -100,7 +104,7 @@ def assemble(parts, n: int, shape: dict) -> PrefixCache:
         if tail:
             t = h + n + src.tail_row(tail)
             hidden[s_off[i] + n : s_off[i] + n + len(tail)] = src.get("hidden", t, t + len(tail))
-    return PrefixCache(start, keys, values, hidden, p_off, p_len, s_off, s_len)
+    return PrefixCache(first.start, keys, values, hidden, p_off, p_len, s_off, s_len)
 
 
 def combine(caches: list[PrefixCache], members: list[list[int]], total: int) -> PrefixCache:

@@ -143,7 +143,7 @@ def intro(found: Found) -> list[Section]:
 def results(found: Found) -> list[Section]:
     if found.table is None:
         return []
-    shown = tables.display(found.table, found.keys, found.chosen, found.reference, compared=found.compared)
+    shown = tables.display(found.table, found.keys, found.chosen, found.reference, found.compared)
     bold = frozenset() if found.chosen["overall"] is None else frozenset({found.chosen["overall"]})
     blocks = [Text(how_to_read(found), "note"), Table(shown, bold)]
     if found.references:

@@ -85,13 +85,12 @@ def difference(diff: float, low: float, high: float) -> str:
     return text if missing(low) else f"{text} [{100 * low:+.1f}, {100 * high:+.1f}]"
 
 
-def display(table: pd.DataFrame, keys: list[str], chosen: dict, ref: int | None, correct=test_correct,
-            compared: dict | None = None) -> pd.DataFrame:  # fmt: skip
-    """The table as people read it: formatted numbers, marks for what was chosen (`compared`: the
-    paired differences against `ref`, computed here if not given)."""
+def display(
+    table: pd.DataFrame, keys: list[str], chosen: dict, ref: int | None, compared: dict | None
+) -> pd.DataFrame:
+    """The table as people read it: formatted numbers, marks for what was chosen, and each group's
+    paired difference against `ref` (`compared`: `against_reference`'s, None without a reference)."""
     rows = []
-    if compared is None and ref is not None:
-        compared = against_reference(table, ref, correct)
     for i, row in table.iterrows():
         marks = []
         if i == chosen["overall"]:

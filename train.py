@@ -13,7 +13,7 @@ import hydra
 from omegaconf import DictConfig
 
 import reftlab.config.schema  # noqa: F401  (typed settings: a wrong type fails at composition, naming its key)
-from reftlab.tracking import redact, redact_logging
+from reftlab.tracking import Terminated, redact, redact_logging
 
 redact_logging()  # credentials in URLs are masked in every log line, Hydra's included
 
@@ -62,6 +62,9 @@ def main_then_exit() -> None:
         code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
         if not isinstance(e.code, int | None):
             print(e.code, file=sys.stderr)
+    except (Terminated, KeyboardInterrupt) as e:  # SIGTERM / Ctrl-C: the run (or sweep) is recorded KILLED
+        print(f"stopped: {e or 'interrupted'}", file=sys.stderr)
+        code = 143 if isinstance(e, Terminated) else 130
     getattr(threading, "_shutdown", lambda: None)()
     atexit._run_exitfuncs()
     sys.stdout.flush()

@@ -60,6 +60,7 @@ def run(cfg, output_dir: Path | None = None) -> dict:
     key = identity.config_hash(resolved, method.trains if method else True, identity.identity(cfg))
     # one job per key at a time on this machine: a parallel twin waits, then finds it FINISHED
     with run_lock(f"{experiment_id}-{key}"):  # in a private per-user folder, never through a link
+        close_dead_twins(experiment_id, key, tracking.tracking_uri(cfg.mlflow.get("tracking_uri")))
         previous = None if cfg.get("force", False) else tracking.finished_run(experiment_id, key)
         if previous is not None:
             log.info("Skipping: run %s already FINISHED with this config (force=true re-runs it)",
@@ -67,6 +68,26 @@ def run(cfg, output_dir: Path | None = None) -> dict:
             tracking.write_status(output_dir, "skipped", run_id=previous.info.run_id)
             return dict(previous.data.metrics)
         return record(cfg, method, resolved, key, output_dir)
+
+
+def close_dead_twins(experiment_id: str, key: str, uri: str) -> None:
+    """Runs of this config left RUNNING by a job that died (kill -9, OOM, a lost node) are marked
+    KILLED, their status files too, when this job starts in their place: their process is gone on
+    this host (checked by pid and start time) or the scheduler says their SLURM job ended. A run
+    whose process may still live is left as it is."""
+    from .sweep.callback import alive, mark_killed
+
+    for twin in tracking.running_runs(experiment_id, key):
+        tags = twin.data.tags
+        row = {"run_id": twin.info.run_id, "pid": tags.get("process.pid"), "host": tags.get("process.host"),
+               "slurm_job_id": tags.get("process.slurm_job_id"), "folder": tags.get("output_dir")}  # fmt: skip
+        if not row["pid"]:  # recorded before runs were tagged with their process: its status file says
+            row |= tracking.read_status(row["folder"]) or {}
+        if row["pid"] and alive(row, twin.info.start_time / 1000) is False:
+            log.info(
+                "Run %s of this config was left RUNNING by a job that died: marked KILLED", row["run_id"]
+            )
+            mark_killed(row, uri)
 
 
 def record(cfg, method, resolved: dict, key: str, output_dir: Path) -> dict:

@@ -260,6 +260,16 @@ def write_status(output_dir: Path, status: str, **extra) -> None:
     write_atomic(Path(output_dir) / STATUS_FILE, redact(json.dumps({"status": status, **extra})))
 
 
+def read_status(output_dir) -> dict | None:
+    """A job folder's `status.json` (pid, host, status...), or None where there is none to read."""
+    import json
+
+    try:
+        return json.loads((Path(output_dir) / STATUS_FILE).read_text())
+    except (OSError, TypeError, ValueError):
+        return None
+
+
 def finished_run(experiment_id: str, key: str):
     """A FINISHED run of the experiment tagged with this config hash, or None (resume)."""
     import mlflow
@@ -273,12 +283,59 @@ def finished_run(experiment_id: str, key: str):
     return found[0] if found else None
 
 
+def running_runs(experiment_id: str, key: str) -> list:
+    """The runs of the experiment tagged with this config hash that say they are RUNNING."""
+    import mlflow
+
+    return mlflow.search_runs(
+        [experiment_id],
+        filter_string=f"tags.config_hash = '{key}' and attributes.status = 'RUNNING'",
+        output_format="list",
+    )
+
+
 class Terminated(BaseException):
     """SIGTERM (as SLURM sends before a time limit) turned into an exception, so the run is closed."""
 
 
+_STOPPED: list[int] = []  # the signals that stopped this process's sweep (SIGTERM, SIGINT), in order
+
+
 def _terminate(signum, frame):
+    _STOPPED.append(signum)
     raise Terminated(f"terminated by signal {signum}")
+
+
+def _interrupt(signum, frame):
+    import signal
+
+    _STOPPED.append(signum)
+    signal.default_int_handler(signum, frame)  # KeyboardInterrupt, as Python's own handler
+
+
+def stop_on_signals():
+    """From now on in this process (a sweep's main process), SIGTERM raises `Terminated` and Ctrl-C
+    `KeyboardInterrupt` wherever the sweep is (a job's run, a fused group training outside any run),
+    and `stopped_by` says which signal stopped it. Returns a function that puts the old handlers back."""
+    import signal
+
+    _STOPPED.clear()
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    old = {sig: signal.signal(sig, handler) for sig, handler in ((signal.SIGTERM, _terminate),
+                                                                  (signal.SIGINT, _interrupt))}  # fmt: skip
+
+    def restore():
+        if threading.current_thread() is threading.main_thread():
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+
+    return restore
+
+
+def stopped_by() -> int | None:
+    """The signal that stopped this process's sweep (`stop_on_signals`), or None."""
+    return _STOPPED[-1] if _STOPPED else None
 
 
 class recorded_run:
@@ -302,7 +359,12 @@ class recorded_run:
         if self.system_metrics:  # MLflow's own sampler (psutil; GPUs through nvidia-ml-py where present)
             mlflow.set_system_metrics_sampling_interval(self.interval)
             mlflow.set_system_metrics_samples_before_logging(1)
-        tags = {"mlflow.parentRunId": self.parent} if self.parent else None  # a sweep's job: its child
+        # where the job runs: a later job of the same config finds a run left RUNNING by a dead one
+        tags = {"process.pid": str(os.getpid()), "process.host": platform.node()}
+        if os.environ.get("SLURM_JOB_ID"):
+            tags["process.slurm_job_id"] = os.environ["SLURM_JOB_ID"]
+        if self.parent:  # a sweep's job: its child
+            tags["mlflow.parentRunId"] = self.parent
         self._run = mlflow.start_run(
             run_name=self.run_name, log_system_metrics=self.system_metrics, tags=tags
         )

@@ -1,8 +1,10 @@
 """`hydra/launcher=fused`: the jobs of a sweep that share a prefix cache train fused, in this process.
 
-The launcher trains every group of compatible jobs first (`reftlab.sweep.fused.train_groups`), then
-runs the jobs one after another like Hydra's basic launcher: each job is its own MLflow run and
-takes its group's result instead of training; a job outside every group trains on its own.
+The launcher plans the groups of compatible jobs (`reftlab.sweep.fused.plan`), then works through
+the sweep in its order like Hydra's basic launcher, a group at its first job: it trains the group
+fused, then runs each of the group's jobs, each its own MLflow run taking its group's result instead
+of training, before the next group starts (a sweep stopped later keeps every group already done); a
+job outside every group trains on its own.
 
 `hydra/launcher=fused_slurm` (and `fused_submitit_local`, the same code path on this machine): the
 same on SLURM through hydra-submitit-launcher, where a fused group is the unit one array task runs
@@ -43,10 +45,41 @@ store.store(group="hydra/launcher", name="fused_submitit_local", node=FusedLocal
 
 class FusedLauncher(BasicLauncher):
     def launch(self, job_overrides, initial_job_idx):
-        from reftlab.sweep.fused import train_groups
+        from pathlib import Path
 
-        train_groups(self.hydra_context, self.config, job_overrides)
-        return super().launch(job_overrides, initial_job_idx)
+        from hydra.core.utils import configure_log, setup_globals
+
+        from reftlab.sweep.fused import plan, tasks_of, train_planned
+
+        setup_globals()
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        groups = plan(self.hydra_context, self.config, job_overrides)
+        by_first = {g[0][0]: g for g in groups}
+        returned = {}
+        for task in tasks_of(groups, len(job_overrides)):
+            if task[0] in by_first:  # the group trains, then its jobs are recorded, before the next group
+                train_planned(by_first[task[0]])
+            for i in task:
+                returned[i] = self.run_one(job_overrides[i], initial_job_idx + i)
+        return [returned[i] for i in range(len(job_overrides))]
+
+    def run_one(self, overrides, idx: int):
+        """One job, numbered `idx`, as Hydra's basic launcher runs it."""
+        import logging
+
+        from hydra.core.utils import configure_log, filter_overrides, run_job
+        from omegaconf import open_dict
+
+        logging.getLogger(__name__).info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        with open_dict(cfg):
+            cfg.hydra.job.id = idx
+            cfg.hydra.job.num = idx
+        done = run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=cfg,
+                       job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")  # fmt: skip
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        return done
 
 
 class _FusedSubmitit(BaseSubmititLauncher):

@@ -98,6 +98,7 @@ class Engine:
             and self.given.scores is not None
             and len(self.given.scores) == len(prompts)
         ):
+            self.eval_info = self.given.eval_info  # the group's scoring pass served this job's prompts
             return self.given.scores, "cached"
         chosen = self.plan(prompts, [self.ctx.spec.last] * len(prompts))
         if chosen.strategy == "streamed":

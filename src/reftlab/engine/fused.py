@@ -150,9 +150,22 @@ def score(members: list[Member], cache, yes_id: int, no_id: int, batch_size: int
 
 
 @dataclass
+class Costs:
+    """What a fused group's pass cost, once for all its members."""
+
+    cache_seconds: float  # obtaining the training cache (built, read from disk, or from memory)
+    step_seconds: float  # the fused optimisation steps
+    peak_memory_mb: float  # over the cache pass and the steps
+    cache_source: str
+    cache_built: int | None  # training examples run through the frozen model
+    eval_source: str
+    eval_built: int | None  # scored prompts run through the frozen model
+
+
+@dataclass
 class Result:
     """What a fused group hands each member's job: the trained intervention weights, the losses,
-    the scores of the job's texts, and the group's timings (its wall-clock and this member's share)."""
+    the scores of the job's texts, and the group's costs."""
 
     state: list  # each intervention's state_dict, in `spec.slots` order
     losses: list
@@ -160,28 +173,37 @@ class Result:
     scores: np.ndarray | None
     group: str  # the group's id
     size: int
-    group_seconds: float  # the group's training wall-clock (cache pass included)
-    cache_source: str
+    costs: Costs
     cache_point: int
     cache_mb: float
     error: BaseException | None = None
 
     def adopt(self, ctx):
-        """Load the weights into the job's freshly built interventions; its TrainResult."""
+        """Load the weights into the job's freshly built interventions; its TrainResult: its share of
+        the group's cache pass and steps (the shares add up to the group's), the group's peak memory
+        and cache source."""
         from . import TrainResult
 
         if self.error is not None:
             raise type(self.error)(f"{self.error} (trained in fused group {self.group} of {self.size} jobs)")
         for iv, state in zip(ctx.method.interventions(ctx.trained), self.state, strict=True):
             iv.load_state_dict(state)
-        share = self.group_seconds / self.size
+        c = self.costs
+        metrics = {"fused_group_seconds": c.cache_seconds + c.step_seconds, "fused_size": self.size}
+        if c.cache_built is not None:
+            metrics["cache_built_examples"] = c.cache_built
         return TrainResult(
-            losses=self.losses, steps=self.steps, step_seconds=share, path="cached",
+            losses=self.losses, steps=self.steps, step_seconds=c.step_seconds / self.size,
+            cache_seconds=c.cache_seconds / self.size, peak_memory_mb=c.peak_memory_mb, path="cached",
             reason=f"fused with {self.size - 1} other job(s) of the sweep on one prefix cache",
-            cache_source=self.cache_source, cache_mb=self.cache_mb, cache_point=self.cache_point,
-            tags={"fused_group": self.group, "fused_size": str(self.size)},
-            metrics={"fused_group_seconds": self.group_seconds, "fused_size": self.size},
+            cache_source=c.cache_source, cache_mb=self.cache_mb, cache_point=self.cache_point,
+            tags={"fused_group": self.group, "fused_size": str(self.size)}, metrics=metrics,
         )  # fmt: skip
+
+    @property
+    def eval_info(self) -> dict:
+        """Where the group's scoring cache came from, as `Engine.eval_info` says it for a solo job."""
+        return {"source": self.costs.eval_source, "built": self.costs.eval_built}
 
 
 _RESULTS: dict[str, Result] = {}  # a fused group's results, by job key, until each job takes its own

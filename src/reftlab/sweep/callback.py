@@ -19,17 +19,23 @@ from hydra.experimental.callback import Callback
 
 from .. import tracking
 from ..tracking import CACHE_FROM_ENV, STATUS_FILE
+from .parent import SweepDirBusy
 from .parent import close as close_parent
 from .parent import open_for as open_parent
+from .parent import release as release_dir
 
 log = logging.getLogger(__name__)
 
 
-def read_statuses(sweep_dir: Path) -> list[dict]:
+def read_statuses(sweep_dir: Path, jobs: list[list[str]] | None = None) -> list[dict]:
     """One row per job of the sweep: its status file, or `missing` for a job that Hydra started
-    (its folder holds .hydra/) but that died before writing one (OOM kill, SIGKILL, a crash at start)."""
+    (its folder holds .hydra/) but that died before writing one (OOM kill, SIGKILL, a crash at start).
+    With `jobs` (the sweep's jobs, by number, as `job_list` gives them) every job the launcher never
+    started is a `missing` row too (a worker killed before its jobs got a folder), so a sweep's
+    counts always add up to its number of jobs."""
+    folders = sorted(p for p in Path(sweep_dir).iterdir() if p.is_dir()) if Path(sweep_dir).is_dir() else []
     rows = []
-    for job in sorted(p for p in Path(sweep_dir).iterdir() if p.is_dir()) if Path(sweep_dir).is_dir() else []:
+    for job in folders:
         path = job / STATUS_FILE
         if path.exists():
             rows.append({"job": job.name, "folder": job, **json.loads(path.read_text())})
@@ -37,7 +43,39 @@ def read_statuses(sweep_dir: Path) -> list[dict]:
             rows.append(
                 {"job": job.name, "status": "missing", "error": "the job ended without a status (killed?)"}
             )
-    return rows
+    if jobs is None or len(rows) >= len(jobs):
+        return rows
+    numbered = {str(i) for i in range(len(jobs))}
+    seen = {r["job"] for r in rows}
+    if seen <= numbered:  # hydra.sweep.subdir is the job's number: name the jobs that never ran
+        absent = [(str(i), " ".join(o)) for i, o in enumerate(jobs) if str(i) not in seen]
+    else:
+        absent = [("?", "") for _ in range(len(jobs) - len(rows))]
+    rows += [{"job": job, "status": "missing", "started": False,
+              "error": f"{NEVER_RAN} ({overrides})" if overrides else NEVER_RAN} for job, overrides in absent]  # fmt: skip
+    return sorted(rows, key=lambda r: (not r["job"].isdigit(), int(r["job"]) if r["job"].isdigit() else 0))
+
+
+NEVER_RAN = "the job never started: its launcher or worker ended first (killed?), or the sweep was stopped"
+
+
+def job_list(config) -> list[list[str]] | None:
+    """The sweep's jobs (each one's overrides, in Hydra's numbering) as Hydra's basic sweeper makes
+    them from the command line and the preset's sweeper params; None under another sweeper, or
+    where the list cannot be made here (a glob over a config group)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    sweeper = config.hydra.get("sweeper", {})
+    if not str(sweeper.get("_target_", "")).endswith("basic_sweeper.BasicSweeper"):
+        return None
+    lines = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+    lines += [str(o) for o in config.hydra.overrides.get("task", [])]
+    try:
+        (batch,) = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(lines), None)
+    except Exception:
+        return None
+    return batch
 
 
 BAD = ("failed", "killed", "missing")
@@ -81,24 +119,35 @@ DIED = (
 )
 
 
-def alive(row: dict) -> bool | None:
+def alive(row: dict, since: float | None = None) -> bool | None:
     """Whether the process of a job that says it is running still runs: True, False (evidence from
-    this host's /proc, a zombie is dead, or from the scheduler), or None (unknown: another host)."""
-    pid, host = row.get("pid"), row.get("host", socket.gethostname())
+    this host's /proc, a zombie is dead, or from the scheduler), or None (unknown: another host).
+    `since`: a time the job's process was running (a pid reused by a later process is not it)."""
+    pid, host = row.get("pid"), row.get("host") or socket.gethostname()
     if pid and host == socket.gethostname():
-        return pid_alive(int(pid))
+        return pid_alive(int(pid), since)
     if row.get("slurm_job_id"):
         return slurm_job_alive(str(row["slurm_job_id"]))
     return None
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether process `pid` of this host runs (a zombie has ended)."""
+def pid_alive(pid: int, since: float | None = None) -> bool:
+    """Whether process `pid` of this host runs (a zombie has ended); with `since` (a time the process
+    was already running), a process of that pid started later is another one (the pid was reused)."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
         return False
-    return state != "Z"
+    if state == "Z":
+        return False
+    if since is not None:
+        import psutil
+
+        try:
+            return psutil.Process(pid).create_time() <= since + 1
+        except psutil.Error:
+            return False
+    return True
 
 
 SLURM_ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD",
@@ -164,7 +213,8 @@ def mark_killed(row: dict, tracking_uri: str, client=None):
             client.set_terminated(row["run_id"], status="KILLED")
         except Exception as e:  # the summary still tells; the store may be unreachable
             log.warning("Could not mark run %s KILLED: %s", row["run_id"], e)
-    tracking.write_status(row["folder"], "killed", run_id=row.get("run_id"), error=DIED)
+    if row.get("folder") and Path(row["folder"]).is_dir():
+        tracking.write_status(row["folder"], "killed", run_id=row.get("run_id"), error=DIED)
     row.update(status="killed", error=DIED)
     return client
 
@@ -202,7 +252,9 @@ class SweepCallback(Callback):
     """Sets MLflow up before the jobs, shares one prefix cache over the layers of a sweep, and at its
     end closes the runs of jobs that died and prints a summary. A launcher that fails (a worker
     killed under joblib, a job killed under submitit) skips Hydra's end-of-sweep callback; the
-    same closing runs at the interpreter's exit then."""
+    same closing runs at the interpreter's exit then. SIGTERM anywhere in the sweep (a job, a fused
+    group's training, between jobs) stops it like Ctrl-C: the running job is KILLED, the summary is
+    printed and the parent run is KILLED."""
 
     def on_multirun_start(self, config, **kwargs) -> None:
         # Create the tracking database and experiment once, before parallel jobs race to do it.
@@ -219,8 +271,20 @@ class SweepCallback(Callback):
             )
         experiment_id = tracking.setup(config.mlflow)
 
-        # one parent run for the whole sweep, before any job starts: every job becomes its child
-        self._parent = open_parent(config, uri, experiment_id), experiment_id
+        # one parent run for the whole sweep, before any job starts: every job becomes its child; it
+        # knows how many jobs the sweep has (a job that never got a folder still counts)
+        self._jobs = job_list(config)
+        try:
+            self._parent = (
+                open_parent(config, uri, experiment_id, len(self._jobs) if self._jobs else None),
+                experiment_id,
+            )
+        except SweepDirBusy as e:  # Hydra turns a callback's exceptions into warnings: stop here, exit 2
+            print(f"error: {tracking.redact(e)}", file=sys.stderr)
+            raise SystemExit(2) from None
+        self._restore = (
+            tracking.stop_on_signals()
+        )  # outside any job's run too (a fused group trains outside them)
         # Jobs at different layers share one prefix cache built from the lowest (trainer.cache_from
         # set by hand wins); a cache from a lower layer serves every layer above it.
         os.environ.pop(CACHE_FROM_ENV, None)
@@ -250,7 +314,7 @@ class SweepCallback(Callback):
         sweep_dir, uri = self._pending
         self._pending = None
         os.environ.pop(CACHE_FROM_ENV, None)
-        rows = read_statuses(sweep_dir)
+        rows = read_statuses(sweep_dir, getattr(self, "_jobs", None))
         close_dead_runs(rows, uri, all_ended)
         text = summary(rows)
         ranked = ranking(rows)
@@ -267,10 +331,15 @@ class SweepCallback(Callback):
             return ""
         run_id, experiment_id = opened
         try:
-            report_dir = close_parent(sweep_dir, uri, rows, all_ended)
+            report_dir = close_parent(
+                sweep_dir, uri, rows, all_ended, run_id, tracking.stopped_by() is not None
+            )
         except Exception as e:  # the store may be unreachable: the jobs' runs and files still hold it all
             log.warning("Could not close the sweep's parent run %s: %s", run_id, e)
             return ""
+        finally:
+            release_dir(sweep_dir)
+            getattr(self, "_restore", lambda: None)()
         lines = [f"sweep run {run_id} (its jobs are its children; report: {report_dir or 'none'}):",
                  f"  {tracking.ui_link(uri, experiment_id, run_id)}",
                  f"  python report.py --run {run_id}"]  # fmt: skip
@@ -280,7 +349,7 @@ class SweepCallback(Callback):
         # the launcher failed: Hydra skipped on_multirun_end (nothing to say if no job started)
         if not getattr(self, "_pending", None):
             return
-        if read_statuses(self._pending[0]):
+        if read_statuses(self._pending[0], getattr(self, "_jobs", None)):
             self._finish(all_ended=False)
         elif getattr(self, "_parent", None):  # no job started: end the parent, nothing to summarise
             sweep_dir, uri = self._pending

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 
 from omegaconf import OmegaConf, open_dict
 
@@ -88,36 +87,51 @@ def plan(hydra_context, config, job_overrides) -> list[list[tuple[int, object, s
     return [members for members in groups.values() if len(members) >= 2]
 
 
+def tasks_of(groups, n_jobs: int) -> list[list[int]]:
+    """The sweep's units of work in its order: each fused group (its job indices) one unit, every
+    other job a unit of its own."""
+    grouped = [[index for index, _, _ in members] for members in groups]
+    alone = [[i] for i in range(n_jobs) if not any(i in g for g in grouped)]
+    return sorted(grouped + alone)
+
+
 def tasks(hydra_context, config, job_overrides) -> list[list[int]]:
     """The sweep cut into the units one worker runs (a SLURM array task): each fused group is one
     task, every other job a task of its own; job indices, in the sweep's order."""
-    grouped = [[index for index, _, _ in members] for members in plan(hydra_context, config, job_overrides)]
-    alone = [[i] for i in range(len(job_overrides)) if not any(i in g for g in grouped)]
-    return sorted(grouped + alone)
+    return tasks_of(plan(hydra_context, config, job_overrides), len(job_overrides))
+
+
+def train_planned(group, progress: bool = True) -> bool:
+    """Train one planned group (`plan`'s) fused and offer each member its result; False where that
+    failed (its jobs then train one by one, as without fusion)."""
+    members = [(cfg, key) for _, cfg, key in group]
+    try:
+        train_group(members, progress)
+        return True
+    except Exception as e:
+        log.warning("Fused training of %d jobs failed (%s): they train one by one", len(members),
+                    tracking.redact(e))  # fmt: skip
+        for _, key in members:
+            fused.take(key)
+            fused.take_model(key)
+        return False
 
 
 def train_groups(hydra_context, config, job_overrides, progress: bool = True) -> list[list[str]]:
     """Train every group of compatible, unfinished jobs of the sweep fused; returns the groups' job keys."""
-    done = []
-    for group in plan(hydra_context, config, job_overrides):
-        members = [(cfg, key) for _, cfg, key in group]
-        try:
-            train_group(members, progress)
-            done.append([key for _, key in members])
-        except Exception as e:  # the jobs then train one by one, as without fusion
-            log.warning("Fused training of %d jobs failed (%s): they train one by one", len(members),
-                        tracking.redact(e))  # fmt: skip
-            for _, key in members:
-                fused.take(key)
-                fused.take_model(key)
-    return done
+    groups = plan(hydra_context, config, job_overrides)
+    return [[key for _, _, key in g] for g in groups if train_planned(g, progress)]
 
 
 def train_group(members, progress: bool = True) -> None:
-    """Load the model and data once, train and score every member fused, offer each its result."""
+    """Load the model and data once, train and score every member fused, offer each its result.
+    What each member records of the group's costs: its share of the group's cache pass and steps
+    (`cache_seconds`, `train_seconds`: they add up to the group's over its members), and the group's
+    peak memory, cache sources and examples built (the one pass that served them all)."""
     from transformers import set_seed
 
-    start = time.perf_counter()
+    from ..tracking import PeakMemory
+
     cfg0 = members[0][0]
     prepared, _ = versioning.load(cfg0.data)
     method0 = methods.get(cfg0.intervention.method)
@@ -148,22 +162,25 @@ def train_group(members, progress: bool = True) -> None:
     shared = cfg0.trainer.get("cache_from")
     build_at = lowest if shared is None else min(lowest, int(shared))
     batch, answers, bound = cfg0.trainer.eval_batch_size, builder.tails, max_bytes(cfg0.trainer)
-    cache, source, _ = obtain(model, lowest, [p for p, _ in examples], spec0.last, [a[:-1] for _, a in examples],
-                              tokenizer.pad_token_id, store, batch, progress, build_at=build_at, answers=answers, max_bytes=bound)  # fmt: skip
-    fused.train(group, cache, examples, progress)
-    seconds = time.perf_counter() - start
+    with PeakMemory(device) as memory:
+        cache, source, cache_seconds = obtain(model, lowest, [p for p, _ in examples], spec0.last, [a[:-1] for _, a in examples],
+                                              tokenizer.pad_token_id, store, batch, progress, build_at=build_at, answers=answers, max_bytes=bound)  # fmt: skip
+        step_seconds = fused.train(group, cache, examples, progress)
     prompts = builder.prompts(job0.texts)
-    eval_cache, _, _ = obtain(model, lowest, prompts, spec0.last, [()] * len(prompts), tokenizer.pad_token_id,
-                              store, batch, progress, build_at=build_at, answers=answers, max_bytes=bound)  # fmt: skip
+    eval_cache, eval_source, _ = obtain(model, lowest, prompts, spec0.last, [()] * len(prompts), tokenizer.pad_token_id,
+                                        store, batch, progress, build_at=build_at, answers=answers, max_bytes=bound)  # fmt: skip
     alive = [m for m in group if m.error is None]
     scored = fused.score(alive, eval_cache, builder.yes_id, builder.no_id, batch) if alive else []
     scores = dict(zip(map(id, alive), scored, strict=True))
     name = hashlib.sha256("|".join(sorted(keys)).encode()).hexdigest()[:8]
+    costs = fused.Costs(cache_seconds, step_seconds, memory.peak_mb, source, cache.meta.get("built"),
+                        eval_source, eval_cache.meta.get("built"))  # fmt: skip
     for m, key in zip(group, keys, strict=True):
         state = [{k: v.detach().clone() for k, v in iv.state_dict().items()}
                  for iv in m.ctx.method.interventions(m.ctx.trained)]  # fmt: skip
-        fused.offer(key, fused.Result(state, m.losses, m.steps, scores.get(id(m)), name, len(group), seconds,
-                                      source, cache.start, cache.nbytes / 2**20, m.error),
+        fused.offer(key, fused.Result(state, m.losses, m.steps, scores.get(id(m)), name, len(group), costs,
+                                      cache.start, cache.nbytes / 2**20, m.error),
                     loaded)  # fmt: skip
-    log.info("Fused group %s: %d jobs trained in %.1f s (%.1f s a job), %d failed", name, len(group), seconds,
-             seconds / len(group), sum(m.error is not None for m in group))  # fmt: skip
+    log.info("Fused group %s: %d jobs trained in %.1f s (cache pass %.1f s, steps %.1f s), %d failed", name,
+             len(group), cache_seconds + step_seconds, cache_seconds, step_seconds,
+             sum(m.error is not None for m in group))  # fmt: skip

@@ -50,27 +50,81 @@ def sweep_key(config) -> str:
 
 
 def name_of(config, keys: dict[str, str]) -> str:
-    """The parent's name: the preset's, else the swept keys (`sweep intervention.layer=8,16,24`)."""
+    """The parent's name: the preset's, else the swept keys (`sweep intervention.layer=8,16,24`),
+    credentials in the values masked (the name is shown in the UI and titles the sweep's report)."""
     preset = config.hydra.runtime.choices.get("experiment")
     if preset:
-        return str(preset)
-    return "sweep " + " ".join(f"{k}={v}" for k, v in keys.items()) if keys else "sweep"
+        return tracking.redact(preset)
+    return tracking.redact("sweep " + " ".join(f"{k}={v}" for k, v in keys.items()) if keys else "sweep")
 
 
-def open_for(config, uri: str, experiment_id: str) -> str:
-    """The sweep's parent run (found again on a re-run, else created), RUNNING, its id written to
-    the sweep folder and the environment for the jobs."""
+class SweepDirBusy(Exception):
+    """`hydra.sweep.dir` is in use by another sweep (running now, or its jobs' folders are there)."""
+
+
+_HELD: dict[
+    str, int
+] = {}  # sweep folder -> the descriptor of its lock, held while this process runs the sweep
+
+
+def claim(folder: Path, key: str, name: str) -> dict | None:
+    """Hold the sweep folder for this sweep until the process ends: refused (SweepDirBusy, naming the
+    folder and what to do) while another sweep runs there, or where another sweep's jobs already
+    are (their folders would be overwritten and counted as this sweep's). The same sweep run again
+    (resume) may use its folder. Returns what the folder says of its earlier run, if any."""
+    import fcntl
+
+    from ..locks import open_lock_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    where = str(folder.resolve())
+    if where not in _HELD:
+        fd = open_lock_file(folder / ".sweep.lock")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise SweepDirBusy(
+                f"hydra.sweep.dir={folder} is in use by another sweep that is running now: wait for it to "
+                "end, or give this sweep a folder of its own (hydra.sweep.dir=...)"
+            ) from None
+        _HELD[where] = fd  # released when this process ends, however it ends
+    earlier = json.loads((folder / FILE).read_text()) if (folder / FILE).is_file() else None
+    if earlier and earlier.get("sweep_key", key) != key:
+        release(folder)
+        raise SweepDirBusy(
+            f"hydra.sweep.dir={folder} holds the jobs of another sweep ({earlier.get('name', '?')!r}, MLflow "
+            f"run {earlier.get('run_id')}): its folders would be overwritten and counted as this sweep's. "
+            "Give this sweep a folder of its own (hydra.sweep.dir=...), or run that sweep's own command to "
+            "resume it"
+        )
+    return earlier
+
+
+def release(folder: Path) -> None:
+    """Let the sweep folder go (the sweep has ended)."""
+    fd = _HELD.pop(str(Path(folder).resolve()), None)
+    if fd is not None:
+        os.close(fd)
+
+
+def open_for(config, uri: str, experiment_id: str, jobs: int | None = None) -> str:
+    """The sweep's parent run (found again on a re-run, else created), RUNNING, its id, the sweep's
+    key and its number of jobs (`jobs`, None where the sweeper does not say) written to the sweep
+    folder and the environment for the jobs. The folder is claimed first (`claim`)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
     key = sweep_key(config)
+    keys = swept(config)
+    folder = Path(config.hydra.sweep.dir)
+    claim(folder, key, name_of(config, keys))
     found = client.search_runs(
         [experiment_id],
         filter_string=f"tags.sweep_key = '{key}' and tags.kind = '{KIND}'",
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )
-    keys = swept(config)
     launcher = str(config.hydra.launcher.get("_target_", "")).rsplit(".", 1)[-1]
     if found:
         run_id = found[0].info.run_id
@@ -83,10 +137,9 @@ def open_for(config, uri: str, experiment_id: str) -> str:
         params = {f"sweep.{k}": v for k, v in keys.items()} | {"launcher": launcher}
         for k, v in params.items():
             client.log_param(run_id, k, tracking.redact(v)[: tracking.MAX_PARAM_CHARS])
-    folder = Path(config.hydra.sweep.dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    started = time.time()
-    tracking.write_atomic(folder / FILE, json.dumps({"run_id": run_id, "started": started}))
+    opened = {"run_id": run_id, "started": time.time(), "sweep_key": key, "name": name_of(config, keys),
+              "jobs": jobs}  # fmt: skip
+    tracking.write_atomic(folder / FILE, json.dumps(opened))
     os.environ[ENV] = run_id
     return run_id
 
@@ -108,21 +161,22 @@ def of_this_job() -> str | None:
     return os.environ.get(ENV)
 
 
-def close(sweep_dir: Path, uri: str, rows: list[dict], launcher_ended: bool) -> str | None:
-    """Record the sweep's answer in its parent and end it: FINISHED when every job finished or was
-    skipped, KILLED when the launcher died with jobs killed, else FAILED. Returns the report folder."""
+def close(sweep_dir: Path, uri: str, rows: list[dict], launcher_ended: bool, run_id: str,
+          stopped: bool = False) -> str | None:  # fmt: skip
+    """Record the sweep's answer in its parent `run_id` (the run this process opened) and end it:
+    FINISHED when every job of the sweep finished or was skipped, KILLED when the sweep was stopped
+    (SIGTERM, Ctrl-C) or the launcher died with jobs killed, else FAILED (a job failed, was killed or
+    never ran: `rows` holds one row for each of the sweep's jobs). Returns the report folder."""
     from mlflow.tracking import MlflowClient
 
     os.environ.pop(ENV, None)
     path = Path(sweep_dir) / FILE
-    if not path.is_file():
-        return None
-    opened = json.loads(path.read_text())
-    run_id = opened["run_id"]
+    opened = json.loads(path.read_text()) if path.is_file() else {}
+    started = opened.get("started", time.time()) if opened.get("run_id") == run_id else time.time()
     client = MlflowClient(uri)
     counts = {s: sum(r["status"] == s for r in rows) for s in ("finished", "failed", "skipped", "killed")}
     counts["missing"] = sum(r["status"] in ("missing", "running") for r in rows)
-    metrics = {f"jobs_{k}": v for k, v in counts.items()} | {"sweep_seconds": time.time() - opened["started"]}
+    metrics = {f"jobs_{k}": v for k, v in counts.items()} | {"sweep_seconds": time.time() - started}
     report_dir = None
     try:
         best = best_child(client, run_id)
@@ -136,10 +190,13 @@ def close(sweep_dir: Path, uri: str, rows: list[dict], launcher_ended: bool) -> 
     except Exception as e:  # the jobs' own runs hold the results; say why the parent lacks them
         log.warning("Could not complete the sweep's parent run %s: %s", run_id, e)
         client.set_tag(run_id, "warning", f"the sweep's summary could not be logged: {e}"[:5000])
-    if not rows:  # the launcher failed before any job started (e.g. a job's config did not compose)
+    if stopped:
+        client.set_tag(run_id, "error", "the sweep was stopped (SIGTERM or Ctrl-C) before all its jobs ended")
+    elif not any(r.get("started", True) for r in rows):  # e.g. a job's config did not compose
         client.set_tag(run_id, "error", "the sweep's launcher ended before any job started")
     bad = counts["failed"] + counts["killed"] + counts["missing"] + (not rows)
-    status = "FINISHED" if not bad else ("KILLED" if not launcher_ended and counts["killed"] else "FAILED")
+    killed = stopped or (not launcher_ended and counts["killed"])
+    status = "FINISHED" if not bad else ("KILLED" if killed else "FAILED")
     client.set_terminated(run_id, status=status)
     return report_dir
 
@@ -175,6 +232,6 @@ def log_report(client, run_id: str, out: Path, uri: str) -> str | None:
     if runs.empty:
         return None
     others = baseline_runs(data_hashes(runs))
-    write(runs, out, f"reftlab sweep: {run.info.run_name}", others)
+    write(runs, out, tracking.redact(f"reftlab sweep: {run.info.run_name}"), others)
     client.log_artifacts(run_id, str(out), "report")
     return str(out)

@@ -1,0 +1,274 @@
+"""A sweep's record adds up, third round: every job of a sweep is counted (also one whose fused worker
+was killed before it got a folder), a fused group's jobs are recorded before the next group trains,
+SIGTERM during a fused group's training ends the sweep KILLED with its summary, a run left RUNNING by
+a dead job is closed when its config runs again, a second sweep never writes into a busy sweep
+folder, and no password in a swept value reaches a run name or a report title."""
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import PYTHON, ROOT, runs, store_in, tiny_overrides, train_here
+
+from reftlab.sweep import callback
+
+# a fused sweep of two groups: two jobs on 8 reviews (seconds), two on 400 (long enough to stop)
+TWO_GROUPS = ("data.max_train=8,400", "seed=1,2", "trainer.epochs=2", "save_intervention=false",
+              "mlflow.log_model=false")  # fmt: skip
+
+
+def start(folder: Path, uri: str, *overrides: str) -> subprocess.Popen:
+    """`python train.py -m <tiny overrides>` in its own process, its output in folder/out.txt."""
+    args = [PYTHON, "train.py", "-m", *tiny_overrides(*overrides, f"mlflow.tracking_uri={uri}",
+            f"hydra.sweep.dir={folder / 'multirun'}", f"trainer.cache_dir={folder / 'prefix'}")]  # fmt: skip
+    out = open(folder / "out.txt", "w")  # noqa: SIM115 (closed with the process)
+    return subprocess.Popen(args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(proc: subprocess.Popen, condition, what: str, folder: Path, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        said = (folder / "out.txt").read_text()[-3000:]
+        assert proc.poll() is None, f"the sweep ended before {what}:\n{said}"
+        assert time.time() < deadline, f"no {what} within {timeout} s:\n{said}"
+        time.sleep(0.1)
+
+
+def status(folder: Path, job: int) -> str | None:
+    path = folder / "multirun" / str(job) / "status.json"
+    return json.loads(path.read_text())["status"] if path.exists() else None
+
+
+def shards(folder: Path) -> int:
+    """Prefix-cache shards stored so far (a fused group's cache pass ends with one: it then trains)."""
+    return len(list((folder / "prefix" / "reftlab-prefix-v2").glob("*.json")))
+
+
+def parent_of(uri: str):
+    table = runs(uri, sweeps=True)
+    (parent,) = table[table["tags.kind"] == "sweep"].to_dict("records")
+    return parent
+
+
+def finish(proc: subprocess.Popen, folder: Path) -> str:
+    proc.wait(timeout=300)
+    return (folder / "out.txt").read_text()
+
+
+@pytest.mark.slow
+def test_a_killed_fused_worker_leaves_its_jobs_missing_and_the_sweep_failed(tmp_path, empty_store):
+    """fused_submitit_local: kill -9 the worker of the second group while it trains (its jobs have no
+    folder yet): the summary counts them missing, the parent is FAILED with jobs_missing=2."""
+    import psutil
+
+    uri = store_in(tmp_path, empty_store)
+    proc = start(tmp_path, uri, "hydra/launcher=fused_submitit_local", *TWO_GROUPS)
+    try:
+
+        def workers():  # submitit's worker processes that still run
+            found = []
+            for p in psutil.Process(proc.pid).children(recursive=True):
+                try:
+                    if p.status() != psutil.STATUS_ZOMBIE and "submitit.core._submit" in " ".join(
+                        p.cmdline()
+                    ):
+                        found.append(p)
+                except psutil.Error:  # ended meanwhile
+                    pass
+            return found
+
+        def second_group_trains():  # the first group's jobs are done, one worker is left, its cache built
+            return (
+                status(tmp_path, 0) == status(tmp_path, 1) == "finished"
+                and shards(tmp_path) >= 2
+                and (len(workers()) == 1 and not (tmp_path / "multirun" / "2").exists())
+            )
+
+        wait_for(proc, second_group_trains, "the second group training", tmp_path)
+        (worker,) = workers()
+        worker.kill()
+        said = finish(proc, tmp_path)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0
+    assert "4 jobs: 2 finished, 0 failed, 0 skipped, 0 killed, 2 missing" in said, said[-3000:]
+    assert "job 2 missing: the job never started" in said and "data.max_train=400 seed=1" in said
+    parent = parent_of(uri)
+    assert parent["status"] == "FAILED" and parent["metrics.jobs_missing"] == 2
+    assert parent["metrics.jobs_finished"] == 2
+
+
+@pytest.mark.slow
+def test_a_fused_groups_jobs_are_recorded_before_the_next_group_trains(tmp_path, empty_store):
+    """hydra/launcher=fused, kill -9 of the sweep while its second group trains: the first group's two
+    jobs are FINISHED runs already; the same sweep run again trains only the second group."""
+    uri = store_in(tmp_path, empty_store)
+    proc = start(tmp_path, uri, "hydra/launcher=fused", *TWO_GROUPS)
+    try:
+
+        def second_group_trains():
+            return (status(tmp_path, 0) == status(tmp_path, 1) == "finished" and shards(tmp_path) >= 2
+                    and not (tmp_path / "multirun" / "2").exists())  # fmt: skip
+
+        wait_for(proc, second_group_trains, "the second group training", tmp_path)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    table = runs(uri)
+    assert sorted(table["params.data.max_train"]) == ["8", "8"] and (table["status"] == "FINISHED").all()
+    again = train_here("-m", "hydra/launcher=fused", *tiny_overrides(*TWO_GROUPS, f"mlflow.tracking_uri={uri}",
+                       f"hydra.sweep.dir={tmp_path / 'multirun'}", f"trainer.cache_dir={tmp_path / 'prefix'}"))  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "4 jobs: 2 finished, 0 failed, 2 skipped, 0 killed" in again.stderr
+    assert "Fused group" in again.stdout + again.stderr and "2 jobs trained" in again.stdout + again.stderr
+    table = runs(uri)
+    assert len(table) == 4 and (table["status"] == "FINISHED").all()
+
+
+@pytest.mark.slow
+def test_sigterm_while_a_fused_group_trains_ends_the_sweep_killed_with_its_summary(tmp_path, empty_store):
+    uri = store_in(tmp_path, empty_store)
+    proc = start(tmp_path, uri, "hydra/launcher=fused", "data.max_train=400", "seed=1,2", "trainer.epochs=2",
+                 "save_intervention=false", "mlflow.log_model=false")  # fmt: skip
+    try:
+        wait_for(proc, lambda: shards(tmp_path) >= 1, "the group's cache pass", tmp_path)
+        assert not (tmp_path / "multirun" / "0").exists()  # training, outside any job's run
+        proc.send_signal(signal.SIGTERM)
+        said = finish(proc, tmp_path)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, said[-3000:]
+    assert "sweep summary: 2 jobs: 0 finished, 0 failed, 0 skipped, 0 killed, 2 missing" in said
+    assert "Traceback" not in said
+    parent = parent_of(uri)
+    assert parent["status"] == "KILLED" and "stopped" in parent["tags.error"]
+
+
+@pytest.mark.slow
+def test_a_run_left_running_by_a_killed_sweep_is_closed_when_its_job_runs_again(tmp_path, empty_store):
+    """kill -9 of an in-process sweep while its first job trains; the same sweep again: the dead job's
+    run is KILLED (its status file too), the new one FINISHED, nothing is left RUNNING."""
+    uri = store_in(tmp_path, empty_store)
+    grid = ("data.max_train=400", "seed=1,2", "trainer.epochs=3", "save_intervention=false",
+            "mlflow.log_model=false")  # fmt: skip
+    proc = start(tmp_path, uri, *grid)
+    log = tmp_path / "multirun" / "0" / "train.log"
+    try:
+        wait_for(proc, lambda: status(tmp_path, 0) == "running" and log.exists() and "Training with" in log.read_text(),
+                 "job 0 training", tmp_path)  # fmt: skip
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    (dead,) = runs(uri).to_dict("records")
+    assert dead["status"] == "RUNNING"  # nothing could close it
+    again = train_here("-m", *tiny_overrides(*grid, f"mlflow.tracking_uri={uri}",
+                       f"hydra.sweep.dir={tmp_path / 'again'}", f"trainer.cache_dir={tmp_path / 'prefix'}"))  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    table = runs(uri).set_index("run_id")
+    assert table.loc[dead["run_id"], "status"] == "KILLED"
+    assert "ended without closing its run" in table.loc[dead["run_id"], "tags.error"]
+    assert status(tmp_path, 0) == "killed"  # the dead job's own folder says so too
+    assert sorted(table["status"]) == ["FINISHED", "FINISHED", "KILLED"]
+    assert parent_of(uri)["status"] == "FINISHED"
+
+
+def test_a_run_whose_process_lives_or_whose_pid_was_reused_is_judged_right(tmp_path):
+    import os
+    import socket
+
+    me = {"pid": os.getpid(), "host": socket.gethostname()}
+    assert callback.alive(me) is True
+    assert callback.alive(me, since=time.time()) is True  # this process was running then
+    assert callback.alive(me, since=time.time() - 10**6) is False  # a pid reused by a later process
+    assert callback.alive({"pid": 2**22 + 7, "host": socket.gethostname()}) is False
+    assert callback.alive({"pid": 1, "host": "another-host"}) is None  # no word either way: left alone
+
+
+@pytest.mark.slow
+def test_a_second_sweep_never_writes_into_a_busy_sweep_folder(tmp_path, empty_store):
+    """A sweep running in a folder refuses a second one there (exit 2, naming the folder); a finished
+    sweep's folder refuses a different sweep but lets the same sweep resume."""
+    uri = store_in(tmp_path, empty_store)
+    proc = start(
+        tmp_path, uri, "data.max_train=400", "seed=1,2", "trainer.epochs=3", "mlflow.log_model=false"
+    )
+    folder = tmp_path / "multirun"
+    try:
+        wait_for(proc, lambda: status(tmp_path, 0) == "running", "the first sweep's first job", tmp_path)
+        second = train_here(
+            "-m", *tiny_overrides("seed=5,6", f"mlflow.tracking_uri={uri}", f"hydra.sweep.dir={folder}")
+        )
+        assert second.returncode == 2
+        assert f"hydra.sweep.dir={folder} is in use by another sweep" in second.stderr
+        assert not (folder / "report").exists() and len(parent_runs(uri)) == 1  # nothing of it was recorded
+        said = finish(proc, tmp_path)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, said[-3000:]
+    assert parent_of(uri)["status"] == "FINISHED" and len(runs(uri)) == 2
+    before = {p: p.read_text() for p in folder.glob("*/status.json")}
+    other = train_here("-m", *tiny_overrides("seed=7", "trainer.lr=4e-3,1e-3", f"mlflow.tracking_uri={uri}",
+                                             f"hydra.sweep.dir={folder}"))  # fmt: skip
+    assert other.returncode == 2 and "holds the jobs of another sweep" in other.stderr
+    assert {p: p.read_text() for p in folder.glob("*/status.json")} == before and len(runs(uri)) == 2
+    same = train_here("-m", *tiny_overrides("data.max_train=400", "seed=1,2", "trainer.epochs=3", "mlflow.log_model=false",
+                      f"mlflow.tracking_uri={uri}", f"hydra.sweep.dir={folder}", f"trainer.cache_dir={tmp_path / 'prefix'}"))  # fmt: skip
+    assert same.returncode == 0, same.stderr[-3000:]
+    assert "2 jobs: 0 finished, 0 failed, 2 skipped" in same.stderr  # the same sweep resumes in its folder
+
+
+def parent_runs(uri: str):
+    table = runs(uri, sweeps=True)
+    return table[table["tags.kind"] == "sweep"] if "tags.kind" in table else table
+
+
+@pytest.mark.slow
+def test_a_password_in_a_swept_value_is_in_no_run_name_or_report_title(tmp_path, empty_store):
+    import mlflow
+
+    uri = store_in(tmp_path, empty_store)
+    urls = ",".join(f"https://alice:Hunter2pw@hub.example.invalid/{n}.csv" for n in "ab")
+    done = train_here("-m", "data=csv", f"data.path={urls}", "intervention=tfidf", f"mlflow.tracking_uri={uri}",
+                      f"hydra.sweep.dir={tmp_path / 'multirun'}")  # fmt: skip
+    assert done.returncode == 1  # the files cannot be read: two FAILED jobs, a report of them
+    parent = parent_of(uri)
+    assert "alice:***@" in parent["tags.mlflow.runName"] and "Hunter2pw" not in parent["tags.mlflow.runName"]
+    client = mlflow.tracking.MlflowClient(uri)
+    logged = [Path(client.download_artifacts(parent["run_id"], f"report/report.{ext}")).read_text()
+              for ext in ("md", "html")]  # fmt: skip
+    written = [p.read_text() for p in (tmp_path / "multirun" / "report").glob("report.*")]
+    assert logged and written and "alice:***@" in logged[0]
+    assert not [text for text in logged + written if "Hunter2pw" in text]
+    assert all("Hunter2pw" not in str(v) for v in parent.values())
+    assert "Hunter2pw" not in done.stdout + done.stderr
+
+
+def test_read_statuses_counts_every_job_of_the_sweep(tmp_path):
+    """Jobs that never got a folder are rows too, named by number with their overrides."""
+    (tmp_path / "0").mkdir()
+    (tmp_path / "0" / "status.json").write_text(json.dumps({"status": "finished"}))
+    (tmp_path / "report").mkdir()  # not a job
+    jobs = [["seed=1"], ["seed=2"], ["seed=3"]]
+    rows = callback.read_statuses(tmp_path, jobs)
+    assert [(r["job"], r["status"]) for r in rows] == [("0", "finished"), ("1", "missing"), ("2", "missing")]
+    assert rows[2]["error"].endswith("(seed=3)")
+    assert "3 jobs: 1 finished, 0 failed, 0 skipped, 0 killed, 2 missing" in callback.summary(rows)
+    assert len(callback.read_statuses(tmp_path)) == 1  # the number unknown: the folders alone
+
+
+def test_the_sweeps_jobs_are_listed_as_hydras_basic_sweeper_makes_them():
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.create({"hydra": {
+        "sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+                    "params": {"seed": "1,2"}},
+        "overrides": {"task": ["intervention.layer=8,16,24", "trainer.epochs=2"]}}})  # fmt: skip
+    jobs = callback.job_list(config)
+    assert len(jobs) == 6 and jobs[0] == ["seed=1", "intervention.layer=8", "trainer.epochs=2"]
+    config.hydra.sweeper._target_ = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+    assert callback.job_list(config) is None  # another sweeper: its folders are counted as today

@@ -1,9 +1,10 @@
-"""Serving (reftlab.serving): predict.py reads its texts (blank lines kept, missing texts refused before
-any model loads) and checks its flags; the model card's commands are ones it takes; it gives a run's
-own predictions back from the run or its folder. A run's MLflow model: load_model, `mlflow models
-predict` and `mlflow models serve` give what predict.py gives, offline; the model is logged from code
-(nothing pickled) under the run's name, checks its input, and can be registered by name with the run's
-results as tags."""
+"""Serving (reftlab.serving): predict.py reads its texts (blank lines kept, missing texts and no texts
+refused before any model loads) and checks its flags; the model card's commands are ones it takes; it
+gives a run's own predictions back from the run or its folder. A run's MLflow model: load_model, `mlflow
+models predict` and `mlflow models serve` give what predict.py gives, offline; it refuses a batch size
+below 1 and missing texts (a 400 when served) and gives no rows for no rows; the model is logged from
+code (nothing pickled) under the run's name, checks its input, and can be registered by name with the
+run's results as tags."""
 
 import io
 import json
@@ -13,8 +14,10 @@ import shlex
 import signal
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -22,7 +25,8 @@ import pytest
 from conftest import PYTHON, ROOT, compose, runs
 from test_servers import free_port, wait_for_port
 
-from reftlab.serving import card, predict, pyfunc
+from reftlab import methods
+from reftlab.serving import card, predict, pyfunc, pyfunc_model
 
 # predict.py: its input and its flags, checked before any model is loaded
 
@@ -63,6 +67,74 @@ def test_predict_refuses_a_missing_text_before_loading_any_model(tmp_path, monke
     (tmp_path / "x.csv").write_text("text,id\nfine,1\n,2\n   ,3\n")
     with pytest.raises(SystemExit, match=r"column 'text' has no text in rows 2, 3"):
         predict.main(["--path", str(folder), "--input", str(tmp_path / "x.csv")])
+
+
+def test_predict_refuses_no_texts_before_loading_any_model(tmp_path, monkeypatch, capsys):
+    def never(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    (tmp_path / "reft_settings.json").write_text("{}")
+    monkeypatch.setattr(predict, "classify", never)
+    monkeypatch.setattr(predict, "load", never)
+    (tmp_path / "header-only.csv").write_text("text\n")
+    for stdin, args, words in [
+        ("", [], "no texts to classify: stdin is empty"),
+        ("ignored\n", ["--input", str(tmp_path / "header-only.csv")], "header-only.csv has no rows"),
+    ]:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+        with pytest.raises(SystemExit) as stop:  # a usage error, exit status 2, no traceback
+            predict.main(["--path", str(tmp_path), *args])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and words in err, err
+
+
+# The run's MLflow model, called as MLflow calls it: it checks its params and its input itself
+
+
+@pytest.fixture
+def served(tiny4, monkeypatch):
+    """The MLflow model's class loaded as MLflow loads it (`load_context`), its classifier on the tiny
+    4-layer model with a fresh LoReFT intervention (what `predict.load` gives here instead of a folder's)."""
+    model, tokenizer = tiny4[:2]
+    method = methods.get("loreft")
+    cfg = compose("model=tiny_random", "model.num_layers=4", "intervention.layer=1", "trainer.max_length=64")
+    settings = method.settings(cfg, model.config.num_hidden_layers)
+    trained = method.build(model, settings)
+    monkeypatch.setattr(predict, "load", lambda folder: (trained, settings, tokenizer, "cpu"))
+    model = pyfunc_model.ReftlabModel()
+    model.load_context(SimpleNamespace(artifacts={pyfunc.ARTIFACT: str(Path("unused"))}))
+    return model
+
+
+@pytest.mark.parametrize("batch_size", [-1, 0, None])
+def test_the_mlflow_model_refuses_a_bad_batch_size(served, batch_size):
+    """A negative batch size gave every text "No" and P(Yes) 0.5 without running the model; 0 a
+    stack trace. MLflow's scoring server answers an INVALID_PARAMETER_VALUE with a 400 and the message."""
+    from mlflow.exceptions import MlflowException
+
+    texts = pd.DataFrame({"text": ["A lovely stay.", "The best hotel in the world!!!"]})
+    with pytest.raises(
+        MlflowException, match=rf"batch_size={batch_size!r} is not valid: .* integer >= 1"
+    ) as e:
+        served.predict(None, texts, {"batch_size": batch_size})
+    assert e.value.error_code == "INVALID_PARAMETER_VALUE"
+    one, default = served.predict(None, texts, {"batch_size": 1}), served.predict(None, texts)
+    pd.testing.assert_frame_equal(one, default, atol=1e-6)
+    assert set(default["label"]) <= {"Yes", "No"} and not np.allclose(default["p_yes"], 0.5)
+
+
+def test_the_mlflow_model_refuses_missing_texts_and_gives_no_rows_for_no_rows(served):
+    """A null text was classified as an empty one (predict.py refuses it); an empty frame raised IndexError."""
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(
+        MlflowException, match=r"'text' is missing \(null\) in rows 2, 3 \(row 1 = the first\)"
+    ) as e:
+        served.predict(None, pd.DataFrame({"text": ["fine", None, np.nan, ""]}))
+    assert e.value.error_code == "INVALID_PARAMETER_VALUE"
+    none = served.predict(None, pd.DataFrame({"text": pd.Series([], dtype=object)}))
+    assert none.empty and list(none.columns) == ["label", "p_yes"]
+    assert len(served.predict(None, pd.DataFrame({"text": ["", "fine"]}))) == 2  # an empty string is a text
 
 
 # The model card's predict commands are ones predict.py takes.
@@ -152,6 +224,17 @@ def test_predict_round_trip(method, job, tmp_path, monkeypatch, capsys):
 MLFLOW = str(Path(sys.executable).parent / "mlflow")  # the environment's own CLI
 
 
+def post(port: int, payload: dict) -> tuple[int, dict]:
+    """POST `payload` to the /invocations of the `mlflow models serve` on `port`: (HTTP status, its JSON)."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(payload).encode(),
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+    try:
+        with urllib.request.urlopen(request, timeout=120) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as refused:
+        return refused.code, json.loads(refused.read())
+
+
 def logged_model(run_id: str):
     """The one MLflow model a run logged (MLflow 3: a LoggedModel, URI models:/m-<id>)."""
     import mlflow
@@ -198,25 +281,38 @@ def test_the_runs_mlflow_model_predicts_like_predict_py_everywhere(in_root, job,
                                "--env-manager", "local", "-w", "1"], cwd=ROOT, env=env, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
     try:
-        pd.DataFrame({"text": TEXTS}).to_csv(tmp_path / "texts.csv", index=False)
+        # a CSV's empty cell reads as a missing text (refused, as predict.py refuses it): the texts given
+        pd.DataFrame({"text": TEXTS[:2]}).to_csv(tmp_path / "texts.csv", index=False)
         done = subprocess.run([MLFLOW, "models", "predict", "-m", uri, "-i", str(tmp_path / "texts.csv"), "-t",
                                "csv", "-o", str(tmp_path / "out.json"), "--env-manager", "local"],
                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
         assert done.returncode == 0, done.stderr[-3000:]
         cli = pd.DataFrame(json.loads((tmp_path / "out.json").read_text())["predictions"])
         wait_for_port(port, 120, server)
-        body = json.dumps({"dataframe_split": {"columns": ["text"], "data": [[t] for t in TEXTS]}}).encode()
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
-                                         headers={"Content-Type": "application/json"})  # fmt: skip
-        served = pd.DataFrame(json.loads(urllib.request.urlopen(request, timeout=120).read())["predictions"])
+        status, answer = post(port, {"dataframe_split": {"columns": ["text"], "data": [[t] for t in TEXTS]}})
+        one = [{"text": TEXTS[0]}]
+        refused = [post(port, payload) for payload in ({"dataframe_records": one, "params": {"batch_size": -1}},
+                                                       {"dataframe_records": one, "params": {"batch_size": 0}},
+                                                       {"dataframe_records": [*one, {"text": None}]})]  # fmt: skip
+        nothing = post(port, {"dataframe_split": {"columns": ["text"], "data": []}})
     finally:
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(30)
-    assert list(cli["label"]) == list(want["label"]) and np.allclose(cli["p_yes"], want["p_yes"], atol=1e-6)
+    assert list(cli["label"]) == list(want["label"][:2]) and np.allclose(
+        cli["p_yes"], want["p_yes"][:2], atol=1e-6
+    )
+    assert status == 200, answer
+    served = pd.DataFrame(answer["predictions"])
     assert list(served["label"]) == list(want["label"]) and np.allclose(
         served["p_yes"], want["p_yes"], atol=1e-6
     )
+    # bad params and missing texts: 400 with the message, no stack trace; no texts: no predictions
+    said = ["batch_size=-1 is not valid", "batch_size=0 is not valid", "'text' is missing (null) in row 2"]
+    for (status, answer), words in zip(refused, said, strict=True):
+        assert status == 400 and answer["error_code"] == "INVALID_PARAMETER_VALUE", (status, answer)
+        assert words in answer["message"] and "stack_trace" not in answer, answer
+    assert nothing == (200, {"predictions": []})
     # registered by name: version 1 points at this run's model
     (version,) = mlflow.MlflowClient().search_model_versions("name='tiny-deception'")
     assert version.run_id == run_id and int(version.version) == 1

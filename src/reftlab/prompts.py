@@ -56,7 +56,10 @@ class PromptBuilder:
         return [ids[:-1] for ids in self.answer_ids.values()]
 
     def prompts(self, texts) -> list[list[int]]:
-        bodies = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        texts = list(texts)
+        if not texts:  # no texts, no prompts (the tokenizer raises IndexError on an empty list)
+            return []
+        bodies = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         return [self.before + body[: self.budget] + self.after for body in bodies]
 
     def examples(self, texts, labels) -> list[tuple[list[int], list[int]]]:

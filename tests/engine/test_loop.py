@@ -1,5 +1,5 @@
 """The loop: training lowers the loss and moves only the interventions; scores do not depend on
-how a batch is padded."""
+how a batch is padded; scoring refuses a batch size below 1."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ import torch
 from conftest import compose
 
 from reftlab import methods, reft
-from reftlab.engine import Engine, score
+from reftlab.engine import Engine, fused, loop, score
 from reftlab.engine.loop import answer_loss
 
 SETTINGS = {"method": "loreft", "layer": 1, "component": "block_output", "rank": 4, "positions": "l1",
@@ -47,6 +47,25 @@ def test_predictions_do_not_depend_on_batch_padding(tiny4):
     one = score(trained, methods.get("loreft"), settings, *args, batch_size=1, progress=False)
     many = score(trained, methods.get("loreft"), settings, *args, batch_size=16, progress=False)
     np.testing.assert_allclose(one, many, atol=1e-4)
+
+
+@pytest.mark.parametrize("batch_size", [-1, 0, 2.0, None])
+def test_scoring_refuses_a_batch_size_below_one_before_scoring_anything(batch_size):
+    """range() with a negative step scores no prompt at all (each score stayed 0: P(Yes) 0.5, "No")."""
+
+    def never(idx):
+        raise AssertionError("a batch was scored")
+
+    with pytest.raises(
+        ValueError, match=rf"batch_size={batch_size!r} is not valid: it must be an integer >= 1"
+    ):
+        loop.score([5, 7, 6], never, 0, 1, batch_size, progress=False)
+    with pytest.raises(ValueError, match=rf"batch_size={batch_size!r} is not valid"):
+        fused.score([], None, 0, 1, batch_size)  # a fused group's scoring: the same check, first
+    assert (
+        list(loop.score([5, 7, 6], lambda idx: torch.eye(3)[[0] * len(idx)], 0, 1, 2, progress=False))
+        == [1.0] * 3
+    )
 
 
 @pytest.mark.parametrize("bias", [False, True])

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .loop import Schedule, answer_loss, answer_targets, step_means
+from .loop import Schedule, answer_loss, answer_targets, check_batch_size, step_means
 from .plan import POINT_OFFSET, start_point
 from .suffix import attention_implementation, intervene, last_prompt_tokens, points, suffix_states
 
@@ -131,6 +131,7 @@ def train(members: list[Member], cache, examples, progress: bool = True) -> floa
 def score(members: list[Member], cache, yes_id: int, no_id: int, batch_size: int = 16) -> list[np.ndarray]:
     """Yes-minus-No scores of every cached prompt for every member, each batch of prompts run once
     for all members (their rows stacked)."""
+    batch_size = check_batch_size(batch_size)
     model = members[0].ctx.model
     body = model.model
     n = len(cache.prefix_len)

@@ -9,6 +9,7 @@ scores are the same for all of them.
 from __future__ import annotations
 
 import math
+import numbers
 import random
 import time
 
@@ -176,14 +177,23 @@ def check_finite(recent: list[float], step: int, total: int, trainer_cfg) -> Non
         )
 
 
+def check_batch_size(batch_size) -> int:
+    """`batch_size` as an int, or a ValueError naming it unless it is an integer >= 1 (batches of a
+    negative size would be no batches: no prompt scored)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} is not valid: it must be an integer >= 1")
+    return int(batch_size)
+
+
 @torch.no_grad()
 def score(
     lengths, last_logits, yes_id: int, no_id: int, batch_size: int, progress=True, desc="eval"
 ) -> np.ndarray:
     """Yes-minus-No logit at the answer position of each prompt (constrained to the two answers):
     prompts in batches of similar length, longest first; `last_logits(indices)` gives [B, vocab]."""
+    batch_size = check_batch_size(batch_size)
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    scores = np.zeros(len(lengths), dtype=np.float64)
+    scores = np.full(len(lengths), np.nan)  # a prompt left unscored is never a made-up 0
     for b in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=not progress):
         idx = order[b : b + batch_size]
         last = last_logits(idx).float()

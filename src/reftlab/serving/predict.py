@@ -111,6 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.output and args.input and Path(args.output).resolve() == Path(args.input).resolve():
         parser.error(f"--output {args.output} is the input file: choose another file (the input is kept)")
     texts = read_texts(args.input, args.column)
+    if not texts:
+        empty = f"--input {args.input} has no rows" if args.input else "stdin is empty"
+        parser.error(
+            f"no texts to classify: {empty} (give one text per line on stdin, or a file with --input)"
+        )
     if args.run:
         uri = tracking.tracking_uri(args.tracking_uri)
         folder = fetch(args.run, uri)

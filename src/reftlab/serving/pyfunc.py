@@ -6,7 +6,8 @@ Each run logs one model, named after the run (`model_name`), as a "model from co
 <uri> -i texts.csv -t csv --env-manager local` and `mlflow models serve -m <uri> --env-manager local`
 all run `serving.predict.Classifier` on the saved folder: the base model named in its settings (the bundled
 one offline), the intervention or adapter, the prompt and the Yes/No decision. Input: a `text`
-column (a frame without it is refused); output: `label` (Yes/No) and `p_yes`.
+column (a frame without it, a missing text or a `batch_size` below 1 is refused: a 400 when served);
+output: `label` (Yes/No) and `p_yes`, no rows for no rows.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from conftest import runs, train_here
 
-from reftlab.report import cli, render
+from reftlab.report import cli, render, tables
 from reftlab.report.runs import baseline_runs, load_runs, method_name
 
 
@@ -66,8 +66,9 @@ def test_report_on_synthetic_runs(tmp_path, mlflow_uri):
     out = tmp_path / "report"
     assert cli.main(["--experiment", "cmp", "--tracking-uri", mlflow_uri, "--out", str(out)]) == 0
     md = (out / "report.md").read_text()
-    # 95% CI over 2 seeds: t(0.975, 1) * sd / sqrt(2) = 12.706 * 0.0283 / 1.414 = 25.4 points
-    assert "72.0% ± 25.4" in md and "| LoReFT | 15 | 2 |" in md
+    # 2 seeds (70, 74% of 100 reviews): not Student t's ± 25.4 over them but the bootstrap over their
+    # reviews, about ± 1.96 * sqrt(.70 * .30 / 100 + .74 * .26 / 100) / 2 = 6.2 points, marked
+    assert "| LoReFT | 15 | 2 | 72.0% | 72.0% [66.0, 78.0]† |" in md
     # rank is fixed per method (LoReFT 4, LoRA 8): no column, no plot; listed under each method
     assert "## LoRA settings\n\n- `intervention.rank` = 8" in md
     assert "## LoReFT settings\n\n- `intervention.rank` = 4" in md
@@ -281,3 +282,209 @@ def test_whole_number_settings_are_ticked_as_the_integers_run_even_on_a_log_axis
     integer_ticks(ax2, [0.001, 0.004])  # a learning rate keeps matplotlib's own ticks
     assert [t.get_text() for t in ax2.get_xticklabels()] != ["0", "0"]
     plt.close("all")
+
+
+# --- the paired comparison pairs every replicate (issue #30, item 2) -----------------------------
+
+
+def replicates(name: str, seeds: dict, folds=("0", "1"), n: int = 200, truth: dict | None = None):
+    """The runs of one group: per seed (its accuracy) and fold, a run right on exactly that share of
+    the fold's `n` test reviews (which ones: at random); their correctness lands in `truth`."""
+    import numpy as np
+
+    rng = np.random.default_rng(len(truth))
+    rows = []
+    for seed, accuracy in seeds.items():
+        for fold in folds:
+            run_id = f"{name}-{seed}-{fold}"
+            right = np.zeros(n, int)
+            right[rng.permutation(n)[: round(accuracy * n)]] = 1
+            truth[run_id] = pd.Series(right, index=[f"fold {fold} review {i}" for i in range(n)])
+            rows.append({"run_id": run_id, "seed": seed, "fold": fold, "accuracy": accuracy})
+    return pd.DataFrame(rows)
+
+
+def test_a_seeded_group_pairs_every_seed_with_a_seedless_references_run_of_the_same_fold():
+    """LoReFT seeds at 60/70/95% against TF-IDF at 80% (its one run a fold, logged under the
+    config's seed 42) differ by -5 points, not by the last seed's +15; and the other way round."""
+    from reftlab.report.tables import against_reference, display
+
+    truth = {}
+    loreft = replicates("loreft", {"1": 0.60, "2": 0.70, "3": 0.95}, truth=truth)
+    tfidf = replicates("tfidf", {"42": 0.80}, truth=truth)
+    table = pd.DataFrame({"method": ["tfidf", "loreft"], "_runs": [tfidf, loreft]})
+    diff, low, high, p, how, paired_on = against_reference(table, 0, correct=truth.get)[1]
+    assert how == "paired" and diff == pytest.approx(-0.05) and low < diff < high
+    assert paired_on == "3 seeds × 2 folds vs 1 run a fold"
+    assert against_reference(table, 1, correct=truth.get)[0][0] == pytest.approx(+0.05)  # seedless group
+    table = table.assign(seeds=[2, 6], val_accuracy=0.8, accuracy=0.8, ci95=float("nan"), ci_low=0.7, ci_high=0.9,
+                         ci_how="bootstrap", f1=0.8, trainable_params=0, trainable_percent=0.0, train_seconds=1.0,
+                         cache_seconds=0.0)  # fmt: skip
+    shown = display(table, ["method"], {"overall": None, "per_method": {}}, 0,
+                    against_reference(table, 0, correct=truth.get))  # fmt: skip
+    assert shown.loc[1, "paired on"] == "3 seeds × 2 folds vs 1 run a fold"
+
+
+def test_seeded_groups_pair_by_seed_when_both_ran_the_same_seeds_and_every_pairing_when_not():
+    from reftlab.report.tables import against_reference
+
+    truth = {}
+    loreft = replicates("loreft", {"1": 0.60, "2": 0.70, "3": 0.95}, truth=truth)
+    same_seeds = replicates("lora", {"1": 0.80, "2": 0.80, "3": 0.80}, truth=truth)
+    other_seeds = replicates("lora-b", {"4": 0.75, "5": 0.85}, truth=truth)
+    table = pd.DataFrame({"_runs": [loreft, same_seeds, other_seeds]})
+    found = against_reference(table, 0, correct=truth.get)
+    assert (
+        found[1][0] == pytest.approx(+0.05) and found[1][5] == "3 seeds × 2 folds vs 3 seeds a fold, by seed"
+    )
+    assert found[2][0] == pytest.approx(+0.05) and found[2][5] == "2 seeds × 2 folds vs 3 seeds a fold"
+    seedless = pd.DataFrame({"_runs": [replicates("none", {"42": 0.5}, truth=truth), table.loc[0, "_runs"]]})
+    truth_tfidf = replicates("tfidf", {"7": 0.80}, folds=("0", "1"), truth=truth)
+    both = pd.DataFrame({"_runs": [seedless.loc[0, "_runs"], truth_tfidf]})
+    assert against_reference(both, 0, correct=truth.get)[1][0] == pytest.approx(0.30)  # by fold
+
+
+def test_seeds_scored_on_the_same_reviews_share_each_bootstrap_draw_of_them():
+    """Three seeds that answer every review alike are no more evidence than one: the reviews of a
+    fold are drawn once for all of its pairs, so the interval is the one seed's, not narrower."""
+    from reftlab.report.tables import against_reference
+
+    truth = {}
+    one = replicates("one", {"1": 0.75}, truth=truth)
+    ref = replicates("ref", {"1": 0.70}, truth=truth)
+    three = pd.concat([one.assign(seed=s, run_id=one["run_id"] + s) for s in "123"], ignore_index=True)
+    ref3 = pd.concat([ref.assign(seed=s, run_id=ref["run_id"] + s) for s in "123"], ignore_index=True)
+    for run_id, seed_run in zip(three["run_id"], list(one["run_id"]) * 3, strict=True):
+        truth[run_id] = truth[seed_run]
+    for run_id, seed_run in zip(ref3["run_id"], list(ref["run_id"]) * 3, strict=True):
+        truth[run_id] = truth[seed_run]
+    single = against_reference(pd.DataFrame({"_runs": [ref, one]}), 0, correct=truth.get)[1]
+    tripled = against_reference(pd.DataFrame({"_runs": [ref3, three]}), 0, correct=truth.get)[1]
+    assert tripled[:3] == pytest.approx(single[:3])
+
+
+# --- --reference says what it matched, or exits 2 naming the groups (issue #30, item 11) ---------
+
+
+def mlflow_frame(*groups) -> pd.DataFrame:
+    """MLflow's search_runs frame of finished runs: per group (method, rank, {seed: accuracy}), its runs
+    at layer 15 on the same 320 test reviews (the confusion counts say how many were right)."""
+    rows = []
+    for method, rank, seeds in groups:
+        for seed, accuracy in seeds.items():
+            right, n = round(accuracy * 320), 320
+            rows.append({"run_id": f"{method}-{rank}-{seed}", "status": "FINISHED", "tags.method": method,
+                         "tags.data_hash": "d1", "params.intervention.method": method,
+                         "params.intervention.rank": rank, "params.intervention.layer": "15", "params.seed": seed,
+                         "metrics.accuracy": right / n, "metrics.val_accuracy": right / n, "metrics.f1": 0.5,
+                         "metrics.train_loss_last": 0.1, "metrics.trainable_params": 10,
+                         "metrics.tp": right // 2, "metrics.fn": n // 2 - right // 2,
+                         "metrics.tn": right - right // 2, "metrics.fp": n // 2 - (right - right // 2),
+                         "start_time": pd.Timestamp("2026-01-01")})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+RANKS = (("loreft", "1", {"1": 0.70, "2": 0.72, "3": 0.74}), ("loreft", "4", {"1": 0.80, "2": 0.82, "3": 0.84}),
+         ("tfidf", "None", {"42": 0.85}))  # fmt: skip
+
+
+def report_of(frame: pd.DataFrame, monkeypatch, tmp_path, capsys, *reference: str):
+    """`python report.py --reference ...` over `frame` (no MLflow store: its runs given, none logged):
+    (exit code, stdout, stderr, the report's Markdown or None)."""
+    from reftlab.report import runs as report_runs
+
+    monkeypatch.setattr(cli, "load_runs", lambda *a: frame)
+    monkeypatch.setattr(cli, "baseline_runs", lambda *a: pd.DataFrame())
+    monkeypatch.setattr(
+        report_runs, "_CORRECT", {run_id: None for run_id in frame["run_id"]}
+    )  # no predictions
+    out = tmp_path / "r"
+    code = cli.main(["--no-mlflow", "--out", str(out), "--reference", *reference])
+    printed = capsys.readouterr()
+    md = (out / "report.md").read_text() if (out / "report.md").exists() else None
+    return code, printed.out, printed.err, md
+
+
+@pytest.mark.parametrize(
+    "reference, problem",
+    [
+        (["intervention.rank=99"], "intervention.rank=99 matches no group"),
+        (["rnk=1"], "no setting named 'rnk'"),
+        (["method=loreft"], "method=loreft matches 2 groups"),
+        (["rank=4", "intervention.layer=8"], "matches no group"),  # a setting all runs share, another value
+        (["rank"], "use key=value"),
+    ],
+)
+def test_a_reference_that_matches_no_single_group_exits_2_naming_the_groups(
+    reference, problem, monkeypatch, tmp_path, capsys
+):
+    code, _, err, md = report_of(mlflow_frame(*RANKS), monkeypatch, tmp_path, capsys, *reference)
+    assert code == 2 and problem in err and md is None
+    if problem != "use key=value":  # the groups there are, by the settings that tell them apart
+        assert "method=loreft, rank=1" in err and "method=loreft, rank=4" in err and "method=tfidf" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "reference, row",
+    [
+        (["rank=1.0"], 0),
+        (["intervention.rank=4", "method=loreft"], 1),
+        (["method=tfidf"], 2),
+        (["method=TF-IDF"], 2),
+        (["rank=4", "intervention.layer=15"], 1),
+    ],  # fmt: skip
+)
+def test_a_reference_as_people_type_it_is_found_and_the_report_says_which(
+    reference, row, monkeypatch, tmp_path, capsys
+):
+    code, out, _, md = report_of(mlflow_frame(*RANKS), monkeypatch, tmp_path, capsys, *reference)
+    assert code == 0
+    table = [line for line in md.splitlines() if line.startswith("| ")][1:]
+    assert ["reference" in line for line in table] == [i == row for i in range(3)]
+    named = ("method=LoReFT, rank=1", "method=LoReFT, rank=4", "method=TF-IDF")[row]
+    assert f"reference: {named}" in out and f"reference group is {named}" in md
+    if "intervention.layer=15" in reference:  # a setting that tells no groups apart is said, not dropped
+        assert "intervention.layer=15: not among the settings that tell the groups apart" in out
+
+
+# --- an interval for an accuracy stays in [0, 100] (issue #30, item 16) ---------------------------
+
+
+def test_fewer_than_3_replicates_show_the_bootstrap_interval_over_the_reviews_marked(tmp_path):
+    """2 seeds at 50% and 68.75%: Student t with one degree of freedom says 59.4% ± 119.1; the
+    report shows the interval over the 2 x 320 test reviews instead, inside [0, 100], marked †."""
+    from reftlab.report.plots import error_bars
+
+    frame = mlflow_frame(
+        ("loreft", "1", {"1": 0.50, "2": 0.6875}), ("loreft", "4", {"1": 0.5, "2": 0.9, "3": 0.99})
+    )
+    found = render.analyse(frame, "t", None, {"intervention.rank": "1"}, correct=lambda run_id: None)
+    two, three = found.table.loc[0], found.table.loc[1]
+    # each run's 320 reviews resampled: about ± 1.96 * sqrt(.5 * .5 / 320 + .6875 * .3125 / 320) / 2 = 3.7 points
+    assert two["ci_how"] == "bootstrap" and 0.555 < two["ci_low"] < 0.56 and 0.63 < two["ci_high"] < 0.635
+    assert three["ci_how"] == "t" and three["ci_high"] == 1.0 and 0 < three["ci_low"]  # t, cut at 100%
+    shown = tables.display(found.table, found.keys, found.chosen, found.reference, found.compared)
+    assert shown["test acc (95% CI)"].tolist()[0] == "59.4% [55.6, 63.1]†"
+    assert (
+        "119.1" not in shown.to_string() and shown["test acc (95% CI)"].tolist()[1] == "79.7% [14.8, 100.0]"
+    )
+    assert any("†" in line for line in render.how_to_read(found))
+    low, high = error_bars(found.table)
+    assert (found.table["accuracy"] - low >= 0).all() and (found.table["accuracy"] + high <= 1).all()
+
+
+def test_a_groups_bootstrap_interval_draws_a_folds_reviews_once_for_all_of_its_seeds():
+    """With predictions, two seeds that answer every review of their fold alike are one seed's
+    evidence (not two independent samples of reviews); runs of other folds are other reviews."""
+    from reftlab.report.stats import accuracy_interval
+
+    truth = {}
+    alike = replicates("a", {"1": 0.7}, folds=("0",), truth=truth)
+    truth["a-2-0"] = truth["a-1-0"]
+    two_seeds = pd.concat([alike, alike.assign(seed="2", run_id="a-2-0")], ignore_index=True)
+    one, two = accuracy_interval(alike, truth.get), accuracy_interval(two_seeds, truth.get)
+    assert one == two and one[2] == "bootstrap" and one[0] < 0.7 < one[1]
+    two_folds = replicates("b", {"1": 0.7}, truth=truth)  # 2 x 200 reviews: a narrower interval
+    low, high, _ = accuracy_interval(two_folds, truth.get)
+    assert one[0] < low < 0.7 < high < one[1]

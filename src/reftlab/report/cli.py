@@ -8,23 +8,26 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from pathlib import Path
 
 from .. import tracking
+from ..config import ConfigError
 from .render import write
 from .runs import baseline_runs, data_hashes, load_runs, load_sweep
-from .tables import pct
+from .tables import pct, with_interval
 
 
 def parse_reference(items: list[str] | None) -> dict | None:
+    """`--reference key=value ...` as a dict; ConfigError for an item that is no key=value."""
     if not items:
         return None
     out = {}
     for item in items:
-        if "=" not in item:
-            raise SystemExit(f"--reference {item!r}: use key=value, e.g. intervention.layer=15")
-        key, value = item.split("=", 1)
-        out[key] = value
+        key, _, value = item.partition("=")
+        if not key.strip() or not value.strip():
+            raise ConfigError(f"--reference {item!r}: use key=value, e.g. intervention.layer=15")
+        out[key.strip()] = value.strip()
     return out
 
 
@@ -61,14 +64,19 @@ def main(argv: list[str] | None = None) -> int:
         title, name = f"reftlab report: {args.experiment}", args.experiment
     others = baseline_runs(data_hashes(runs))
     out = Path(args.out or f"reports/{re.sub(r'[^A-Za-z0-9._-]+', '_', name).strip('.') or 'report'}")
-    result = write(runs, out, title, others, parse_reference(args.reference))
+    try:
+        result = write(runs, out, title, others, parse_reference(args.reference))
+    except ConfigError as e:  # a --reference that names no single group: say which groups there are
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"{out / 'report.md'}: {result['finished']} finished, {result['failed']} failed or unfinished runs")
+    if result.get("reference_said"):
+        name, *how = result["reference_said"]
+        print(f"reference: {name} ({'; '.join(how)})")
     if result["chosen"] and result["chosen"]["overall"] is not None:
         row = result["table"].loc[result["chosen"]["overall"]]
         what = ", ".join(f"{k}={row[k]}" for k in result["keys"])
-        print(
-            f"chosen on validation: {what} (val {pct(row['val_accuracy'])}, test {pct(row['accuracy'], row['ci95'])})"
-        )
+        print(f"chosen on validation: {what} (val {pct(row['val_accuracy'])}, test {with_interval(row)})")
     if not args.no_mlflow and args.run:
         import mlflow
 

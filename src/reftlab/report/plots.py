@@ -1,5 +1,6 @@
 """The plots of a report: each group's paired difference against the reference group (points,
-95% CI over the same reviews); test accuracy (mean, 95% CI over seeds and folds) against each
+95% CI over the same reviews); test accuracy (mean, its 95% interval as the table gives it: over
+seeds and folds, or over the test reviews where fewer than 3, never past [0, 100]) against each
 setting the experiment varies, and against trainable parameters and train time, with reference
 lines (chance, zero-shot, TF-IDF, LoRA at its validation-chosen best, from any experiment on the
 same data)."""
@@ -106,7 +107,7 @@ def differences(table: pd.DataFrame, keys: list[str], compared: dict, ref: int, 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [(i, *compared[i]) for i in table.index if i in compared]
+    rows = [(i, *compared[i][:5]) for i in table.index if i in compared]
     drawn = [(group_name(table.loc[i], keys), 100 * d, 100 * lo, 100 * hi, how == "paired" and p < 0.05)
              for i, d, lo, hi, p, how in rows]  # fmt: skip
     fig, ax = plt.subplots(figsize=(6.5, 1.2 + 0.42 * len(rows)))
@@ -132,6 +133,14 @@ def differences(table: pd.DataFrame, keys: list[str], compared: dict, ref: int, 
     return drawn
 
 
+def error_bars(groups: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """How far each group's 95% interval reaches below and above its test accuracy (`stats.summarise`'s
+    bounds: inside [0, 1]); 0 where it has none."""
+    below = (groups["accuracy"] - groups["ci_low"]).fillna(0)
+    above = (groups["ci_high"] - groups["accuracy"]).fillna(0)
+    return below, above
+
+
 def integer_ticks(ax, values) -> None:
     """Settings that are whole numbers (layers, ranks, epochs) ticked at exactly the values run,
     labelled as the integers they are (a log axis would write 2x10^0, 3x10^0)."""
@@ -145,8 +154,9 @@ def integer_ticks(ax, values) -> None:
 
 def plot(table: pd.DataFrame, keys: list[str], x: str, numeric: bool, log_x: bool, path: Path, title: str,
          refs: list[tuple[str, float]]) -> None:  # fmt: skip
-    """Test accuracy (mean, 95% CI) against one setting or metric, one line per other group; the
-    validation accuracy dotted beside it; reference lines for the baselines."""
+    """Test accuracy (mean, 95% interval: `error_bars`, hollow where it is over the test reviews) against
+    one setting or metric, one line per other group; the validation accuracy dotted beside it;
+    reference lines for the baselines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -167,9 +177,12 @@ def plot(table: pd.DataFrame, keys: list[str], x: str, numeric: bool, log_x: boo
             continue
         name = name if isinstance(name, tuple) else (name,)
         text = group_name(pd.Series(dict(zip(series, name, strict=True))), series)
-        line = ax.errorbar(g["_x"], g["accuracy"], yerr=g["ci95"].fillna(0), marker="o", capsize=3,
+        line = ax.errorbar(g["_x"], g["accuracy"], yerr=error_bars(g), marker="o", capsize=3,
                            label=f"{text}: test" if text else "test")  # fmt: skip
-        ax.plot(g["_x"], g["val_accuracy"], linestyle=":", marker=".", color=line.lines[0].get_color(),
+        color = line.lines[0].get_color()
+        reviews = g[g["ci_how"] == "bootstrap"]  # their interval is over the test reviews: drawn hollow
+        ax.plot(reviews["_x"], reviews["accuracy"], "o", color=color, markerfacecolor="white", zorder=3)
+        ax.plot(g["_x"], g["val_accuracy"], linestyle=":", marker=".", color=color,
                 label=f"{text}: validation" if text else "validation")  # fmt: skip
     for (name, value), style in zip(refs, ("-", "--", "-.", ":"), strict=False):
         ax.axhline(value, linestyle=style, color="gray", lw=1)
@@ -183,7 +196,10 @@ def plot(table: pd.DataFrame, keys: list[str], x: str, numeric: bool, log_x: boo
         integer_ticks(ax, pd.to_numeric(points[x], errors="coerce").dropna().unique())
     ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
     ax.set_xlabel(title)
-    ax.set_ylabel("accuracy (mean, 95% CI over seeds and folds)")
+    ax.set_ylabel("accuracy (mean, 95% CI)")
+    if (points["ci_how"] == "bootstrap").any():
+        caption = "95% CI over seeds and folds (Student t); hollow (†): fewer than 3, over the test reviews (bootstrap)"
+        ax.annotate(caption, (0, -0.16), xycoords="axes fraction", fontsize=7, color="dimgray", va="top")
     ax.set_title(f"accuracy vs {title}")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside: never over a line

@@ -16,8 +16,8 @@ from pathlib import Path
 import pandas as pd
 
 from . import plots, stats, tables
-from .runs import caveats, comparable, constant_settings, dedupe, method_settings, tidy, varying
-from .tables import label, pct
+from .runs import caveats, comparable, constant_settings, dedupe, method_settings, test_correct, tidy, varying
+from .tables import label, pct, with_interval
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222;line-height:1.45}
 table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{padding:4px 10px;border-bottom:1px solid #ddd;
@@ -76,6 +76,7 @@ class Found:
     table: pd.DataFrame | None = None
     chosen: dict | None = None
     reference: int | None = None
+    reference_said: list[str] = field(default_factory=list)  # which group it is, and how it was found
     compared: dict | None = (
         None  # group -> its paired difference against the reference (tables.against_reference)
     )
@@ -83,9 +84,11 @@ class Found:
     plots: list[tuple[str, str]] = field(default_factory=list)  # (file, title), drawn by `write`
 
 
-def analyse(rows: pd.DataFrame, title: str, others: pd.DataFrame | None, reference: dict | None) -> Found:
+def analyse(rows: pd.DataFrame, title: str, others: pd.DataFrame | None, reference: dict | None,
+            correct=test_correct) -> Found:  # fmt: skip
     """Tidy, group, deduplicate and summarise MLflow's runs frame (`others`: runs of any experiment
-    for the reference lines; `reference`: the group to test against, default the project's)."""
+    for the reference lines; `reference`: the group to test against, default the project's, a
+    ConfigError where it names no single group; `correct`: a run's per-review correctness)."""
     rows = tidy(rows)
     finished_all = rows[rows["status"] == "FINISHED"]
     failed = rows[rows["status"] != "FINISHED"][["run_id", "status", "method", "seed", "error"]]
@@ -93,21 +96,35 @@ def analyse(rows: pd.DataFrame, title: str, others: pd.DataFrame | None, referen
     finished = dedupe(finished_all, keys)
     found = Found(title, finished, failed, keys, caveats(finished))
     if len(finished):
-        found.table = stats.summarise(finished, keys)
+        found.table = stats.summarise(finished, keys, correct)
         found.chosen = stats.choose(found.table)
-        wanted = stats.default_settings() if reference is None else reference
-        found.reference = stats.reference_group(found.table, keys, wanted)
+        find_reference(found, reference)
         if found.reference is not None:
-            found.compared = tables.against_reference(found.table, found.reference)
+            found.compared = tables.against_reference(found.table, found.reference, correct)
         found.references = plots.reference_lines(found.table, comparable(others, finished))
     return found
+
+
+def find_reference(found: Found, reference: dict | None) -> None:
+    """The reference group: `--reference`'s (`stats.find_reference`: exactly one group, or a
+    ConfigError naming them), else the group with the project's default settings, if one has them."""
+    if reference is None:
+        found.reference = stats.reference_group(found.table, found.keys, stats.default_settings())
+        how = ["the project's default settings"]
+    else:
+        found.reference, how = stats.find_reference(found.table, found.keys, reference)
+        how = ["--reference " + " ".join(f"{k}={v}" for k, v in reference.items()), *how]
+    if found.reference is not None:
+        found.reference_said = [plots.group_name(found.table.loc[found.reference], found.keys), *how]
 
 
 def how_to_read(found: Found) -> list[str]:
     table, keys, chosen = found.table, found.keys, found.chosen
     lines = [
         f"Groups: every setting that differs ({', '.join(f'`{k}`' for k in keys)}); seeds (and folds) are averaged. "
-        "Test accuracy: mean ± half-width of the 95% confidence interval over them (Student t). "
+        "Test accuracy: mean ± half-width of the 95% confidence interval over them (Student t; its bounds "
+        "where it would leave [0, 100]); **†** fewer than 3 of them: the 95% bootstrap interval over the test "
+        "reviews instead (the runs' reviews resampled, a fold's once for all of its runs). "
         "Train time: the optimisation steps (mean over seeds); cache pass: the one no-grad pass that "
         "builds the prefix cache (the longest; later jobs of a sweep load it)."
     ]
@@ -116,15 +133,18 @@ def how_to_read(found: Found) -> list[str]:
         what = ", ".join(f"{label(k, keys)}={row[k]}" for k in keys)
         lines.append(
             f"**Chosen on the validation split** (highest mean validation accuracy, {pct(row['val_accuracy'])}): "
-            f"{what}; its test accuracy, reported once, is {pct(row['accuracy'], row['ci95'])}. "
+            f"{what}; its test accuracy, reported once, is {with_interval(row)}. "
             "The test split played no part in any choice."
         )
     else:
         lines.append("No run has a validation score (data.val_fraction=0): nothing is chosen.")
     if found.reference is not None:
-        lines.append("vs reference: the group's test accuracy minus the reference group's (the project's default "
-                     "settings, or --reference), paired on the same reviews: runs pair by seed and fold, and the 95% interval and "
-                     "p come from a bootstrap over the reviews within each pair; p is Holm-adjusted over the "
+        name, how = found.reference_said[0], "; ".join(found.reference_said[1:])
+        lines.append(f"vs reference: the group's test accuracy minus the reference group's (the reference group is "
+                     f"{name}: {how}), paired on the same reviews: runs pair by seed and fold where both groups ran "
+                     "the same seeds, else each run with every run of the other group on its fold (a TF-IDF run "
+                     "serves each seed; column 'paired on'); the 95% interval and p come from a bootstrap over "
+                     "the reviews, a fold's drawn once for all of its pairs; p is Holm-adjusted over the "
                      "table's comparisons (* p < 0.05: only then is a difference called significant). Where a "
                      "run has no predictions, Welch's t-test over seeds (marked).")  # fmt: skip
     return lines
@@ -270,9 +290,10 @@ def html_table(frame: pd.DataFrame, bold: frozenset[int] = frozenset()) -> str:
 
 def write(runs: pd.DataFrame, out: Path, title: str, others: pd.DataFrame | None = None,
           reference: dict | None = None) -> dict:  # fmt: skip
-    """Write report.md, report.html and the plots into `out`; returns what was found and chosen."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Write report.md, report.html and the plots into `out`; returns what was found and chosen. A
+    `reference` that names no single group: ConfigError, nothing written."""
     found = analyse(runs, title, others, reference)
+    out.mkdir(parents=True, exist_ok=True)
     if found.table is not None:
         found.plots = plots.draw(
             found.table, found.keys, out, found.references, found.compared, found.reference
@@ -283,5 +304,6 @@ def write(runs: pd.DataFrame, out: Path, title: str, others: pd.DataFrame | None
     result = {"finished": len(found.finished), "failed": len(found.failed), "keys": found.keys,
               "chosen": found.chosen, "table": found.table, "caveats": found.caveats}  # fmt: skip
     if found.table is not None:
-        result.update(reference=found.reference, plots=[name for name, _ in found.plots])
+        result.update(reference=found.reference, reference_said=found.reference_said,
+                      plots=[name for name, _ in found.plots])  # fmt: skip
     return result

@@ -9,17 +9,11 @@ import math
 import pandas as pd
 
 from .runs import method_name, test_correct
-from .stats import holm, paired_against, welch_p
+from .stats import holm, label, paired_against, welch_p
 
 
 def missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def label(key: str, keys: list[str]) -> str:
-    """Short column name: the last part, unless two keys share it."""
-    short = key.split(".")[-1]
-    return short if sum(k.split(".")[-1] == short for k in keys) == 1 else key
 
 
 def pct(value, ci=None) -> str:
@@ -29,6 +23,18 @@ def pct(value, ci=None) -> str:
     if ci is not None and not math.isnan(ci):
         text += f" ± {100 * ci:.1f}"
     return text
+
+
+def with_interval(row: pd.Series) -> str:
+    """A group's test accuracy with its 95% interval (`stats.accuracy_interval`): "± half-width" over
+    its replicates (Student t), its bounds where that would leave [0, 100], its bounds marked †
+    where they come from the test reviews (a bootstrap: fewer than 3 replicates)."""
+    accuracy, low, high, how = row["accuracy"], row["ci_low"], row["ci_high"], row["ci_how"]
+    if how == "t" and 0 <= accuracy - row["ci95"] and accuracy + row["ci95"] <= 1:
+        return pct(accuracy, row["ci95"])
+    if how in ("t", "bootstrap"):
+        return f"{pct(accuracy)} [{100 * low:.1f}, {100 * high:.1f}]" + ("†" if how == "bootstrap" else "")
+    return pct(accuracy)
 
 
 def count(value) -> str:
@@ -56,26 +62,23 @@ def p_value(p: float) -> str:
 
 def against_reference(table: pd.DataFrame, ref: int, correct=test_correct) -> dict:
     """Per group, its test accuracy against the reference group's: (difference in points, 95% CI
-    low, high, Holm-adjusted p, how it was tested). Paired over the same reviews where both have
-    predictions; else Welch's t-test over seeds (no interval)."""
+    low, high, Holm-adjusted p, how it was tested, how its runs paired). Paired over the same reviews
+    where both have predictions, every replicate paired (`stats.replicate_pairs`); else Welch's
+    t-test over seeds (no interval)."""
     ref_runs, found = table.loc[ref, "_runs"], {}
     for i, row in table.iterrows():
         if i == ref:
             continue
         paired = paired_against(row["_runs"], ref_runs, correct)
         if paired is not None:
-            found[i] = (*paired, "paired")
+            diff, low, high, p, how = paired
+            found[i] = (diff, low, high, p, "paired", how)
         else:
             diff = row["_runs"]["accuracy"].mean() - ref_runs["accuracy"].mean()
-            found[i] = (
-                diff,
-                float("nan"),
-                float("nan"),
-                welch_p(row["_runs"]["accuracy"], ref_runs["accuracy"]),
-                "welch",
-            )
+            p = welch_p(row["_runs"]["accuracy"], ref_runs["accuracy"])
+            found[i] = (diff, float("nan"), float("nan"), p, "welch", "")
     adjusted = holm([v[3] for v in found.values()])
-    return {i: (*v[:3], p, v[4]) for (i, v), p in zip(found.items(), adjusted, strict=True)}
+    return {i: (*v[:3], p, *v[4:]) for (i, v), p in zip(found.items(), adjusted, strict=True)}
 
 
 def difference(diff: float, low: float, high: float) -> str:
@@ -89,7 +92,8 @@ def display(
     table: pd.DataFrame, keys: list[str], chosen: dict, ref: int | None, compared: dict | None
 ) -> pd.DataFrame:
     """The table as people read it: formatted numbers, marks for what was chosen, and each group's
-    paired difference against `ref` (`compared`: `against_reference`'s, None without a reference)."""
+    paired difference against `ref` and how its runs paired (`compared`: `against_reference`'s,
+    None without a reference)."""
     rows = []
     for i, row in table.iterrows():
         marks = []
@@ -103,7 +107,7 @@ def display(
         out |= {
             "seeds": int(row["seeds"]),
             "val acc": pct(row["val_accuracy"]),
-            "test acc (95% CI)": pct(row["accuracy"], row["ci95"]),
+            "test acc (95% CI)": with_interval(row),
             "F1": f"{row['f1']:.3f}" if not math.isnan(row["f1"]) else "-",
             "trainable": count(row["trainable_params"]),
             "% of model": share(row["trainable_percent"]),
@@ -111,9 +115,10 @@ def display(
             "cache pass": seconds(row["cache_seconds"]),
         }
         if compared is not None:
-            diff, low, high, p, how = compared.get(i, (float("nan"),) * 4 + ("",))
+            diff, low, high, p, how, paired_on = compared.get(i, (float("nan"),) * 4 + ("", ""))
             out["vs reference (95% CI)"] = difference(diff, low, high)
             out["p (Holm)"] = p_value(p) + (" (Welch)" if how == "welch" else "")
+            out["paired on"] = paired_on or "-"
         out["note"] = ", ".join(marks)
         rows.append(out)
     return pd.DataFrame(rows)

@@ -260,3 +260,99 @@ def test_bad_folds_are_refused_before_any_data_is_read(overrides, message):
 def test_more_folds_than_hotels_is_a_data_error_that_says_so():
     with pytest.raises(recipes.DataError, match=r"data.folds=25 needs at least 25 groups .* there are 20"):
         prepared("data.split=hotel", "data.folds=25")
+
+
+def test_persuasion_keep_keeps_only_the_rows_it_records():
+    raw = pd.read_csv(SUBSET, keep_default_na=False)
+    p, _ = prepared("data=persuasion_sample", "+data.keep.source='Claude 2'")
+    assert set(p.full["source"]) == {"Claude 2"} and p.info["keep"] == {"source": ["Claude 2"]}
+    assert set(p.full["text"]) == set(raw.loc[raw["source"] == "Claude 2", "argument"])
+    claim = "Corporations should be required to disclose their climate impacts"
+    hub, _ = prepared(
+        "data=persuasion", f"data.path={SUBSET}", "data.eval_fraction=0.5", f"+data.keep.claim='{claim}'"
+    )
+    assert set(hub.full["claim"]) == {claim} and "Rows kept: {'claim'" in recipes.readme(hub, compose().data)
+    with pytest.raises(recipes.DataError, match=r"data.keep.claim='x': \['x'\] does not occur.*Corporations"):
+        prepared("data=persuasion_sample", "+data.keep.claim=x")
+    with pytest.raises(
+        recipes.DataError, match=r"data.keep=\{'source': \['Human'\]\} leaves no Claude argument"
+    ):
+        prepared("data=persuasion_sample", "+data.keep.source=Human")
+
+
+def test_an_empty_keep_list_is_refused_not_recorded():
+    with pytest.raises(recipes.DataError, match=r"data.keep.polarity=\[\] keeps no row.*null: every row"):
+        prepared("data.keep.polarity=[]")
+
+
+def own_table(folder) -> str:
+    """A small labelled table with a group and a colour column (data=csv)."""
+    path = folder / "own.csv"
+    pd.DataFrame({"text": [f"note number {i}" for i in range(80)], "label": ["Yes", "No"] * 40,
+                  "team": [f"t{i % 8}" for i in range(80)], "colour": ["red", "blue", "blue", "red"] * 20}
+                 ).to_csv(path, index=False)  # fmt: skip
+    return str(path)
+
+
+# A value other than its default for each setting a prepared version may record.
+TABLE_CHANGES = {"split": "data.split={group}", "eval_fraction": "data.eval_fraction=0.3",
+                 "split_seed": "data.split_seed=7", "val_fraction": "data.val_fraction=0.3", "folds": "data.folds=4",
+                 "fold": "data.fold=1", "keep": "+data.keep.{column}={value}"}  # fmt: skip
+PERSUASION_CHANGES = {**TABLE_CHANGES, "split": "data.split=seed", "upsample_seed": "data.upsample_seed=3"}
+CONFIGS = {  # data config -> (its overrides, the changes, what {group} {column} {value} stand for)
+    "opinion_spam": ([], TABLE_CHANGES, {"group": "hotel", "column": "polarity", "value": "negative"}),
+    "csv": (["data.path={own}", "data.group_column=team"], TABLE_CHANGES,
+            {"group": "team", "column": "colour", "value": "red"}),
+    "persuasion_sample": ([], PERSUASION_CHANGES, {"column": "source", "value": "'Claude 3 Opus'"}),
+    "persuasion": ([f"data.path={SUBSET}"], PERSUASION_CHANGES,
+                   {"column": "prompt_type", "value": "[Deceptive,'Compelling Case']"}),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("folds", [[], ["data.folds=3"]], ids=["test_fraction", "folds"])
+@pytest.mark.parametrize("data", list(CONFIGS))
+def test_every_recorded_setting_is_applied_and_no_other(data, folds, tmp_path):
+    """Changing a setting that a prepared version records (prepared.info: its recipe.json and README)
+    changes its rows; changing one it does not record changes neither its rows nor its record (so no
+    second version of the same rows). Every recipe and data config (the hub's reads a local copy),
+    with and without folds."""
+    extra, changes, names = CONFIGS[data]
+    base = [f"data={data}", *(o.format(own=own_table(tmp_path)) for o in extra), *folds]
+    before, cfg = prepared(*base)
+    recorded = (set(recipes.described_settings(cfg)) - {"recipe"}) | {"keep"}  # keep: every recipe applies it
+    assert recorded <= set(changes), f"recorded, never changed here: {recorded - set(changes)}"
+    for setting, change in changes.items():
+        after, _ = prepared(*base, change.format(**names))
+        if setting in recorded:
+            assert after.info[setting] != before.info.get(setting), f"data={data} {change}: not recorded"
+            assert after.version() != before.version(), f"data={data} {change}: recorded, the rows the same"
+        else:
+            assert recipes.record(after) == recipes.record(before), f"data={data} {change}: recorded, unused"
+            assert after.version() == before.version(), f"data={data} {change}: applied, not recorded"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (("+data.upsample_seed=3",), r"data.upsample_seed is not a setting of the table recipe"),
+        (("data=persuasion_sample", "+data.header=false"), r"data.header is not a setting of the persuasion"),
+        (("data=csv", f"data.path={SUBSET}", "data.recipe=persuasion"),
+         r"data.header, data.text_column, .* are not settings of the persuasion recipe"),
+    ],
+)  # fmt: skip
+def test_a_setting_the_recipe_does_not_take_is_refused_not_recorded(overrides, message):
+    from reftlab import validate
+
+    with pytest.raises(validate.ConfigError, match=message + r".*its settings are: name, recipe, path"):
+        validate.check_data(compose(*overrides).data)
+    with pytest.raises(validate.ConfigError, match=message):
+        prepared(*overrides)
+
+
+def test_the_readme_says_rows_kept_only_of_a_version_that_was_filtered():
+    every, cfg = prepared()  # data.keep.polarity=null: every row
+    assert "keep" not in every.info and "Rows kept" not in recipes.readme(every, cfg)
+    # a version read back (data.revision) is described by what it was made with, not today's config
+    assert "Rows kept" not in recipes.readme(every, compose("data.keep.polarity=positive").data)
+    positive, cfg = prepared("data.keep.polarity=positive")
+    assert "- Rows kept: {'polarity': ['positive']}" in recipes.readme(positive, compose().data)

@@ -294,18 +294,19 @@ def own_table(folder) -> str:
     return str(path)
 
 
-# A value other than its default for each setting a prepared version may record.
-TABLE_CHANGES = {"split": "data.split={group}", "eval_fraction": "data.eval_fraction=0.3",
-                 "split_seed": "data.split_seed=7", "val_fraction": "data.val_fraction=0.3", "folds": "data.folds=4",
-                 "fold": "data.fold=1", "keep": "+data.keep.{column}={value}"}  # fmt: skip
-PERSUASION_CHANGES = {**TABLE_CHANGES, "split": "data.split=seed", "upsample_seed": "data.upsample_seed=3"}
-CONFIGS = {  # data config -> (its overrides, the changes, what {group} {column} {value} stand for)
-    "opinion_spam": ([], TABLE_CHANGES, {"group": "hotel", "column": "polarity", "value": "negative"}),
-    "csv": (["data.path={own}", "data.group_column=team"], TABLE_CHANGES,
-            {"group": "team", "column": "colour", "value": "red"}),
-    "persuasion_sample": ([], PERSUASION_CHANGES, {"column": "source", "value": "'Claude 3 Opus'"}),
-    "persuasion": ([f"data.path={SUBSET}"], PERSUASION_CHANGES,
-                   {"column": "prompt_type", "value": "[Deceptive,'Compelling Case']"}),
+def changes(group: str | None = None, keep: dict | None = None, persuasion: bool = False) -> dict:
+    """A value other than its default for each setting a prepared version may record."""
+    out = {"split": "seed" if persuasion else group, "eval_fraction": 0.3, "split_seed": 7, "val_fraction": 0.3,
+           "folds": 4, "fold": 1, "keep": keep}  # fmt: skip
+    return out | ({"upsample_seed": 3} if persuasion else {})
+
+
+CONFIGS = {  # data config -> (its overrides, the changes)
+    "opinion_spam": ([], changes("hotel", {"polarity": "negative"})),
+    "csv": (["data.path={own}", "data.group_column=team"], changes("team", {"colour": "red"})),
+    "persuasion_sample": ([], changes(keep={"source": "Claude 3 Opus"}, persuasion=True)),
+    "persuasion": ([f"data.path={SUBSET}"],
+                   changes(keep={"prompt_type": ["Deceptive", "Compelling Case"]}, persuasion=True)),
 }  # fmt: skip
 
 
@@ -316,19 +317,26 @@ def test_every_recorded_setting_is_applied_and_no_other(data, folds, tmp_path):
     changes its rows; changing one it does not record changes neither its rows nor its record (so no
     second version of the same rows). Every recipe and data config (the hub's reads a local copy),
     with and without folds."""
-    extra, changes, names = CONFIGS[data]
-    base = [f"data={data}", *(o.format(own=own_table(tmp_path)) for o in extra), *folds]
-    before, cfg = prepared(*base)
+    import copy
+
+    from omegaconf import open_dict
+
+    extra, values = CONFIGS[data]
+    before, cfg = prepared(f"data={data}", *(o.format(own=own_table(tmp_path)) for o in extra), *folds)
     recorded = (set(recipes.described_settings(cfg)) - {"recipe"}) | {"keep"}  # keep: every recipe applies it
-    assert recorded <= set(changes), f"recorded, never changed here: {recorded - set(changes)}"
-    for setting, change in changes.items():
-        after, _ = prepared(*base, change.format(**names))
+    assert recorded <= set(values), f"recorded, never changed here: {recorded - set(values)}"
+    rows, record = before.version(), recipes.record(before)
+    for setting, value in values.items():
+        changed = copy.deepcopy(cfg)
+        with open_dict(changed):
+            changed[setting] = value  # typed: the schema still checks it
+        after, what = recipes.prepare(changed), f"data={data} {folds} {setting}={value}"
         if setting in recorded:
-            assert after.info[setting] != before.info.get(setting), f"data={data} {change}: not recorded"
-            assert after.version() != before.version(), f"data={data} {change}: recorded, the rows the same"
+            assert after.info[setting] != before.info.get(setting), f"{what}: not recorded"
+            assert after.version() != rows, f"{what}: recorded, the rows the same"
         else:
-            assert recipes.record(after) == recipes.record(before), f"data={data} {change}: recorded, unused"
-            assert after.version() == before.version(), f"data={data} {change}: applied, not recorded"
+            assert recipes.record(after) == record, f"{what}: recorded, not applied"
+            assert after.version() == rows, f"{what}: applied, not recorded"
 
 
 @pytest.mark.parametrize(

@@ -260,3 +260,107 @@ def test_bad_folds_are_refused_before_any_data_is_read(overrides, message):
 def test_more_folds_than_hotels_is_a_data_error_that_says_so():
     with pytest.raises(recipes.DataError, match=r"data.folds=25 needs at least 25 groups .* there are 20"):
         prepared("data.split=hotel", "data.folds=25")
+
+
+def test_persuasion_keep_keeps_only_the_rows_it_records():
+    raw = pd.read_csv(SUBSET, keep_default_na=False)
+    p, _ = prepared("data=persuasion_sample", "+data.keep.source='Claude 2'")
+    assert set(p.full["source"]) == {"Claude 2"} and p.info["keep"] == {"source": ["Claude 2"]}
+    assert set(p.full["text"]) == set(raw.loc[raw["source"] == "Claude 2", "argument"])
+    claim = "Corporations should be required to disclose their climate impacts"
+    hub, _ = prepared(
+        "data=persuasion", f"data.path={SUBSET}", "data.eval_fraction=0.5", f"+data.keep.claim='{claim}'"
+    )
+    assert set(hub.full["claim"]) == {claim} and "Rows kept: {'claim'" in recipes.readme(hub, compose().data)
+    with pytest.raises(recipes.DataError, match=r"data.keep.claim='x': \['x'\] does not occur.*Corporations"):
+        prepared("data=persuasion_sample", "+data.keep.claim=x")
+    with pytest.raises(
+        recipes.DataError, match=r"data.keep=\{'source': \['Human'\]\} leaves no Claude argument"
+    ):
+        prepared("data=persuasion_sample", "+data.keep.source=Human")
+
+
+def test_an_empty_keep_list_is_refused_not_recorded():
+    with pytest.raises(recipes.DataError, match=r"data.keep.polarity=\[\] keeps no row.*null: every row"):
+        prepared("data.keep.polarity=[]")
+
+
+def own_table(folder) -> str:
+    """A small labelled table with a group and a colour column (data=csv)."""
+    path = folder / "own.csv"
+    pd.DataFrame({"text": [f"note number {i}" for i in range(80)], "label": ["Yes", "No"] * 40,
+                  "team": [f"t{i % 8}" for i in range(80)], "colour": ["red", "blue", "blue", "red"] * 20}
+                 ).to_csv(path, index=False)  # fmt: skip
+    return str(path)
+
+
+def changes(group: str | None = None, keep: dict | None = None, persuasion: bool = False) -> dict:
+    """A value other than its default for each setting a prepared version may record."""
+    out = {"split": "seed" if persuasion else group, "eval_fraction": 0.3, "split_seed": 7, "val_fraction": 0.3,
+           "folds": 4, "fold": 1, "keep": keep}  # fmt: skip
+    return out | ({"upsample_seed": 3} if persuasion else {})
+
+
+CONFIGS = {  # data config -> (its overrides, the changes)
+    "opinion_spam": ([], changes("hotel", {"polarity": "negative"})),
+    "csv": (["data.path={own}", "data.group_column=team"], changes("team", {"colour": "red"})),
+    "persuasion_sample": ([], changes(keep={"source": "Claude 3 Opus"}, persuasion=True)),
+    "persuasion": ([f"data.path={SUBSET}"],
+                   changes(keep={"prompt_type": ["Deceptive", "Compelling Case"]}, persuasion=True)),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("folds", [[], ["data.folds=3"]], ids=["test_fraction", "folds"])
+@pytest.mark.parametrize("data", list(CONFIGS))
+def test_every_recorded_setting_is_applied_and_no_other(data, folds, tmp_path):
+    """Changing a setting that a prepared version records (prepared.info: its recipe.json and README)
+    changes its rows; changing one it does not record changes neither its rows nor its record (so no
+    second version of the same rows). Every recipe and data config (the hub's reads a local copy),
+    with and without folds."""
+    import copy
+
+    from omegaconf import open_dict
+
+    extra, values = CONFIGS[data]
+    before, cfg = prepared(f"data={data}", *(o.format(own=own_table(tmp_path)) for o in extra), *folds)
+    recorded = (set(recipes.described_settings(cfg)) - {"recipe"}) | {"keep"}  # keep: every recipe applies it
+    assert recorded <= set(values), f"recorded, never changed here: {recorded - set(values)}"
+    rows, record = before.version(), recipes.record(before)
+    for setting, value in values.items():
+        changed = copy.deepcopy(cfg)
+        with open_dict(changed):
+            changed[setting] = value  # typed: the schema still checks it
+        after, what = recipes.prepare(changed), f"data={data} {folds} {setting}={value}"
+        if setting in recorded:
+            assert after.info[setting] != before.info.get(setting), f"{what}: not recorded"
+            assert after.version() != rows, f"{what}: recorded, the rows the same"
+        else:
+            assert recipes.record(after) == record, f"{what}: recorded, not applied"
+            assert after.version() == rows, f"{what}: applied, not recorded"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (("+data.upsample_seed=3",), r"data.upsample_seed is not a setting of the table recipe"),
+        (("data=persuasion_sample", "+data.header=false"), r"data.header is not a setting of the persuasion"),
+        (("data=csv", f"data.path={SUBSET}", "data.recipe=persuasion"),
+         r"data.header, data.text_column, .* are not settings of the persuasion recipe"),
+    ],
+)  # fmt: skip
+def test_a_setting_the_recipe_does_not_take_is_refused_not_recorded(overrides, message):
+    from reftlab import validate
+
+    with pytest.raises(validate.ConfigError, match=message + r".*its settings are: name, recipe, path"):
+        validate.check_data(compose(*overrides).data)
+    with pytest.raises(validate.ConfigError, match=message):
+        prepared(*overrides)
+
+
+def test_the_readme_says_rows_kept_only_of_a_version_that_was_filtered():
+    every, cfg = prepared()  # data.keep.polarity=null: every row
+    assert "keep" not in every.info and "Rows kept" not in recipes.readme(every, cfg)
+    # a version read back (data.revision) is described by what it was made with, not today's config
+    assert "Rows kept" not in recipes.readme(every, compose("data.keep.polarity=positive").data)
+    positive, cfg = prepared("data.keep.polarity=positive")
+    assert "- Rows kept: {'polarity': ['positive']}" in recipes.readme(positive, compose().data)

@@ -193,5 +193,5 @@ def test_cli_prepare_and_log(repos, in_root, capsys):
     log = cli("log", "data=persuasion_sample").stdout
     assert "prepare persuasion_sample (full 90" in log
     missing = cli("log", "data=opinion_spam")
-    assert missing.returncode == 1 and "No dataset repository" in missing.stderr
+    assert missing.returncode == 2 and "No dataset repository" in missing.stderr  # a user error: exit 2
     assert cli("frobnicate").returncode == 2

@@ -90,6 +90,7 @@ def check_data(dcfg) -> None:
     safe_name(dcfg.name, "data.name")
     if dcfg.recipe not in recipes.RECIPES:
         raise ConfigError(f"data.recipe={dcfg.recipe!r} is not valid: choose one of {list(recipes.RECIPES)}")
+    recipes.check_settings(dcfg)  # a setting the recipe does not apply is refused, not recorded
     if dcfg.get("revision") is None:  # a stored revision needs no source file
         recipes.check_path(dcfg.path)
     folds, fold = dcfg.get("folds"), dcfg.get("fold", 0)  # integers: the schema checks the types

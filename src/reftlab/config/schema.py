@@ -91,6 +91,7 @@ class Data:
     system_prompt: str = ""
     revision: str | None = None  # an Oxen commit id
     remote: str | None = None
+    keep: dict[str, Any] = field(default_factory=dict)  # column -> value or list: only those rows (null: all)
 
 
 @dataclass
@@ -102,7 +103,6 @@ class TableData(Data):
     label_column: Any = "label"
     positive_label: Any = "Yes"  # one value or a list
     group_column: Any = None
-    keep: dict[str, Any] = field(default_factory=dict)  # column -> value or list: only those rows (null: all)
 
 
 @dataclass

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..config import ConfigError
 from ..tracking import redact
 
 log = logging.getLogger(__name__)
@@ -416,10 +417,18 @@ def table_recipe(cfg) -> Prepared:
 
 
 def kept(cfg) -> dict:
-    """`data.keep` without its null entries: column -> the values whose rows are kept."""
+    """`data.keep` without its null entries: column -> the values whose rows are kept (an empty list,
+    which would keep no row, is refused)."""
     scalar = (str, int, float, bool)
-    return {str(k): [v] if isinstance(v, scalar) else list(v) for k, v in dict(cfg.get("keep") or {}).items()
-            if v is not None}  # fmt: skip
+    out = {str(k): [v] if isinstance(v, scalar) else list(v) for k, v in dict(cfg.get("keep") or {}).items()
+           if v is not None}  # fmt: skip
+    for name, values in out.items():
+        if not values:
+            raise DataError(
+                f"data.keep.{name}=[] keeps no row: give the value(s) of column {name!r} whose rows are kept "
+                "(null: every row)"
+            )
+    return out
 
 
 def keep_rows(raw: pd.DataFrame, cfg) -> pd.DataFrame:
@@ -481,7 +490,7 @@ def persuasion_recipe(cfg) -> Prepared:
     upsampled copies of one argument land on both sides; it keeps the data's repeated rows (one per
     rating of an argument), as the blog did. split=argument (default) and split=claim keep every copy
     of an argument (or every argument of a claim) on one side, and keep one row per argument before
-    upsampling.
+    upsampling. `data.keep` filters the file's rows first (a claim, one Claude model's arguments).
     """
     from sklearn.model_selection import train_test_split
 
@@ -495,6 +504,12 @@ def persuasion_recipe(cfg) -> Prepared:
         raise DataError(
             f"{str(cfg.path)!r} lacks the column(s) {missing} that the persuasion recipe needs; "
             f"its columns are: {', '.join(map(str, raw.columns))}"
+        )
+    raw = keep_rows(raw, cfg)
+    if not raw["source"].isin(CLAUDE_SOURCES).any():
+        raise DataError(
+            f"data.keep={kept(cfg)} leaves no Claude argument: the persuasion recipe takes only the arguments "
+            f"of {', '.join(CLAUDE_SOURCES)}"
         )
     rows, cleaning = persuasion_rows(raw, cfg.path)
     if cfg.split == "seed":
@@ -538,15 +553,37 @@ def prepare(cfg, caps: bool = True) -> Prepared:
         raise DataError(f"data.eval_fraction={cfg.eval_fraction} must be between 0 and 1")
     if not 0 <= float(cfg.get("val_fraction", 0) or 0) < 1:
         raise DataError(f"data.val_fraction={cfg.val_fraction} must be >= 0 and < 1 (0: no validation split)")
+    check_settings(cfg)
     prepared = RECIPES[cfg.recipe](cfg)
     prepared.info = {**described_settings(cfg), **prepared.info}
     return apply_caps(prepared, cfg) if caps else prepared
 
 
+def check_settings(cfg) -> None:
+    """Every data setting is one its recipe applies: a key added with `+data.<key>=...` that the recipe
+    does not take (its schema in config/schema.py) would be recorded with the data and the run, yet
+    change nothing, so it is a ConfigError naming it and the recipe's settings."""
+    from dataclasses import fields
+
+    from ..config.schema import SCHEMAS
+
+    takes = [f.name for f in fields(SCHEMAS["data"][cfg.recipe])]
+    extra = [str(k) for k in cfg if k not in takes]
+    if extra:
+        names = ", ".join(f"data.{k}" for k in extra)
+        what = "is not a setting" if len(extra) == 1 else "are not settings"
+        raise ConfigError(
+            f"{names} {what} of the {cfg.recipe} recipe (data.recipe={cfg.recipe}): recorded, it would change "
+            f"nothing; its settings are: {', '.join(takes)}"
+        )
+
+
 def described_settings(cfg) -> dict:
-    """The settings (of DESCRIBED) that made a prepared version, as plain values; a row filter
-    (`data.keep`) only where it keeps fewer rows."""
-    out = {k: cfg.get(k) for k in DESCRIBED if k in cfg}
+    """The settings (of DESCRIBED) that made a prepared version, as plain values: those it applied,
+    so `fold` only with folds and `eval_fraction` only without; a row filter (`data.keep`, which every
+    recipe applies) only where it keeps fewer rows."""
+    unused = "eval_fraction" if cfg.get("folds") is not None else "fold"
+    out = {k: cfg.get(k) for k in DESCRIBED if k in cfg and k != unused}
     if kept(cfg):
         out["keep"] = kept(cfg)
     return out
@@ -592,21 +629,24 @@ def readme(prepared: Prepared, cfg) -> str:
         return described(prepared, cfg, key)
 
     cleaning = cleaning_text(prepared.info)
+    folds = setting("folds")
+    keep = prepared.info.get("keep")  # what this version was made with, never today's config
     lines = [
         f"# {prepared.name} (prepared by reftlab)",
         "",
         f"- Source: {redact(prepared.info.get('source'))}",
-        f"- Recipe: {setting('recipe')}; split: {setting('split')}; eval fraction {setting('eval_fraction')}; "
-        f"split seed {setting('split_seed')}",
+        f"- Recipe: {setting('recipe')}; split: {setting('split')}; "
+        + (f"eval fraction {setting('eval_fraction')}; " if folds is None else "")
+        + f"split seed {setting('split_seed')}",
         *(
             [
-                f"- Cross-validation: the test part is fold {setting('fold')} of {setting('folds')} (folds numbered from 0; "
+                f"- Cross-validation: the test part is fold {setting('fold')} of {folds} (folds numbered from 0; "
                 "the eval fraction is not used)"
             ]
-            if setting("folds") is not None
+            if folds is not None
             else []
         ),  # fmt: skip
-        *([f"- Rows kept: {setting('keep')}"] if setting("keep") else []),
+        *([f"- Rows kept: {keep}"] if keep else []),
         *(
             [f"- Cleaning (before splitting; row 1 = the file's first data row): {cleaning}"]
             if cleaning

@@ -160,13 +160,13 @@ def prepare_locked(cfg, folder: Path) -> tuple[str, bool, list[dict]]:
     content was committed before, this costs one Oxen process (state), not three."""
     import tempfile
 
+    prepared = recipes.prepare(cfg, caps=False)  # first: bad settings or data leave no repository behind
     if not exists(folder):
         oxen("init", folder)
     state = oxen("state", folder)
     history = state["log"]
     if state["dirty"]:  # a rollback restores files, never commits: the history stays as it is
         check_clean(folder, state["dirty"], history)
-    prepared = recipes.prepare(cfg, caps=False)
     with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
         recipes.write(prepared, cfg, Path(tmp))
         key = content_key(Path(tmp))

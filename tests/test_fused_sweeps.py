@@ -78,3 +78,20 @@ def test_a_resumed_fused_sweep_runs_only_what_did_not_finish(swept):
     assert (new["params.trainer.lr"] == "1e+30").all() and new["tags.error"].str.contains(
         "group .* of 2 jobs"
     ).all()
+
+
+def test_a_fused_job_records_its_share_of_the_groups_costs(swept):
+    """Each member: its share of the group's cache pass and steps (the shares add up to the group's
+    training, data and model loading not in it), the group's peak memory, the examples its passes
+    built and where its scoring cache came from, as a solo run records them."""
+    _, table, *_ = swept
+    good = table[table["params.trainer.lr"] == "0.02"]
+    assert (good["metrics.cache_seconds"] > 0).all() and (good["metrics.peak_memory_mb"] > 0).all()
+    size = good["metrics.fused_size"].iloc[0]
+    shares = size * good["metrics.train_seconds"]
+    assert shares.to_numpy() == pytest.approx(good["metrics.fused_group_seconds"].to_numpy(), rel=1e-6)
+    assert (
+        good["metrics.cache_built_examples"] > 0
+    ).all()  # the first sweep ran its examples through the model
+    assert good["tags.eval_cache_source"].isin(["built", "memory", "disk", "disk+built"]).all()
+    assert good["tags.cache_source"].notna().all()

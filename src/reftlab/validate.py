@@ -6,8 +6,7 @@ Each error names the bad value and what is allowed.
 from __future__ import annotations
 
 from .config import ConfigError  # defined in config/ (data/ raises it too); validate.ConfigError is it
-from .data import recipes
-from .data.versioning import safe_name
+from .data.checks import check_data  # noqa: F401  (validate.check_data: the data settings)
 
 
 class DivergedError(ConfigError):
@@ -84,23 +83,6 @@ def check_trainer(tcfg) -> None:
         value = tcfg[key]
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
             raise ConfigError(f"trainer.{key}={value!r} is not valid: it must be a number of GB >= 0")
-
-
-def check_data(dcfg) -> None:
-    safe_name(dcfg.name, "data.name")
-    if dcfg.recipe not in recipes.RECIPES:
-        raise ConfigError(f"data.recipe={dcfg.recipe!r} is not valid: choose one of {list(recipes.RECIPES)}")
-    recipes.check_settings(dcfg)  # a setting the recipe does not apply is refused, not recorded
-    if dcfg.get("revision") is None:  # a stored revision needs no source file
-        recipes.check_path(dcfg.path)
-    folds, fold = dcfg.get("folds"), dcfg.get("fold", 0)  # integers: the schema checks the types
-    if folds is not None and folds < 2:
-        raise ConfigError(
-            f"data.folds={folds!r} is not valid: it must be an integer >= 2 (or null: no folds)"
-        )
-    if not 0 <= fold < (folds or 1):
-        allowed = f"0 .. {folds - 1} (data.folds={folds})" if folds else "0 unless data.folds is set"
-        raise ConfigError(f"data.fold={fold!r} is not valid: choose {allowed}")
 
 
 MODEL_SOURCES = ("bundled", "hub", "random")

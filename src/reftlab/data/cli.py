@@ -57,12 +57,12 @@ def message(error: Exception) -> str:
 
 def run(command: str, overrides: list[str]) -> None:
     """One command on the dataset that `overrides` compose: its settings checked first, as train.py's are."""
-    from .. import validate
     from ..config.compose import compose
+    from .checks import check_data
 
     cfg = compose(overrides).data
     if command == "prepare":
-        validate.check_data(cfg)  # the name, recipe, settings, file and folds, before anything is written
+        check_data(cfg)  # the name, recipe, settings, file and folds, before anything is written
         commit_id, committed = prepare(cfg)
         state = "committed" if committed else "unchanged, no new commit"
         print(f"{cfg.name}: {repo_dir(cfg.name)} @ {commit_id} ({state})")

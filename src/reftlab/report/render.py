@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..tracking import redact
 from . import plots, stats, tables
 from .runs import caveats, comparable, constant_settings, dedupe, method_settings, test_correct, tidy, varying
 from .tables import label, pct, with_interval
@@ -94,7 +95,7 @@ def analyse(rows: pd.DataFrame, title: str, others: pd.DataFrame | None, referen
     failed = rows[rows["status"] != "FINISHED"][["run_id", "status", "method", "seed", "error"]]
     keys = varying(finished_all) if len(finished_all) else ["method"]
     finished = dedupe(finished_all, keys)
-    found = Found(title, finished, failed, keys, caveats(finished))
+    found = Found(redact(title), finished, failed, keys, caveats(finished))  # a sweep's name may hold a URL
     if len(finished):
         found.table = stats.summarise(finished, keys, correct)
         found.chosen = stats.choose(found.table)

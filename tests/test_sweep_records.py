@@ -102,22 +102,35 @@ def test_a_killed_fused_worker_leaves_its_jobs_missing_and_the_sweep_failed(tmp_
 
 
 @pytest.mark.slow
-def test_a_fused_groups_jobs_are_recorded_before_the_next_group_trains(tmp_path, empty_store):
-    """hydra/launcher=fused, kill -9 of the sweep while its second group trains: the first group's two
-    jobs are FINISHED runs already; the same sweep run again trains only the second group."""
+def test_sigterm_while_a_later_fused_group_trains_keeps_the_groups_done_and_ends_killed(
+    tmp_path, empty_store
+):
+    """hydra/launcher=fused: the first group's jobs are FINISHED runs before the second group trains;
+    SIGTERM then (outside any job's run) ends the sweep with its summary, its parent KILLED, exit 143;
+    the same sweep run again trains only the second group."""
     uri = store_in(tmp_path, empty_store)
     proc = start(tmp_path, uri, "hydra/launcher=fused", *TWO_GROUPS)
     try:
 
-        def second_group_trains():
+        def second_group_trains():  # the first group's jobs are recorded, the second group's training is not done
             return (status(tmp_path, 0) == status(tmp_path, 1) == "finished" and shards(tmp_path) >= 2
-                    and not (tmp_path / "multirun" / "2").exists())  # fmt: skip
+                    and (tmp_path / "out.txt").read_text().count("Fused group") == 1)  # fmt: skip
 
-        wait_for(proc, second_group_trains, "the second group training", tmp_path)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
+        wait_for(
+            proc,
+            second_group_trains,
+            "the first group's jobs recorded while the second group trains",
+            tmp_path,
+        )
+        proc.send_signal(signal.SIGTERM)
+        said = finish(proc, tmp_path)
     finally:
         proc.kill()
+    assert proc.returncode == 143, said[-3000:]
+    assert "sweep summary: 4 jobs: 2 finished, 0 failed, 0 skipped, 0 killed, 2 missing" in said
+    assert "Traceback" not in said
+    parent = parent_of(uri)
+    assert parent["status"] == "KILLED" and "stopped" in parent["tags.error"]
     table = runs(uri)
     assert sorted(table["params.data.max_train"]) == ["8", "8"] and (table["status"] == "FINISHED").all()
     again = train_here("-m", "hydra/launcher=fused", *tiny_overrides(*TWO_GROUPS, f"mlflow.tracking_uri={uri}",
@@ -127,53 +140,6 @@ def test_a_fused_groups_jobs_are_recorded_before_the_next_group_trains(tmp_path,
     assert "Fused group" in again.stdout + again.stderr and "2 jobs trained" in again.stdout + again.stderr
     table = runs(uri)
     assert len(table) == 4 and (table["status"] == "FINISHED").all()
-
-
-@pytest.mark.slow
-def test_sigterm_while_a_fused_group_trains_ends_the_sweep_killed_with_its_summary(tmp_path, empty_store):
-    uri = store_in(tmp_path, empty_store)
-    proc = start(tmp_path, uri, "hydra/launcher=fused", "data.max_train=400", "seed=1,2", "trainer.epochs=2",
-                 "save_intervention=false", "mlflow.log_model=false")  # fmt: skip
-    try:
-        wait_for(proc, lambda: shards(tmp_path) >= 1, "the group's cache pass", tmp_path)
-        assert not (tmp_path / "multirun" / "0").exists()  # training, outside any job's run
-        proc.send_signal(signal.SIGTERM)
-        said = finish(proc, tmp_path)
-    finally:
-        proc.kill()
-    assert proc.returncode == 143, said[-3000:]
-    assert "sweep summary: 2 jobs: 0 finished, 0 failed, 0 skipped, 0 killed, 2 missing" in said
-    assert "Traceback" not in said
-    parent = parent_of(uri)
-    assert parent["status"] == "KILLED" and "stopped" in parent["tags.error"]
-
-
-@pytest.mark.slow
-def test_a_run_left_running_by_a_killed_sweep_is_closed_when_its_job_runs_again(tmp_path, empty_store):
-    """kill -9 of an in-process sweep while its first job trains; the same sweep again: the dead job's
-    run is KILLED (its status file too), the new one FINISHED, nothing is left RUNNING."""
-    uri = store_in(tmp_path, empty_store)
-    grid = ("data.max_train=400", "seed=1,2", "trainer.epochs=3", "save_intervention=false",
-            "mlflow.log_model=false")  # fmt: skip
-    proc = start(tmp_path, uri, *grid)
-    log = tmp_path / "multirun" / "0" / "train.log"
-    try:
-        wait_for(proc, lambda: status(tmp_path, 0) == "running" and log.exists() and "Training with" in log.read_text(),
-                 "job 0 training", tmp_path)  # fmt: skip
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
-    finally:
-        proc.kill()
-    (dead,) = runs(uri).to_dict("records")
-    assert dead["status"] == "RUNNING"  # nothing could close it
-    again = train_here("-m", *tiny_overrides(*grid, f"mlflow.tracking_uri={uri}",
-                       f"hydra.sweep.dir={tmp_path / 'again'}", f"trainer.cache_dir={tmp_path / 'prefix'}"))  # fmt: skip
-    assert again.returncode == 0, again.stderr[-3000:]
-    table = runs(uri).set_index("run_id")
-    assert table.loc[dead["run_id"], "status"] == "KILLED"
-    assert "ended without closing its run" in table.loc[dead["run_id"], "tags.error"]
-    assert status(tmp_path, 0) == "killed"  # the dead job's own folder says so too
-    assert sorted(table["status"]) == ["FINISHED", "FINISHED", "KILLED"]
     assert parent_of(uri)["status"] == "FINISHED"
 
 
@@ -190,36 +156,47 @@ def test_a_run_whose_process_lives_or_whose_pid_was_reused_is_judged_right(tmp_p
 
 
 @pytest.mark.slow
-def test_a_second_sweep_never_writes_into_a_busy_sweep_folder(tmp_path, empty_store):
-    """A sweep running in a folder refuses a second one there (exit 2, naming the folder); a finished
-    sweep's folder refuses a different sweep but lets the same sweep resume."""
+def test_a_sweep_folder_holds_one_sweep_and_a_dead_jobs_run_is_closed_when_it_runs_again(
+    tmp_path, empty_store
+):
+    """A sweep running in a folder refuses a second one there (exit 2, naming the folder, nothing
+    written); kill -9 of the first while its job 0 trains leaves that run RUNNING; a different sweep
+    is refused in the folder that holds its jobs; the same sweep again resumes there: the dead job's
+    run is KILLED (its status file too), its new run FINISHED, nothing is left RUNNING."""
     uri = store_in(tmp_path, empty_store)
-    proc = start(
-        tmp_path, uri, "data.max_train=400", "seed=1,2", "trainer.epochs=3", "mlflow.log_model=false"
-    )
-    folder = tmp_path / "multirun"
+    grid = ("data.max_train=400", "seed=1,2", "trainer.epochs=2", "save_intervention=false",
+            "mlflow.log_model=false")  # fmt: skip
+    folder, log = tmp_path / "multirun", tmp_path / "multirun" / "0" / "train.log"
+    proc = start(tmp_path, uri, *grid)
     try:
-        wait_for(proc, lambda: status(tmp_path, 0) == "running", "the first sweep's first job", tmp_path)
+        wait_for(proc, lambda: status(tmp_path, 0) == "running" and log.exists() and "Training with" in log.read_text(),
+                 "job 0 training", tmp_path)  # fmt: skip
         second = train_here(
             "-m", *tiny_overrides("seed=5,6", f"mlflow.tracking_uri={uri}", f"hydra.sweep.dir={folder}")
         )
-        assert second.returncode == 2
-        assert f"hydra.sweep.dir={folder} is in use by another sweep" in second.stderr
-        assert not (folder / "report").exists() and len(parent_runs(uri)) == 1  # nothing of it was recorded
-        said = finish(proc, tmp_path)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 0, said[-3000:]
-    assert parent_of(uri)["status"] == "FINISHED" and len(runs(uri)) == 2
+    assert second.returncode == 2
+    assert f"hydra.sweep.dir={folder} is in use by another sweep" in second.stderr
+    assert len(parent_runs(uri)) == 1 and not (folder / "multirun.yaml").read_text().count("seed=5,6")
+    (dead,) = runs(uri).to_dict("records")
+    assert dead["status"] == "RUNNING"  # nothing could close it
     before = {p: p.read_text() for p in folder.glob("*/status.json")}
     other = train_here("-m", *tiny_overrides("seed=7", "trainer.lr=4e-3,1e-3", f"mlflow.tracking_uri={uri}",
                                              f"hydra.sweep.dir={folder}"))  # fmt: skip
     assert other.returncode == 2 and "holds the jobs of another sweep" in other.stderr
-    assert {p: p.read_text() for p in folder.glob("*/status.json")} == before and len(runs(uri)) == 2
-    same = train_here("-m", *tiny_overrides("data.max_train=400", "seed=1,2", "trainer.epochs=3", "mlflow.log_model=false",
-                      f"mlflow.tracking_uri={uri}", f"hydra.sweep.dir={folder}", f"trainer.cache_dir={tmp_path / 'prefix'}"))  # fmt: skip
-    assert same.returncode == 0, same.stderr[-3000:]
-    assert "2 jobs: 0 finished, 0 failed, 2 skipped" in same.stderr  # the same sweep resumes in its folder
+    assert {p: p.read_text() for p in folder.glob("*/status.json")} == before and len(runs(uri)) == 1
+    again = train_here("-m", *tiny_overrides(*grid, f"mlflow.tracking_uri={uri}", f"hydra.sweep.dir={folder}",
+                       f"trainer.cache_dir={tmp_path / 'prefix'}"))  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "2 jobs: 2 finished, 0 failed, 0 skipped" in again.stderr  # the same sweep resumes in its folder
+    table = runs(uri).set_index("run_id")
+    assert table.loc[dead["run_id"], "status"] == "KILLED"
+    assert "ended without closing its run" in table.loc[dead["run_id"], "tags.error"]
+    assert sorted(table["status"]) == ["FINISHED", "FINISHED", "KILLED"]
+    assert parent_of(uri)["status"] == "FINISHED"
 
 
 def parent_runs(uri: str):

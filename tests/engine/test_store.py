@@ -1,6 +1,8 @@
 """The stored prefix: built in one pass, kept on disk by key within its bound, and a cache from a
 lower point serves a higher one exactly."""
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -120,3 +122,24 @@ def example_rows(cache, i):
     p, m = cache.prefix_offset[i], cache.prefix_len[i]
     s, k = cache.suffix_offset[i], cache.suffix_len[i]
     return cache.keys[:, p : p + m], cache.values[:, p : p + m], cache.hidden[s : s + k]
+
+
+def test_a_shard_still_being_saved_at_another_point_is_waited_for(tiny4, tmp_path, monkeypatch):
+    """A shard is saved in the background while its job trains; the next request that it serves
+    (here from point 2 for a request built from point 1, as a sweep's jobs at two layers ask) waits
+    for it instead of building its examples again, however slow the save."""
+    model, tokenizer, _, examples, _ = tiny4
+    disk, pad = store.DiskStore(tmp_path, 10**9), tokenizer.pad_token_id
+    prompts, tails = [p for p, _ in examples[:6]], [tuple(a[:-1]) for _, a in examples[:6]]
+    save = store.DiskStore.save
+
+    def slow_save(self, *args, **kwargs):  # a large shard on a busy disk
+        time.sleep(0.5)
+        return save(self, *args, **kwargs)
+
+    monkeypatch.setattr(store.DiskStore, "save", slow_save)
+    store.clear_memory()
+    store.obtain(model, 2, prompts[:3], 1, tails[:3], pad, disk, 5, False)
+    store.clear_memory()
+    cache, source, _ = store.obtain(model, 2, prompts, 1, tails, pad, disk, 5, False, build_at=1)
+    assert source == "disk+built" and cache.meta == {**cache.meta, "built": 3, "reused": 3}

@@ -332,10 +332,11 @@ def obtain(model, start, prompts, n, tails, pad_id, store: DiskStore | None, bat
     _MEMORY.pop(key, None)
     while len(_MEMORY) >= MEMORY_ENTRIES:  # make room first: two large caches plus a third may not fit
         _MEMORY.pop(next(iter(_MEMORY)))
-    lock_name = hashlib.sha256(f"{model_id}|{n}|{build_at}".encode()).hexdigest()[:24]
-    lock = store.lock(lock_name) if store else contextlib.nullcontext()
+    lock = store.lock(builder_lock(model_id, n, build_at)) if store else contextlib.nullcontext()
     lock.__enter__()  # one builder per model, n and point: a parallel job waits, then reuses
     try:
+        if store:
+            _wait_for_builders(store, model_id, n, range(build_at + 1, start + 1))
         with contextlib.ExitStack() as stack:
             wanted = list(zip(names, tails, strict=True))
             found, opened = _find(store, model_id, wanted, build_at, start, max_bytes, stack)
@@ -366,6 +367,24 @@ def obtain(model, start, prompts, n, tails, pad_id, store: DiskStore | None, bat
     cache.meta = {"key": key, "built": len(missing), "reused": len(prompts) - len(missing)}
     _MEMORY[key] = cache
     return cache, source, time.perf_counter() - t0
+
+
+def builder_lock(model_id: str, n: int, point: int) -> str:
+    """The name of the lock a request holds while it builds and saves the examples of this model and
+    n from `point`."""
+    return hashlib.sha256(f"{model_id}|{n}|{point}".encode()).hexdigest()[:24]
+
+
+def _wait_for_builders(store: DiskStore, model_id: str, n: int, points) -> None:
+    """Wait until no job (another process, or this one's save in the background) builds or saves a
+    shard of this model and n from `points` (above the caller's own: a shard from there serves it).
+    The caller holds its own point's lock and these are taken in rising order, after it, so two
+    requests never wait on each other; a point whose lock file was never made has no builder."""
+    for point in points:
+        path = store.folder / f"{builder_lock(model_id, n, point)}.lock"
+        if path.exists():
+            with file_lock(path):
+                pass
 
 
 def shard_about(model_id: str, n: int, answers, names) -> dict:

@@ -1,6 +1,7 @@
 """The stored prefix: built in one pass, kept on disk by key within its bound, and a cache from a
 lower point serves a higher one exactly."""
 
+import json
 import time
 
 import numpy as np
@@ -143,3 +144,46 @@ def test_a_shard_still_being_saved_at_another_point_is_waited_for(tiny4, tmp_pat
     store.clear_memory()
     cache, source, _ = store.obtain(model, 2, prompts, 1, tails, pad, disk, 5, False, build_at=1)
     assert source == "disk+built" and cache.meta == {**cache.meta, "built": 3, "reused": 3}
+
+
+def saved_shard(disk, model, point: int, n: int = 1) -> str:
+    """The key of the newest shard of `model` once the background save of the request built from
+    `point` is done (the save holds that request's lock until its shard is complete)."""
+    model_id = store.model_identity(model)
+    with disk.lock(store.builder_lock(model_id, n, point)):
+        return disk.shards(model_id)[-1][0]
+
+
+def test_a_shard_whose_bytes_were_corrupted_is_built_again_not_used(tiny4, tmp_path, caplog):
+    """Same size, other bytes (a bad disk, a copy cut short and padded): the checksum recorded in
+    the metadata when the shard was written no longer matches; its examples are built again (a
+    warning names it) and the bad shard is replaced. A shard written before checksums is read."""
+    model, tokenizer, _, examples, _ = tiny4
+    disk, pad = store.DiskStore(tmp_path, 10**9), tokenizer.pad_token_id
+    prompts, tails = [p for p, _ in examples[:4]], [tuple(a[:-1]) for _, a in examples[:4]]
+    store.clear_memory()
+    good, _, _ = store.obtain(model, 2, prompts, 1, tails, pad, disk, 5, False)
+    shard = saved_shard(disk, model, 2)
+    path = disk.path(shard)
+    size = path.stat().st_size
+    with path.open("r+b") as f:  # zero the second half of the file: the tensors' bytes, same size
+        f.seek(size // 2)
+        f.write(bytes(size - size // 2))
+    assert path.stat().st_size == size
+    assert disk.load(shard, "cpu") is None  # whole-entry reads check it too
+    store.clear_memory()
+    with caplog.at_level("WARNING"):
+        cache, source, _ = store.obtain(model, 2, prompts, 1, tails, pad, disk, 5, False)
+    assert source == "built" and cache.meta["built"] == 4
+    assert shard in caplog.text and "checksum" in caplog.text
+    assert torch.equal(cache.keys, good.keys) and torch.equal(cache.hidden, good.hidden)
+    rebuilt = saved_shard(disk, model, 2)
+    store.clear_memory()
+    again, source, _ = store.obtain(model, 2, prompts, 1, tails, pad, disk, 5, False)
+    assert source == "disk" and torch.equal(again.keys, good.keys) and torch.equal(again.hidden, good.hidden)
+    # a shard written before checksums (no checksum in its metadata) is read, unverified
+    meta = json.loads(disk.meta_path(rebuilt).read_text())
+    assert meta.pop("checksum").startswith("xxh3_128:")
+    disk.meta_path(rebuilt).write_text(json.dumps(meta))
+    store.clear_memory()
+    assert store.obtain(model, 2, prompts, 1, tails, pad, disk, 5, False)[1] == "disk"

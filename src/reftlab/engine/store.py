@@ -79,10 +79,11 @@ class DiskStore:
 
     The store keeps its entries in its own subfolder (`<folder>/reftlab-prefix-v2/`): tensors as
     `<key>.safetensors` (no pickle: a shared cache folder cannot run code in a job), metadata as
-    `<key>.json`, written last (an entry without it is incomplete). It only ever deletes files it
-    wrote there, evicts under one store-wide lock, and clears temp files left by a killed job
-    (`<key>.tmp-<host>-<pid>.*`: this host's whose pid is gone, or any host's an hour old) and
-    tensors a killed job left without their metadata (counted in the bound, evicted first).
+    `<key>.json`, written last (an entry without it is incomplete), with a checksum of both that is
+    checked whenever the entry is read (a corrupted one is deleted and built again). It only ever
+    deletes files it wrote there, evicts under one store-wide lock, and clears temp files left by a
+    killed job (`<key>.tmp-<host>-<pid>.*`: this host's whose pid is gone, or any host's an hour
+    old) and tensors a killed job left without their metadata (counted in the bound, evicted first).
     """
 
     SUBFOLDER = "reftlab-prefix-v2"
@@ -130,9 +131,11 @@ class DiskStore:
             if max_bytes is not None and int(meta.get("nbytes", path.stat().st_size)) > max_bytes:
                 log.info("Stored prefix cache %s is larger than the in-memory bound: not loaded", key)
                 return None
+            self.verify(key, meta)
             tensors = load_file(str(path), device=str(device))
-        except Exception as e:  # evicted meanwhile, truncated or foreign: rebuild
+        except Exception as e:  # evicted meanwhile, truncated, corrupted or foreign: rebuild
             log.warning("Prefix cache %s is unreadable (%s): rebuilding it", path, e)
+            self.remove_corrupt(key, e)
             return None
         for p in (path, meta_path):
             with contextlib.suppress(OSError):
@@ -167,8 +170,9 @@ class DiskStore:
             self.evict(self.max_bytes - cache.nbytes)
         try:
             save_file(tensors, str(tmp_tensors))
-            tmp_tensors.replace(self.path(key))
             meta = {"start": cache.start, "nbytes": cache.nbytes, "format": 2, **(about or {})}
+            meta["checksum"] = checksum(tmp_tensors, meta)
+            tmp_tensors.replace(self.path(key))
             tmp_meta.write_text(json.dumps(meta))
             tmp_meta.replace(self.meta_path(key))  # last: the entry is complete
         finally:
@@ -190,11 +194,44 @@ class DiskStore:
                 out.append((path.stem, meta))
         return out
 
+    def verify(self, key: str, meta: dict) -> None:
+        """Raise CorruptEntry if entry `key`'s tensor file and `meta` (its metadata) are not what was
+        written: their checksum differs from the one recorded. An entry written before checksums (or
+        with an algorithm this version does not know) is read unverified."""
+        recorded = meta.get("checksum")
+        if not isinstance(recorded, str) or not recorded.startswith(f"{CHECKSUM}:"):
+            return
+        found = checksum(self.path(key), meta)
+        if found != recorded:
+            raise CorruptEntry(f"its bytes do not match the checksum recorded when it was written ({found})")
+
+    def remove_corrupt(self, key: str, error: Exception) -> None:
+        """Delete entry `key` if `error` says it is corrupted, under its lock and checked again there (a
+        job rewriting it holds the lock: its entry is left alone): its examples are built again."""
+        if not isinstance(error, CorruptEntry):
+            return
+        import json
+
+        try:
+            with try_file_lock(self.folder / f"{key}.lock") as free:
+                if not free:
+                    return
+                try:
+                    self.verify(key, json.loads(self.meta_path(key).read_text()))
+                except (OSError, ValueError):  # still corrupted (or unreadable, or gone meanwhile)
+                    self.meta_path(key).unlink(missing_ok=True)  # first: never loaded again
+                    self.path(key).unlink(missing_ok=True)
+                    log.info("Removed the corrupted prefix cache %s", key)
+        except LockPathError as e:
+            log.warning("%s; the corrupted prefix cache %s is left alone", e, key)
+
     @contextlib.contextmanager
-    def reading(self, key: str):
-        """The shard `key` open for slicing (safetensors' safe_open, no pickle), its use recorded."""
+    def reading(self, key: str, meta: dict):
+        """The shard `key` open for slicing (safetensors' safe_open, no pickle) once its bytes are
+        checked against `meta` (its metadata), its use recorded."""
         from safetensors import safe_open
 
+        self.verify(key, meta)
         with safe_open(str(self.path(key)), framework="pt") as handle:
             yield handle
         for p in (self.path(key), self.meta_path(key)):
@@ -273,6 +310,28 @@ class DiskStore:
 
 
 KEY = re.compile(r"[0-9a-f]{24}")  # the names `cache_key` gives
+CHECKSUM = "xxh3_128"  # against corruption (a bad disk, a copy cut short), not a defence against tampering
+
+
+class CorruptEntry(ValueError):
+    """A stored entry whose bytes differ from those its checksum was computed on when it was written."""
+
+
+def checksum(path: Path, meta: dict) -> str:
+    """`xxh3_128:<digest>` of the tensor file at `path` and of `meta` but its checksum (xxh3 hashes
+    ~10 GB/s from the page cache: 0.06 s for a 600 MB shard, measured)."""
+    import json
+
+    import xxhash
+
+    digest, chunk = xxhash.xxh3_128(), memoryview(bytearray(1 << 24))
+    with open(path, "rb", buffering=0) as f:
+        while size := f.readinto(chunk):
+            digest.update(chunk[:size])
+    digest.update(json.dumps({k: v for k, v in meta.items() if k != "checksum"}, sort_keys=True).encode())
+    return f"{CHECKSUM}:{digest.hexdigest()}"
+
+
 TEMP = re.compile(r"[^.]+\.tmp-(?:(?P<host>.+)-)?(?P<pid>\d+)\.[a-z]+")  # <key>.tmp-[<host>-]<pid>.<ext>
 
 
@@ -408,9 +467,11 @@ def _find(store, model_id, wanted, build_at, start, max_bytes, stack) -> tuple[l
             found = lower if size <= max_bytes else found
         for shard in dict.fromkeys(f[0] for f in found if f is not None):
             try:
-                opened[shard] = Source.of_file(stack.enter_context(store.reading(shard)), meta[shard])
-            except Exception as e:  # evicted meanwhile, truncated or foreign: its examples are rebuilt
+                handle = stack.enter_context(store.reading(shard, meta[shard]))
+                opened[shard] = Source.of_file(handle, meta[shard])
+            except Exception as e:  # evicted meanwhile, truncated, corrupted or foreign: rebuilt
                 log.warning("Prefix cache %s is unreadable (%s): building its examples again", shard, e)
+                store.remove_corrupt(shard, e)
                 gone.add(shard)
         if not gone:
             return found, opened

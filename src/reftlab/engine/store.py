@@ -84,6 +84,7 @@ class DiskStore:
     deletes files it wrote there, evicts under one store-wide lock, and clears temp files left by a
     killed job (`<key>.tmp-<host>-<pid>.*`: this host's whose pid is gone, or any host's an hour
     old) and tensors a killed job left without their metadata (counted in the bound, evicted first).
+    A folder that cannot be written (read-only, full) is given up: one warning, caches in memory only.
     """
 
     SUBFOLDER = "reftlab-prefix-v2"
@@ -93,12 +94,36 @@ class DiskStore:
     def __init__(self, folder: Path, max_bytes: int):
         self.folder = Path(folder) / self.SUBFOLDER
         self.max_bytes = int(max_bytes)
+        self.unusable: str | None = None  # why this store is no longer used (`give_up`)
 
     def path(self, key: str) -> Path:
         return self.folder / f"{key}.safetensors"
 
     def meta_path(self, key: str) -> Path:
         return self.folder / f"{key}.json"
+
+    def writable(self) -> bool:
+        """Whether a file can be made in the store's folder (made if missing); if not, it is given up."""
+        probe = self.temp_path("probe", "probe")  # a dead job's is cleared with the other temps
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT, 0o600))
+            probe.unlink()
+        except OSError as e:
+            self.give_up(e)
+        return self.unusable is None
+
+    def give_up(self, error: OSError) -> None:
+        """Use this store no more (its folder cannot be written: read-only, full, not ours): one warning;
+        the run goes on with its caches in memory."""
+        if self.unusable is None:
+            self.unusable = str(error)
+            log.warning(
+                "The prefix-cache folder %s (trainer.cache_dir) cannot be written (%s): no disk cache for "
+                "this run, its caches are kept in memory only (set trainer.cache_dir to a writable folder)",
+                self.folder.parent,
+                error,
+            )
 
     def lock(self, key: str):
         """One builder per key across processes (parallel jobs of a sweep wait, then load)."""
@@ -391,8 +416,8 @@ def obtain(model, start, prompts, n, tails, pad_id, store: DiskStore | None, bat
     _MEMORY.pop(key, None)
     while len(_MEMORY) >= MEMORY_ENTRIES:  # make room first: two large caches plus a third may not fit
         _MEMORY.pop(next(iter(_MEMORY)))
-    lock = store.lock(builder_lock(model_id, n, build_at)) if store else contextlib.nullcontext()
-    lock.__enter__()  # one builder per model, n and point: a parallel job waits, then reuses
+    # one builder per model, n and point: a parallel job waits, then reuses
+    lock, store = _enter_lock(store, builder_lock(model_id, n, build_at))
     try:
         if store:
             _wait_for_builders(store, model_id, n, range(build_at + 1, start + 1))
@@ -426,6 +451,22 @@ def obtain(model, start, prompts, n, tails, pad_id, store: DiskStore | None, bat
     cache.meta = {"key": key, "built": len(missing), "reused": len(prompts) - len(missing)}
     _MEMORY[key] = cache
     return cache, source, time.perf_counter() - t0
+
+
+def _enter_lock(store: DiskStore | None, name: str) -> tuple:
+    """(the store's lock `name`, entered; the store), or (no lock, None) where there is no store to use:
+    none, or one whose folder cannot be written (it is given up)."""
+    if store is None or store.unusable:
+        return contextlib.nullcontext(), None
+    try:
+        lock = store.lock(name)
+        lock.__enter__()
+    except LockPathError:  # planted: refused, not taken for a full disk
+        raise
+    except OSError as e:
+        store.give_up(e)
+        return contextlib.nullcontext(), None
+    return lock, store
 
 
 def builder_lock(model_id: str, n: int, point: int) -> str:
@@ -507,7 +548,11 @@ def _save_then_unlock(store, key, cache, about, lock) -> None:
     try:
         with store.lock(key):  # the shard's own lock too: its files are not taken for a dead job's
             store.save(key, cache, about)
-    except Exception as e:  # a full disk must not fail the run: the cache is in memory
+    except LockPathError as e:
+        log.warning("Could not store the prefix cache %s: %s", key, e)
+    except OSError as e:  # a full or read-only disk must not fail the run: the cache is in memory
+        store.give_up(e)
+    except Exception as e:
         log.warning("Could not store the prefix cache %s: %s", key, e)
     finally:
         lock.__exit__(None, None, None)
@@ -519,9 +564,10 @@ def clear_memory() -> None:
 
 def store_for(trainer_cfg) -> DiskStore | None:
     """The on-disk store of prefix caches (trainer.cache_dir, default $REFTLAB_CACHE/prefix), or None
-    if trainer.cache_disk_gb=0."""
+    if trainer.cache_disk_gb=0 or the folder cannot be written (after one warning)."""
     from ..models import cache_root
 
     gb = float(trainer_cfg.cache_disk_gb)
     folder = trainer_cfg.get("cache_dir") or cache_root() / "prefix"
-    return DiskStore(Path(folder), int(gb * 2**30)) if gb > 0 else None
+    store = DiskStore(Path(folder), int(gb * 2**30)) if gb > 0 else None
+    return store if store is not None and store.writable() else None

@@ -400,9 +400,9 @@ def obtain(model, start, prompts, n, tails, pad_id, store: DiskStore | None, bat
     its last token when training; () when scoring) as each example's suffix, from point `start` or
     below (the caller advances it to `start`): from memory, else each example from the stored shard
     that holds it (once any job building or saving one from build_at..start is done); the rest
-    built from point `build_at` (default `start`; lower lets other layers of
-    a sweep share it) with the stream of every answer in `answers` too (one entry then serves
-    training and scoring), and saved as a new shard. Shards from below `build_at` serve too where
+    built from point `build_at` (default `start`; lower lets other layers of a sweep share it) with
+    the stream of every answer in `answers` too (one entry then serves training and scoring), and
+    saved as a new shard. Shards from below `build_at` serve too where
     the cache from them stays within `max_bytes` (a lower point's is larger). Returns (cache,
     source, seconds); cache.meta counts the examples built and reused."""
     t0 = time.perf_counter()

@@ -102,17 +102,6 @@ class DiskStore:
     def meta_path(self, key: str) -> Path:
         return self.folder / f"{key}.json"
 
-    def writable(self) -> bool:
-        """Whether a file can be made in the store's folder (made if missing); if not, it is given up."""
-        probe = self.temp_path("probe", "probe")  # a dead job's is cleared with the other temps
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT, 0o600))
-            probe.unlink()
-        except OSError as e:
-            self.give_up(e)
-        return self.unusable is None
-
     def give_up(self, error: OSError) -> None:
         """Use this store no more (its folder cannot be written: read-only, full, not ours): one warning;
         the run goes on with its caches in memory."""
@@ -565,10 +554,9 @@ def clear_memory() -> None:
 
 def store_for(trainer_cfg) -> DiskStore | None:
     """The on-disk store of prefix caches (trainer.cache_dir, default $REFTLAB_CACHE/prefix), or None
-    if trainer.cache_disk_gb=0 or the folder cannot be written (after one warning)."""
+    if trainer.cache_disk_gb=0. A folder that cannot be written is given up at its first use."""
     from ..models import cache_root
 
     gb = float(trainer_cfg.cache_disk_gb)
     folder = trainer_cfg.get("cache_dir") or cache_root() / "prefix"
-    store = DiskStore(Path(folder), int(gb * 2**30)) if gb > 0 else None
-    return store if store is not None and store.writable() else None
+    return DiskStore(Path(folder), int(gb * 2**30)) if gb > 0 else None

@@ -130,7 +130,10 @@ def report_rows(**extra) -> pd.DataFrame:
     return frame
 
 
-def test_the_report_never_chooses_a_diverged_run(tmp_path):
+def test_the_report_never_chooses_a_diverged_run(tmp_path, mlflow_uri):
+    import mlflow
+
+    mlflow.set_tracking_uri(mlflow_uri)  # the report looks its runs' predictions up: in a store of its own
     result = render.write(report_rows(), tmp_path, "t")
     assert result["failed"] == 1 and result["finished"] == 3
     chosen = result["table"].loc[result["chosen"]["overall"]]
@@ -138,7 +141,10 @@ def test_the_report_never_chooses_a_diverged_run(tmp_path):
     assert "DIVERGED" in (tmp_path / "report.md").read_text()
 
 
-def test_the_report_says_when_runs_mix_code_versions_or_small_test_splits(tmp_path):
+def test_the_report_says_when_runs_mix_code_versions_or_small_test_splits(tmp_path, mlflow_uri):
+    import mlflow
+
+    mlflow.set_tracking_uri(mlflow_uri)  # not ./mlflow.db
     plain = render.write(report_rows(**{"tags.code_version": "c1"}), tmp_path / "a", "t")
     assert plain["caveats"] == []
     mixed = report_rows(**{"tags.code_version": ["c1", "c1", "c2", "c2"]})

@@ -58,6 +58,7 @@ def test_runs_log_their_path_and_reuse_the_cache(in_root, mlflow_uri, tmp_path):
     )
 
 
+@pytest.mark.slow  # two whole jobs
 def test_the_second_fold_builds_nothing(in_root, mlflow_uri, tmp_path):
     """Fold 0's job runs every example of the corpus through the model once (training set with its
     answers, validation and test prompts); fold 1's job finds them all in the store."""

@@ -124,7 +124,7 @@ def load(args):
 
 def examples_of(args, tokenizer):
     from reftlab.data import recipes
-    from reftlab.prompts import PromptBuilder
+    from reftlab.tasks.chat import PromptBuilder
 
     dcfg = compose(
         f"data={args.data}", f"data.max_train={args.examples}", f"data.max_eval={args.eval or 1}"

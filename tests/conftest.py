@@ -267,7 +267,7 @@ def tiny4():
 
     from reftlab import models
     from reftlab.data import recipes
-    from reftlab.prompts import PromptBuilder
+    from reftlab.tasks.chat import PromptBuilder
 
     cfg = compose("model=tiny_random", "model.num_layers=4")
     model, tokenizer, device, dtype = models.load_model_and_tokenizer(cfg.model)

@@ -11,9 +11,11 @@ import pandas as pd
 import pytest
 from conftest import PYTHON, ROOT, compose, runs, tiny_overrides, train_here
 
-from reftlab import run, scoring, validate
+from reftlab import run, validate
 from reftlab.config import identity
 from reftlab.report import render
+from reftlab.tasks import results
+from reftlab.tasks.yes_no import YesNo
 
 SECRET = "tok3n"
 LEAKY_URL = f"https://bob:{SECRET}@example.invalid/d.csv"
@@ -103,8 +105,8 @@ def test_a_diverged_run_fails_naming_the_step_and_the_setting(in_root, mlflow_ur
 def test_non_finite_scores_fail_the_run():
     cfg = compose()
     with pytest.raises(validate.DivergedError, match="1 of 3 scores are not numbers .*model.dtype=float32"):
-        scoring.check_scores([0.1, float("nan"), -2.0], cfg)
-    scoring.check_scores([0.1, 3.0], cfg)  # finite: nothing to say
+        results.check_scores(YesNo(None), [0.1, float("nan"), -2.0], cfg)
+    results.check_scores(YesNo(None), [0.1, 3.0], cfg)  # finite: nothing to say
 
 
 def report_rows(**extra) -> pd.DataFrame:
@@ -165,17 +167,17 @@ def test_a_test_split_too_small_to_judge_is_flagged(in_root, mlflow_uri, tmp_pat
     run.run(compose(*tiny), output_dir=tmp_path / "preset")  # the preset's own split can be read
     blog, preset = runs(mlflow_uri).sort_values("start_time").to_dict("records")
     assert blog["metrics.test_judgeable"] == 0 and "too small" in blog["tags.result_warning"]
-    assert preset["metrics.test_judgeable"] == 1 and preset["metrics.eval_examples"] >= scoring.MIN_JUDGED
+    assert preset["metrics.test_judgeable"] == 1 and preset["metrics.eval_examples"] >= results.MIN_JUDGED
     assert "WARNING: the test split" not in capsys.readouterr().err
 
 
 def test_judge_names_one_class_and_small_splits():
     frame = lambda labels: pd.DataFrame({"label": labels})  # noqa: E731
     prepared = type("P", (), {"eval": frame(["No"] * 40), "val": frame(["Yes", "No"] * 20)})()
-    (note,) = scoring.judge(prepared)
+    (note,) = results.judge(prepared)
     assert note.startswith("the test split is too small to judge (all 'No'")
     prepared.eval, prepared.val = frame(["Yes", "No"] * 20), frame(["Yes", "No"] * 5)
-    assert scoring.judge(prepared) == [
+    assert results.judge(prepared) == [
         "the validation split is too small to judge (10 examples; at least 30 of both labels are needed): "
         "its accuracy says little. Raise data.val_fraction or use more data"
     ]
@@ -242,7 +244,7 @@ def test_a_wrong_type_on_the_command_line_stops_before_anything_runs(tmp_path):
 
 @pytest.mark.slow
 def test_metrics_json_is_strict_and_no_loss_is_made_up_without_training(in_root, mlflow_uri, tmp_path):
-    assert json.loads(scoring.strict_json({"a": float("nan"), "b": 1.5})) == {"a": None, "b": 1.5}
+    assert json.loads(results.strict_json({"a": float("nan"), "b": 1.5})) == {"a": None, "b": 1.5}
     cfg = compose(*tiny_overrides("trainer.epochs=0", f"mlflow.tracking_uri={mlflow_uri}"))
     metrics = run.run(cfg, output_dir=tmp_path / "job")
     assert "train_loss_last" not in metrics and "train_loss_first" not in metrics

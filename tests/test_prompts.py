@@ -2,7 +2,7 @@
 
 import pytest
 
-from reftlab.prompts import PromptBuilder
+from reftlab.tasks.chat import PromptBuilder
 
 
 def test_prompts_are_cut_to_max_length_and_keep_the_template(tiny4):

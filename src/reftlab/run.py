@@ -13,7 +13,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from . import methods, scoring, tracking, validate
+from . import methods, tracking, validate
 from .config import identity
 from .data import recipes, versioning
 from .data.datasets import log_datasets
@@ -21,6 +21,7 @@ from .locks import run_lock
 from .report.summary import closing_summary
 from .serving import card, pyfunc  # pyfunc: the MLflow model (load_model, models serve)
 from .sweep import parent
+from .tasks import results
 
 log = logging.getLogger(__name__)
 # Errors that mean "change a setting or the data", not a bug: train.py prints their message alone
@@ -147,10 +148,12 @@ def execute(cfg, output_dir: Path, key: str = "") -> tuple[dict, list[str]]:
     )
     mlflow.log_text(recipes.readme(prepared, cfg.data), "data/README.md")
     log_datasets(cfg, prepared, data_version)
-    outcome = method.run(methods.Job(cfg, prepared, output_dir, key))  # the trained weights are on disk
-    scoring.check_scores(outcome.scores, cfg)
-    metrics = {**scoring.split_metrics(prepared, outcome.scores), **outcome.metrics}
-    notes = scoring.judge(prepared)
+    job = methods.Job(cfg, prepared, output_dir, key)
+    task = job.task  # checked against the data before any model loads
+    outcome = method.run(job)  # the trained weights are on disk
+    results.check_scores(task, outcome.scores, cfg)
+    metrics = {**results.split_metrics(task, prepared, outcome.scores), **outcome.metrics}
+    notes = results.judge(prepared, task.judged_labels())
     tags = dict(outcome.tags)
     if notes:
         tags["result_warning"] = "; ".join(notes)
@@ -160,24 +163,24 @@ def execute(cfg, output_dir: Path, key: str = "") -> tuple[dict, list[str]]:
     mlflow.log_metrics(metrics)
     if outcome.losses:
         tracking.log_losses(outcome.losses, cfg.trainer.log_every)
-    scoring.save_predictions(prepared, outcome.scores, output_dir)
-    tracking.write_atomic(output_dir / "metrics.json", scoring.strict_json(metrics))
-    problems = log_extras(cfg, outcome, metrics, data_version, prepared)
+    results.save_predictions(task, prepared, outcome.scores, output_dir)
+    tracking.write_atomic(output_dir / "metrics.json", results.strict_json(metrics))
+    problems = log_extras(cfg, outcome, metrics, data_version, prepared, task)
     if problems:
         mlflow.set_tag("warning", tracking.redact("; ".join(problems))[:5000])
     return metrics, notes + problems
 
 
-def log_extras(cfg, outcome, metrics: dict, data_version: str, prepared) -> list[str]:
+def log_extras(cfg, outcome, metrics: dict, data_version: str, prepared, task) -> list[str]:
     """Artifacts, the model card and the MLflow model, each on its own: what failed (an upload, a
     registry that refuses a name) is returned as a warning, and the rest is still logged."""
     import mlflow
 
     problems = []
     try:
-        scoring.log_figures(prepared, outcome.scores)
+        results.log_figures(task, prepared, outcome.scores)
     except Exception as e:
-        problems.append(f"the confusion matrix and ROC figures were not logged: {e}")
+        problems.append(f"the task's figures (confusion matrix, ROC curve) were not logged: {e}")
     for folder, path in outcome.artifacts:
         weights = folder == "intervention" and Path(path).is_dir()
         try:
@@ -190,11 +193,11 @@ def log_extras(cfg, outcome, metrics: dict, data_version: str, prepared) -> list
         if weights and cfg.mlflow.get("log_model", True):
             try:
                 run_name = mlflow.active_run().info.run_name
-                results = {
+                shown = {
                     "val_accuracy": metrics.get("val_accuracy"),
                     "test_accuracy": metrics.get("accuracy"),
                 }
-                tags = {k: f"{v:.3f}" for k, v in results.items() if v is not None} | {"run_name": run_name}
+                tags = {k: f"{v:.3f}" for k, v in shown.items() if v is not None} | {"run_name": run_name}
                 pyfunc.log(Path(path), tracking.package_versions(), cfg.mlflow.get("register_model"),
                            name=pyfunc.model_name(run_name), tags=tags)  # fmt: skip
             except Exception as e:

@@ -5,12 +5,8 @@ Each error names the bad value and what is allowed.
 
 from __future__ import annotations
 
-from .config import ConfigError  # defined in config/ (data/ raises it too); validate.ConfigError is it
+from .config import ConfigError, DivergedError  # noqa: F401  (defined in config/, the lowest wing: data/ and tasks/ raise them)
 from .data.checks import check_data  # noqa: F401  (validate.check_data: the data settings)
-
-
-class DivergedError(ConfigError):
-    """Training or scoring produced NaN or inf: the run is not a result (change a setting)."""
 
 
 def model_num_layers(model_cfg) -> int:
@@ -111,7 +107,7 @@ def check_model(mcfg) -> None:
 def check_prompt_room(cfg) -> None:
     """trainer.max_length must leave room for text after the chat template (tokenizer only, no model)."""
     from . import models
-    from .prompts import PromptBuilder
+    from .tasks.chat import PromptBuilder
 
     try:
         PromptBuilder(models.load_tokenizer(models.tokenizer_source(cfg.model)), cfg.data.system_prompt,
@@ -161,7 +157,22 @@ def check(cfg, method) -> int | None:
     method.validate(cfg.intervention, n_layers, cfg.model.name)
     check_trainer(cfg.trainer)
     check_data(cfg.data)
+    check_task(cfg, method)
     check_mlflow(cfg.mlflow)
     if method.needs_model:
         check_prompt_room(cfg)
     return n_layers
+
+
+def check_task(cfg, method) -> None:
+    """The task is one reftlab knows, the method serves its family, and its own settings hold."""
+    from . import tasks
+
+    task = tasks.of(cfg)
+    if task.family not in method.families:
+        serving = sorted(n for n in tasks.names() if tasks.REGISTRY[n].family in method.families)
+        raise ConfigError(
+            f"task={task.names[0]} is not served by intervention.method={method.name} (it serves "
+            f"{', '.join(serving)}): choose another task or method (e.g. intervention=loreft)"
+        )
+    task.check(cfg)

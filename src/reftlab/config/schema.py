@@ -112,7 +112,24 @@ class PersuasionData(Data):
     upsample_seed: int = 12
 
 
+@dataclass
+class YesNoTask:
+    name: str = "yes_no"
+
+
+@dataclass
+class ClassifyTask:
+    name: str = "classify"
+    labels: list[str] | None = None  # in order; null: every label of the data
+
+
+@dataclass
+class ChoiceTask:
+    name: str = "choice"
+
+
 SCHEMAS = {
+    "task": {"yes_no": YesNoTask, "classify": ClassifyTask, "choice": ChoiceTask},
     "data": {"table": TableData, "persuasion": PersuasionData},
     "trainer": {"default": Trainer},
     "intervention": {"reft": Reft, "lora": Lora, "zero_shot": ZeroShot, "tfidf": Tfidf},

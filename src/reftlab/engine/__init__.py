@@ -25,7 +25,7 @@ from .store import clear_memory, store_for
 from .strategies import BY_NAME, Context, Stock
 
 log = logging.getLogger(__name__)
-__all__ = ["STRATEGIES", "Engine", "Plan", "TrainResult", "clear_caches", "score"]
+__all__ = ["STRATEGIES", "Engine", "Plan", "StockScorer", "TrainResult", "clear_caches", "score"]
 
 
 @dataclass
@@ -61,6 +61,7 @@ class Engine:
         self.ctx = Context(trained, method, spec, trainer_cfg, pad_id, device, disk, progress,
                            tuple(tuple(a) for a in answers))  # fmt: skip
         self.eval_info: dict | None = None  # where the last scoring's cache came from
+        self.eval_path = "stock"  # the strategy the last scoring ran on
         self.given = given  # a fused.Result: this job was trained (and scored) in a fused group
 
     def plan(self, seqs, suffix_lens) -> Plan:
@@ -91,6 +92,21 @@ class Engine:
             metrics={} if info.get("built") is None else {"cache_built_examples": info["built"]},
         )  # fmt: skip
 
+    # The scorer a task scores through (`tasks.Task.score`); `eval_path` says which strategy ran.
+    def yes_no(self, prompts, yes_id: int, no_id: int, batch_size: int | None = None):
+        scores, self.eval_path = self.predict(prompts, yes_id, no_id)
+        return scores
+
+    def loglik(self, prompts, continuations, batch_size: int | None = None):
+        """Per prompt, the log-likelihood of each of its continuations (token id lists)."""
+        batch_size = batch_size or self.ctx.trainer.eval_batch_size
+        chosen = self.plan(prompts, [self.ctx.spec.last] * len(prompts))
+        strategy = BY_NAME[chosen.strategy](self.ctx, chosen)
+        found, info = strategy.loglik(prompts, continuations, batch_size)
+        self.eval_path = chosen.strategy if info is not None or chosen.strategy == "stock" else "stock"
+        self.eval_info = info or self.eval_info
+        return found
+
     def predict(self, prompts, yes_id: int, no_id: int) -> tuple[object, str]:
         """Yes-minus-No scores for `prompts` and the strategy that computed them."""
         if (
@@ -106,6 +122,23 @@ class Engine:
         strategy = BY_NAME[chosen.strategy](self.ctx, chosen)
         scores, self.eval_info = strategy.score(prompts, yes_id, no_id, self.ctx.trainer.eval_batch_size)
         return scores, chosen.strategy
+
+
+class StockScorer:
+    """A task's scorer on the stock path (a saved model being served, zero-shot): the whole
+    sequence through the model."""
+
+    def __init__(self, trained, method, spec, pad_id: int, device="cpu", progress: bool = True):
+        model = method.frozen(trained)
+        spec = InterventionSpec.of(spec, model.config.num_hidden_layers)
+        self.stock = Stock(Context(trained, method, spec, None, pad_id, device, progress=progress))
+        self.eval_path = "stock"
+
+    def yes_no(self, prompts, yes_id: int, no_id: int, batch_size: int = 16):
+        return self.stock.score(prompts, yes_id, no_id, batch_size)[0]
+
+    def loglik(self, prompts, continuations, batch_size: int = 16):
+        return self.stock.loglik(prompts, continuations, batch_size)[0]
 
 
 def score(trained, method, spec, prompts, yes_id: int, no_id: int, pad_id: int, device="cpu", batch_size: int = 16,

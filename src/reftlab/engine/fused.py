@@ -159,7 +159,7 @@ class Costs:
     peak_memory_mb: float  # over the cache pass and the steps
     cache_source: str
     cache_built: int | None  # training examples run through the frozen model
-    eval_source: str
+    eval_source: str | None  # None: the group did not score (its members score on their own)
     eval_built: int | None  # scored prompts run through the frozen model
 
 
@@ -202,8 +202,10 @@ class Result:
         )  # fmt: skip
 
     @property
-    def eval_info(self) -> dict:
+    def eval_info(self) -> dict | None:
         """Where the group's scoring cache came from, as `Engine.eval_info` says it for a solo job."""
+        if self.costs.eval_source is None:
+            return None
         return {"source": self.costs.eval_source, "built": self.costs.eval_built}
 
 

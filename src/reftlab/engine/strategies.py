@@ -87,6 +87,12 @@ class Strategy:
         """Yes-minus-No scores of `prompts` and where a cache came from."""
         raise NotImplementedError
 
+    def loglik(self, prompts, continuations, batch_size: int) -> tuple[list[np.ndarray], dict | None]:
+        """The log-likelihood of each of `continuations[i]` (token id lists) after `prompts[i]` (the sum
+        over its tokens), and where a cache came from. Where a strategy has none of its own: the
+        stock path's (exact for every method, the whole sequence through the model)."""
+        return Stock(self.ctx).loglik(prompts, continuations, batch_size)
+
 
 class Stock(Strategy):
     name = "stock"
@@ -120,6 +126,47 @@ class Stock(Strategy):
 
         lengths = [len(p) for p in prompts]
         return score_prompts(lengths, last, yes_id, no_id, batch_size, self.ctx.progress), None
+
+    @torch.no_grad()
+    def loglik(self, prompts, continuations, batch_size):
+        pairs = [(i, j) for i, conts in enumerate(continuations) for j in range(len(conts))]
+
+        def sums(idx):
+            batch = [(prompts[i], continuations[i][j]) for i, j in (pairs[k] for k in idx)]
+            return continuation_logprobs(self.logits, batch)
+
+        return loglik_loop(pairs, continuations, [len(prompts[i]) + len(continuations[i][j]) for i, j in pairs],
+                           sums, batch_size, self.ctx.progress), None  # fmt: skip
+
+
+def continuation_logprobs(logits_of, batch) -> torch.Tensor:
+    """Each (prompt, continuation) pair's summed log-probability of the continuation's tokens, from
+    `logits_of(seqs, prompt_lens, k)`: the logits of the last k positions of the left-padded batch."""
+    k = max(len(c) for _, c in batch) + 1  # the last prompt token predicts the first continuation token
+    logits = logits_of([p + c for p, c in batch], [len(p) for p, _ in batch], k)[:, -k:-1].float()
+    targets = answer_targets([c for _, c in batch], k - 1, right=True).to(logits.device)
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp(min=0)[..., None])[..., 0]
+    return torch.where(targets != -100, logp, 0.0).sum(-1)
+
+
+def loglik_loop(pairs, continuations, lengths, sums, batch_size: int, progress: bool) -> list[np.ndarray]:
+    """Per prompt, the log-likelihood of each of its continuations: `sums(indices into pairs)` for
+    batches of pairs of similar length, longest first."""
+    from tqdm.auto import tqdm
+
+    from .loop import check_batch_size
+
+    batch_size = check_batch_size(batch_size)
+    out = [np.full(len(c), np.nan) for c in continuations]
+    order = sorted(range(len(pairs)), key=lambda k: -lengths[k])
+    for b in tqdm(
+        range(0, len(order), batch_size), desc="eval (options)", unit="batch", disable=not progress
+    ):
+        idx = order[b : b + batch_size]
+        for k, value in zip(idx, sums(idx).cpu().numpy(), strict=True):
+            i, j = pairs[k]
+            out[i][j] = value
+    return out
 
 
 class Cached(Strategy):

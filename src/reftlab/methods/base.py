@@ -31,10 +31,29 @@ class Job:
         """What a run scores: the validation texts, then the test texts."""
         return list(self.prepared.val["text"]) + list(self.prepared.eval["text"])
 
+    @property
+    def rows(self):
+        """What a run scores, whole rows (a multiple-choice question has its options): the validation
+        rows, then the test rows."""
+        import pandas as pd
+
+        return pd.concat([self.prepared.val, self.prepared.eval], ignore_index=True)
+
+    @property
+    def task(self):
+        """The job's task (`task` of the config; yes_no where it has none), checked against its data."""
+        if getattr(self, "_task", None) is None:
+            from .. import tasks
+
+            self._task = tasks.of(self.cfg)
+            if self.prepared is not None:
+                self._task.check_data(self.prepared)
+        return self._task
+
 
 @dataclass
 class Outcome:
-    scores: object  # Yes-minus-No scores of Job.texts
+    scores: object  # the task's scores of Job.rows (Yes/No: logit(Yes) - logit(No) of each)
     metrics: dict = field(default_factory=dict)
     tags: dict = field(default_factory=dict)
     artifacts: list = field(default_factory=list)  # (artifact folder or None, local path) to log
@@ -47,6 +66,7 @@ class Method:
     trains: bool = True  # False: neither the seed nor the training settings change what it computes
     needs_model: bool = True  # False: no language model is loaded (layer checks skipped)
     paths: tuple[str, ...] = ("stock",)  # the strategies it can run on (engine.STRATEGIES)
+    families: tuple[str, ...] = ("label", "choice")  # the task families it serves (tasks.LABEL, tasks.CHOICE)
     has_layers: bool = True  # `intervention.layer` applies (run names, reports)
 
     def __init__(self, name: str):
@@ -70,7 +90,7 @@ class Method:
 
 
 class LanguageModelMethod(Method):
-    """Train something small on the frozen language model, evaluate it constrained to Yes/No."""
+    """Train something small on the frozen language model, evaluate it as its task scores answers."""
 
     def build(self, model, settings: dict, spec):
         """What trains, on the frozen `model`, for `settings` (parsed: `spec`)."""
@@ -125,7 +145,6 @@ class LanguageModelMethod(Method):
 
         from .. import models
         from ..engine import fused
-        from ..prompts import PromptBuilder
 
         cfg = job.cfg
         set_seed(cfg.seed)
@@ -137,7 +156,7 @@ class LanguageModelMethod(Method):
         self.check_model(cfg, model)
         why = models.choose_dtype(cfg.model.dtype, device)[1]
         tags = {"device": device, "dtype": str(dtype).replace("torch.", ""), "dtype_reason": why}
-        builder = PromptBuilder(tokenizer, cfg.data.system_prompt, cfg.trainer.max_length)
+        builder = job.task.builder(tokenizer, cfg, job.prepared)
         return model, tokenizer, device, n_layers, builder, tags
 
     def run(self, job: Job) -> Outcome:
@@ -150,20 +169,23 @@ class LanguageModelMethod(Method):
         cfg = job.cfg
         model, tokenizer, device, n_layers, builder, tags = self.load_model(job)
         total = sum(p.numel() for p in model.parameters())  # before building: the frozen model alone
-        settings = self.settings(cfg, n_layers)
+        settings = self.settings(cfg, n_layers) | {
+            "task": job.task.saved()
+        }  # a served model answers as it was trained
         spec = InterventionSpec.of(settings, n_layers)  # parsed once, passed on
         set_seed(cfg.seed)  # the initial weights depend on the seed alone (a fused sweep builds them so too)
         trained = self.build(model, settings, spec)
         n_trainable = sum(p.numel() for p in self.trainable(trained))
+        task = job.task
         engine = Engine(trained, self, spec, cfg.trainer, tokenizer.pad_token_id, device,
-                        given=fused.take(job.key), answers=builder.tails)  # fmt: skip
-        examples = builder.examples(job.prepared.train["text"], job.prepared.train["label"])
+                        given=fused.take(job.key), answers=task.tails(builder))  # fmt: skip
+        examples = task.examples(builder, job.prepared.train)
         result = engine.train(examples, cfg.seed)
         start = time.perf_counter()
-        scores, eval_path = engine.predict(builder.prompts(job.texts), builder.yes_id, builder.no_id)
+        scores = task.score(engine, builder, job.rows, cfg.trainer.eval_batch_size)
         eval_seconds = time.perf_counter() - start
         tags |= {"train_path": result.path, "train_path_reason": result.reason or "exact here",
-                 "trainable_dtype": "float32", "eval_path": eval_path}  # fmt: skip
+                 "trainable_dtype": "float32", "eval_path": engine.eval_path}  # fmt: skip
         if result.cache_source:
             tags["cache_source"] = result.cache_source
             tags["cache_point"] = str(result.cache_point)

@@ -15,6 +15,7 @@ class Tfidf(Method):
     trains = False  # deterministic: seed and training settings change nothing
     needs_model = False
     has_layers = False
+    families = ("label",)  # a label from a fixed set: Yes/No, or any label set
 
     def validate(self, icfg, n_layers, model_name) -> None:
         from ..validate import ConfigError, integer
@@ -34,16 +35,30 @@ class Tfidf(Method):
         return make_pipeline(vectorizer, LogisticRegression(C=float(settings["C"]), max_iter=2000))
 
     def run(self, job: Job) -> Outcome:
-        """Fit on train, score validation and test; scores are log-odds of "Yes" (the LMs' sign convention)."""
+        """Fit on train, score validation and test. Yes/No: scores are log-odds of "Yes" (the LMs'
+        sign convention); any label set: the log-probability of each of the task's labels."""
         import numpy as np
 
-        train = job.prepared.train
+        from ..tasks.yes_no import YesNo
+
+        train, task = job.prepared.train, job.task
         pipeline = self.pipeline(job.cfg.intervention)
         start = time.perf_counter()
-        pipeline.fit(list(train["text"]), np.array([label == "Yes" for label in train["label"]]))
+        if isinstance(task, YesNo):
+            pipeline.fit(list(train["text"]), np.array([label == "Yes" for label in train["label"]]))
+        else:
+            pipeline.fit(list(train["text"]), np.array([str(label) for label in train["label"]]))
         train_seconds = time.perf_counter() - start
         start = time.perf_counter()
-        scores = np.asarray(pipeline.decision_function(job.texts), dtype=np.float64)
+        if isinstance(task, YesNo):
+            scores = np.asarray(pipeline.decision_function(job.texts), dtype=np.float64)
+        else:  # the task's labels in its order; one the training part lacks gets no probability
+            seen = list(pipeline.classes_)
+            found = pipeline.predict_log_proba(job.texts)
+            scores = np.full((len(job.texts), len(task.labels)), np.log(np.finfo(float).tiny))
+            for j, label in enumerate(task.labels):
+                if label in seen:
+                    scores[:, j] = found[:, seen.index(label)]
         classifier = pipeline[-1]
         metrics = {
             "train_seconds": train_seconds,

@@ -1,5 +1,5 @@
-"""The frozen model zero-shot (`intervention=none`): scored the same constrained way (Yes vs No
-logits) with the data's system prompt, and again with an answer hint added (hint_* metrics)."""
+"""The frozen model zero-shot (`intervention=none`): scored as its task scores a trained model's
+answers, with the data's system prompt; for Yes/No again with an answer hint added (hint_* metrics)."""
 
 from __future__ import annotations
 
@@ -16,26 +16,16 @@ class ZeroShot(LanguageModelMethod):
     has_layers = False
 
     def run(self, job: Job) -> Outcome:
-        from .. import scoring
-        from ..engine import score
-        from ..prompts import PromptBuilder
+        from ..engine import StockScorer
+        from ..tasks.yes_no import YesNo
 
-        cfg = job.cfg
+        cfg, task = job.cfg, job.task
         model, tokenizer, device, n_layers, builder, tags = self.load_model(job)
-        settings = self.settings(cfg, n_layers)
-        args = (builder.yes_id, builder.no_id, tokenizer.pad_token_id, device, cfg.trainer.eval_batch_size)
+        scorer = StockScorer(model, self, self.settings(cfg, n_layers), tokenizer.pad_token_id, device)
         start = time.perf_counter()
-        scores = score(model, self, settings, builder.prompts(job.texts), *args)
+        scores = task.score(scorer, builder, job.rows, cfg.trainer.eval_batch_size)
         eval_seconds = time.perf_counter() - start
-        hinted = PromptBuilder(
-            tokenizer, f"{cfg.data.system_prompt} {cfg.intervention.hint}", cfg.trainer.max_length
-        )
-        hint = scoring.metrics(
-            list(job.prepared.eval["label"]),
-            score(model, self, settings, hinted.prompts(job.prepared.eval["text"]), *args),
-        )
         metrics = {
-            **{f"hint_{k}": v for k, v in hint.items() if k in ("accuracy", "f1", "yes_rate")},
             "train_seconds": 0.0,
             "eval_seconds": eval_seconds,
             "trainable_params": 0,
@@ -43,4 +33,10 @@ class ZeroShot(LanguageModelMethod):
             "peak_memory_mb": float("nan"),
             "train_examples": 0,
         }
+        if isinstance(task, YesNo):  # the same prompts with an answer hint in the system prompt
+            hinted = cfg.copy()
+            hinted.data.system_prompt = f"{cfg.data.system_prompt} {cfg.intervention.hint}"
+            hint = task.metrics(job.prepared.eval, task.score(scorer, task.builder(tokenizer, hinted),
+                                                              job.prepared.eval, cfg.trainer.eval_batch_size))  # fmt: skip
+            metrics |= {f"hint_{k}": v for k, v in hint.items() if k in ("accuracy", "f1", "yes_rate")}
         return Outcome(scores, metrics, tags)

@@ -68,7 +68,7 @@ class Classifier:
 
     def __init__(self, folder: Path):
         from .. import methods
-        from ..prompts import PromptBuilder
+        from ..tasks.chat import PromptBuilder
 
         self.trained, self.settings, self.tokenizer, self.device = load(folder)
         self.method = methods.get(self.settings["method"])

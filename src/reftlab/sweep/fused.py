@@ -26,6 +26,7 @@ from ..engine.plan import POINT_OFFSET, max_bytes
 from ..engine.store import obtain, store_for
 from ..reft import PYREFT_CLASSES
 from ..spec import InterventionSpec
+from ..tasks.yes_no import YesNo
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,9 @@ def why_alone(cfg) -> str | None:
 
 
 def group_key(cfg) -> str:
-    """Jobs with the same key share one prefix cache: the same model, data, prompt and max length."""
-    shared = {"model": cfg.model, "data": cfg.data, "max_length": cfg.trainer.max_length,
+    """Jobs with the same key share one prefix cache: the same model, data, task (its prompts and
+    answers), prompt and max length."""
+    shared = {"model": cfg.model, "data": cfg.data, "task": cfg.get("task"), "max_length": cfg.trainer.max_length,
               "positions": InterventionSpec.of(cfg.intervention).last, "cache_max_gb": cfg.trainer.cache_max_gb,
               "eval_batch_size": cfg.trainer.eval_batch_size, "mlflow": cfg.mlflow}  # fmt: skip
     return json.dumps(
@@ -139,7 +141,8 @@ def train_group(members, progress: bool = True) -> None:
     loaded = models.load_model_and_tokenizer(cfg0.model)  # once: the members' jobs take it too
     model, tokenizer, device, n_layers, builder, _ = method0.load_model(job0, loaded)
     store = store_for(cfg0.trainer)
-    examples = builder.examples(prepared.train["text"], prepared.train["label"])
+    task = job0.task
+    examples = task.examples(builder, prepared.train)
     group, keys = [], []
     for cfg, key in members:
         method = methods.get(cfg.intervention.method)
@@ -150,7 +153,7 @@ def train_group(members, progress: bool = True) -> None:
         set_seed(cfg.seed)
         trained = method.build(model, settings, spec)
         engine = Engine(trained, method, spec, cfg.trainer, tokenizer.pad_token_id, device, store,
-                        progress, answers=builder.tails)  # fmt: skip
+                        progress, answers=task.tails(builder))  # fmt: skip
         if engine.plan_training(examples).strategy != "cached":
             continue  # its job finds no result and trains on its own
         group.append(fused.Member(engine.ctx, cfg.seed))
@@ -161,20 +164,21 @@ def train_group(members, progress: bool = True) -> None:
     lowest = min(m.start for m in group)
     shared = cfg0.trainer.get("cache_from")
     build_at = lowest if shared is None else min(lowest, int(shared))
-    batch, answers, bound = cfg0.trainer.eval_batch_size, builder.tails, max_bytes(cfg0.trainer)
+    batch, answers, bound = cfg0.trainer.eval_batch_size, task.tails(builder), max_bytes(cfg0.trainer)
     with PeakMemory(device) as memory:
         cache, source, cache_seconds = obtain(model, lowest, [p for p, _ in examples], spec0.last, [a[:-1] for _, a in examples],
                                               tokenizer.pad_token_id, store, batch, progress, build_at=build_at, answers=answers, max_bytes=bound)  # fmt: skip
         step_seconds = fused.train(group, cache, examples, progress)
-    prompts = builder.prompts(job0.texts)
-    eval_cache, eval_source, _ = obtain(model, lowest, prompts, spec0.last, [()] * len(prompts), tokenizer.pad_token_id,
-                                        store, batch, progress, build_at=build_at, answers=answers, max_bytes=bound)  # fmt: skip
-    alive = [m for m in group if m.error is None]
-    scored = fused.score(alive, eval_cache, builder.yes_id, builder.no_id, batch) if alive else []
-    scores = dict(zip(map(id, alive), scored, strict=True))
+    alive, scores, eval_source, eval_built = [m for m in group if m.error is None], {}, None, None
+    if isinstance(task, YesNo):  # scored fused too; another task's members score on their own
+        prompts = builder.prompts(job0.texts)
+        eval_cache, eval_source, _ = obtain(model, lowest, prompts, spec0.last, [()] * len(prompts), tokenizer.pad_token_id,
+                                            store, batch, progress, build_at=build_at, answers=answers, max_bytes=bound)  # fmt: skip
+        scored = fused.score(alive, eval_cache, builder.yes_id, builder.no_id, batch) if alive else []
+        scores, eval_built = dict(zip(map(id, alive), scored, strict=True)), eval_cache.meta.get("built")
     name = hashlib.sha256("|".join(sorted(keys)).encode()).hexdigest()[:8]
     costs = fused.Costs(cache_seconds, step_seconds, memory.peak_mb, source, cache.meta.get("built"),
-                        eval_source, eval_cache.meta.get("built"))  # fmt: skip
+                        eval_source, eval_built)  # fmt: skip
     for m, key in zip(group, keys, strict=True):
         state = [{k: v.detach().clone() for k, v in iv.state_dict().items()}
                  for iv in m.ctx.method.interventions(m.ctx.trained)]  # fmt: skip

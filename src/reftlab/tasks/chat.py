@@ -1,37 +1,41 @@
-"""Turn texts into chat prompts and Yes/No answers, as token ids.
+"""Texts as chat prompts, and answers as the tokens that follow them.
 
 The prompt is the model's chat template with the dataset's system prompt and the text as the user
 message, ending with the assistant header. A text that does not fit `max_length` is cut (the
-template around it is kept, so the answer position is always the last prompt token).
+template around it is kept, so the answer position is always the last prompt token). An answer is
+what the template puts after the prompt when the assistant says it (its end-of-turn included).
 """
 
 from __future__ import annotations
 
-from .data.recipes import NO, YES
-
 PLACEHOLDER = "\u2063TEXT\u2063"
 FALLBACK_TEMPLATE = "{system}\n\n{text}\nAnswer:"
+YES, NO = "Yes", "No"
 
 
 class PromptBuilder:
-    def __init__(self, tokenizer, system_prompt: str, max_length: int):
+    """Chat prompts of texts and the token ids of each of `answers` after them. With the answers
+    Yes and No (the default), `yes_id`/`no_id` are their first tokens, which must differ."""
+
+    def __init__(self, tokenizer, system_prompt: str, max_length: int, answers=(YES, NO)):
         self.tokenizer = tokenizer
         self.system_prompt = system_prompt
         self.max_length = int(max_length)
         if tokenizer.chat_template:
             prompt = self._render(PLACEHOLDER, None)
-            answers = {a: self._render(PLACEHOLDER, a)[len(prompt) :] for a in (YES, NO)}
+            said = {a: self._render(PLACEHOLDER, a)[len(prompt) :] for a in answers}
         else:
             prompt = FALLBACK_TEMPLATE.format(system=system_prompt, text=PLACEHOLDER)
-            answers = {a: f" {a}{tokenizer.eos_token}" for a in (YES, NO)}
+            said = {a: f" {a}{tokenizer.eos_token}" for a in answers}
         before, after = prompt.split(PLACEHOLDER)
         self.before = self._ids(before)
         self.after = self._ids(after)
-        self.answer_ids = {a: self._ids(answers[a]) for a in (YES, NO)}
-        self.yes_id = self.answer_ids[YES][0]
-        self.no_id = self.answer_ids[NO][0]
-        if self.yes_id == self.no_id:
-            raise ValueError("The tokenizer gives 'Yes' and 'No' the same first token")
+        self.answer_ids = {a: self._ids(said[a]) for a in answers}
+        if set(answers) == {YES, NO}:
+            self.yes_id = self.answer_ids[YES][0]
+            self.no_id = self.answer_ids[NO][0]
+            if self.yes_id == self.no_id:
+                raise ValueError("The tokenizer gives 'Yes' and 'No' the same first token")
         self.budget = self.max_length - len(self.before) - len(self.after)
         if self.budget < 1:
             raise ValueError(

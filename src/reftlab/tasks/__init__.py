@@ -1,0 +1,59 @@
+"""Task families as plugins, the way methods are: a task is a class that registers itself under its
+names (`task.name` in the config picks it), one module and one YAML in conf/task/.
+
+- `yes_no` (the default): a Yes or a No after a chat prompt, scored as logit(Yes) - logit(No);
+- `classify`: any label set, scored by the log-likelihood of each label's whole answer;
+- `choice`: multiple choice, each example with its own options, scored as the ReFT paper trains it
+  and as the evaluation harness scores it.
+
+`chat.py` makes the chat prompts, `results.py` turns any task's scores into a run's results.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from .base import CHOICE, LABEL, Task
+
+BUILTIN = ("reftlab.tasks.yes_no", "reftlab.tasks.classify", "reftlab.tasks.choice")
+REGISTRY: dict[str, type[Task]] = {}
+_loaded = False
+
+__all__ = ["CHOICE", "LABEL", "REGISTRY", "Task", "get", "names", "of", "register"]
+
+
+def register(cls: type[Task]) -> type[Task]:
+    """Class decorator: make `cls` available under each of its `names`."""
+    for name in cls.names:
+        REGISTRY[name] = cls
+    return cls
+
+
+def _load_builtin() -> None:
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        for module in BUILTIN:
+            importlib.import_module(module)
+
+
+def names() -> list[str]:
+    _load_builtin()
+    return list(REGISTRY)
+
+
+def get(tcfg) -> Task:
+    """The task `tcfg.name` names, configured by `tcfg` (None: yes_no, what runs logged before tasks
+    existed were)."""
+    from ..config import ConfigError
+
+    _load_builtin()
+    name = "yes_no" if tcfg is None else tcfg.get("name", "yes_no")
+    if name not in REGISTRY:
+        raise ConfigError(f"task.name={name!r} is not valid: choose one of {list(REGISTRY)}")
+    return REGISTRY[name](tcfg)
+
+
+def of(cfg) -> Task:
+    """The task of a composed config."""
+    return get(cfg.get("task"))

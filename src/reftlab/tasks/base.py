@@ -1,0 +1,87 @@
+"""The task protocol: what a question looks like to the model and how its answer is scored.
+
+A `Task` owns one family of questions end to end: how an example becomes prompt and target token
+ids (`builder`, `examples`), which answers a stored prefix keeps beside each prompt (`tails`), how a
+trained model's answers are scored (`score`, through a scorer: the engine, or a stock pass), the
+metrics, figures and the predictions table, and its checks of the settings and the data. A method
+says which task families it serves (`Method.families`); `run.py` knows no task by name.
+
+Scores are what `score` returns for the rows it is given (validation, then test): an array with one
+row per example, or a dict of such arrays; `take` cuts them by rows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+LABEL, CHOICE = "label", "choice"  # families: a label from a fixed set, or one of each example's options
+
+
+def take(scores, rows):
+    """The scores of `rows` (a slice or indices) of every array in `scores`."""
+    if isinstance(scores, dict):
+        return {k: take(v, rows) for k, v in scores.items()}
+    return np.asarray(scores)[rows]
+
+
+def count(scores) -> int:
+    """How many examples `scores` hold."""
+    return count(next(iter(scores.values()))) if isinstance(scores, dict) else len(scores)
+
+
+class Task:
+    names: tuple[str, ...] = ()
+    family: str = LABEL
+    display: str = ""
+    val_metrics: tuple[str, ...] = ("accuracy",)  # logged again on the validation split as val_<name>
+
+    def __init__(self, tcfg):
+        self.cfg = tcfg
+
+    def saved(self) -> dict:
+        """What a saved model keeps of its task (`reft_settings.json`), to answer as it was trained."""
+        return {"name": self.names[0]}
+
+    def check(self, cfg) -> None:
+        """Settings checks before any data is read (a ConfigError naming the value and the choices)."""
+
+    def check_data(self, prepared) -> None:
+        """Checks of the prepared data before the model loads (a DataError naming what is wrong)."""
+
+    def builder(self, tokenizer, cfg, prepared=None):
+        """What turns this task's rows into prompts and targets for this tokenizer and these settings."""
+        raise NotImplementedError
+
+    def examples(self, builder, frame) -> list[tuple[list[int], list[int]]]:
+        """(prompt ids, answer ids) training pairs of `frame`'s rows."""
+        return builder.examples(frame["text"], frame["label"])
+
+    def tails(self, builder) -> list[list[int]]:
+        """The answers (but their last token) a stored prefix keeps after each prompt."""
+        return builder.tails
+
+    def score(self, scorer, builder, frame, batch_size: int):
+        """The scores of `frame`'s rows through `scorer` (`yes_no`, `loglik`)."""
+        raise NotImplementedError
+
+    def metrics(self, frame, scores) -> dict:
+        raise NotImplementedError
+
+    def finite(self, scores) -> np.ndarray:
+        """Per example: whether its scores are numbers (NaN or inf: the run diverged)."""
+        if isinstance(scores, dict):
+            return np.logical_and.reduce([self.finite(v) for v in scores.values()])
+        a = np.asarray(scores, dtype=float)
+        return np.isfinite(a) if a.ndim == 1 else ~np.isnan(a).all(1) & ~np.isinf(a).any(1)
+
+    def table(self, frame, scores):
+        """`frame` with each row's scores, probabilities and prediction (predictions.parquet)."""
+        raise NotImplementedError
+
+    def figures(self, prepared, scores) -> list[tuple[str, object]]:
+        """(artifact file, matplotlib figure) pairs of the run."""
+        return []
+
+    def judged_labels(self) -> bool:
+        """Whether a held-out split of one label says little (a label task's accuracy)."""
+        return self.family == LABEL

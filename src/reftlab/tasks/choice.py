@@ -1,0 +1,157 @@
+"""`task=choice`: multiple choice, each example with its own 2-5 options and the key of the right one.
+
+A prepared row holds `text` (the question with its options, as the model is prompted: LLM-Adapters'
+instruction), `question` (the question alone), `options` (the options' texts), `keys` (what names
+each option: answer1..answer5, true/false, ...) and `label` (the right key). Scored both ways, both
+logged:
+
+- as the ReFT paper trains it (`accuracy`): the chat prompt of `text`, the target "the correct answer
+  is <key>"; the prediction is the key whose whole answer has the highest log-likelihood;
+- as EleutherAI's evaluation harness scores it (`acc`, `acc_norm`): the log-likelihood of each
+  option's text (" <option>") after "Question: <question>\\nAnswer:", without a chat template, the
+  highest wins; `acc_norm` divides it by the continuation's length in characters first.
+
+The chance rate is the mean of 1/options.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import register
+from .base import CHOICE, Task
+from .chat import PromptBuilder
+from .classify import softmax
+
+KEYWORD = "the correct answer is {key}"
+HARNESS_PROMPT = "Question: {question}\nAnswer:"
+
+
+def padded(rows: list, width: int, fill=np.nan) -> np.ndarray:
+    """Per-example arrays of different lengths as one [N, width] array (`fill` where none)."""
+    out = np.full((len(rows), width), fill, dtype=np.float64)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
+
+
+def best(scores: np.ndarray) -> np.ndarray:
+    """Each row's highest column, NaN (no such option) never chosen."""
+    return np.where(np.isnan(scores), -np.inf, scores).argmax(axis=1)
+
+
+class HarnessPrompts:
+    """The evaluation harness's prompts ("Question: ...\\nAnswer:") and continuations (" <option>") as
+    token ids, the question cut to fit `max_length` with the longest option after it."""
+
+    def __init__(self, tokenizer, max_length: int):
+        self.tokenizer, self.max_length = tokenizer, int(max_length)
+        before, after = HARNESS_PROMPT.split("{question}")
+        self.before, self.after = self.ids(before), self.ids(after)
+
+    def ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def __call__(self, question: str, options) -> tuple[list[int], list[list[int]]]:
+        conts = [self.ids(" " + str(o)) for o in options]
+        room = self.max_length - len(self.before) - len(self.after) - max(map(len, conts))
+        return self.before + self.ids(str(question))[: max(room, 1)] + self.after, conts
+
+
+@register
+class Choice(Task):
+    names = ("choice",)
+    family = CHOICE
+    display = "multiple choice"
+    val_metrics = ("accuracy", "acc", "acc_norm")
+
+    def __init__(self, tcfg):
+        super().__init__(tcfg)
+        self.keys: list[str] | None = None
+
+    def saved(self) -> dict:
+        return {"name": self.names[0], "keys": list(self.keys or [])}
+
+    def check_data(self, prepared) -> None:
+        from ..data.recipes import DataError
+
+        parts = [p for p in (prepared.train, prepared.val, prepared.eval) if len(p)]
+        missing = [c for c in ("options", "keys", "question") if not all(c in p for p in parts)]
+        if missing:
+            raise DataError(f"task=choice needs a multiple-choice dataset (columns options, keys, question): "
+                            f"this data has no {', '.join(missing)}; choose a data config with options (data=arc_easy, "
+                            "data=openbookqa, ...) or task=yes_no / task=classify")  # fmt: skip
+        keys = set()
+        for part in parts:
+            for n, (options, names, label) in enumerate(
+                zip(part["options"], part["keys"], part["label"], strict=True)
+            ):
+                if len(options) < 2 or len(options) != len(names) or str(label) not in list(names):
+                    raise DataError(f"row {n + 1} has {len(options)} option(s), keys {list(names)} and answer "
+                                    f"{label!r}: each example needs 2 or more options and an answer among its keys")  # fmt: skip
+                keys.update(str(k) for k in names)
+        self.keys = sorted(keys)
+
+    def builder(self, tokenizer, cfg, prepared=None):
+        if self.keys is None and prepared is not None:
+            self.check_data(prepared)
+        answers = tuple(KEYWORD.format(key=k) for k in self.keys)
+        builder = PromptBuilder(tokenizer, cfg.data.system_prompt, cfg.trainer.max_length, answers=answers)
+        builder.harness = HarnessPrompts(tokenizer, cfg.trainer.max_length)
+        return builder
+
+    def examples(self, builder, frame):
+        targets = [KEYWORD.format(key=k) for k in frame["label"]]
+        return builder.examples(frame["text"], targets)
+
+    def score(self, scorer, builder, frame, batch_size: int):
+        prompts = builder.prompts(frame["text"])
+        answers = [[builder.answer_ids[KEYWORD.format(key=k)] for k in keys] for keys in frame["keys"]]
+        keyword = scorer.loglik(prompts, answers, batch_size) if prompts else []
+        asked = [builder.harness(q, o) for q, o in zip(frame["question"], frame["options"], strict=True)]
+        harness = scorer.loglik([p for p, _ in asked], [c for _, c in asked], batch_size) if asked else []
+        width = max((len(k) for k in frame["keys"]), default=2)
+        chars = [[len(" " + str(o)) for o in options] for options in frame["options"]]
+        return {
+            "keyword": padded(keyword, width),
+            "harness": padded(harness, width),
+            "chars": padded(chars, width),
+        }
+
+    def predicted(self, frame, scores) -> dict[str, np.ndarray]:
+        """Each row's chosen option (its index) by each scoring."""
+        return {"keyword": best(scores["keyword"]), "harness": best(scores["harness"]),
+                "norm": best(scores["harness"] / scores["chars"])}  # fmt: skip
+
+    def metrics(self, frame, scores) -> dict:
+        right = np.asarray(
+            [list(keys).index(str(label)) for keys, label in zip(frame["keys"], frame["label"], strict=True)]
+        )
+        chosen = self.predicted(frame, scores)
+        n = max(len(right), 1)
+        return {
+            "accuracy": float((chosen["keyword"] == right).sum() / n),
+            "acc": float((chosen["harness"] == right).sum() / n),
+            "acc_norm": float((chosen["norm"] == right).sum() / n),
+            "chance": float(np.mean([1 / len(o) for o in frame["options"]])) if len(frame) else float("nan"),
+        }
+
+    def finite(self, scores) -> np.ndarray:
+        ok = np.ones(len(scores["keyword"]), dtype=bool)
+        for name in ("keyword", "harness"):
+            a = scores[name]
+            ok &= ~np.isinf(a).any(1) & ~np.isnan(a).all(1)
+        return ok
+
+    def table(self, frame, scores):
+        chosen = self.predicted(frame, scores)
+        keys = [list(k) for k in frame["keys"]]
+        probs = [softmax(row[~np.isnan(row)][None])[0] for row in scores["keyword"]]
+        return frame.assign(
+            prediction=[k[i] for k, i in zip(keys, chosen["keyword"], strict=True)],
+            prediction_acc=[k[i] for k, i in zip(keys, chosen["harness"], strict=True)],
+            prediction_acc_norm=[k[i] for k, i in zip(keys, chosen["norm"], strict=True)],
+            probabilities=probs,
+            loglik_keyword=[row[~np.isnan(row)] for row in scores["keyword"]],
+            loglik_harness=[row[~np.isnan(row)] for row in scores["harness"]],
+        )

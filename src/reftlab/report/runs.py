@@ -27,7 +27,7 @@ from ..config import identity
 BUDGET = ("data.max_train", "data.max_val", "data.max_eval", "trainer.max_length")
 TRAINED_BUDGET = ("trainer.epochs",)
 METRICS = ("accuracy", "val_accuracy", "f1", "train_loss_last", "trainable_params", "trainable_percent", "train_seconds", "cache_seconds",
-           "eval_seconds", "peak_memory_mb", "tp", "fp", "tn", "fn")  # fmt: skip
+           "eval_seconds", "peak_memory_mb", "tp", "fp", "tn", "fn", "chance", "acc", "acc_norm")  # fmt: skip
 # Params a report holds apart from the settings: the seed (the replicates of a group), the method
 # (a column of its own) and where the data came from (the data content, tag data_hash, says what it was).
 # With cross-validation the fold is a replicate too: the folds of a configuration pool, and their
@@ -186,6 +186,8 @@ def tidy(runs: pd.DataFrame) -> pd.DataFrame:
         out[name] = runs[f"params.{name}"].fillna("-").astype(str).replace("None", "-")
         if identity.among(name, identity.UNTRAINED):
             out.loc[blank, name] = "-"
+    if "task.name" in out:  # runs logged before tasks existed answered Yes/No
+        out["task.name"] = out["task.name"].replace("-", "yes_no")
     for metric in METRICS:
         out[metric] = pd.to_numeric(column(runs, f"metrics.{metric}"), errors="coerce")
     # train_seconds includes building the prefix cache, which only the first job of a sweep does:

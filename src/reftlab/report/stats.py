@@ -251,7 +251,10 @@ def sort_key(value):
 
 
 def chance(g: pd.DataFrame) -> float:
-    """Accuracy of always answering the majority label of the test set."""
+    """The chance rate its runs logged (their task's: the majority label, the mean of 1/options), else
+    (Yes/No runs of older code) the accuracy of always answering the majority label of the test set."""
+    if "chance" in g and g["chance"].notna().any():
+        return float(g["chance"].dropna().iloc[0])
     pos = (g["tp"] + g["fn"]).iloc[0]
     neg = (g["tn"] + g["fp"]).iloc[0]
     return float(max(pos, neg) / (pos + neg)) if pos + neg > 0 else float("nan")

@@ -1,0 +1,195 @@
+"""Tasks score answers as a direct computation would: Yes/No as logit(Yes) - logit(No), k labels and
+multiple-choice options by the log-likelihood of each whole answer; their metrics; bad input is
+refused before any model loads."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import compose
+
+from reftlab import methods, tasks, validate
+from reftlab.engine import StockScorer
+from reftlab.tasks.chat import PromptBuilder
+from reftlab.tasks.choice import KEYWORD, Choice
+from reftlab.tasks.classify import label_metrics, softmax
+
+
+def direct_loglik(model, prompt: list[int], answer: list[int]) -> float:
+    """log P(answer | prompt) summed over the answer's tokens, from one forward pass of the plain model."""
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([prompt + answer])).logits[0].float()
+    logp = torch.log_softmax(logits[len(prompt) - 1 : -1], dim=-1)
+    return float(logp[torch.arange(len(answer)), torch.tensor(answer)].sum())
+
+
+def scorer_of(model, tokenizer):
+    method = methods.get("none")
+    cfg = compose("model=tiny_random", "intervention=none")
+    from omegaconf import OmegaConf
+
+    settings = {**OmegaConf.to_container(cfg.intervention), "num_layers": model.config.num_hidden_layers}
+    return StockScorer(model, method, settings, tokenizer.pad_token_id, progress=False)
+
+
+def test_yes_no_scores_are_the_yes_minus_no_logit_at_the_last_prompt_token(tiny4):
+    model, tokenizer, builder, _, prompts = tiny4
+    frame = pd.DataFrame(
+        {"text": ["a fine hotel", "awful, truly awful!!!", "ok"], "label": ["Yes", "No", "No"]}
+    )
+    task = tasks.get(None)  # a run logged before tasks existed: Yes/No
+    scores = task.score(scorer_of(model, tokenizer), builder, frame, 2)
+    for prompt, score in zip(builder.prompts(frame["text"]), scores, strict=True):
+        with torch.no_grad():
+            last = model(input_ids=torch.tensor([prompt])).logits[0, -1].float()
+        assert score == pytest.approx(float(last[builder.yes_id] - last[builder.no_id]), rel=1e-5, abs=1e-6)
+    m = task.metrics(frame, scores)
+    assert m["accuracy"] == np.mean((scores > 0) == (frame["label"] == "Yes"))
+
+
+def test_k_labels_are_scored_by_the_log_likelihood_of_each_whole_answer(tiny4):
+    """Labels that share a first token ("half-true" / "half-false") are still told apart."""
+    model, tokenizer, *_ = tiny4
+    cfg = compose("model=tiny_random", "task=classify", "task.labels=[half-true,half-false,mostly-true]",
+                  "trainer.max_length=64")  # fmt: skip
+    task = tasks.of(cfg)
+    frame = pd.DataFrame(
+        {"text": ["the claim is odd", "a plain claim"], "label": ["half-true", "mostly-true"]}
+    )
+    builder = task.builder(tokenizer, cfg)
+    first = {lab: builder.answer_ids[lab][0] for lab in task.labels}
+    assert first["half-true"] == first["half-false"]  # the first token alone could not tell them apart
+    scores = task.score(scorer_of(model, tokenizer), builder, frame, 2)
+    assert scores.shape == (2, 3)
+    for i, prompt in enumerate(builder.prompts(frame["text"])):
+        for j, lab in enumerate(task.labels):
+            assert scores[i, j] == pytest.approx(
+                direct_loglik(model, prompt, builder.answer_ids[lab]), rel=1e-5
+            )
+    table = task.table(frame, scores)
+    assert list(table["prediction"]) == [task.labels[j] for j in scores.argmax(1)]
+    assert np.allclose([p.sum() for p in table["probabilities"]], 1)
+
+
+def test_label_metrics_for_k_classes():
+    labels = ["a", "b", "c"]
+    truth = ["a", "a", "b", "c", "c", "c"]
+    scores = np.log(np.array([[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1],
+                              [0.1, 0.1, 0.8], [0.6, 0.2, 0.2], [0.2, 0.2, 0.6]]))  # fmt: skip
+    m = label_metrics(labels, truth, scores)
+    assert m["accuracy"] == pytest.approx(4 / 6) and m["chance"] == pytest.approx(3 / 6)
+    assert m["precision.a"] == pytest.approx(1 / 2) and m["recall.a"] == pytest.approx(1 / 2)
+    assert m["recall.c"] == pytest.approx(2 / 3) and m["precision.b"] == pytest.approx(1 / 2)
+    from sklearn.metrics import f1_score, log_loss, roc_auc_score
+
+    pred = np.array(labels)[scores.argmax(1)]
+    assert m["f1"] == pytest.approx(f1_score(truth, pred, average="macro"))
+    assert m["log_loss"] == pytest.approx(log_loss(truth, np.exp(scores), labels=labels))
+    assert m["roc_auc"] == pytest.approx(
+        roc_auc_score(truth, softmax(scores), multi_class="ovr", labels=labels)
+    )
+
+
+def choice_frame() -> pd.DataFrame:
+    rows = [("Which is a fruit?", ["a stone", "an apple", "a cloud"], 1),
+            ("Is water wet?", ["true", "false"], 0),
+            ("Pick the largest", ["one", "two", "three", "four", "five"], 4)]  # fmt: skip
+    out = []
+    for q, options, right in rows:
+        keys = [f"answer{i + 1}" for i in range(len(options))]
+        text = (
+            f"Please choose the correct answer to the question: {q}\n\n"
+            + "\n".join(f"Answer{i + 1}: {o}" for i, o in enumerate(options))
+            + "\n\nAnswer format: "
+            + "/".join(keys)
+        )
+        out.append(
+            {"text": text, "question": q, "options": options, "keys": keys, "label": keys[right], "group": q}
+        )
+    return pd.DataFrame(out)
+
+
+def test_choice_scores_both_ways_as_direct_log_likelihoods(tiny4):
+    model, tokenizer, *_ = tiny4
+    cfg = compose("model=tiny_random", "task=choice", "trainer.max_length=128")
+    task = tasks.of(cfg)
+    frame = choice_frame()
+    prepared = type("P", (), {"train": frame, "val": frame.iloc[:0], "eval": frame})()
+    task.check_data(prepared)
+    builder = task.builder(tokenizer, cfg)
+    scores = task.score(scorer_of(model, tokenizer), builder, frame, 3)
+    assert scores["keyword"].shape == (3, 5) and np.isnan(scores["keyword"][1, 2:]).all()
+    for i, (prompt, row) in enumerate(zip(builder.prompts(frame["text"]), frame.itertuples(), strict=True)):
+        for j, key in enumerate(row.keys):
+            want = direct_loglik(model, prompt, builder.answer_ids[KEYWORD.format(key=key)])
+            assert scores["keyword"][i, j] == pytest.approx(want, rel=1e-5)
+        question, options = builder.harness(row.question, row.options)
+        assert tokenizer.decode(question) == f"Question: {row.question}\nAnswer:"
+        for j, cont in enumerate(options):
+            assert scores["harness"][i, j] == pytest.approx(direct_loglik(model, question, cont), rel=1e-5)
+            assert scores["chars"][i, j] == len(" " + row.options[j])
+    m = task.metrics(frame, scores)
+    right = np.array([1, 0, 4])
+    assert m["acc"] == pytest.approx(np.mean(np.nanargmax(scores["harness"], 1) == right))
+    assert m["acc_norm"] == pytest.approx(
+        np.mean(np.nanargmax(scores["harness"] / scores["chars"], 1) == right)
+    )
+    assert m["chance"] == pytest.approx(np.mean([1 / 3, 1 / 2, 1 / 5]))
+    table = task.table(frame, scores)
+    assert set(table["prediction"]) <= {f"answer{i}" for i in range(1, 6)}
+
+
+@pytest.mark.parametrize(
+    "frame_change, message",
+    [
+        (lambda f: f.assign(label=["answer5", "answer1", "answer1"]), "answer 'answer5'"),  # answer5 of three
+        (
+            lambda f: f.assign(
+                options=[["one"], ["true", "false"], list("abcde")],
+                keys=[["answer1"], ["answer1", "answer2"], [f"answer{i}" for i in range(1, 6)]],
+            ),
+            "1 option",
+        ),  # fmt: skip
+        (lambda f: f.assign(label=["", "answer1", "answer1"]), "answer ''"),
+        (lambda f: f.drop(columns=["options"]), "no options"),
+    ],
+)
+def test_a_choice_example_that_cannot_be_scored_is_refused_naming_it(frame_change, message):
+    from reftlab.data.recipes import DataError
+
+    frame = frame_change(choice_frame())
+    prepared = type("P", (), {"train": frame, "val": frame.iloc[:0], "eval": frame})()
+    with pytest.raises(DataError, match=message):
+        Choice(None).check_data(prepared)
+
+
+def test_a_label_outside_the_given_labels_is_refused():
+    from reftlab.data.recipes import DataError
+
+    frame = pd.DataFrame({"text": ["x", "y"], "label": ["spam", "ham"]})
+    prepared = type("P", (), {"train": frame, "val": frame.iloc[:0], "eval": frame})()
+    task = tasks.of(compose("task=classify", "task.labels=[spam,eggs]"))
+    with pytest.raises(DataError, match=r"label\(s\) \['ham'\] of the data are not in task.labels"):
+        task.check_data(prepared)
+    with pytest.raises(validate.ConfigError, match="at least 2 labels"):
+        tasks.of(compose("task=classify", "task.labels=[spam]")).check(None)
+
+
+def test_a_task_the_method_does_not_serve_stops_before_loading():
+    cfg = compose("intervention=tfidf", "task=choice")
+    with pytest.raises(validate.ConfigError, match=r"task=choice is not served by intervention.method=tfidf"):
+        validate.check(cfg, methods.get("tfidf"))
+    with pytest.raises(validate.ConfigError, match="task.name='nope' is not valid: choose one of"):
+        tasks.get({"name": "nope"})
+
+
+def test_the_prompt_builder_of_the_yes_no_task_is_the_one_it_always_was(tiny4):
+    """The same prompts, answers and first tokens as before tasks existed (the default job's)."""
+    tokenizer = tiny4[1]
+    builder = tasks.get(None).builder(tokenizer, compose("trainer.max_length=64"))
+    plain = PromptBuilder(tokenizer, compose().data.system_prompt, 64)
+    assert builder.answer_ids == plain.answer_ids and (builder.yes_id, builder.no_id) == (
+        plain.yes_id,
+        plain.no_id,
+    )
+    assert builder.prompts(["a review"]) == plain.prompts(["a review"])

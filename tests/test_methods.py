@@ -138,3 +138,37 @@ def test_saved_weights_load_in_pyreft_and_peft_exactly_with_a_model_card(in_root
         "CC BY-NC-SA 3.0" in readme
         and ("pyreft.ReftModel.load" if method == "loreft" else "PeftModel") in readme
     )
+
+
+def test_dora_adds_a_magnitude_per_adapted_output_and_reloads_in_peft(tiny4, tmp_path):
+    """DoRA = LoRA's A and B plus one magnitude per output feature of each adapted weight (peft's
+    use_dora), and its saved folder loads back to the same outputs."""
+    import torch
+
+    from reftlab import methods
+
+    model = tiny4[0]
+    cfg = compose("model=tiny_random", "model.num_layers=4", "intervention=dora", "intervention.layer=[1]")
+    dora = methods.get("dora")
+    settings = dora.settings(cfg, 4)
+    trained = dora.build(model, settings).eval()  # no dropout
+    names = [n for n, p in trained.named_parameters() if p.requires_grad]
+    # r=8 on q_proj (32 -> 32) and v_proj (32 -> 16) of layer 1: LoRA's A, B and DoRA's magnitudes
+    assert (
+        sum(p.numel() for p in trained.parameters() if p.requires_grad)
+        == 8 * (32 + 32) + 8 * (32 + 16) + 32 + 16
+    )
+    assert any("magnitude" in n for n in names)
+    with torch.no_grad():
+        for p in trained.parameters():
+            if p.requires_grad:
+                p.add_(0.01)
+        ids = torch.tensor([[1, 2, 3, 4]])
+        before = trained(input_ids=ids).logits
+        dora.save(trained, settings, tmp_path / "dora")
+        trained.unload()  # the frozen model back as it was
+        again, saved = dora.load(model, tmp_path / "dora")
+        again.eval()
+        assert saved["use_dora"] is True
+        assert torch.allclose(again(input_ids=ids).logits, before, atol=1e-5)
+        again.unload()

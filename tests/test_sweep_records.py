@@ -249,3 +249,31 @@ def test_the_sweeps_jobs_are_listed_as_hydras_basic_sweeper_makes_them():
     assert len(jobs) == 6 and jobs[0] == ["seed=1", "intervention.layer=8", "trainer.epochs=2"]
     config.hydra.sweeper._target_ = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
     assert callback.job_list(config) is None  # another sweeper: its folders are counted as today
+
+
+@pytest.mark.slow
+def test_a_sweep_over_datasets_has_one_parent_run_a_dataset_with_its_report(tmp_path, empty_store):
+    """data=a,b: each dataset's jobs are the children of a parent of its own (under the sweep's), which
+    holds their counts, best job and report; the sweep's own parent holds the totals."""
+    import mlflow
+
+    uri = store_in(tmp_path, empty_store)
+    done = train_here("-m", "intervention=tfidf", "data=opinion_spam,persuasion_sample", "data.max_train=64",
+                      "data.max_val=32", "data.max_eval=32", f"mlflow.tracking_uri={uri}",
+                      f"hydra.sweep.dir={tmp_path / 'multirun'}")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = runs(uri, sweeps=True)
+    top = table[(table["tags.kind"] == "sweep") & table["tags.part"].isna()]
+    parts = table[table["tags.part"].notna()].set_index("tags.part")
+    jobs = table[table["tags.kind"] != "sweep"].set_index("params.data.name")
+    assert len(top) == 1 and sorted(parts.index) == ["data=opinion_spam", "data=persuasion_sample"]
+    assert (parts["tags.mlflow.parentRunId"] == top["run_id"].iloc[0]).all() and (
+        parts["status"] == "FINISHED"
+    ).all()
+    for name in ("opinion_spam", "persuasion_sample"):
+        part = parts.loc[f"data={name}"]
+        assert jobs.loc[name, "tags.mlflow.parentRunId"] == part["run_id"]
+        assert part["metrics.jobs_finished"] == 1 and part["tags.best_run_id"] == jobs.loc[name, "run_id"]
+        report = mlflow.tracking.MlflowClient(uri).download_artifacts(part["run_id"], "report/report.md")
+        assert "1 finished runs" in Path(report).read_text()
+    assert top["metrics.jobs_finished"].iloc[0] == 2 and top["status"].iloc[0] == "FINISHED"

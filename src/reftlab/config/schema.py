@@ -54,6 +54,7 @@ class Lora:
     dropout: float = 0.05
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
     layer: Any = None  # null (all), an int, a list, or "all"
+    use_dora: bool = False  # DoRA (peft): weight-decomposed LoRA (intervention=dora)
 
 
 @dataclass

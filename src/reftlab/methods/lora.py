@@ -45,6 +45,7 @@ class LoraMethod(LanguageModelMethod):
             lora_dropout=float(settings.get("dropout", 0.0)),
             target_modules=list(settings["target_modules"]),
             layers_to_transform=list(spec.layers) or None,  # none given: every layer
+            use_dora=bool(settings.get("use_dora", False)),
             bias="none",
             task_type="CAUSAL_LM",
         )
@@ -62,3 +63,15 @@ class LoraMethod(LanguageModelMethod):
         folder = Path(folder)
         settings = json.loads((folder / "reft_settings.json").read_text())
         return PeftModel.from_pretrained(model, str(folder)), settings
+
+
+@register
+class DoraMethod(LoraMethod):
+    """DoRA (Liu et al. 2024, peft's `use_dora`): LoRA on the direction of each weight with its
+    magnitude trained apart; the method the ReFT paper's commonsense tables compare with."""
+
+    names = ("dora",)
+    display = "DoRA"
+
+    def settings(self, cfg, n_layers: int) -> dict:
+        return super().settings(cfg, n_layers) | {"use_dora": True}

@@ -137,11 +137,41 @@ def open_for(config, uri: str, experiment_id: str, jobs: int | None = None) -> s
         params = {f"sweep.{k}": v for k, v in keys.items()} | {"launcher": launcher}
         for k, v in params.items():
             client.log_param(run_id, k, tracking.redact(v)[: tracking.MAX_PARAM_CHARS])
+    parts = {value: open_part(client, experiment_id, run_id, key, name_of(config, keys), value)
+             for value in parts_of(keys)}  # fmt: skip
     opened = {"run_id": run_id, "started": time.time(), "sweep_key": key, "name": name_of(config, keys),
-              "jobs": jobs}  # fmt: skip
+              "jobs": jobs, "parts": parts}  # fmt: skip
     tracking.write_atomic(folder / FILE, json.dumps(opened))
     os.environ[ENV] = run_id
     return run_id
+
+
+PART = "data"  # a sweep over datasets (data=arc_easy,boolq) has one parent run a dataset, under its own
+
+
+def parts_of(keys: dict[str, str]) -> list[str]:
+    """The datasets a sweep varies (`data=a,b`, a preset's `data: a,b`): each gets a parent of its own."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if PART not in keys:
+        return []
+    (override,) = OverridesParser.create().parse_overrides([f"{PART}={keys[PART]}"])
+    return [str(v) for v in override.sweep_string_iterator()]
+
+
+def open_part(client, experiment_id: str, top: str, key: str, name: str, value: str) -> str:
+    """The parent run of the sweep's jobs on dataset `value` (found again on a re-run), a child of
+    the sweep's own parent `top`: its jobs are its children, its report compares them."""
+    part_key = f"{key}:{PART}={value}"
+    found = client.search_runs([experiment_id], filter_string=f"tags.sweep_key = '{part_key}' and tags.kind = '{KIND}'",
+                               max_results=1)  # fmt: skip
+    if found:
+        client.update_run(found[0].info.run_id, status="RUNNING")
+        return found[0].info.run_id
+    tags = {"kind": KIND, "sweep_key": part_key, "part": f"{PART}={value}", "mlflow.parentRunId": top}
+    run = client.create_run(experiment_id, run_name=tracking.redact(f"{name} · {PART}={value}"), tags=tags)
+    client.log_param(run.info.run_id, f"sweep.{PART}", value)
+    return run.info.run_id
 
 
 def of_this_job() -> str | None:
@@ -157,7 +187,9 @@ def of_this_job() -> str | None:
         return None
     path = Path(hydra_cfg.sweep.dir) / FILE
     if path.is_file():
-        return json.loads(path.read_text())["run_id"]
+        opened = json.loads(path.read_text())
+        part = (opened.get("parts") or {}).get(str(hydra_cfg.runtime.choices.get(PART)))
+        return part or opened["run_id"]
     return os.environ.get(ENV)
 
 
@@ -174,6 +206,59 @@ def close(sweep_dir: Path, uri: str, rows: list[dict], launcher_ended: bool, run
     opened = json.loads(path.read_text()) if path.is_file() else {}
     started = opened.get("started", time.time()) if opened.get("run_id") == run_id else time.time()
     client = MlflowClient(uri)
+    parts = (opened.get("parts") or {}) if opened.get("run_id") == run_id else {}
+    for value, part in parts.items():  # each dataset's parent: its jobs' counts, best and report
+        mine = [r for r in rows if job_part(r) == value]
+        end(
+            client,
+            part,
+            mine,
+            launcher_ended,
+            stopped,
+            started,
+            Path(sweep_dir) / "report" / safe_part(value),
+            uri,
+        )
+    top = end(
+        client,
+        run_id,
+        rows,
+        launcher_ended,
+        stopped,
+        started,
+        Path(sweep_dir) / "report",
+        uri,
+        report=not parts,
+    )
+    return str(Path(sweep_dir) / "report") if parts else top
+
+
+def safe_part(value: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", value).strip(".") or "part"
+
+
+def job_part(row: dict) -> str | None:
+    """The dataset (`data=` choice) of a sweep's job: from its folder's Hydra overrides, or (a job
+    that never started) from the overrides its row names."""
+    import yaml
+
+    folder = row.get("folder")
+    lines = []
+    if folder and (Path(folder) / ".hydra" / "overrides.yaml").is_file():
+        lines = yaml.safe_load((Path(folder) / ".hydra" / "overrides.yaml").read_text()) or []
+    else:
+        lines = str(row.get("error", "")).rsplit("(", 1)[-1].rstrip(")").split()
+    for line in lines:
+        if line.startswith(f"{PART}="):
+            return line.split("=", 1)[1]
+    return None
+
+
+def end(client, run_id: str, rows: list[dict], launcher_ended: bool, stopped: bool, started: float, out: Path,
+        uri: str, report: bool = True) -> str | None:  # fmt: skip
+    """One parent run's answer (counts, best child, report) and its end status."""
     counts = {s: sum(r["status"] == s for r in rows) for s in ("finished", "failed", "skipped", "killed")}
     counts["missing"] = sum(r["status"] in ("missing", "running") for r in rows)
     metrics = {f"jobs_{k}": v for k, v in counts.items()} | {"sweep_seconds": time.time() - started}
@@ -186,7 +271,7 @@ def close(sweep_dir: Path, uri: str, rows: list[dict], launcher_ended: bool, run
             client.set_tag(run_id, "best_run_name", best["name"])
         for k, v in metrics.items():
             client.log_metric(run_id, k, v)
-        report_dir = log_report(client, run_id, Path(sweep_dir) / "report", uri)
+        report_dir = log_report(client, run_id, out, uri) if report else None
     except Exception as e:  # the jobs' own runs hold the results; say why the parent lacks them
         log.warning("Could not complete the sweep's parent run %s: %s", run_id, e)
         client.set_tag(run_id, "warning", f"the sweep's summary could not be logged: {e}"[:5000])

@@ -226,6 +226,8 @@ def summarise(finished: pd.DataFrame, keys: list[str], correct=None) -> pd.DataF
                 "ci_high": high,
                 "ci_how": how,
                 "f1": g["f1"].mean(),
+                "acc": g["acc"].mean(),  # multiple choice as the evaluation harness scores it
+                "acc_norm": g["acc_norm"].mean(),
                 "trainable_params": g["trainable_params"].max(),
                 "trainable_percent": g["trainable_percent"].max(),
                 "train_seconds": g["step_seconds"].mean(),

@@ -17,6 +17,10 @@ def closing_summary(name: str, cfg, metrics: dict, info, output_dir: Path, notes
         line = f"  test accuracy {100 * metrics['accuracy']:.1f}%"
         if "f1" in metrics:
             line += f", F1 {metrics['f1']:.3f}"
+        if "acc" in metrics:  # multiple choice: as the evaluation harness scores it too
+            line += f" (harness: acc {100 * metrics['acc']:.1f}%, acc_norm {100 * metrics['acc_norm']:.1f}%)"
+        if "chance" in metrics:
+            line += f", chance {100 * metrics['chance']:.1f}%"
         line += f" on {int(metrics.get('eval_examples', 0))} examples"
         if metrics.get("val_examples"):
             line += f"; validation {100 * metrics['val_accuracy']:.1f}% on {int(metrics['val_examples'])}"

@@ -88,6 +88,14 @@ def difference(diff: float, low: float, high: float) -> str:
     return text if missing(low) else f"{text} [{100 * low:+.1f}, {100 * high:+.1f}]"
 
 
+def harness(table: pd.DataFrame, row) -> dict:
+    """A multiple-choice group's test accuracy as the evaluation harness scores it (acc, acc_norm),
+    where the table has any (a report of Yes/No or label runs shows no such columns)."""
+    if "acc" not in table or table["acc"].isna().all():
+        return {}
+    return {"test acc (harness)": pct(row["acc"]), "test acc_norm": pct(row["acc_norm"])}
+
+
 def display(
     table: pd.DataFrame, keys: list[str], chosen: dict, ref: int | None, compared: dict | None
 ) -> pd.DataFrame:
@@ -109,6 +117,7 @@ def display(
             "val acc": pct(row["val_accuracy"]),
             "test acc (95% CI)": with_interval(row),
             "F1": f"{row['f1']:.3f}" if not math.isnan(row["f1"]) else "-",
+            **harness(table, row),
             "trainable": count(row["trainable_params"]),
             "% of model": share(row["trainable_percent"]),
             "train time": seconds(row["train_seconds"]),

@@ -193,3 +193,15 @@ def test_the_prompt_builder_of_the_yes_no_task_is_the_one_it_always_was(tiny4):
         plain.no_id,
     )
     assert builder.prompts(["a review"]) == plain.prompts(["a review"])
+
+
+def test_runs_logged_before_tasks_existed_group_with_new_yes_no_runs():
+    """A run without a task param answered Yes/No: the report puts it in the same group as a yes_no run."""
+    from reftlab.report.runs import tidy
+
+    base = {"status": "FINISHED", "tags.method": "loreft", "tags.data_hash": "d", "experiment_id": "1",
+            "params.trainer.lr": "1e-3", "metrics.accuracy": 0.7, "start_time": pd.Timestamp("2026-01-01")}  # fmt: skip
+    frame = pd.DataFrame([{**base, "run_id": "old", "params.seed": "1", "params.task.name": None},
+                          {**base, "run_id": "new", "params.seed": "2", "params.task.name": "yes_no"},
+                          {**base, "run_id": "k", "params.seed": "3", "params.task.name": "classify"}])  # fmt: skip
+    assert list(tidy(frame)["task.name"]) == ["yes_no", "yes_no", "classify"]

@@ -1,7 +1,9 @@
-"""Classify texts with a trained intervention or adapter (a saved folder or an MLflow run).
+"""Answer with a trained intervention or adapter (a saved folder or an MLflow run), as its task does:
+texts (Yes/No, a label set) or questions with their options (multiple choice).
 
 python predict.py --run <mlflow run id> --input reviews.csv --column text
 echo "Best hotel ever!!!" | python predict.py --path outputs/<date>/<time>/intervention
+echo '{"question": "...", "options": ["...", "..."]}' | python predict.py --path <a choice run's folder>
 """
 
 from __future__ import annotations
@@ -97,29 +99,34 @@ def read_records(path: str | None, inputs: list[tuple[str, str, bool]], column: 
     for name, kind, needed in rest:
         values = listed(frame, name, path) if kind.startswith("list") else frame.get(name)
         if values is None and needed:
-            raise InputError(f"--input {path} has no {name!r} column and no {name.rstrip('s')}_* columns "
+            raise InputError(f"--input {path} has no {name!r} column and no {singular(name)}_* columns "
                              f"(its columns: {', '.join(map(str, frame.columns))}): give each row its {name}")  # fmt: skip
         if values is not None:
             out[name] = list(values)
     return pd.DataFrame(out)
 
 
+def singular(name: str) -> str:
+    """The name of one item of a list input: options -> option, keys -> key."""
+    return name.removesuffix("s")
+
+
 def listed(frame: pd.DataFrame, name: str, path: str) -> list | None:
-    """A list column of a file: `name` (JSON lists, or lists), or `<name without s>_*` columns in order
+    """A list column of a file: `name` (JSON lists, or lists), or `<singular>_*` columns in order
     (option_1, option_2, ..., option_10; a row's empty cells left out). None: the file has neither."""
     from ..data import recipes
 
     if name in frame.columns:
         return [json_list(v, name, n, path) for n, v in enumerate(frame[name], start=1)]
-    prefix = f"{name.rstrip('s')}_"
-    columns = sorted((c for c in map(str, frame.columns) if c.startswith(prefix)),
-                     key=lambda c: (len(c), c))  # fmt: skip
+    prefix = f"{singular(name)}_"
+    columns = sorted(
+        (c for c in frame.columns if str(c).startswith(prefix)), key=lambda c: (len(str(c)), str(c))
+    )
     if not columns:
         return None
-    cells = frame[columns]
-    return [
-        [v for v in row if not recipes.blank(pd.Series([v])).iloc[0]] for row in cells.itertuples(index=False)
-    ]
+    holes = frame[columns].apply(recipes.blank).to_numpy()
+    return [[v for v, hole in zip(row, gaps, strict=True) if not hole]
+            for row, gaps in zip(frame[columns].to_numpy(), holes, strict=True)]  # fmt: skip
 
 
 def json_list(value, name: str, row: int, path: str):
@@ -131,8 +138,9 @@ def json_list(value, name: str, row: int, path: str):
     except json.JSONDecodeError:
         parsed = None
     if not isinstance(parsed, list):
+        one = singular(name)
         raise InputError(f"--input {path}: {name!r} of row {row} is {value[:80]!r}, not a JSON list: write it as "
-                         '["first", "second", ...] (or use columns ' f"{name.rstrip('s')}_1, {name.rstrip('s')}_2, ...)")  # fmt: skip
+                         f'["first", "second", ...] (or use columns {one}_1, {one}_2, ...)')  # fmt: skip
     return parsed
 
 

@@ -25,8 +25,11 @@ import pytest
 from conftest import PYTHON, ROOT, compose, runs
 from test_servers import free_port, wait_for_port
 
-from reftlab import methods
+from reftlab import methods, tasks
+from reftlab.engine import StockScorer, score
 from reftlab.serving import card, predict, pyfunc, pyfunc_model
+from reftlab.tasks import choice
+from reftlab.tasks.chat import PromptBuilder
 
 # predict.py: its input and its flags, checked before any model is loaded
 
@@ -50,7 +53,7 @@ def test_predict_keeps_blank_lines_so_outputs_line_up(monkeypatch):
     assert predict.read_texts(None, "text") == ["first", "", "third"]
 
 
-def test_predict_refuses_a_missing_text_before_loading_any_model(tmp_path, monkeypatch):
+def test_predict_refuses_a_missing_text_before_loading_any_model(tmp_path, monkeypatch, capsys):
     folder = tmp_path / "model"
     folder.mkdir()
     (folder / "reft_settings.json").write_text("{}")
@@ -62,11 +65,16 @@ def test_predict_refuses_a_missing_text_before_loading_any_model(tmp_path, monke
     monkeypatch.setattr(predict, "load", never)
     frame = pd.DataFrame({"body": ["fine", None, "also fine", None], "id": [1, 2, 3, 4]})
     frame.to_parquet(tmp_path / "x.parquet")
-    with pytest.raises(SystemExit, match=r"--input .*x.parquet: column 'body' has no text in rows 2, 4"):
-        predict.main(["--path", str(folder), "--input", str(tmp_path / "x.parquet"), "--column", "body"])
     (tmp_path / "x.csv").write_text("text,id\nfine,1\n,2\n   ,3\n")
-    with pytest.raises(SystemExit, match=r"column 'text' has no text in rows 2, 3"):
-        predict.main(["--path", str(folder), "--input", str(tmp_path / "x.csv")])
+    for args, words in [
+        (["--input", str(tmp_path / "x.parquet"), "--column", "body"], r"--input .*x.parquet: column 'body' has no text in rows 2, 4"),
+        (["--input", str(tmp_path / "x.csv")], r"column 'text' has no text in rows 2, 3"),
+        (["--input", str(tmp_path / "x.csv"), "--column", "body"], r"--column 'body' is not a column of .*x.csv; its columns are: text, id"),
+    ]:  # fmt: skip
+        with pytest.raises(SystemExit) as stop:  # a usage error, exit status 2, no traceback
+            predict.main(["--path", str(folder), *args])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and re.search(words, err), err
 
 
 def test_predict_refuses_no_texts_before_loading_any_model(tmp_path, monkeypatch, capsys):
@@ -137,10 +145,276 @@ def test_the_mlflow_model_refuses_missing_texts_and_gives_no_rows_for_no_rows(se
     assert len(served.predict(None, pd.DataFrame({"text": ["", "fine"]}))) == 2  # an empty string is a text
 
 
+# Each task served: a saved model answers as its task (settings["task"]) scores, on a stock pass
+
+
+@pytest.fixture
+def fresh4(tiny4):
+    """The tiny 4-layer model with a fresh LoReFT intervention and its settings, which hold no task (as
+    a folder saved before tasks existed): (trained, settings, tokenizer)."""
+    model, tokenizer = tiny4[:2]
+    method = methods.get("loreft")
+    cfg = compose("model=tiny_random", "model.num_layers=4", "intervention.layer=1", "trainer.max_length=64")
+    settings = method.settings(cfg, model.config.num_hidden_layers)
+    return method.build(model, settings), settings, tokenizer
+
+
+def saved_as(monkeypatch, fresh4, task: dict | None, **changed) -> dict:
+    """`fresh4` as `predict.load` gives a saved folder whose settings hold `task` (None: no task key)
+    and `changed`; returns those settings."""
+    trained, settings, tokenizer = fresh4
+    settings = {**settings, **changed} | ({} if task is None else {"task": task})
+    monkeypatch.setattr(predict, "load", lambda folder: (trained, settings, tokenizer, "cpu"))
+    return settings
+
+
+def scored_by_the_task(fresh4, settings: dict, frame: pd.DataFrame, task=None) -> pd.DataFrame:
+    """The predictions table of `frame`'s rows as the task scores them in a run (`Task.score` through
+    a stock scorer, `Task.table`), with the saved settings' prompt."""
+    trained, _, tokenizer = fresh4
+    task = task or tasks.get(settings["task"])
+    cfg = compose("model=tiny_random", f"trainer.max_length={settings['max_length']}")
+    cfg.data.system_prompt = settings["system_prompt"]
+    scorer = StockScorer(
+        trained, methods.get("loreft"), settings, tokenizer.pad_token_id, "cpu", progress=False
+    )
+    return task.table(frame, task.score(scorer, task.builder(tokenizer, cfg), frame, 4))
+
+
+ASKED = [
+    "A lovely stay, the staff were kind.",
+    "My family and I had the most amazing, luxurious, perfect time!!!",
+    "",
+]
+LABELS = ["true", "half-true", "mostly-true"]
+QUESTIONS = [  # what a caller sends: a question and its options; a key the run never saw (answer5); its own keys and prompt
+    {"question": "Which gas do plants take in to make their food?", "options": ["oxygen", "carbon dioxide", "helium", "neon"]},
+    {"question": "Which animal is a mammal?", "options": ["shark", "trout", "whale", "eel", "crab"]},
+    {"question": "is the sun a star?", "options": ["true", "false"], "keys": ["true", "false"],
+     "text": "Please answer the following question with true or false, question: is the sun a star?\n\nAnswer format: true/false"},
+]  # fmt: skip
+RUN_KEYS = ["answer1", "answer2", "answer3", "answer4", "false", "true"]  # what the run's data held
+
+
+def test_a_folder_saved_before_tasks_answers_exactly_as_yes_no_did(monkeypatch, fresh4):
+    """No `task` in reft_settings.json (runs logged before tasks), or task yes_no: label and P(Yes) from
+    logit(Yes) - logit(No), the very numbers predict.py gave before tasks existed."""
+    trained, settings, tokenizer = fresh4
+    old = PromptBuilder(tokenizer, settings["system_prompt"], settings["max_length"])
+    scores = score(trained, methods.get("loreft"), settings, old.prompts(ASKED), old.yes_id, old.no_id,
+                   tokenizer.pad_token_id, "cpu", 16, False)  # fmt: skip
+    want = pd.DataFrame(
+        {"text": ASKED, "label": np.where(scores > 0, "Yes", "No"), "p_yes": 1 / (1 + np.exp(-scores))}
+    )
+    for task in (None, {"name": "yes_no"}):
+        saved_as(monkeypatch, fresh4, task)
+        pd.testing.assert_frame_equal(predict.Classifier(Path("unused"))(ASKED, progress=False), want)
+
+
+def test_a_classify_model_answers_each_labels_probability_as_its_task_scores(monkeypatch, fresh4):
+    settings = saved_as(monkeypatch, fresh4, {"name": "classify", "labels": LABELS})
+    got = predict.Classifier(Path("unused"))(ASKED, progress=False)
+    want = scored_by_the_task(fresh4, settings, pd.DataFrame({"text": ASKED}))
+    p = [f"p_{label}" for label in LABELS]
+    assert list(got.columns) == ["text", "label", *p] and list(got["text"]) == ASKED
+    assert list(got["label"]) == list(want["prediction"]) and set(got["label"]) <= set(LABELS)
+    np.testing.assert_allclose(got[p].to_numpy(), np.stack(want["probabilities"]), atol=1e-6)
+    assert np.allclose(got[p].sum(axis=1), 1) and not np.allclose(got[p], 1 / 3)
+
+
+def test_a_question_without_a_prompt_is_asked_in_llm_adapters_words():
+    """LLM-Adapters' ARC-Easy training example 1, rebuilt from its question and options."""
+    arc = ("Please choose the correct answer to the question: Which factor will most likely cause a person to "
+           "develop a fever?\n\nAnswer1: a leg muscle relaxing after exercise Answer2: a bacterial population in "
+           "the bloodstream Answer3: several viral particles on the skin Answer4: carbohydrates being digested in "
+           "the stomach\n\nAnswer format: answer1/answer2/answer3/answer4")  # fmt: skip
+    options = ["a leg muscle relaxing after exercise", "a bacterial population in the bloodstream",
+               "several viral particles on the skin", "carbohydrates being digested in the stomach"]  # fmt: skip
+    question = "Which factor will most likely cause a person to develop a fever?"
+    assert choice.option_keys(4) == ["answer1", "answer2", "answer3", "answer4"]
+    assert choice.instruction(question, options, choice.option_keys(4)) == arc
+
+
+def test_a_choice_model_chooses_an_option_as_its_task_scores(monkeypatch, fresh4):
+    """The chosen option (its key and text) and each option's probability are the task's own: the
+    rows of the data contract (the prompt as LLM-Adapters words it unless given; keys answer1..N
+    unless given), scored and tabled by the choice task."""
+    settings = saved_as(monkeypatch, fresh4, {"name": "choice", "keys": RUN_KEYS}, max_length=256)
+    got = predict.Classifier(Path("unused"))(QUESTIONS, batch_size=4, progress=False)
+    rows = []
+    for q in QUESTIONS:
+        keys = q.get("keys") or choice.option_keys(len(q["options"]))
+        text = q.get("text") or choice.instruction(q["question"], q["options"], keys)
+        rows.append({"question": q["question"], "options": q["options"], "keys": keys, "text": text})
+    frame = pd.DataFrame(rows)
+    task = tasks.get({"name": "choice", "keys": sorted(set(RUN_KEYS) | {"answer5"})})
+    want = scored_by_the_task(fresh4, settings, frame, task)
+    assert list(got.columns) == ["question", "choice", "choice_text", "probabilities"]
+    assert list(got["choice"]) == list(want["prediction"])
+    for q, r, key, probs, wanted in zip(
+        QUESTIONS, rows, got["choice"], got["probabilities"], want["probabilities"], strict=True
+    ):
+        assert got["choice_text"][QUESTIONS.index(q)] == q["options"][r["keys"].index(key)]
+        assert len(probs) == len(q["options"]) and np.isclose(sum(probs), 1)
+        np.testing.assert_allclose(probs, wanted, atol=1e-6)
+    assert not np.allclose(got["probabilities"][1], 1 / 5)  # the model was run
+
+
+def test_the_mlflow_model_answers_as_the_runs_task(monkeypatch, fresh4):
+    """Its signature follows the task, its answers are the classifier's, no rows give no rows."""
+    texts = pd.DataFrame({"text": ASKED})
+    cases = [
+        (None, texts, ["text"], ["label", "p_yes"]),
+        ({"name": "classify", "labels": LABELS}, texts, ["text"], ["label", *[f"p_{label}" for label in LABELS]]),
+        ({"name": "choice", "keys": RUN_KEYS}, pd.DataFrame(QUESTIONS), ["question", "options", "text", "keys"],
+         ["choice", "choice_text", "probabilities"]),
+    ]  # fmt: skip
+    for task, frame, inputs, outputs in cases:
+        saved_as(monkeypatch, fresh4, task, max_length=256)
+        signature = pyfunc.signature(tasks.get(task))
+        assert [c["name"] for c in signature.inputs.to_dict()] == inputs
+        assert [c["name"] for c in signature.outputs.to_dict()] == outputs
+        model = pyfunc_model.ReftlabModel()
+        model.load_context(SimpleNamespace(artifacts={pyfunc.ARTIFACT: "unused"}))
+        got = model.predict(None, frame, {"batch_size": 2})
+        want = predict.Classifier(Path("unused"))(frame, progress=False)
+        assert list(got.columns) == outputs
+        pd.testing.assert_frame_equal(got, want[outputs], atol=1e-6)
+        none = model.predict(None, frame.iloc[:0])
+        assert none.empty and list(none.columns) == outputs
+
+
+@pytest.mark.parametrize(
+    "rows, words",
+    [
+        ([{"question": "q", "options": ["a", "b"]}, {"question": None, "options": ["a", "b"]}],
+         "row 2 (row 1 = the first): 'question' is missing (null)"),
+        ([{"question": "q", "options": ["only"]}], "row 1 (row 1 = the first): 'options' has 1 option(s) (['only']): a question needs 2 or more"),
+        ([{"question": "q", "options": []}], "'options' has 0 option(s)"),
+        ([{"question": "q", "options": "a, b"}], "'options' is 'a, b': give a list of the options' texts"),
+        ([{"question": "q", "options": ["a", None]}], "has a missing (null) option"),
+        ([{"question": "q", "options": ["a", "b"], "keys": ["answer1"]}],
+         "'keys' ['answer1'] do not name the 2 options ['a', 'b']: give one distinct key per option, or none (then answer1/answer2)"),
+        ([{"question": "q", "options": ["a", "b"], "keys": ["x", "x"]}], "give one distinct key per option"),
+        ([{"question": "q", "answers": ["a", "b"]}], "no 'options' column: a multiple-choice model takes a question and its options"),
+    ],
+)  # fmt: skip
+def test_the_mlflow_model_of_a_choice_run_refuses_what_it_cannot_answer(monkeypatch, fresh4, rows, words):
+    """A 400 when served, naming the row and the value, before the model runs."""
+    from mlflow.exceptions import MlflowException
+
+    saved_as(monkeypatch, fresh4, {"name": "choice", "keys": RUN_KEYS})
+    model = pyfunc_model.ReftlabModel()
+    model.load_context(SimpleNamespace(artifacts={pyfunc.ARTIFACT: "unused"}))
+    monkeypatch.setattr(StockScorer, "loglik", lambda *a, **k: pytest.fail("the model ran on a bad request"))
+    with pytest.raises(MlflowException, match=re.escape(words)) as e:
+        model.predict(None, pd.DataFrame(rows))
+    assert e.value.error_code == "INVALID_PARAMETER_VALUE"
+
+
+# predict.py on a multiple-choice run: questions from a table or JSON lines, checked before any model loads
+
+
+def choice_folder(tmp_path: Path, settings: dict) -> Path:
+    folder = tmp_path / "intervention"
+    folder.mkdir(exist_ok=True)
+    (folder / "reft_settings.json").write_text(json.dumps(settings))
+    return folder
+
+
+def test_predict_py_answers_questions_from_a_table_or_json_lines(tmp_path, monkeypatch, fresh4, capsys):
+    settings = saved_as(monkeypatch, fresh4, {"name": "choice", "keys": RUN_KEYS}, max_length=256)
+    folder = choice_folder(tmp_path, settings)
+    asked = QUESTIONS[:2]
+    want = predict.Classifier(folder)(asked, progress=False)
+    listed = pd.DataFrame(
+        {"question": [q["question"] for q in asked], "options": [json.dumps(q["options"]) for q in asked]}
+    )
+    listed.to_csv(tmp_path / "listed.csv", index=False)
+    columns = pd.DataFrame([{"question": q["question"], **{f"option_{i + 1}": o for i, o in enumerate(q["options"])}}
+                            for q in asked])  # fmt: skip
+    columns.to_csv(tmp_path / "columns.csv", index=False)  # 4 options: an empty option_5 cell
+    assert (tmp_path / "columns.csv").read_text().splitlines()[1].endswith(",")
+    pd.DataFrame({"q": [q["question"] for q in asked], "options": [q["options"] for q in asked]}).to_parquet(
+        tmp_path / "x.parquet"
+    )
+    for args, stdin in [
+        (["--input", str(tmp_path / "listed.csv"), "--output", str(tmp_path / "out.csv")], ""),
+        (["--input", str(tmp_path / "columns.csv")], ""),
+        (["--input", str(tmp_path / "x.parquet"), "--column", "q"], ""),
+        ([], "".join(json.dumps(q) + "\n\n" for q in asked)),  # blank lines skipped
+    ]:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+        capsys.readouterr()
+        assert predict.main(["--path", str(folder), *args]) == 0
+        printed = [line.split("\t") for line in capsys.readouterr().out.strip().splitlines()]
+        assert [line[0] for line in printed] == list(want["choice"]), args
+        assert [line[1] for line in printed] == list(want["choice_text"])
+        assert [line[-1] for line in printed] == [q["question"] for q in asked]
+    out = pd.read_csv(tmp_path / "out.csv")
+    assert list(out["choice"]) == list(want["choice"])
+    for got, wanted in zip(out["probabilities"], want["probabilities"], strict=True):
+        np.testing.assert_allclose(json.loads(got), wanted, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "file, stdin, words",
+    [
+        ('question,options\nq,"[""a"", ""b""]"\nr,"[""only""]"\n', None, "row 2 (row 1 = the first): 'options' has 1 option(s)"),
+        ("question,answer\nq,a\n", None, "has no 'options' column and no option_* columns (its columns: question, answer)"),
+        ("question,options\nq,a;b\n", None, "'options' of row 1 is 'a;b', not a JSON list"),
+        ("question,option_1,option_2\nq,a,b\n,c,d\n", None, "column 'question' has no question in row 2"),
+        ("text,option_1,option_2\nq,a,b\n", None, "--column 'question' is not a column of"),
+        (None, '{"question": "q", "options": ["a", "b"]}\nnot json\n', "stdin line 2 'not json' is not a JSON object"),
+        (None, '{"options": ["a", "b"]}\n', "stdin: no 'question' column"),
+        (None, '{"question": "q", "options": ["a", "b"], "keys": ["answer1", "answer1"]}\n', "give one distinct key per option"),
+        (None, "\n", "no questions to answer: stdin is empty"),
+    ],
+)  # fmt: skip
+def test_predict_py_refuses_a_bad_question_before_loading_any_model(
+    tmp_path, monkeypatch, capsys, file, stdin, words
+):
+    def never(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    folder = choice_folder(tmp_path, {"task": {"name": "choice", "keys": RUN_KEYS}})
+    monkeypatch.setattr(predict, "classify", never)
+    monkeypatch.setattr(predict, "load", never)
+    args = ["--path", str(folder)]
+    if file is not None:
+        (tmp_path / "questions.csv").write_text(file)
+        args += ["--input", str(tmp_path / "questions.csv")]
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin or ""))
+    with pytest.raises(SystemExit) as stop:  # a usage error: exit status 2, the message, no traceback
+        predict.main(args)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and words in err, err
+
+
+def test_the_model_card_says_the_task_and_how_to_call_it():
+    cases = [
+        ((), None, ["A Yes/No classifier", "Task `yes_no`; the run's MLflow model takes `text` and answers `label`, `p_yes`.",
+                    "| split | examples | accuracy | F1 |", 'echo "a text to classify" | python predict.py']),
+        (("task=classify",), {"name": "classify", "labels": ["deceptive", "truthful"]},
+         ["A classifier over the labels `deceptive`, `truthful`", "answers `label`, `p_deceptive`, `p_truthful`."]),
+        (("task=choice",), {"name": "choice", "keys": ["answer1", "answer2"]},
+         ["A multiple-choice model", "trained on the keys `answer1`, `answer2`",
+          "takes `question`, `options`, `text` (optional), `keys` (optional) and answers `choice`, `choice_text`, `probabilities`",
+          "| split | examples | accuracy (keyword) | acc (harness) | acc_norm |", "| test (reported once) | 40 | 55.0% | 47.5% | 50.0% |",
+          "--input questions.csv --column question", "`option_1`, `option_2`"]),
+    ]  # fmt: skip
+    metrics = {"accuracy": 0.55, "acc": 0.475, "acc_norm": 0.5, "eval_examples": 40}
+    for overrides, task, words in cases:
+        text = card.model_card(compose(*overrides), metrics, "abc123", "def456", task)
+        for w in words:
+            assert w in text, (w, text)
+
+
 # The model card's predict commands are ones predict.py takes.
+@pytest.mark.parametrize("task", ["yes_no", "choice"])
 @pytest.mark.parametrize("method", ["loreft", "lora"])
-def test_the_model_cards_predict_commands_parse_with_predict_py(tmp_path, monkeypatch, method):
-    text = card.model_card(compose(f"intervention={method}"), {}, "abc123", "def456")
+def test_the_model_cards_predict_commands_parse_with_predict_py(tmp_path, monkeypatch, method, task):
+    text = card.model_card(compose(f"intervention={method}", f"task={task}"), {}, "abc123", "def456")
     quoted = re.findall(r"`([^`\n]*predict\.py[^`\n]*)`", text)  # inline, and lines of a code block
     commands = quoted + [line for line in text.splitlines() if "predict.py" in line and "`" not in line]
     commands = [c.split("|")[-1] for c in commands]
@@ -389,3 +663,74 @@ def test_the_model_is_logged_from_code_under_its_name_and_checks_its_input(
     # the registered version: this run's model, carrying the run's results
     version = mlflow.MlflowClient().get_model_version("tiny-trusted", logged["version"])
     assert version.run_id == logged["run_id"] and version.tags == tags
+
+
+@pytest.mark.slow
+def test_each_tasks_mlflow_model_answers_as_its_run_scored(
+    in_root, tiny_job, fresh4, mlflow_uri, tmp_path, capsys
+):
+    """A classify run (the tiny model; the data's labels): predict.py --run and its logged MLflow model
+    give the run's own predictions table back (label, each label's probability). A choice model (a
+    saved folder: a fresh intervention and the task's keys; no choice data config exists yet) logged as
+    a run logs it: load_model and the scoring server's request handler answer lists of options as its
+    classifier does, and refuse a question with one option (a 400 when served)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.pyfunc import scoring_server
+
+    from reftlab import tracking
+
+    _, folder, uri = tiny_job("task=classify")
+    saved = pd.read_parquet(folder / "predictions.parquet")
+    labels = list(saved["labels"].iloc[0])
+    p = [f"p_{label}" for label in labels]
+    saved[["text"]].to_csv(tmp_path / "texts.csv", index=False)
+    run_id = runs(uri)["run_id"].iloc[0]
+    args = [
+        "--run",
+        run_id,
+        "--tracking-uri",
+        uri,
+        "--input",
+        str(tmp_path / "texts.csv"),
+        "--output",
+        str(tmp_path / "p.csv"),
+    ]
+    assert predict.main(args) == 0
+    got = pd.read_csv(tmp_path / "p.csv")
+    assert list(got.columns) == ["text", "label", *p] and list(got["label"]) == list(saved["prediction"])
+    np.testing.assert_allclose(got[p].to_numpy(), np.stack(saved["probabilities"]), atol=1e-5)
+    mlflow.set_tracking_uri(uri)
+    model = logged_model(run_id)
+    info = mlflow.models.get_model_info(model.model_uri)
+    assert [c["name"] for c in info.signature.outputs.to_dict()] == ["label", *p]
+    served = mlflow.pyfunc.load_model(model.model_uri).predict(saved[["text"]])
+    np.testing.assert_allclose(served[p].to_numpy(), np.stack(saved["probabilities"]), atol=1e-5)
+    # a choice model, logged into a store of this test's own
+    trained, settings, _ = fresh4
+    settings = settings | {"task": {"name": "choice", "keys": RUN_KEYS}, "max_length": 128}
+    weights = methods.get("loreft").save(trained, settings, tmp_path / "intervention")
+    want = predict.Classifier(weights)(QUESTIONS, progress=False)
+    mlflow.set_tracking_uri(mlflow_uri)
+    mlflow.set_experiment("reftlab")
+    with mlflow.start_run():
+        logged = pyfunc.log(weights, tracking.package_versions(), name="choice-model")
+    loaded = mlflow.pyfunc.load_model(logged.model_uri)
+    columns = ["choice", "choice_text", "probabilities"]
+    assert [c["name"] for c in loaded.metadata.get_output_schema().to_dict()] == columns
+    got = loaded.predict(pd.DataFrame(QUESTIONS[:2]), params={"batch_size": 3})
+    pd.testing.assert_frame_equal(got, want[columns][:2], atol=1e-6)
+    schema = loaded.metadata.get_input_schema()
+    answer = scoring_server.invocations(
+        json.dumps({"dataframe_records": QUESTIONS[:2]}), "application/json", loaded, schema
+    )
+    assert answer.status == 200, answer.response
+    answered = pd.DataFrame(json.loads(answer.response)["predictions"])
+    assert list(answered["choice"]) == list(want["choice"][:2])
+    np.testing.assert_allclose(
+        np.concatenate(answered["probabilities"]), np.concatenate(want["probabilities"][:2]), atol=1e-6
+    )
+    with pytest.raises(MlflowException, match=re.escape("'options' has 1 option(s) (['a'])")) as e:
+        scoring_server.invocations(json.dumps({"dataframe_records": [{"question": "q", "options": ["a"]}]}),
+                                   "application/json", loaded, schema)  # fmt: skip
+    assert e.value.error_code == "INVALID_PARAMETER_VALUE"

@@ -185,7 +185,9 @@ def log_extras(cfg, outcome, metrics: dict, data_version: str, prepared, task) -
         weights = folder == "intervention" and Path(path).is_dir()
         try:
             if weights:  # a model card beside the weights
-                card.write(path, card.model_card(cfg, metrics, data_version, prepared.version()))
+                card.write(
+                    path, card.model_card(cfg, metrics, data_version, prepared.version(), task.saved())
+                )
             (mlflow.log_artifacts if Path(path).is_dir() else mlflow.log_artifact)(str(path), folder)
         except Exception as e:
             problems.append(f"{Path(path).name} was not logged to MLflow (it is on disk at {path}): {e}")

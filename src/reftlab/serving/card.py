@@ -5,22 +5,62 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# How predict.py is called (its flags are checked against predict.main's parser by the tests):
-# texts from a file's column or one per line on stdin; the weights from this folder or the MLflow run.
+# How predict.py is called, per task (its flags are checked against predict.main's parser by the tests):
+# texts (or questions) from a file or stdin; the weights from this folder or the MLflow run.
+WHERE = (
+    "`<folder>` is this folder; `<mlflow-run-id>` the run that logged it (add `--tracking-uri` for a "
+    "tracking server; default `sqlite:///mlflow.db`)."
+)
 PREDICT = (
     "```bash\n"
     "python predict.py --path <folder> --input texts.csv --column text --output predictions.csv\n"
     'echo "a text to classify" | python predict.py --run <mlflow-run-id>\n'
+    "```\n" + WHERE
+)
+PREDICT_CHOICE = (
+    "```bash\n"
+    "python predict.py --path <folder> --input questions.csv --column question --output answers.csv\n"
+    'echo \'{"question": "Which gas do plants take in?", "options": ["oxygen", "carbon dioxide"]}\' '
+    "| python predict.py --run <mlflow-run-id>\n"
     "```\n"
-    "`<folder>` is this folder; `<mlflow-run-id>` the run that logged it (add `--tracking-uri` for a "
-    "tracking server; default `sqlite:///mlflow.db`)."
+    "`questions.csv`: a `question` column and the options, an `options` column (a JSON list) or "
+    "`option_1`, `option_2`, ... columns; optionally `keys` (default answer1, answer2, ...) and `text` "
+    "(the prompt; default LLM-Adapters' instruction listing the options with their keys). " + WHERE
 )
 
 
-def model_card(cfg, metrics: dict, data_version: str, data_hash: str) -> str:
+def about(task) -> str:
+    """What a model of `task` answers, and how its MLflow model is called."""
+    name = task.names[0]
+    if name == "classify":
+        labels = ", ".join(f"`{lab}`" for lab in task.labels or []) or "the data's labels"
+        what = (f"A classifier over the labels {labels}: the frozen base model with this intervention answers "
+                "the data's question with one of them; a label's score is the log-likelihood of its whole "
+                "answer, its probability the softmax over the labels.")  # fmt: skip
+    elif name == "choice":
+        keys = ", ".join(f"`{k}`" for k in task.keys or []) or "answer1, answer2, ..."
+        what = ("A multiple-choice model: asked a question with its options, the frozen base model with this "
+                'intervention answers "the correct answer is <key>" (trained on the keys '
+                f"{keys}); the chosen option is the key with the highest log-likelihood, each option's "
+                "probability the softmax over the question's keys.")  # fmt: skip
+    else:
+        what = ("A Yes/No classifier: the frozen base model with this intervention answers the data's "
+                "question; the score is logit(Yes) - logit(No).")  # fmt: skip
+    given = ", ".join(
+        f"`{n}`" + ("" if required else " (optional)") for n, _, required in task.served_inputs()
+    )
+    answered = ", ".join(f"`{n}`" for n, _ in task.served_outputs())
+    return f"{what}\n\nTask `{name}`; the run's MLflow model takes {given} and answers {answered}."
+
+
+def model_card(cfg, metrics: dict, data_version: str, data_hash: str, task: dict | None = None) -> str:
+    """The card of a run of `cfg` with these results; `task`: what the saved model keeps of its task
+    (`Task.saved`; default: the config's task)."""
+    from .. import tasks
+
+    task = tasks.get(task if task is not None else cfg.get("task"))
     icfg = cfg.intervention
     method = str(icfg.method)
-    pct = lambda k: f"{100 * metrics[k]:.1f}%" if k in metrics else "-"  # noqa: E731
     where = {
         "base model": f"`{cfg.model.name}` ({cfg.model.get('path') or cfg.model.get('source') or 'bundled'})",
         "method": method,
@@ -35,17 +75,12 @@ def model_card(cfg, metrics: dict, data_version: str, data_hash: str) -> str:
         "training": f"{cfg.trainer.epochs} epochs, lr {cfg.trainer.lr}, batch {cfg.trainer.batch_size}, seed {cfg.seed}",
     }
     rows = "\n".join(f"| {k} | {v} |" for k, v in where.items() if v is not None)
-    results = (
-        f"| split | examples | accuracy | F1 |\n|---|---|---|---|\n"
-        f"| validation (settings chosen on it) | {int(metrics.get('val_examples', 0))} | {pct('val_accuracy')} | "
-        f"{metrics.get('val_f1', float('nan')):.3f} |\n"
-        f"| test (reported once) | {int(metrics.get('eval_examples', 0))} | {pct('accuracy')} | "
-        f"{metrics.get('f1', float('nan')):.3f} |"
-    )
+    results = results_table(metrics, task)
+    predict = PREDICT_CHOICE if task.names[0] == "choice" else PREDICT
     if method == "lora":
         load = (
             "```python\nfrom peft import PeftModel\nmodel = PeftModel.from_pretrained(base_model, folder)\n```\n"
-            f"or classify texts with reftlab:\n\n{PREDICT}"
+            f"or answer with reftlab:\n\n{predict}"
         )
     else:
         load = (
@@ -54,13 +89,33 @@ def model_card(cfg, metrics: dict, data_version: str, data_hash: str) -> str:
             'reft_model = pyreft.ReftModel.load("layout", base_model)  # needs reftlab importable (fp32 types)\n'
             "# or: from reftlab import reft; reft_model, settings = reft.load(base_model, folder)\n```\n"
             f"Interventions apply at positions `{icfg.get('positions')}` of the prompt (pyreft's unit "
-            f"locations); reftlab's predict.py does that for you:\n\n{PREDICT}"
+            f"locations); reftlab's predict.py does that for you:\n\n{predict}"
         )
     return (
-        f"# {method} on {cfg.data.name} (reftlab)\n\nA Yes/No classifier: the frozen base model with this "
-        f"intervention answers the data's question; the score is logit(Yes) - logit(No).\n\n"
+        f"# {method} on {cfg.data.name} (reftlab)\n\n{about(task)}\n\n"
         f"| | |\n|---|---|\n{rows}\n\n## Results\n\n{results}\n\n## Load it\n\n{load}\n"
     )
+
+
+def results_table(metrics: dict, task) -> str:
+    """Validation and test results: accuracy and F1 (a label task), or the paper's accuracy and the
+    evaluation harness's acc and acc_norm (multiple choice)."""
+    pct = lambda k: f"{100 * metrics[k]:.1f}%" if k in metrics else "-"  # noqa: E731
+    num = lambda k: f"{metrics[k]:.3f}" if k in metrics else "-"  # noqa: E731
+    if task.names[0] == "choice":
+        head, cells, names = (
+            ["accuracy (keyword)", "acc (harness)", "acc_norm"],
+            [pct] * 3,
+            ["accuracy", "acc", "acc_norm"],
+        )
+    else:
+        head, cells, names = ["accuracy", "F1"], [pct, num], ["accuracy", "f1"]
+    rows = [f"| split | examples | {' | '.join(head)} |", "|---" * (len(head) + 2) + "|"]
+    for split, prefix, count in (("validation (settings chosen on it)", "val_", "val_examples"),
+                                 ("test (reported once)", "", "eval_examples")):  # fmt: skip
+        shown = [cell(prefix + name) for cell, name in zip(cells, names, strict=True)]
+        rows.append(f"| {split} | {int(metrics.get(count, 0))} | {' | '.join(shown)} |")
+    return "\n".join(rows)
 
 
 def write(folder: Path, text: str) -> Path:

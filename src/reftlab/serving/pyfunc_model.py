@@ -3,9 +3,10 @@
 `pyfunc.log` gives MLflow this file's path, not a pickled object: MLflow copies it into the logged
 model and runs it when the model is logged and when it is loaded; `set_model` below names the model.
 `predict`'s type hints tell MLflow the input is a DataFrame, so it checks the input against the
-model's signature (a string column `text`, the `batch_size` param) before `predict` runs; `predict`
-then refuses what the signature lets through (a missing text, a batch size below 1) with an
-INVALID_PARAMETER_VALUE, which MLflow's scoring server answers with a 400 and the message. No texts
+model's signature (the task's columns: `text`, or `question` and `options`; the `batch_size` param)
+before `predict` runs; `predict` then refuses what the signature lets through (a missing text or
+question, fewer than 2 options: the task's `request`; a batch size below 1) with an
+INVALID_PARAMETER_VALUE, which MLflow's scoring server answers with a 400 and the message. No rows
 give no predictions.
 """
 
@@ -15,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PythonModel
@@ -32,8 +32,16 @@ class ReftlabModel(PythonModel):
     def predict(
         self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
+        from reftlab.data.recipes import DataError
+
         batch = batch_size(params)
-        return self.classifier(texts(model_input), batch, progress=False)[["label", "p_yes"]]
+        task = self.classifier.task
+        try:
+            rows = task.request(model_input)
+        except DataError as e:
+            raise MlflowException.invalid_parameter_value(str(e)) from e
+        answers = self.classifier(rows, batch, progress=False)
+        return answers[[name for name, _ in task.served_outputs()]]
 
 
 def batch_size(params: dict | None) -> int:
@@ -46,21 +54,6 @@ def batch_size(params: dict | None) -> int:
         raise MlflowException.invalid_parameter_value(
             f"params: {e} (texts scored at once; default 16)"
         ) from e
-
-
-def texts(frame: pd.DataFrame) -> list[str]:
-    """The `text` column as strings; a missing text (null, None, NaN: a CSV's empty cell too) is refused
-    with its row numbers, as predict.py refuses one. An empty string is a text."""
-    from reftlab.data import recipes
-
-    missing = frame["text"].isna().to_numpy()
-    if missing.any():
-        rows = recipes.rows_text(recipes.row_numbers(np.flatnonzero(missing)), int(missing.sum()))
-        raise MlflowException.invalid_parameter_value(
-            f"'text' is missing (null) in {rows} (row 1 = the first): give every row a text, or leave "
-            'those rows out (an empty string "" is a text)'
-        )
-    return frame["text"].astype(str).tolist()
 
 
 mlflow.models.set_model(ReftlabModel())

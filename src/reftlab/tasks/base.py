@@ -8,6 +8,10 @@ says which task families it serves (`Method.families`); `run.py` knows no task b
 
 Scores are what `score` returns for the rows it is given (validation, then test): an array with one
 row per example, or a dict of such arrays; `take` cuts them by rows.
+
+A saved model answers as its task (`serving/`: predict.py and the MLflow model): `request` turns what
+a caller sends into the task's rows (refusing what cannot be scored), `answers` gives the columns
+served from its `table`, and `served_inputs` / `served_outputs` are the MLflow model's signature.
 """
 
 from __future__ import annotations
@@ -85,3 +89,36 @@ class Task:
     def judged_labels(self) -> bool:
         """Whether a held-out split of one label says little (a label task's accuracy)."""
         return self.family == LABEL
+
+    # Serving: what a saved model of this task takes and answers. Types are MLflow's column types,
+    # "list[<type>]" for a column of lists.
+    def served_inputs(self) -> list[tuple[str, str, bool]]:
+        """(column, type, required) of what a caller sends; the first is what a printed answer shows."""
+        return [("text", "string", True)]
+
+    def served_outputs(self) -> list[tuple[str, str]]:
+        """(column, type) of what a served model answers."""
+        raise NotImplementedError
+
+    def request(self, frame):
+        """The rows to score from a caller's frame (a label task: its `text` column), or a DataError
+        naming the rows that cannot be scored: a missing (null) text. An empty string is a text."""
+        import pandas as pd
+
+        from ..data.recipes import DataError, row_numbers, rows_text
+
+        if "text" not in frame:
+            raise DataError(
+                f"no 'text' column: a {self.display} model takes texts (its columns: {list(frame.columns)})"
+            )
+        missing = frame["text"].isna().to_numpy()
+        if missing.any():
+            rows = rows_text(row_numbers(np.flatnonzero(missing)), int(missing.sum()))
+            raise DataError(f"'text' is missing (null) in {rows} (row 1 = the first): give every row a text, or "
+                            'leave those rows out (an empty string "" is a text)')  # fmt: skip
+        return pd.DataFrame({"text": frame["text"].astype(str).tolist()})
+
+    def answers(self, table):
+        """What is served for each row of `table` (`self.table` of the requested rows): the input
+        shown first, then `served_outputs`."""
+        raise NotImplementedError

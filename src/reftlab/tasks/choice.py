@@ -25,6 +25,23 @@ from .classify import softmax
 
 KEYWORD = "the correct answer is {key}"
 HARNESS_PROMPT = "Question: {question}\nAnswer:"
+# LLM-Adapters' prompt for a question and its options (its ARC and OpenBookQA instructions), what a
+# question without its own prompt is asked with
+INSTRUCTION = (
+    "Please choose the correct answer to the question: {question}\n\n{options}\n\nAnswer format: {keys}"
+)
+
+
+def option_keys(n: int) -> list[str]:
+    """The keys of `n` options when none are given: answer1 .. answer<n>, as LLM-Adapters names them."""
+    return [f"answer{i}" for i in range(1, n + 1)]
+
+
+def instruction(question: str, options, keys) -> str:
+    """The prompt of a question and its options in LLM-Adapters' words ("... Answer1: <option> Answer2:
+    ... Answer format: answer1/answer2"): each option after its key, capitalised."""
+    listed = " ".join(f"{k[:1].upper()}{k[1:]}: {o}" for k, o in zip(keys, options, strict=True))
+    return INSTRUCTION.format(question=question, options=listed, keys="/".join(keys))
 
 
 def padded(rows: list, width: int, fill=np.nan) -> np.ndarray:
@@ -67,7 +84,8 @@ class Choice(Task):
 
     def __init__(self, tcfg):
         super().__init__(tcfg)
-        self.keys: list[str] | None = None
+        saved = tcfg.get("keys") if tcfg is not None else None  # a saved run's (`saved`); else the data's
+        self.keys: list[str] | None = [str(k) for k in saved] if saved else None
 
     def saved(self) -> dict:
         return {"name": self.names[0], "keys": list(self.keys or [])}
@@ -155,3 +173,82 @@ class Choice(Task):
             loglik_keyword=[row[~np.isnan(row)] for row in scores["keyword"]],
             loglik_harness=[row[~np.isnan(row)] for row in scores["harness"]],
         )
+
+    def served_inputs(self) -> list[tuple[str, str, bool]]:
+        return [("question", "string", True), ("options", "list[string]", True),
+                ("text", "string", False), ("keys", "list[string]", False)]  # fmt: skip
+
+    def served_outputs(self) -> list[tuple[str, str]]:
+        return [("choice", "string"), ("choice_text", "string"), ("probabilities", "list[double]")]
+
+    def request(self, frame):
+        """The rows to score from a caller's frame: a `question` and its `options` (a list of 2 or more
+        texts) each, optionally its `keys` (default answer1 .. answerN) and `text`, the prompt (default
+        `instruction` of the question and options). A DataError names the rows that cannot be scored."""
+        import pandas as pd
+
+        from ..data.recipes import DataError
+
+        if not len(frame):
+            return pd.DataFrame({"question": [], "options": [], "keys": [], "text": []})
+        absent = [c for c in ("question", "options") if c not in frame]
+        if absent:
+            raise DataError(f"no {' and no '.join(map(repr, absent))} column: a multiple-choice model takes a "
+                            f"question and its options (a list) per row (its columns: {list(frame.columns)})")  # fmt: skip
+        rows = []
+        for n, row in enumerate(frame.to_dict("records"), start=1):
+            question, options, keys = row["question"], as_list(row["options"]), as_list(row.get("keys"))
+            text = row.get("text")
+            problem = asked_wrong(question, row["options"], options, keys)
+            if problem:
+                raise DataError(f"row {n} (row 1 = the first): {problem}")
+            options = [str(o) for o in options]
+            keys = [str(k) for k in keys] if keys is not None else option_keys(len(options))
+            text = instruction(question, options, keys) if missing(text) else str(text)
+            rows.append({"question": str(question), "options": options, "keys": keys, "text": text})
+        asked = {k for row in rows for k in row["keys"]}
+        self.keys = sorted(set(self.keys or []) | asked)  # a key the run never saw is scored as any other
+        return pd.DataFrame(rows)
+
+    def answers(self, table):
+        """Each question's chosen option (`choice`, its key; `choice_text`, its text) and the
+        probability of each of its options (softmax over the keys' log-likelihoods)."""
+        chosen = [list(keys).index(c) for keys, c in zip(table["keys"], table["prediction"], strict=True)]
+        return table[["question"]].assign(
+            choice=table["prediction"],
+            choice_text=[list(o)[i] for o, i in zip(table["options"], chosen, strict=True)],
+            probabilities=[[float(p) for p in row] for row in table["probabilities"]],
+        )
+
+
+def as_list(value):
+    """A list-like cell (a list, tuple or array) as a list; a missing one (None, NaN) as None; anything
+    else as it is."""
+    if isinstance(value, list | tuple | np.ndarray):
+        return list(value)
+    return None if missing(value) else value
+
+
+def missing(value) -> bool:
+    """Whether a cell is null (None, NaN, pandas' NA)."""
+    import pandas as pd
+
+    return not isinstance(value, list | tuple | np.ndarray | dict) and bool(pd.isna(value))
+
+
+def asked_wrong(question, given, options, keys) -> str | None:
+    """What makes a question with these options and keys unanswerable, or None."""
+    if missing(question):
+        return "'question' is missing (null): give every row a question, or leave that row out"
+    if not isinstance(options, list):
+        return f"'options' is {given!r}: give a list of the options' texts"
+    if len(options) < 2:
+        return f"'options' has {len(options)} option(s) ({options}): a question needs 2 or more"
+    if any(missing(o) for o in options):
+        return f"'options' {options} has a missing (null) option: give each option a text"
+    if keys is not None and (
+        not isinstance(keys, list) or len(keys) != len(options) or len(set(keys)) < len(keys)
+    ):
+        return (f"'keys' {keys!r} do not name the {len(options)} options {options}: give one distinct key per "
+                f"option, or none (then {'/'.join(option_keys(len(options)))})")  # fmt: skip
+    return None

@@ -135,6 +135,17 @@ class Classify(Task):
             loglik=list(scores),
         )
 
+    def served_outputs(self) -> list[tuple[str, str]]:
+        return [("label", "string")] + [(f"p_{lab}", "double") for lab in self.labels]
+
+    def answers(self, table):
+        """Each text's label and the probability of each label (`p_<label>`, in the task's order)."""
+        probs = np.asarray(list(table["probabilities"]), dtype=np.float64).reshape(
+            len(table), len(self.labels)
+        )
+        each = {f"p_{lab}": probs[:, i] for i, lab in enumerate(self.labels)}
+        return table[["text"]].assign(label=table["prediction"], **each)
+
     def figures(self, prepared, scores) -> list[tuple[str, object]]:
         """The test split's k x k confusion matrix."""
         import matplotlib

@@ -60,6 +60,13 @@ class YesNo(Task):
         return frame.assign(score=scores, p_yes=1 / (1 + np.exp(-scores)),
                             prediction=np.where(scores > 0, YES, NO))  # fmt: skip
 
+    def served_outputs(self) -> list[tuple[str, str]]:
+        return [("label", "string"), ("p_yes", "double")]
+
+    def answers(self, table):
+        """Each text's label (Yes/No) and P(Yes)."""
+        return table[["text"]].assign(label=table["prediction"], p_yes=table["p_yes"])
+
     def figures(self, prepared, scores) -> list[tuple[str, object]]:
         """The test split's confusion matrix and ROC curve (validation beside it in the ROC plot),
         drawn by scikit-learn."""

@@ -35,7 +35,7 @@ def test_every_test_named_in_reliability_md_exists():
         p.relative_to(ROOT / "tests").as_posix(): p.read_text() for p in (ROOT / "tests").rglob("test_*.py")
     }
     missing, current = [], None
-    for ref in re.findall(r"`((?:engine/)?test_\w+\.py(?:::test_\w+)?|::test_\w+)", text):
+    for ref in re.findall(r"`((?:\w+/)?test_\w+\.py(?:::test_\w+)?|::test_\w+)", text):
         file, _, function = ref.partition("::")
         current = file or current
         if current not in sources or (function and f"def {function}(" not in sources[current]):

@@ -100,8 +100,8 @@ class TableData(Data):
 
     header: bool = True
     text_column: Any = "text"  # a name, or a number for a file without a header
-    label_column: Any = "label"
-    positive_label: Any = "Yes"  # one value or a list
+    label_column: Any = "label"  # a column, or a list of columns joined with a space into one label
+    positive_label: Any = "Yes"  # one value or a list; null: the labels kept as they are (k classes)
     group_column: Any = None
 
 

@@ -1,6 +1,6 @@
 """The data wing: datasets prepared, versioned with Oxen, and handed to a run.
 
-- `recipes`: read a table or the persuasion corpus, label Yes/No, clean, split (train/val/eval), cap,
+- `recipes`: read a table or the persuasion corpus, label (Yes/No or k classes), clean, split (train/val/eval), cap,
   write the prepared files and their README; `Prepared`, `DataError`, `YES`/`NO`.
 - `versioning`: one Oxen repository per dataset under data/repos/<name>: `prepare` commits a version,
   `load` gives a run the rows of one commit (`data.revision`), push/pull to a hub; `safe_name`.

@@ -1,8 +1,10 @@
-"""Datasets: read, label Yes/No, split, cap, and write the prepared files.
+"""Datasets: read, label, split, cap, and write the prepared files.
 
 Every recipe returns a `Prepared` with `train`, `val` and `eval` frames holding the columns
-``text``, ``label`` ("Yes"/"No") and ``group`` (what a leak-free split keeps on one side), plus
-``full`` (everything before the split) and a description for the dataset README.
+``text``, ``label`` and ``group`` (what a leak-free split keeps on one side), plus ``full``
+(everything before the split) and a description for the dataset README. A table's labels are
+"Yes"/"No" (`data.positive_label` says which values mean Yes) or, with `data.positive_label=null`,
+the labels as the strings they are (k classes).
 
 `eval` is the test split: evaluated once per run, never used to choose a setting. `val` is carved
 out of the training part (``data.val_fraction``), stratified or grouped like the test split:
@@ -93,12 +95,12 @@ def infer_format(path: str, fmt: str | None) -> str:
     return fmt
 
 
-def check_path(path) -> None:
+def check_path(path, setting: str = "data.path") -> None:
     """Fail early (before any model loading) on a missing data file."""
     if path is None or str(path) == "":
-        raise DataError("data.path is not set: give the data file, e.g. data.path=my_data.csv")
+        raise DataError(f"{setting} is not set: give the data file, e.g. {setting}=my_data.csv")
     if not is_url(str(path)) and not Path(str(path)).is_file():
-        raise DataError(f"data.path={str(path)!r}: no such file (working directory: {Path.cwd()})")
+        raise DataError(f"{setting}={str(path)!r}: no such file (working directory: {Path.cwd()})")
 
 
 def read_table(path, fmt: str | None = None, header: bool = True) -> pd.DataFrame:
@@ -288,8 +290,10 @@ def rows_text(rows: list[int], total: int | None = None) -> str:
 
 
 def drop_missing(raw: pd.DataFrame, label_col, text_col, path) -> tuple[pd.DataFrame, dict]:
-    """The rows with a label and a text; the others are counted (lacking both: "no label") and logged."""
-    no_label = blank(raw[label_col])
+    """The rows with a label and a text; the others are counted (lacking both: "no label") and logged.
+    `label_col` may be a list of columns: a row lacking any of them has no label."""
+    label_cols = label_col if isinstance(label_col, list) else [label_col]
+    no_label = pd.concat([blank(raw[c]) for c in label_cols], axis=1).any(axis=1)
     no_text = blank(raw[text_col]) & ~no_label
     info = {
         "dropped_no_label": int(no_label.sum()),
@@ -299,7 +303,7 @@ def drop_missing(raw: pd.DataFrame, label_col, text_col, path) -> tuple[pd.DataF
     }
     if no_label.any() or no_text.any():
         log.warning("%s: %s (label column %r, text column %r)", redact(path), missing_text(info),
-                    str(label_col), str(text_col))  # fmt: skip
+                    label_name(label_cols), str(text_col))  # fmt: skip
     return raw[~(no_label | no_text)], info
 
 
@@ -360,23 +364,68 @@ def label_strings(values: pd.Series, had_holes: bool) -> pd.Series:
     return values.astype(str)
 
 
+def label_columns(raw: pd.DataFrame, cfg) -> list:
+    """`data.label_column` resolved against the file: one column, or a list of columns whose values
+    are joined with a space into one label (Ott et al.'s [deceptive, polarity])."""
+    from omegaconf import ListConfig
+
+    setting = cfg.label_column
+    names = list(setting) if isinstance(setting, list | tuple | ListConfig) else [setting]
+    if not names:
+        raise DataError(
+            "data.label_column=[] is not valid: give the label column, or a list of columns whose values "
+            "are joined with a space into one label"
+        )
+    return [column(raw, name, "data.label_column", cfg.path) for name in names]
+
+
+def label_name(label_cols: list):
+    """The label column as messages and records name it: its name, or the list of the joined columns."""
+    return str(label_cols[0]) if len(label_cols) == 1 else [str(c) for c in label_cols]
+
+
+def joined_labels(raw: pd.DataFrame, label_cols: list, had_holes: dict) -> pd.Series:
+    """Each row's label as text: the values of its label columns, joined with a space."""
+    parts = [label_strings(raw[c], had_holes[c]) for c in label_cols]
+    return parts[0].str.cat(parts[1:], sep=" ") if len(parts) > 1 else parts[0]
+
+
+def table_labels(values: pd.Series, cfg, label_col) -> tuple[pd.Series, set[str] | None]:
+    """(the rows' labels, the values that mean Yes): Yes/No by `data.positive_label`, or with it null the
+    labels as the strings they are (k classes, positive None)."""
+    if cfg.positive_label is None:
+        return values, None
+    positive = positive_values(cfg.positive_label, set(values), label_col, cfg.path)
+    return values.isin(positive).map({True: YES, False: NO}), positive
+
+
+def one_label(full: pd.DataFrame, label_col, positive, note: str) -> DataError:
+    """The error for data whose rows all carry one label (after mapping or as they are)."""
+    label = full["label"].iloc[0]
+    if positive is None:
+        return DataError(f"Every row of column {label_col!r} has the label {label!r}: nothing to tell apart "
+                         f"(a classification needs at least 2 labels){note}")  # fmt: skip
+    return DataError(f"Every row of column {label_col!r} is labelled {label!r} (positive label(s) "
+                     f"{sorted(positive)}): nothing to tell apart{note}")  # fmt: skip
+
+
 def table_recipe(cfg) -> Prepared:
-    """A generic labelled table (opinion_spam, csv): drop holes, map labels to Yes/No, dedupe, split."""
+    """A generic labelled table (opinion_spam, csv): drop holes, label the rows (Yes/No by
+    `data.positive_label`, or with it null the labels as they are: k classes), dedupe, split."""
     raw = read_table(cfg.path, cfg.get("format"), cfg.get("header", True))
     text_col = column(raw, cfg.text_column, "data.text_column", cfg.path)
-    label_col = column(raw, cfg.label_column, "data.label_column", cfg.path)
-    had_holes = bool(raw[label_col].isna().any())
+    label_cols = label_columns(raw, cfg)
+    label_col = label_name(label_cols)
+    had_holes = {c: bool(raw[c].isna().any()) for c in label_cols}
     raw = keep_rows(raw, cfg)
-    raw, cleaning = drop_missing(raw, label_col, text_col, cfg.path)
+    raw, cleaning = drop_missing(raw, label_cols, text_col, cfg.path)
     if raw.empty:
         raise DataError(
             f"{redact(cfg.path)!r} has no row with both a label and a text: {missing_text(cleaning)}"
         )
-    values = label_strings(raw[label_col], had_holes)
-    positive = positive_values(cfg.positive_label, set(values), label_col, cfg.path)
-    full = pd.DataFrame(
-        {"text": raw[text_col].astype(str), "label": values.isin(positive).map({True: YES, False: NO})}
-    )
+    values = joined_labels(raw, label_cols, had_holes)
+    labels, positive = table_labels(values, cfg, label_col)
+    full = pd.DataFrame({"text": raw[text_col].astype(str), "label": labels})
     split = cfg.split
     group_col = cfg.get("group_column")
     choices = ["stratified"] + ([str(group_col)] if group_col is not None else [])
@@ -388,10 +437,7 @@ def table_recipe(cfg) -> Prepared:
     cleaning.update(dupes)
     note = cleaning_note(cleaning)
     if full["label"].nunique() < 2:
-        raise DataError(
-            f"Every row of column {label_col!r} is labelled {full['label'].iloc[0]!r} (positive label(s) "
-            f"{sorted(positive)}): nothing to tell apart{note}"
-        )
+        raise one_label(full, label_col, positive, note)
     if split == "stratified":
         full["group"] = range(len(full))
 
@@ -404,15 +450,12 @@ def table_recipe(cfg) -> Prepared:
 
     train, eval_ = test_part(full, cfg, splitter, None if split == "stratified" else full["group"], note)
     train, val = carve_val(train, cfg, splitter)
-    info = {
-        "source": str(cfg.path),
-        "text_column": str(text_col),
-        "label_column": str(label_col),
-        "positive_label": sorted(positive),
-        "negative_label": sorted(set(values) - positive),
-        "split": split,
-        **cleaning,
-    }
+    if positive is None:
+        labelled = {"labels": sorted(full["label"].unique())}
+    else:
+        labelled = {"positive_label": sorted(positive), "negative_label": sorted(set(values) - positive)}
+    info = {"source": str(cfg.path), "text_column": str(text_col), "label_column": label_col, **labelled,
+            "split": split, **cleaning}  # fmt: skip
     return Prepared(cfg.name, full, train, eval_, info, val)
 
 
@@ -599,17 +642,34 @@ def apply_caps(prepared: Prepared, cfg) -> Prepared:
     return prepared
 
 
-def counts(df: pd.DataFrame) -> str:
+def counts(df: pd.DataFrame, labels: list[str] | None = None) -> str:
+    """'N rows (a Yes / b No)'; with the data's `labels` (k classes, option keys) the count of each."""
     c = df["label"].value_counts()
-    return f"{len(df)} rows ({c.get(YES, 0)} Yes / {c.get(NO, 0)} No)"
+    if labels is None:
+        return f"{len(df)} rows ({c.get(YES, 0)} Yes / {c.get(NO, 0)} No)"
+    return f"{len(df)} rows ({' / '.join(f'{c.get(label, 0)} {label}' for label in labels)})"
+
+
+def counted_labels(prepared: Prepared) -> list[str] | None:
+    """The labels the README counts: None for Yes/No data (counted as Yes / No), else every label of
+    the data, sorted."""
+    found = sorted(str(x) for x in prepared.full["label"].unique())
+    return None if set(found) <= {YES, NO} else found
 
 
 def labels_line(info: dict) -> str:
-    """Which original values became "Yes" (never a blanket "Yes = deceptive")."""
+    """What the labels are: which original values became "Yes" (never a blanket "Yes = deceptive"),
+    or the columns whose values are kept as labels."""
+    column = info.get("label_column", "label")
+    if info.get("labels") is not None:
+        named = (" + ".join(f"`{c}`" for c in column) + " (joined with a space)" if isinstance(column, list)
+                 else f"`{column}`")  # fmt: skip
+        labels = info["labels"]
+        return (f"- Labels: the values of {named}, kept as they are: {len(labels)} labels "
+                f"({', '.join(repr(v) for v in labels)}).")  # fmt: skip
     positive = info.get("positive_label")
     if not positive:
         return "- Labels: `Yes` / `No` as the recipe defines them."
-    column = info.get("label_column", "label")
     line = f"- Labels: `Yes` = `{column}` is {' or '.join(repr(v) for v in positive)}"
     negative = info.get("negative_label")
     return line + (
@@ -629,6 +689,7 @@ def readme(prepared: Prepared, cfg) -> str:
         return described(prepared, cfg, key)
 
     cleaning = cleaning_text(prepared.info)
+    labels = counted_labels(prepared)
     folds = setting("folds")
     keep = prepared.info.get("keep")  # what this version was made with, never today's config
     lines = [
@@ -652,11 +713,11 @@ def readme(prepared: Prepared, cfg) -> str:
             if cleaning
             else []
         ),
-        f"- full: {counts(prepared.full)}",
-        f"- train: {counts(prepared.train)}",
+        f"- full: {counts(prepared.full, labels)}",
+        f"- train: {counts(prepared.train, labels)}",
         f"- val (validation, {setting('val_fraction') or 0} of the training part; settings are chosen on it): "
-        f"{counts(prepared.val)}",
-        f"- eval (test: reported, never used to choose): {counts(prepared.eval)}",
+        f"{counts(prepared.val, labels)}",
+        f"- eval (test: reported, never used to choose): {counts(prepared.eval, labels)}",
         f"- Content version (sha256 of train+val+eval text/label, first 16 hex): {prepared.version()}",
         labels_line(prepared.info),
         f"- License: {cfg.get('license') or 'not given (set data.license to the data’s own license)'}",

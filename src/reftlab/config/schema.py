@@ -113,6 +113,23 @@ class PersuasionData(Data):
 
 
 @dataclass
+class ChoiceData(Data):
+    """Multiple choice (data/choice.py): LLM-Adapters' JSON (data=arc_easy, ...) or a table with options."""
+
+    name: str = "choice"
+    recipe: str = "choice"
+    split: str = "random"  # random | stratified (the answer keys in proportion)
+    test_path: str | None = None  # the test file, kept as given (null: data.eval_fraction of data.path)
+    question_column: Any = "question"  # (tables) the question alone
+    options_column: Any = None  # (tables) a column holding each question's options as a list
+    option_columns: list[str] | None = None  # (tables) one column per option, e.g. [A, B, C, D]
+    answer_column: Any = "answer"  # (tables) the right option: a key, a letter, an index or its text
+    answer_type: str | None = (
+        None  # (tables) key | letter | index0 | index1 | text (null: by the answers' form)
+    )
+
+
+@dataclass
 class YesNoTask:
     name: str = "yes_no"
 
@@ -130,7 +147,7 @@ class ChoiceTask:
 
 SCHEMAS = {
     "task": {"yes_no": YesNoTask, "classify": ClassifyTask, "choice": ChoiceTask},
-    "data": {"table": TableData, "persuasion": PersuasionData},
+    "data": {"table": TableData, "persuasion": PersuasionData, "choice": ChoiceData},
     "trainer": {"default": Trainer},
     "intervention": {"reft": Reft, "lora": Lora, "zero_shot": ZeroShot, "tfidf": Tfidf},
 }

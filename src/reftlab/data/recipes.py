@@ -28,10 +28,24 @@ import pandas as pd
 
 from ..config import ConfigError
 from ..tracking import redact
+from . import choice
+from .files import (  # noqa: F401  (recipes.DataError, recipes.read_table, ...: the names callers use)
+    FORMATS,
+    SHOWN_ROWS,
+    DataError,
+    blank,
+    check_path,
+    column,
+    infer_format,
+    is_url,
+    keep_rows,
+    kept,
+    plural,
+    read_table,
+)
 
 log = logging.getLogger(__name__)
 YES, NO = "Yes", "No"
-FORMATS = ("csv", "tsv", "parquet", "jsonl")
 
 # The reference recipe (persuasion): arguments written by these Claude models are kept.
 CLAUDE_SOURCES = ("Claude 1.3", "Claude 2", "Claude 3 Haiku", "Claude 3 Opus", "Claude Instant 1.2")
@@ -48,12 +62,7 @@ DESCRIBED = (
     "fold",
     "upsample_seed",
 )
-SHOWN_ROWS = 10  # row numbers named in messages and READMEs (the counts are always complete)
 SPLIT_SETTINGS = {"test": "data.eval_fraction", "validation": "data.val_fraction"}
-
-
-class DataError(ValueError):
-    """Bad data settings or a bad data file."""
 
 
 @dataclass
@@ -78,61 +87,6 @@ class Prepared:
         return h.hexdigest()[:16]
 
 
-def is_url(path: str) -> bool:
-    return str(path).startswith(("http://", "https://", "hf://", "s3://", "gs://"))
-
-
-def infer_format(path: str, fmt: str | None) -> str:
-    if fmt:
-        if fmt not in FORMATS:
-            raise DataError(f"data.format={fmt!r} is not valid: choose one of {', '.join(FORMATS)}")
-        return fmt
-    suffix = Path(str(path).split("?")[0]).suffix.lower().lstrip(".")
-    fmt = {"csv": "csv", "tsv": "tsv", "txt": "tsv", "parquet": "parquet", "pq": "parquet"}.get(suffix)
-    fmt = fmt or ("jsonl" if suffix in ("jsonl", "json", "ndjson") else None)
-    if fmt is None:
-        raise DataError(f"Cannot tell the format of {path!r}: set data.format to one of {', '.join(FORMATS)}")
-    return fmt
-
-
-def check_path(path, setting: str = "data.path") -> None:
-    """Fail early (before any model loading) on a missing data file."""
-    if path is None or str(path) == "":
-        raise DataError(f"{setting} is not set: give the data file, e.g. {setting}=my_data.csv")
-    if not is_url(str(path)) and not Path(str(path)).is_file():
-        raise DataError(f"{setting}={str(path)!r}: no such file (working directory: {Path.cwd()})")
-
-
-def read_table(path, fmt: str | None = None, header: bool = True) -> pd.DataFrame:
-    check_path(path)
-    fmt = infer_format(str(path), fmt)
-    hdr = 0 if header else None
-    try:
-        if fmt == "csv":
-            # keep_default_na=False: the persuasion data has a prompt_type "N/A" that must stay a string
-            return pd.read_csv(path, header=hdr, keep_default_na=False)
-        if fmt == "tsv":
-            return pd.read_csv(path, sep="\t", header=hdr, keep_default_na=False)
-        if fmt == "parquet":
-            return pd.read_parquet(path)
-        return pd.read_json(path, lines=True)
-    except DataError:
-        raise
-    except Exception as e:  # pandas/pyarrow errors differ by format: name the file and the format
-        raise DataError(f"Could not read {str(path)!r} as {fmt}: {e}") from e
-
-
-def column(df: pd.DataFrame, name, setting: str, path) -> str | int:
-    """Resolve a column setting against the frame; header-less files use numbered columns."""
-    if name in df.columns:
-        return name
-    if isinstance(name, str) and name.isdigit() and int(name) in df.columns:
-        return int(name)
-    raise DataError(
-        f"{setting}={name!r} is not a column of {str(path)!r}; its columns are: {', '.join(map(str, df.columns))}"
-    )
-
-
 def group_split(
     df: pd.DataFrame, groups: pd.Series, fraction: float, seed: int, part: str = "test", note: str = ""
 ):
@@ -154,14 +108,25 @@ def stratified_split(df: pd.DataFrame, fraction: float, seed: int, part: str = "
 
 
 def fold_split(
-    df: pd.DataFrame, folds: int, fold: int, seed: int, groups: pd.Series | None = None, note: str = ""
+    df: pd.DataFrame,
+    folds: int,
+    fold: int,
+    seed: int,
+    groups: pd.Series | None = None,
+    note: str = "",
+    stratified: bool = True,
 ):
     """Fold `fold` of `folds` as the test part, the other folds for training: stratified folds (the
     label proportions kept in each), or with `groups` whole groups per fold, no group on both sides
-    (scikit-learn's StratifiedGroupKFold: the labels balanced as far as the groups allow)."""
-    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+    (scikit-learn's StratifiedGroupKFold: the labels balanced as far as the groups allow), or with
+    `stratified` False folds of rows drawn at random."""
+    from sklearn.model_selection import KFold, StratifiedGroupKFold, StratifiedKFold
 
-    if groups is None:
+    if not stratified:
+        if len(df) < folds:
+            raise DataError(f"data.folds={folds} needs at least {folds} rows; there are {len(df)}{note}")
+        splits = KFold(n_splits=folds, shuffle=True, random_state=seed).split(df)
+    elif groups is None:
         smallest = int(df["label"].value_counts().min())
         if smallest < folds:
             raise DataError(f"data.folds={folds} needs at least {folds} rows of each label; the rarest label has "
@@ -179,16 +144,14 @@ def fold_split(
     return df.iloc[train_idx], df.iloc[test_idx]
 
 
-def test_part(df: pd.DataFrame, cfg, splitter, groups: pd.Series | None, note: str = ""):
-    """(training part, test part): fold `data.fold` of `data.folds` when folds are set, else
-    `data.eval_fraction` of the rows split by `splitter`."""
+def test_part(
+    df: pd.DataFrame, cfg, splitter, groups: pd.Series | None, note: str = "", stratified: bool = True
+):
+    """(training part, test part): fold `data.fold` of `data.folds` when folds are set (`fold_split`),
+    else `data.eval_fraction` of the rows split by `splitter`."""
     if cfg.get("folds") is None:
         return splitter(df, cfg.eval_fraction, "test")
-    return fold_split(df, int(cfg.folds), int(cfg.get("fold", 0)), cfg.split_seed, groups, note)
-
-
-def plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+    return fold_split(df, int(cfg.folds), int(cfg.get("fold", 0)), cfg.split_seed, groups, note, stratified)
 
 
 def held_out(fraction: float, n: int) -> tuple[int, int]:
@@ -227,13 +190,16 @@ def check_groups(groups: pd.Series, fraction: float, part: str, note: str = "") 
         )
 
 
-def cap(df: pd.DataFrame, n, seed: int) -> pd.DataFrame:
-    """At most n rows, balanced between the labels as far as the rows allow."""
+def cap(df: pd.DataFrame, n, seed: int, balanced: bool = True) -> pd.DataFrame:
+    """At most n rows, balanced between the labels as far as the rows allow (`balanced`), else drawn
+    at random (multiple choice: the key of the right option is no class to balance)."""
     if n is None or n >= len(df):
         return df
     if n < 1:
         raise DataError(f"max_train/max_eval must be >= 1, got {n}")
     shuffled = df.sample(frac=1.0, random_state=seed)
+    if not balanced:
+        return shuffled.head(n)
     # Interleave the labels so the first n rows are balanced.
     order = shuffled.groupby("label", sort=True).cumcount()
     return shuffled.assign(_o=order.values).sort_values("_o", kind="stable").head(n).drop(columns="_o")
@@ -270,11 +236,6 @@ def positive_values(setting, present: set[str], label_col, path) -> set[str]:
             f"its values are: {', '.join(sorted(present)[:20])}"
         )
     return found
-
-
-def blank(values: pd.Series) -> pd.Series:
-    """True where a cell holds nothing: null/NaN/None, or a string that is empty or whitespace only."""
-    return values.isna() | values.map(lambda v: isinstance(v, str) and not v.strip()).astype(bool)
 
 
 def row_numbers(index) -> list[int]:
@@ -459,38 +420,6 @@ def table_recipe(cfg) -> Prepared:
     return Prepared(cfg.name, full, train, eval_, info, val)
 
 
-def kept(cfg) -> dict:
-    """`data.keep` without its null entries: column -> the values whose rows are kept (an empty list,
-    which would keep no row, is refused)."""
-    scalar = (str, int, float, bool)
-    out = {str(k): [v] if isinstance(v, scalar) else list(v) for k, v in dict(cfg.get("keep") or {}).items()
-           if v is not None}  # fmt: skip
-    for name, values in out.items():
-        if not values:
-            raise DataError(
-                f"data.keep.{name}=[] keeps no row: give the value(s) of column {name!r} whose rows are kept "
-                "(null: every row)"
-            )
-    return out
-
-
-def keep_rows(raw: pd.DataFrame, cfg) -> pd.DataFrame:
-    """Only the rows whose `data.keep` columns hold one of the given values (Ott et al.'s 800
-    positive reviews: data.keep.polarity=positive); a column or value the file lacks is an error."""
-    for name, wanted in kept(cfg).items():
-        col = column(raw, name, "data.keep", cfg.path)
-        values = [str(v) for v in wanted]
-        present = sorted(raw[col].astype(str).unique())
-        absent = [v for v in values if v not in present]
-        if absent:
-            raise DataError(
-                f"data.keep.{name}={values if len(values) > 1 else values[0]!r}: {absent} does not occur in column {col!r} of "
-                f"{redact(cfg.path)!r}; its values are: {', '.join(present[:SHOWN_ROWS])}"
-            )
-        raw = raw[raw[col].astype(str).isin(values)]
-    return raw
-
-
 def carve_val(train: pd.DataFrame, cfg, splitter) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The validation split: `data.val_fraction` of the training part, split the way the test split
     was (stratified, or whole groups); 0 gives no validation split."""
@@ -585,7 +514,62 @@ def persuasion_recipe(cfg) -> Prepared:
     return Prepared(cfg.name, tidy(balanced), tidy(train), tidy(eval_), info, tidy(val))
 
 
-RECIPES = {"table": table_recipe, "persuasion": persuasion_recipe}
+def random_split(df: pd.DataFrame, fraction: float, seed: int, part: str = "test", note: str = ""):
+    """Hold out `fraction` of the rows drawn at random (a DataError when a side would be empty)."""
+    from sklearn.model_selection import train_test_split
+
+    n_out, n_in = held_out(fraction, len(df))
+    if min(n_out, n_in) < 1:
+        raise DataError(f"Too little data for the {part} split: {SPLIT_SETTINGS[part]}={fraction} of "
+                        f"{plural(len(df), 'row')} leaves {n_out} {part} and {n_in} training rows{note}")  # fmt: skip
+    return train_test_split(df, test_size=fraction, random_state=seed)
+
+
+def pooled_questions(cfg) -> tuple[pd.DataFrame, dict, dict]:
+    """The questions of the training file and the test file (`given`: which), deduplicated (a question
+    in both files stays in the test file), training rows first; how they were read; the cleaning counts."""
+    train, how = choice.questions(cfg, cfg.path, "data.path")
+    given = cfg.get("test_path") is not None
+    test = choice.questions(cfg, cfg.test_path, "data.test_path")[0] if given else train.iloc[:0]
+    pooled = pd.concat([test.assign(given="test"), train.assign(given="train")], ignore_index=True)
+    full, cleaning = drop_duplicates(pooled)
+    full = pd.concat([full[full["given"] == "train"], full[full["given"] == "test"]], ignore_index=True)
+    read = {"train": len(train), **({"test": len(test)} if given else {})}
+    return full.assign(group=range(len(full))), {"read": read, **how}, cleaning
+
+
+def choice_recipe(cfg) -> Prepared:
+    """Multiple choice (data/choice.py reads the files): LLM-Adapters' JSON or a table with options.
+    `data.test_path` is the test part as given and the validation split is drawn from the training
+    file; without it the test part is `data.eval_fraction` of the rows; folds are cut from both
+    files' rows pooled. Rows drawn at random (`data.split=random`) or with the answer keys in
+    proportion (`stratified`)."""
+    if cfg.split not in choice.SPLITS:
+        raise DataError(
+            f"data.split={cfg.split!r} is not valid for data={cfg.name}: choose one of {list(choice.SPLITS)}"
+        )
+    full, how, cleaning = pooled_questions(cfg)
+    note = cleaning_note(cleaning)
+    stratified = cfg.split == "stratified"
+
+    def splitter(df, fraction, part):
+        split = stratified_split if stratified else random_split
+        return split(df, fraction, cfg.split_seed, part, note)
+
+    if cfg.get("test_path") is not None and cfg.get("folds") is None:
+        train, eval_ = full[full["given"] == "train"], full[full["given"] == "test"]
+    else:
+        train, eval_ = test_part(full, cfg, splitter, None, note, stratified)
+    train, val = carve_val(train, cfg, splitter)
+    sizes = full["options"].map(len).value_counts().sort_index()
+    info = {"source": str(cfg.path), **({"test_source": str(cfg.test_path)} if cfg.get("test_path") else {}),
+            "split": cfg.split, "keys": sorted({k for keys in full["keys"] for k in keys}),
+            "options": {str(k): int(n) for k, n in sizes.items()}, **how, **cleaning}  # fmt: skip
+    full, train, eval_, val = (df.drop(columns="given") for df in (full, train, eval_, val))
+    return Prepared(cfg.name, full, train, eval_, info, val)
+
+
+RECIPES = {"table": table_recipe, "persuasion": persuasion_recipe, "choice": choice_recipe}
 
 
 def prepare(cfg, caps: bool = True) -> Prepared:
@@ -625,17 +609,20 @@ def described_settings(cfg) -> dict:
     """The settings (of DESCRIBED) that made a prepared version, as plain values: those it applied,
     so `fold` only with folds and `eval_fraction` only without; a row filter (`data.keep`, which every
     recipe applies) only where it keeps fewer rows."""
-    unused = "eval_fraction" if cfg.get("folds") is not None else "fold"
-    out = {k: cfg.get(k) for k in DESCRIBED if k in cfg and k != unused}
+    unused = {"eval_fraction"} if cfg.get("folds") is not None else {"fold"}
+    if cfg.get("test_path") is not None and cfg.get("folds") is None:
+        unused.add("eval_fraction")  # the test file is the test part
+    out = {k: cfg.get(k) for k in DESCRIBED if k in cfg and k not in unused}
     if kept(cfg):
         out["keep"] = kept(cfg)
     return out
 
 
 def apply_caps(prepared: Prepared, cfg) -> Prepared:
-    prepared.train = cap(prepared.train, cfg.get("max_train"), cfg.split_seed).reset_index(drop=True)
-    prepared.eval = cap(prepared.eval, cfg.get("max_eval"), cfg.split_seed).reset_index(drop=True)
-    prepared.val = cap(prepared.val, cfg.get("max_val"), cfg.split_seed).reset_index(drop=True)
+    balanced = cfg.recipe != "choice"
+    for part in ("train", "eval", "val"):
+        capped = cap(getattr(prepared, part), cfg.get(f"max_{part}"), cfg.split_seed, balanced)
+        setattr(prepared, part, capped.reset_index(drop=True))
     for part in ("train", "eval"):
         if len(getattr(prepared, part)) == 0:
             raise DataError(f"The {part} split of data={cfg.name} is empty")
@@ -659,7 +646,9 @@ def counted_labels(prepared: Prepared) -> list[str] | None:
 
 def labels_line(info: dict) -> str:
     """What the labels are: which original values became "Yes" (never a blanket "Yes = deceptive"),
-    or the columns whose values are kept as labels."""
+    or the columns whose values are kept as labels, or a multiple-choice question's option keys."""
+    if info.get("recipe") == "choice":
+        return choice.labels_line(info)
     column = info.get("label_column", "label")
     if info.get("labels") is not None:
         named = (" + ".join(f"`{c}`" for c in column) + " (joined with a space)" if isinstance(column, list)
@@ -692,17 +681,25 @@ def readme(prepared: Prepared, cfg) -> str:
     labels = counted_labels(prepared)
     folds = setting("folds")
     keep = prepared.info.get("keep")  # what this version was made with, never today's config
+    test_file = prepared.info.get("test_source")  # multiple choice: a test file of its own
+    held = (
+        ""
+        if folds is not None
+        else "the test file as given; "
+        if test_file
+        else f"eval fraction {setting('eval_fraction')}; "
+    )
+    pooled = ", cut from the training and test files' rows pooled" if test_file else ""
     lines = [
         f"# {prepared.name} (prepared by reftlab)",
         "",
-        f"- Source: {redact(prepared.info.get('source'))}",
-        f"- Recipe: {setting('recipe')}; split: {setting('split')}; "
-        + (f"eval fraction {setting('eval_fraction')}; " if folds is None else "")
-        + f"split seed {setting('split_seed')}",
+        f"- Source: {redact(prepared.info.get('source'))}"
+        + (f"; test file: {redact(test_file)}" if test_file else ""),
+        f"- Recipe: {setting('recipe')}; split: {setting('split')}; {held}split seed {setting('split_seed')}",
         *(
             [
-                f"- Cross-validation: the test part is fold {setting('fold')} of {folds} (folds numbered from 0; "
-                "the eval fraction is not used)"
+                f"- Cross-validation: the test part is fold {setting('fold')} of {folds} (folds numbered from 0"
+                f"{pooled}; the eval fraction is not used)"
             ]
             if folds is not None
             else []
@@ -727,7 +724,8 @@ def readme(prepared: Prepared, cfg) -> str:
 
 def record(prepared: Prepared) -> dict:
     """What recipe.json keeps: the settings that made the files and the recipe's counts (credentials masked)."""
-    return {**prepared.info, "source": redact(prepared.info.get("source"))}
+    test = {"test_source": redact(prepared.info["test_source"])} if "test_source" in prepared.info else {}
+    return {**prepared.info, "source": redact(prepared.info.get("source")), **test}
 
 
 def write(prepared: Prepared, cfg, folder: Path) -> Path:

@@ -254,7 +254,7 @@ def test_each_hub_config_reads_the_same_files_from_the_pinned_commit(name):
 
 
 def test_list_columns_survive_the_prepared_files(tmp_path):
-    p, cfg = prepared("data=arc_easy", "data.max_train=24", "data.max_val=16", "data.max_eval=16")
+    p, cfg = prepared("data=arc_challenge", "data.max_train=24", "data.max_val=16", "data.max_eval=16")
     folder = recipes.write(p, cfg, tmp_path / "out")
     for part in ("full", "train", "val", "eval"):
         back = versioning.read(folder, folder, part)

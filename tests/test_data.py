@@ -294,6 +294,23 @@ def own_table(folder) -> str:
     return str(path)
 
 
+def own_choice(folder) -> dict:
+    """Small multiple-choice train and test files (ARC-Easy's first four-option questions, LLM-Adapters' JSON)."""
+    import json
+
+    shipped = ROOT / "data/reft_tasks/commonsense/arc_easy"
+    paths = {}
+    for part, n in (("train", 80), ("test", 40)):
+        rows = [
+            r
+            for r in json.loads((shipped / f"{part}.json").read_text())
+            if "Answer5:" not in r["instruction"]
+        ]
+        paths[f"mc_{part}"] = folder / f"mc_{part}.json"
+        paths[f"mc_{part}"].write_text(json.dumps(rows[:n]))
+    return paths
+
+
 def changes(group: str | None = None, keep: dict | None = None, persuasion: bool = False) -> dict:
     """A value other than its default for each setting a prepared version may record."""
     out = {"split": "seed" if persuasion else group, "eval_fraction": 0.3, "split_seed": 7, "val_fraction": 0.3,
@@ -307,6 +324,8 @@ CONFIGS = {  # data config -> (its overrides, the changes)
     "persuasion_sample": ([], changes(keep={"source": "Claude 3 Opus"}, persuasion=True)),
     "persuasion": ([f"data.path={SUBSET}"],
                    changes(keep={"prompt_type": ["Deceptive", "Compelling Case"]}, persuasion=True)),
+    "arc_easy": (["data.path={mc_train}", "data.test_path={mc_test}"],
+                 changes("stratified", {"answer": ["answer1", "answer2"]})),  # eval_fraction: unused (a test file)
 }  # fmt: skip
 
 
@@ -322,7 +341,8 @@ def test_every_recorded_setting_is_applied_and_no_other(data, folds, tmp_path):
     from omegaconf import open_dict
 
     extra, values = CONFIGS[data]
-    before, cfg = prepared(f"data={data}", *(o.format(own=own_table(tmp_path)) for o in extra), *folds)
+    own = {"own": own_table(tmp_path), **own_choice(tmp_path)}
+    before, cfg = prepared(f"data={data}", *(o.format(**own) for o in extra), *folds)
     recorded = (set(recipes.described_settings(cfg)) - {"recipe"}) | {"keep"}  # keep: every recipe applies it
     assert recorded <= set(values), f"recorded, never changed here: {recorded - set(values)}"
     rows, record = before.version(), recipes.record(before)

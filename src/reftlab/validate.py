@@ -156,7 +156,9 @@ def check(cfg, method) -> int | None:
     n_layers = model_num_layers(cfg.model) if method.needs_model else None
     method.validate(cfg.intervention, n_layers, cfg.model.name)
     check_trainer(cfg.trainer)
-    check_data(cfg.data)
+    from . import tasks
+
+    check_data(cfg.data, tasks.of(cfg).names[0])  # and whether the data can feed the task
     check_task(cfg, method)
     check_mlflow(cfg.mlflow)
     if method.needs_model:

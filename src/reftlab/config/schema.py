@@ -101,8 +101,8 @@ class TableData(Data):
 
     header: bool = True
     text_column: Any = "text"  # a name, or a number for a file without a header
-    label_column: Any = "label"
-    positive_label: Any = "Yes"  # one value or a list
+    label_column: Any = "label"  # a column, or a list of columns joined with a space into one label
+    positive_label: Any = "Yes"  # one value or a list; null: the labels kept as they are (k classes)
     group_column: Any = None
 
 
@@ -111,6 +111,23 @@ class PersuasionData(Data):
     """The reference recipe on Anthropic's persuasion data."""
 
     upsample_seed: int = 12
+
+
+@dataclass
+class ChoiceData(Data):
+    """Multiple choice (data/choice.py): LLM-Adapters' JSON (data=arc_easy, ...) or a table with options."""
+
+    name: str = "choice"
+    recipe: str = "choice"
+    split: str = "random"  # random | stratified (the answer keys in proportion)
+    test_path: str | None = None  # the test file, kept as given (null: data.eval_fraction of data.path)
+    question_column: Any = "question"  # (tables) the question alone
+    options_column: Any = None  # (tables) a column holding each question's options as a list
+    option_columns: list[str] | None = None  # (tables) one column per option, e.g. [A, B, C, D]
+    answer_column: Any = "answer"  # (tables) the right option: a key, a letter, an index or its text
+    answer_type: str | None = (
+        None  # (tables) key | letter | index0 | index1 | text (null: by the answers' form)
+    )
 
 
 @dataclass
@@ -131,7 +148,7 @@ class ChoiceTask:
 
 SCHEMAS = {
     "task": {"yes_no": YesNoTask, "classify": ClassifyTask, "choice": ChoiceTask},
-    "data": {"table": TableData, "persuasion": PersuasionData},
+    "data": {"table": TableData, "persuasion": PersuasionData, "choice": ChoiceData},
     "trainer": {"default": Trainer},
     "intervention": {"reft": Reft, "lora": Lora, "zero_shot": ZeroShot, "tfidf": Tfidf},
 }

@@ -1,8 +1,10 @@
-"""Datasets: read, label Yes/No, split, cap, and write the prepared files.
+"""Datasets: read, label, split, cap, and write the prepared files.
 
 Every recipe returns a `Prepared` with `train`, `val` and `eval` frames holding the columns
-``text``, ``label`` ("Yes"/"No") and ``group`` (what a leak-free split keeps on one side), plus
-``full`` (everything before the split) and a description for the dataset README.
+``text``, ``label`` and ``group`` (what a leak-free split keeps on one side), plus ``full``
+(everything before the split) and a description for the dataset README. A table's labels are
+"Yes"/"No" (`data.positive_label` says which values mean Yes) or, with `data.positive_label=null`,
+the labels as the strings they are (k classes).
 
 `eval` is the test split: evaluated once per run, never used to choose a setting. `val` is carved
 out of the training part (``data.val_fraction``), stratified or grouped like the test split:
@@ -26,10 +28,24 @@ import pandas as pd
 
 from ..config import ConfigError
 from ..tracking import redact
+from . import choice
+from .files import (  # noqa: F401  (recipes.DataError, recipes.read_table, ...: the names callers use)
+    FORMATS,
+    SHOWN_ROWS,
+    DataError,
+    blank,
+    check_path,
+    column,
+    infer_format,
+    is_url,
+    keep_rows,
+    kept,
+    plural,
+    read_table,
+)
 
 log = logging.getLogger(__name__)
 YES, NO = "Yes", "No"
-FORMATS = ("csv", "tsv", "parquet", "jsonl")
 
 # The reference recipe (persuasion): arguments written by these Claude models are kept.
 CLAUDE_SOURCES = ("Claude 1.3", "Claude 2", "Claude 3 Haiku", "Claude 3 Opus", "Claude Instant 1.2")
@@ -46,12 +62,7 @@ DESCRIBED = (
     "fold",
     "upsample_seed",
 )
-SHOWN_ROWS = 10  # row numbers named in messages and READMEs (the counts are always complete)
 SPLIT_SETTINGS = {"test": "data.eval_fraction", "validation": "data.val_fraction"}
-
-
-class DataError(ValueError):
-    """Bad data settings or a bad data file."""
 
 
 @dataclass
@@ -76,61 +87,6 @@ class Prepared:
         return h.hexdigest()[:16]
 
 
-def is_url(path: str) -> bool:
-    return str(path).startswith(("http://", "https://", "hf://", "s3://", "gs://"))
-
-
-def infer_format(path: str, fmt: str | None) -> str:
-    if fmt:
-        if fmt not in FORMATS:
-            raise DataError(f"data.format={fmt!r} is not valid: choose one of {', '.join(FORMATS)}")
-        return fmt
-    suffix = Path(str(path).split("?")[0]).suffix.lower().lstrip(".")
-    fmt = {"csv": "csv", "tsv": "tsv", "txt": "tsv", "parquet": "parquet", "pq": "parquet"}.get(suffix)
-    fmt = fmt or ("jsonl" if suffix in ("jsonl", "json", "ndjson") else None)
-    if fmt is None:
-        raise DataError(f"Cannot tell the format of {path!r}: set data.format to one of {', '.join(FORMATS)}")
-    return fmt
-
-
-def check_path(path) -> None:
-    """Fail early (before any model loading) on a missing data file."""
-    if path is None or str(path) == "":
-        raise DataError("data.path is not set: give the data file, e.g. data.path=my_data.csv")
-    if not is_url(str(path)) and not Path(str(path)).is_file():
-        raise DataError(f"data.path={str(path)!r}: no such file (working directory: {Path.cwd()})")
-
-
-def read_table(path, fmt: str | None = None, header: bool = True) -> pd.DataFrame:
-    check_path(path)
-    fmt = infer_format(str(path), fmt)
-    hdr = 0 if header else None
-    try:
-        if fmt == "csv":
-            # keep_default_na=False: the persuasion data has a prompt_type "N/A" that must stay a string
-            return pd.read_csv(path, header=hdr, keep_default_na=False)
-        if fmt == "tsv":
-            return pd.read_csv(path, sep="\t", header=hdr, keep_default_na=False)
-        if fmt == "parquet":
-            return pd.read_parquet(path)
-        return pd.read_json(path, lines=True)
-    except DataError:
-        raise
-    except Exception as e:  # pandas/pyarrow errors differ by format: name the file and the format
-        raise DataError(f"Could not read {str(path)!r} as {fmt}: {e}") from e
-
-
-def column(df: pd.DataFrame, name, setting: str, path) -> str | int:
-    """Resolve a column setting against the frame; header-less files use numbered columns."""
-    if name in df.columns:
-        return name
-    if isinstance(name, str) and name.isdigit() and int(name) in df.columns:
-        return int(name)
-    raise DataError(
-        f"{setting}={name!r} is not a column of {str(path)!r}; its columns are: {', '.join(map(str, df.columns))}"
-    )
-
-
 def group_split(
     df: pd.DataFrame, groups: pd.Series, fraction: float, seed: int, part: str = "test", note: str = ""
 ):
@@ -152,14 +108,25 @@ def stratified_split(df: pd.DataFrame, fraction: float, seed: int, part: str = "
 
 
 def fold_split(
-    df: pd.DataFrame, folds: int, fold: int, seed: int, groups: pd.Series | None = None, note: str = ""
+    df: pd.DataFrame,
+    folds: int,
+    fold: int,
+    seed: int,
+    groups: pd.Series | None = None,
+    note: str = "",
+    stratified: bool = True,
 ):
     """Fold `fold` of `folds` as the test part, the other folds for training: stratified folds (the
     label proportions kept in each), or with `groups` whole groups per fold, no group on both sides
-    (scikit-learn's StratifiedGroupKFold: the labels balanced as far as the groups allow)."""
-    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+    (scikit-learn's StratifiedGroupKFold: the labels balanced as far as the groups allow), or with
+    `stratified` False folds of rows drawn at random."""
+    from sklearn.model_selection import KFold, StratifiedGroupKFold, StratifiedKFold
 
-    if groups is None:
+    if not stratified:
+        if len(df) < folds:
+            raise DataError(f"data.folds={folds} needs at least {folds} rows; there are {len(df)}{note}")
+        splits = KFold(n_splits=folds, shuffle=True, random_state=seed).split(df)
+    elif groups is None:
         smallest = int(df["label"].value_counts().min())
         if smallest < folds:
             raise DataError(f"data.folds={folds} needs at least {folds} rows of each label; the rarest label has "
@@ -177,16 +144,14 @@ def fold_split(
     return df.iloc[train_idx], df.iloc[test_idx]
 
 
-def test_part(df: pd.DataFrame, cfg, splitter, groups: pd.Series | None, note: str = ""):
-    """(training part, test part): fold `data.fold` of `data.folds` when folds are set, else
-    `data.eval_fraction` of the rows split by `splitter`."""
+def test_part(
+    df: pd.DataFrame, cfg, splitter, groups: pd.Series | None, note: str = "", stratified: bool = True
+):
+    """(training part, test part): fold `data.fold` of `data.folds` when folds are set (`fold_split`),
+    else `data.eval_fraction` of the rows split by `splitter`."""
     if cfg.get("folds") is None:
         return splitter(df, cfg.eval_fraction, "test")
-    return fold_split(df, int(cfg.folds), int(cfg.get("fold", 0)), cfg.split_seed, groups, note)
-
-
-def plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+    return fold_split(df, int(cfg.folds), int(cfg.get("fold", 0)), cfg.split_seed, groups, note, stratified)
 
 
 def held_out(fraction: float, n: int) -> tuple[int, int]:
@@ -225,13 +190,16 @@ def check_groups(groups: pd.Series, fraction: float, part: str, note: str = "") 
         )
 
 
-def cap(df: pd.DataFrame, n, seed: int) -> pd.DataFrame:
-    """At most n rows, balanced between the labels as far as the rows allow."""
+def cap(df: pd.DataFrame, n, seed: int, balanced: bool = True) -> pd.DataFrame:
+    """At most n rows, balanced between the labels as far as the rows allow (`balanced`), else drawn
+    at random (multiple choice: the key of the right option is no class to balance)."""
     if n is None or n >= len(df):
         return df
     if n < 1:
         raise DataError(f"max_train/max_eval must be >= 1, got {n}")
     shuffled = df.sample(frac=1.0, random_state=seed)
+    if not balanced:
+        return shuffled.head(n)
     # Interleave the labels so the first n rows are balanced.
     order = shuffled.groupby("label", sort=True).cumcount()
     return shuffled.assign(_o=order.values).sort_values("_o", kind="stable").head(n).drop(columns="_o")
@@ -270,11 +238,6 @@ def positive_values(setting, present: set[str], label_col, path) -> set[str]:
     return found
 
 
-def blank(values: pd.Series) -> pd.Series:
-    """True where a cell holds nothing: null/NaN/None, or a string that is empty or whitespace only."""
-    return values.isna() | values.map(lambda v: isinstance(v, str) and not v.strip()).astype(bool)
-
-
 def row_numbers(index) -> list[int]:
     """File row numbers of frame positions: row 1 is the first data row (after any header)."""
     return [int(i) + 1 for i in index]
@@ -288,8 +251,10 @@ def rows_text(rows: list[int], total: int | None = None) -> str:
 
 
 def drop_missing(raw: pd.DataFrame, label_col, text_col, path) -> tuple[pd.DataFrame, dict]:
-    """The rows with a label and a text; the others are counted (lacking both: "no label") and logged."""
-    no_label = blank(raw[label_col])
+    """The rows with a label and a text; the others are counted (lacking both: "no label") and logged.
+    `label_col` may be a list of columns: a row lacking any of them has no label."""
+    label_cols = label_col if isinstance(label_col, list) else [label_col]
+    no_label = pd.concat([blank(raw[c]) for c in label_cols], axis=1).any(axis=1)
     no_text = blank(raw[text_col]) & ~no_label
     info = {
         "dropped_no_label": int(no_label.sum()),
@@ -299,7 +264,7 @@ def drop_missing(raw: pd.DataFrame, label_col, text_col, path) -> tuple[pd.DataF
     }
     if no_label.any() or no_text.any():
         log.warning("%s: %s (label column %r, text column %r)", redact(path), missing_text(info),
-                    str(label_col), str(text_col))  # fmt: skip
+                    label_name(label_cols), str(text_col))  # fmt: skip
     return raw[~(no_label | no_text)], info
 
 
@@ -360,23 +325,68 @@ def label_strings(values: pd.Series, had_holes: bool) -> pd.Series:
     return values.astype(str)
 
 
+def label_columns(raw: pd.DataFrame, cfg) -> list:
+    """`data.label_column` resolved against the file: one column, or a list of columns whose values
+    are joined with a space into one label (Ott et al.'s [deceptive, polarity])."""
+    from omegaconf import ListConfig
+
+    setting = cfg.label_column
+    names = list(setting) if isinstance(setting, list | tuple | ListConfig) else [setting]
+    if not names:
+        raise DataError(
+            "data.label_column=[] is not valid: give the label column, or a list of columns whose values "
+            "are joined with a space into one label"
+        )
+    return [column(raw, name, "data.label_column", cfg.path) for name in names]
+
+
+def label_name(label_cols: list):
+    """The label column as messages and records name it: its name, or the list of the joined columns."""
+    return str(label_cols[0]) if len(label_cols) == 1 else [str(c) for c in label_cols]
+
+
+def joined_labels(raw: pd.DataFrame, label_cols: list, had_holes: dict) -> pd.Series:
+    """Each row's label as text: the values of its label columns, joined with a space."""
+    parts = [label_strings(raw[c], had_holes[c]) for c in label_cols]
+    return parts[0].str.cat(parts[1:], sep=" ") if len(parts) > 1 else parts[0]
+
+
+def table_labels(values: pd.Series, cfg, label_col) -> tuple[pd.Series, set[str] | None]:
+    """(the rows' labels, the values that mean Yes): Yes/No by `data.positive_label`, or with it null the
+    labels as the strings they are (k classes, positive None)."""
+    if cfg.positive_label is None:
+        return values, None
+    positive = positive_values(cfg.positive_label, set(values), label_col, cfg.path)
+    return values.isin(positive).map({True: YES, False: NO}), positive
+
+
+def one_label(full: pd.DataFrame, label_col, positive, note: str) -> DataError:
+    """The error for data whose rows all carry one label (after mapping or as they are)."""
+    label = full["label"].iloc[0]
+    if positive is None:
+        return DataError(f"Every row of column {label_col!r} has the label {label!r}: nothing to tell apart "
+                         f"(a classification needs at least 2 labels){note}")  # fmt: skip
+    return DataError(f"Every row of column {label_col!r} is labelled {label!r} (positive label(s) "
+                     f"{sorted(positive)}): nothing to tell apart{note}")  # fmt: skip
+
+
 def table_recipe(cfg) -> Prepared:
-    """A generic labelled table (opinion_spam, csv): drop holes, map labels to Yes/No, dedupe, split."""
+    """A generic labelled table (opinion_spam, csv): drop holes, label the rows (Yes/No by
+    `data.positive_label`, or with it null the labels as they are: k classes), dedupe, split."""
     raw = read_table(cfg.path, cfg.get("format"), cfg.get("header", True))
     text_col = column(raw, cfg.text_column, "data.text_column", cfg.path)
-    label_col = column(raw, cfg.label_column, "data.label_column", cfg.path)
-    had_holes = bool(raw[label_col].isna().any())
+    label_cols = label_columns(raw, cfg)
+    label_col = label_name(label_cols)
+    had_holes = {c: bool(raw[c].isna().any()) for c in label_cols}
     raw = keep_rows(raw, cfg)
-    raw, cleaning = drop_missing(raw, label_col, text_col, cfg.path)
+    raw, cleaning = drop_missing(raw, label_cols, text_col, cfg.path)
     if raw.empty:
         raise DataError(
             f"{redact(cfg.path)!r} has no row with both a label and a text: {missing_text(cleaning)}"
         )
-    values = label_strings(raw[label_col], had_holes)
-    positive = positive_values(cfg.positive_label, set(values), label_col, cfg.path)
-    full = pd.DataFrame(
-        {"text": raw[text_col].astype(str), "label": values.isin(positive).map({True: YES, False: NO})}
-    )
+    values = joined_labels(raw, label_cols, had_holes)
+    labels, positive = table_labels(values, cfg, label_col)
+    full = pd.DataFrame({"text": raw[text_col].astype(str), "label": labels})
     split = cfg.split
     group_col = cfg.get("group_column")
     choices = ["stratified"] + ([str(group_col)] if group_col is not None else [])
@@ -388,10 +398,7 @@ def table_recipe(cfg) -> Prepared:
     cleaning.update(dupes)
     note = cleaning_note(cleaning)
     if full["label"].nunique() < 2:
-        raise DataError(
-            f"Every row of column {label_col!r} is labelled {full['label'].iloc[0]!r} (positive label(s) "
-            f"{sorted(positive)}): nothing to tell apart{note}"
-        )
+        raise one_label(full, label_col, positive, note)
     if split == "stratified":
         full["group"] = range(len(full))
 
@@ -404,48 +411,13 @@ def table_recipe(cfg) -> Prepared:
 
     train, eval_ = test_part(full, cfg, splitter, None if split == "stratified" else full["group"], note)
     train, val = carve_val(train, cfg, splitter)
-    info = {
-        "source": str(cfg.path),
-        "text_column": str(text_col),
-        "label_column": str(label_col),
-        "positive_label": sorted(positive),
-        "negative_label": sorted(set(values) - positive),
-        "split": split,
-        **cleaning,
-    }
+    if positive is None:
+        labelled = {"labels": sorted(full["label"].unique())}
+    else:
+        labelled = {"positive_label": sorted(positive), "negative_label": sorted(set(values) - positive)}
+    info = {"source": str(cfg.path), "text_column": str(text_col), "label_column": label_col, **labelled,
+            "split": split, **cleaning}  # fmt: skip
     return Prepared(cfg.name, full, train, eval_, info, val)
-
-
-def kept(cfg) -> dict:
-    """`data.keep` without its null entries: column -> the values whose rows are kept (an empty list,
-    which would keep no row, is refused)."""
-    scalar = (str, int, float, bool)
-    out = {str(k): [v] if isinstance(v, scalar) else list(v) for k, v in dict(cfg.get("keep") or {}).items()
-           if v is not None}  # fmt: skip
-    for name, values in out.items():
-        if not values:
-            raise DataError(
-                f"data.keep.{name}=[] keeps no row: give the value(s) of column {name!r} whose rows are kept "
-                "(null: every row)"
-            )
-    return out
-
-
-def keep_rows(raw: pd.DataFrame, cfg) -> pd.DataFrame:
-    """Only the rows whose `data.keep` columns hold one of the given values (Ott et al.'s 800
-    positive reviews: data.keep.polarity=positive); a column or value the file lacks is an error."""
-    for name, wanted in kept(cfg).items():
-        col = column(raw, name, "data.keep", cfg.path)
-        values = [str(v) for v in wanted]
-        present = sorted(raw[col].astype(str).unique())
-        absent = [v for v in values if v not in present]
-        if absent:
-            raise DataError(
-                f"data.keep.{name}={values if len(values) > 1 else values[0]!r}: {absent} does not occur in column {col!r} of "
-                f"{redact(cfg.path)!r}; its values are: {', '.join(present[:SHOWN_ROWS])}"
-            )
-        raw = raw[raw[col].astype(str).isin(values)]
-    return raw
 
 
 def carve_val(train: pd.DataFrame, cfg, splitter) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -542,7 +514,62 @@ def persuasion_recipe(cfg) -> Prepared:
     return Prepared(cfg.name, tidy(balanced), tidy(train), tidy(eval_), info, tidy(val))
 
 
-RECIPES = {"table": table_recipe, "persuasion": persuasion_recipe}
+def random_split(df: pd.DataFrame, fraction: float, seed: int, part: str = "test", note: str = ""):
+    """Hold out `fraction` of the rows drawn at random (a DataError when a side would be empty)."""
+    from sklearn.model_selection import train_test_split
+
+    n_out, n_in = held_out(fraction, len(df))
+    if min(n_out, n_in) < 1:
+        raise DataError(f"Too little data for the {part} split: {SPLIT_SETTINGS[part]}={fraction} of "
+                        f"{plural(len(df), 'row')} leaves {n_out} {part} and {n_in} training rows{note}")  # fmt: skip
+    return train_test_split(df, test_size=fraction, random_state=seed)
+
+
+def pooled_questions(cfg) -> tuple[pd.DataFrame, dict, dict]:
+    """The questions of the training file and the test file (`given`: which), deduplicated (a question
+    in both files stays in the test file), training rows first; how they were read; the cleaning counts."""
+    train, how = choice.questions(cfg, cfg.path, "data.path")
+    given = cfg.get("test_path") is not None
+    test = choice.questions(cfg, cfg.test_path, "data.test_path")[0] if given else train.iloc[:0]
+    pooled = pd.concat([test.assign(given="test"), train.assign(given="train")], ignore_index=True)
+    full, cleaning = drop_duplicates(pooled)
+    full = pd.concat([full[full["given"] == "train"], full[full["given"] == "test"]], ignore_index=True)
+    read = {"train": len(train), **({"test": len(test)} if given else {})}
+    return full.assign(group=range(len(full))), {"read": read, **how}, cleaning
+
+
+def choice_recipe(cfg) -> Prepared:
+    """Multiple choice (data/choice.py reads the files): LLM-Adapters' JSON or a table with options.
+    `data.test_path` is the test part as given and the validation split is drawn from the training
+    file; without it the test part is `data.eval_fraction` of the rows; folds are cut from both
+    files' rows pooled. Rows drawn at random (`data.split=random`) or with the answer keys in
+    proportion (`stratified`)."""
+    if cfg.split not in choice.SPLITS:
+        raise DataError(
+            f"data.split={cfg.split!r} is not valid for data={cfg.name}: choose one of {list(choice.SPLITS)}"
+        )
+    full, how, cleaning = pooled_questions(cfg)
+    note = cleaning_note(cleaning)
+    stratified = cfg.split == "stratified"
+
+    def splitter(df, fraction, part):
+        split = stratified_split if stratified else random_split
+        return split(df, fraction, cfg.split_seed, part, note)
+
+    if cfg.get("test_path") is not None and cfg.get("folds") is None:
+        train, eval_ = full[full["given"] == "train"], full[full["given"] == "test"]
+    else:
+        train, eval_ = test_part(full, cfg, splitter, None, note, stratified)
+    train, val = carve_val(train, cfg, splitter)
+    sizes = full["options"].map(len).value_counts().sort_index()
+    info = {"source": str(cfg.path), **({"test_source": str(cfg.test_path)} if cfg.get("test_path") else {}),
+            "split": cfg.split, "keys": sorted({k for keys in full["keys"] for k in keys}),
+            "options": {str(k): int(n) for k, n in sizes.items()}, **how, **cleaning}  # fmt: skip
+    full, train, eval_, val = (df.drop(columns="given") for df in (full, train, eval_, val))
+    return Prepared(cfg.name, full, train, eval_, info, val)
+
+
+RECIPES = {"table": table_recipe, "persuasion": persuasion_recipe, "choice": choice_recipe}
 
 
 def prepare(cfg, caps: bool = True) -> Prepared:
@@ -582,34 +609,56 @@ def described_settings(cfg) -> dict:
     """The settings (of DESCRIBED) that made a prepared version, as plain values: those it applied,
     so `fold` only with folds and `eval_fraction` only without; a row filter (`data.keep`, which every
     recipe applies) only where it keeps fewer rows."""
-    unused = "eval_fraction" if cfg.get("folds") is not None else "fold"
-    out = {k: cfg.get(k) for k in DESCRIBED if k in cfg and k != unused}
+    unused = {"eval_fraction"} if cfg.get("folds") is not None else {"fold"}
+    if cfg.get("test_path") is not None and cfg.get("folds") is None:
+        unused.add("eval_fraction")  # the test file is the test part
+    out = {k: cfg.get(k) for k in DESCRIBED if k in cfg and k not in unused}
     if kept(cfg):
         out["keep"] = kept(cfg)
     return out
 
 
 def apply_caps(prepared: Prepared, cfg) -> Prepared:
-    prepared.train = cap(prepared.train, cfg.get("max_train"), cfg.split_seed).reset_index(drop=True)
-    prepared.eval = cap(prepared.eval, cfg.get("max_eval"), cfg.split_seed).reset_index(drop=True)
-    prepared.val = cap(prepared.val, cfg.get("max_val"), cfg.split_seed).reset_index(drop=True)
+    balanced = cfg.recipe != "choice"
+    for part in ("train", "eval", "val"):
+        capped = cap(getattr(prepared, part), cfg.get(f"max_{part}"), cfg.split_seed, balanced)
+        setattr(prepared, part, capped.reset_index(drop=True))
     for part in ("train", "eval"):
         if len(getattr(prepared, part)) == 0:
             raise DataError(f"The {part} split of data={cfg.name} is empty")
     return prepared
 
 
-def counts(df: pd.DataFrame) -> str:
+def counts(df: pd.DataFrame, labels: list[str] | None = None) -> str:
+    """'N rows (a Yes / b No)'; with the data's `labels` (k classes, option keys) the count of each."""
     c = df["label"].value_counts()
-    return f"{len(df)} rows ({c.get(YES, 0)} Yes / {c.get(NO, 0)} No)"
+    if labels is None:
+        return f"{len(df)} rows ({c.get(YES, 0)} Yes / {c.get(NO, 0)} No)"
+    return f"{len(df)} rows ({' / '.join(f'{c.get(label, 0)} {label}' for label in labels)})"
+
+
+def counted_labels(prepared: Prepared) -> list[str] | None:
+    """The labels the README counts: None for Yes/No data (counted as Yes / No), else every label of
+    the data, sorted."""
+    found = sorted(str(x) for x in prepared.full["label"].unique())
+    return None if set(found) <= {YES, NO} else found
 
 
 def labels_line(info: dict) -> str:
-    """Which original values became "Yes" (never a blanket "Yes = deceptive")."""
+    """What the labels are: which original values became "Yes" (never a blanket "Yes = deceptive"),
+    or the columns whose values are kept as labels, or a multiple-choice question's option keys."""
+    if info.get("recipe") == "choice":
+        return choice.labels_line(info)
+    column = info.get("label_column", "label")
+    if info.get("labels") is not None:
+        named = (" + ".join(f"`{c}`" for c in column) + " (joined with a space)" if isinstance(column, list)
+                 else f"`{column}`")  # fmt: skip
+        labels = info["labels"]
+        return (f"- Labels: the values of {named}, kept as they are: {len(labels)} labels "
+                f"({', '.join(repr(v) for v in labels)}).")  # fmt: skip
     positive = info.get("positive_label")
     if not positive:
         return "- Labels: `Yes` / `No` as the recipe defines them."
-    column = info.get("label_column", "label")
     line = f"- Labels: `Yes` = `{column}` is {' or '.join(repr(v) for v in positive)}"
     negative = info.get("negative_label")
     return line + (
@@ -629,19 +678,28 @@ def readme(prepared: Prepared, cfg) -> str:
         return described(prepared, cfg, key)
 
     cleaning = cleaning_text(prepared.info)
+    labels = counted_labels(prepared)
     folds = setting("folds")
     keep = prepared.info.get("keep")  # what this version was made with, never today's config
+    test_file = prepared.info.get("test_source")  # multiple choice: a test file of its own
+    held = (
+        ""
+        if folds is not None
+        else "the test file as given; "
+        if test_file
+        else f"eval fraction {setting('eval_fraction')}; "
+    )
+    pooled = ", cut from the training and test files' rows pooled" if test_file else ""
     lines = [
         f"# {prepared.name} (prepared by reftlab)",
         "",
-        f"- Source: {redact(prepared.info.get('source'))}",
-        f"- Recipe: {setting('recipe')}; split: {setting('split')}; "
-        + (f"eval fraction {setting('eval_fraction')}; " if folds is None else "")
-        + f"split seed {setting('split_seed')}",
+        f"- Source: {redact(prepared.info.get('source'))}"
+        + (f"; test file: {redact(test_file)}" if test_file else ""),
+        f"- Recipe: {setting('recipe')}; split: {setting('split')}; {held}split seed {setting('split_seed')}",
         *(
             [
-                f"- Cross-validation: the test part is fold {setting('fold')} of {folds} (folds numbered from 0; "
-                "the eval fraction is not used)"
+                f"- Cross-validation: the test part is fold {setting('fold')} of {folds} (folds numbered from 0"
+                f"{pooled}; the eval fraction is not used)"
             ]
             if folds is not None
             else []
@@ -652,11 +710,11 @@ def readme(prepared: Prepared, cfg) -> str:
             if cleaning
             else []
         ),
-        f"- full: {counts(prepared.full)}",
-        f"- train: {counts(prepared.train)}",
+        f"- full: {counts(prepared.full, labels)}",
+        f"- train: {counts(prepared.train, labels)}",
         f"- val (validation, {setting('val_fraction') or 0} of the training part; settings are chosen on it): "
-        f"{counts(prepared.val)}",
-        f"- eval (test: reported, never used to choose): {counts(prepared.eval)}",
+        f"{counts(prepared.val, labels)}",
+        f"- eval (test: reported, never used to choose): {counts(prepared.eval, labels)}",
         f"- Content version (sha256 of train+val+eval text/label, first 16 hex): {prepared.version()}",
         labels_line(prepared.info),
         f"- License: {cfg.get('license') or 'not given (set data.license to the data’s own license)'}",
@@ -666,7 +724,8 @@ def readme(prepared: Prepared, cfg) -> str:
 
 def record(prepared: Prepared) -> dict:
     """What recipe.json keeps: the settings that made the files and the recipe's counts (credentials masked)."""
-    return {**prepared.info, "source": redact(prepared.info.get("source"))}
+    test = {"test_source": redact(prepared.info["test_source"])} if "test_source" in prepared.info else {}
+    return {**prepared.info, "source": redact(prepared.info.get("source")), **test}
 
 
 def write(prepared: Prepared, cfg, folder: Path) -> Path:

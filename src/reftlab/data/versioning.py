@@ -211,9 +211,20 @@ def read(folder: Path, where: Path, part: str) -> pd.DataFrame:
     if part == "val" and not path.exists():  # a version prepared before validation splits existed
         return pd.DataFrame(columns=["text", "label", "group"])
     try:
-        return pd.read_parquet(path)
+        return as_lists(pd.read_parquet(path))
     except Exception as e:
         raise VersionError(f"{path} in the dataset repository {folder} cannot be read: {e}") from e
+
+
+def as_lists(df: pd.DataFrame) -> pd.DataFrame:
+    """List columns (a multiple-choice question's options and keys) as Python lists, as the recipe
+    made them: parquet gives them back as arrays."""
+    import numpy as np
+
+    for name in df.columns:
+        if len(df) and df[name].dtype == object and isinstance(df[name].iloc[0], np.ndarray):
+            df[name] = df[name].map(list)
+    return df
 
 
 README_RECIPE = re.compile(

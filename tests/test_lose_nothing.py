@@ -178,7 +178,7 @@ def test_judge_names_one_class_and_small_splits():
     assert note.startswith("the test split is too small to judge (all 'No'")
     prepared.eval, prepared.val = frame(["Yes", "No"] * 20), frame(["Yes", "No"] * 5)
     assert results.judge(prepared) == [
-        "the validation split is too small to judge (10 examples; at least 30 of both labels are needed): "
+        "the validation split is too small to judge (10 examples; at least 30 examples of more than one label are needed): "
         "its accuracy says little. Raise data.val_fraction or use more data"
     ]
 

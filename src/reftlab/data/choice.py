@@ -46,11 +46,18 @@ SELF_NAMED = ["true", "false"]  # BoolQ: the answers are the options
 SHOWN_PROBLEMS = 3
 
 
-def build_text(question: str, options: list[str]) -> str:
-    """A question and its options as LLM-Adapters' ARC instructions have them (answer1..answerK)."""
-    listed = " ".join(f"Answer{i}: {option}" for i, option in enumerate(options, 1))
-    keys = "/".join(f"answer{i}" for i in range(1, len(options) + 1))
-    return f"{LEAD}{question}\n\n{listed}\n\nAnswer format: {keys}"
+def option_keys(n: int) -> list[str]:
+    """The keys LLM-Adapters names n options with: answer1 .. answer<n>."""
+    return [f"answer{i}" for i in range(1, n + 1)]
+
+
+def build_text(question: str, options: list[str], keys: list[str] | None = None) -> str:
+    """A question and its options as LLM-Adapters' ARC instructions have them ("... Answer1: <option>
+    Answer2: ... Answer format: answer1/answer2"): each option after its key, capitalised; the keys
+    answer1..answerK unless given. The one definition: the data recipes and a served model use it."""
+    keys = list(keys) if keys is not None else option_keys(len(options))
+    listed = " ".join(f"{k[:1].upper()}{k[1:]}: {o}" for k, o in zip(keys, options, strict=True))
+    return f"{LEAD}{question}\n\n{listed}\n\nAnswer format: {'/'.join(keys)}"
 
 
 @functools.cache

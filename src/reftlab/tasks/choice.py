@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..data.choice import build_text, option_keys
 from . import register
 from .base import CHOICE, Task
 from .chat import PromptBuilder
@@ -25,23 +26,13 @@ from .classify import softmax
 
 KEYWORD = "the correct answer is {key}"
 HARNESS_PROMPT = "Question: {question}\nAnswer:"
+
+
 # LLM-Adapters' prompt for a question and its options (its ARC and OpenBookQA instructions), what a
 # question without its own prompt is asked with
-INSTRUCTION = (
-    "Please choose the correct answer to the question: {question}\n\n{options}\n\nAnswer format: {keys}"
-)
-
-
-def option_keys(n: int) -> list[str]:
-    """The keys of `n` options when none are given: answer1 .. answer<n>, as LLM-Adapters names them."""
-    return [f"answer{i}" for i in range(1, n + 1)]
-
-
 def instruction(question: str, options, keys) -> str:
-    """The prompt of a question and its options in LLM-Adapters' words ("... Answer1: <option> Answer2:
-    ... Answer format: answer1/answer2"): each option after its key, capitalised."""
-    listed = " ".join(f"{k[:1].upper()}{k[1:]}: {o}" for k, o in zip(keys, options, strict=True))
-    return INSTRUCTION.format(question=question, options=listed, keys="/".join(keys))
+    """The prompt of a question and its options in LLM-Adapters' words (`data.choice.build_text`)."""
+    return build_text(question, list(options), list(keys))
 
 
 def padded(rows: list, width: int, fill=np.nan) -> np.ndarray:

@@ -57,7 +57,9 @@ def judge(prepared, one_label_matters: bool = True) -> list[str]:
         if one_label_matters and len(set(labels)) < 2:
             problems.append(f"all {labels[0]!r}")
         if problems:
-            needed = f"at least {MIN_JUDGED}" + (" examples of more than one label" if one_label_matters else " examples")
+            needed = f"at least {MIN_JUDGED}" + (
+                " examples of more than one label" if one_label_matters else " examples"
+            )
             out.append(
                 f"the {name} split is too small to judge ({', '.join(problems)}; {needed} are needed): its "
                 f"accuracy says little. Raise {setting} or use more data"

@@ -277,3 +277,6 @@ def test_a_sweep_over_datasets_has_one_parent_run_a_dataset_with_its_report(tmp_
         report = mlflow.tracking.MlflowClient(uri).download_artifacts(part["run_id"], "report/report.md")
         assert "1 finished runs" in Path(report).read_text()
     assert top["metrics.jobs_finished"].iloc[0] == 2 and top["status"].iloc[0] == "FINISHED"
+    for name in ("opinion_spam", "persuasion_sample"):  # the summary points to each dataset's parent
+        part = parts.loc[f"data={name}", "run_id"]
+        assert f"data={name}: run {part}, python report.py --run {part}" in done.stderr

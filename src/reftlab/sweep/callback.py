@@ -56,6 +56,12 @@ def read_statuses(sweep_dir: Path, jobs: list[list[str]] | None = None) -> list[
     return sorted(rows, key=lambda r: (not r["job"].isdigit(), int(r["job"]) if r["job"].isdigit() else 0))
 
 
+def parts_of_sweep(sweep_dir: Path) -> dict[str, str]:
+    """A sweep over datasets: each dataset's parent run (`parent.open_for`), else {}."""
+    path = Path(sweep_dir) / "parent_run.json"
+    return (json.loads(path.read_text()).get("parts") or {}) if path.is_file() else {}
+
+
 NEVER_RAN = "the job never started: its launcher or worker ended first (killed?), or the sweep was stopped"
 
 
@@ -340,6 +346,13 @@ class SweepCallback(Callback):
         finally:
             release_dir(sweep_dir)
             getattr(self, "_restore", lambda: None)()
+        parts = parts_of_sweep(sweep_dir)
+        if parts:  # a sweep over datasets: one parent a dataset, each with its jobs and report
+            lines = [f"sweep run {run_id} (a parent run a dataset under it; reports: {report_dir or 'none'}):",
+                     f"  {tracking.ui_link(uri, experiment_id, run_id)}"]  # fmt: skip
+            for value, part in parts.items():
+                lines += [f"  {value}: run {part}, python report.py --run {part}"]
+            return "\n" + "\n".join(lines)
         lines = [f"sweep run {run_id} (its jobs are its children; report: {report_dir or 'none'}):",
                  f"  {tracking.ui_link(uri, experiment_id, run_id)}",
                  f"  python report.py --run {run_id}"]  # fmt: skip

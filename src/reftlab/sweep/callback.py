@@ -351,7 +351,7 @@ class SweepCallback(Callback):
             lines = [f"sweep run {run_id} (a parent run a dataset under it; reports: {report_dir or 'none'}):",
                      f"  {tracking.ui_link(uri, experiment_id, run_id)}"]  # fmt: skip
             for value, part in parts.items():
-                lines += [f"  {value}: run {part}, python report.py --run {part}"]
+                lines += [f"  data={value}: run {part}, python report.py --run {part}"]
             return "\n" + "\n".join(lines)
         lines = [f"sweep run {run_id} (its jobs are its children; report: {report_dir or 'none'}):",
                  f"  {tracking.ui_link(uri, experiment_id, run_id)}",

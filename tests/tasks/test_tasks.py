@@ -176,7 +176,7 @@ def test_a_label_outside_the_given_labels_is_refused():
 
 
 def test_a_task_the_method_does_not_serve_stops_before_loading():
-    cfg = compose("intervention=tfidf", "task=choice")
+    cfg = compose("intervention=tfidf", "task=choice", "data=arc_easy")
     with pytest.raises(validate.ConfigError, match=r"task=choice is not served by intervention.method=tfidf"):
         validate.check(cfg, methods.get("tfidf"))
     with pytest.raises(validate.ConfigError, match="task.name='nope' is not valid: choose one of"):

@@ -8,8 +8,7 @@ run (add it to BUILTIN, or import it from your own entry point), plus a YAML in 
 
 from __future__ import annotations
 
-import importlib
-
+from ..plugins import Registry
 from .base import Job, LanguageModelMethod, Method, Outcome
 
 BUILTIN = (
@@ -18,37 +17,18 @@ BUILTIN = (
     "reftlab.methods.zero_shot",
     "reftlab.methods.tfidf",
 )
-REGISTRY: dict[str, type[Method]] = {}
-_loaded = False
+_PLUGINS = Registry(BUILTIN)
+REGISTRY: dict[str, type[Method]] = _PLUGINS.classes
+register = _PLUGINS.register
+names = _PLUGINS.names
 
 __all__ = ["Job", "LanguageModelMethod", "Method", "Outcome", "REGISTRY", "get", "names", "register"]
-
-
-def register(cls: type[Method]) -> type[Method]:
-    """Class decorator: make `cls` available under each of its `names`."""
-    for name in cls.names:
-        REGISTRY[name] = cls
-    return cls
-
-
-def _load_builtin() -> None:
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        for module in BUILTIN:
-            importlib.import_module(module)
-
-
-def names() -> list[str]:
-    _load_builtin()
-    return list(REGISTRY)
 
 
 def get(name: str) -> Method:
     """The method registered as `name` (an instance configured for that name)."""
     from ..validate import ConfigError
 
-    _load_builtin()
-    if name not in REGISTRY:
+    if name not in _PLUGINS.load():
         raise ConfigError(f"intervention.method={name!r} is not valid: choose one of {list(REGISTRY)}")
     return REGISTRY[name](name)

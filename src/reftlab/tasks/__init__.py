@@ -11,35 +11,16 @@ names (`task.name` in the config picks it), one module and one YAML in conf/task
 
 from __future__ import annotations
 
-import importlib
-
+from ..plugins import Registry
 from .base import CHOICE, LABEL, Task
 
 BUILTIN = ("reftlab.tasks.yes_no", "reftlab.tasks.classify", "reftlab.tasks.choice")
-REGISTRY: dict[str, type[Task]] = {}
-_loaded = False
+_PLUGINS = Registry(BUILTIN)
+REGISTRY: dict[str, type[Task]] = _PLUGINS.classes
+register = _PLUGINS.register
+names = _PLUGINS.names
 
 __all__ = ["CHOICE", "LABEL", "REGISTRY", "Task", "get", "names", "of", "register"]
-
-
-def register(cls: type[Task]) -> type[Task]:
-    """Class decorator: make `cls` available under each of its `names`."""
-    for name in cls.names:
-        REGISTRY[name] = cls
-    return cls
-
-
-def _load_builtin() -> None:
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        for module in BUILTIN:
-            importlib.import_module(module)
-
-
-def names() -> list[str]:
-    _load_builtin()
-    return list(REGISTRY)
 
 
 def get(tcfg) -> Task:
@@ -47,7 +28,7 @@ def get(tcfg) -> Task:
     existed were)."""
     from ..config import ConfigError
 
-    _load_builtin()
+    _PLUGINS.load()
     name = "yes_no" if tcfg is None else tcfg.get("name", "yes_no")
     if name not in REGISTRY:
         raise ConfigError(f"task.name={name!r} is not valid: choose one of {list(REGISTRY)}")

@@ -205,3 +205,24 @@ def test_runs_logged_before_tasks_existed_group_with_new_yes_no_runs():
                           {**base, "run_id": "new", "params.seed": "2", "params.task.name": "yes_no"},
                           {**base, "run_id": "k", "params.seed": "3", "params.task.name": "classify"}])  # fmt: skip
     assert list(tidy(frame)["task.name"]) == ["yes_no", "yes_no", "classify"]
+
+
+@pytest.mark.slow
+def test_tfidf_and_zero_shot_answer_four_classes(in_root, mlflow_uri, tmp_path):
+    """Ott et al.'s four classes: TF-IDF (multinomial logistic regression) beats the 4-class chance
+    rate by far and logs every class's precision and recall; zero-shot scores the four labels."""
+    from conftest import tiny_overrides
+
+    from reftlab import run
+
+    caps = ("data.max_val=40", "data.max_eval=80", f"mlflow.tracking_uri={mlflow_uri}")
+    tfidf = run.run(
+        compose("task=classify", "data=opinion_spam4", "intervention=tfidf", *caps), tmp_path / "tfidf"
+    )
+    assert tfidf["chance"] < 0.3 and tfidf["accuracy"] > tfidf["chance"] + 0.2
+    assert {f"recall.{c} {p}" for c in ("deceptive", "truthful") for p in ("positive", "negative")} <= set(
+        tfidf
+    )
+    zero = run.run(compose(*[o for o in tiny_overrides("task=classify", "data=opinion_spam4", "intervention=none", *caps)
+                             if not o.startswith("intervention.layer")]), tmp_path / "none")  # fmt: skip
+    assert 0 <= zero["accuracy"] <= 1 and zero["trainable_params"] == 0 and "val_f1" in zero

@@ -98,12 +98,14 @@ class Engine:
         return scores
 
     def loglik(self, prompts, continuations, batch_size: int | None = None):
-        """Per prompt, the log-likelihood of each of its continuations (token id lists)."""
+        """Per prompt, the log-likelihood of each of its continuations (token id lists): on the
+        planned strategy where it has its own (cached, streamed: each prompt run once for all its
+        continuations), else on the stock path."""
         batch_size = batch_size or self.ctx.trainer.eval_batch_size
         chosen = self.plan(prompts, [self.ctx.spec.last] * len(prompts))
         strategy = BY_NAME[chosen.strategy](self.ctx, chosen)
         found, info = strategy.loglik(prompts, continuations, batch_size)
-        self.eval_path = chosen.strategy if info is not None or chosen.strategy == "stock" else "stock"
+        self.eval_path = chosen.strategy if strategy.own_loglik else "stock"
         self.eval_info = info or self.eval_info
         return found
 

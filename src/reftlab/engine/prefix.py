@@ -99,29 +99,39 @@ def rows(idx, width: int, firsts, counts) -> np.ndarray:
     )
 
 
+def own_tails(tails, n_seqs: int) -> list[list[tuple]]:
+    """Each sequence's distinct non-empty tails, in order (`tails`: per sequence, or none at all)."""
+    if not tails:
+        return [[] for _ in range(n_seqs)]
+    if len(tails) != n_seqs:
+        raise ValueError(f"{len(tails)} lists of tails for {n_seqs} sequences")
+    return [list(dict.fromkeys(tuple(t) for t in ts if len(t))) for ts in tails]
+
+
 @torch.no_grad()
 def build(model, start: int, seqs: list[list[int]], suffix_lens: list[int], pad_id: int, batch_size: int = 16,
-          progress: bool = True, tails: tuple = ()) -> PrefixCache:  # fmt: skip
+          progress: bool = True, tails=()) -> PrefixCache:  # fmt: skip
     """One no-grad pass of the frozen causal LM `model` over `seqs` (left-padded, longest first).
 
-    `suffix_lens[i]`: how many trailing tokens of seqs[i] the steps recompute. `tails`: token runs
-    (the answers) each sequence may go on with: the stream at point `start` of each is stored after
-    the suffix's own (suffix_len counts them), from a short continuation of the pass (its keys and
-    values are not kept), so one entry serves scoring the sequence and training on it with any of them."""
+    `suffix_lens[i]`: how many trailing tokens of seqs[i] the steps recompute. `tails[i]`: the token
+    runs (answers, options) seqs[i] may go on with (`[shared] * len(seqs)` where every sequence has
+    the same ones): the stream at point `start` of each is stored after the suffix's own, in order
+    (suffix_len counts them), from short continuations of the pass (their keys and values are not
+    kept), so one entry serves scoring the sequence and training on it with any of them."""
     device = next(model.parameters()).device
     cfg = model.config
     n_layers = cfg.num_hidden_layers
+    tails = own_tails(tails, len(seqs))
     s_len = np.asarray(suffix_lens, dtype=np.int64)
     p_len = np.asarray([len(q) for q in seqs], dtype=np.int64) - s_len
     if (p_len < 0).any():
         raise ValueError("a suffix is longer than its sequence")
-    extra = sum(len(t) for t in tails)
+    extra = np.asarray([sum(map(len, ts)) for ts in tails], dtype=np.int64)
     p_off, s_off = offsets(p_len), offsets(s_len + extra)
     shape = (n_layers - start, 1 + int(p_len.sum()), cfg.num_key_value_heads, head_dim(cfg))
     keys = torch.zeros(shape, dtype=model.dtype, device=device)
     values = torch.zeros(shape, dtype=model.dtype, device=device)
-    hidden = torch.zeros((1 + int(s_len.sum()) + extra * len(seqs), cfg.hidden_size), dtype=model.dtype,
-                         device=device)  # fmt: skip
+    hidden = torch.zeros((1 + int((s_len + extra).sum()), cfg.hidden_size), dtype=model.dtype, device=device)
     cache_arg = hf_compat.cache_kwarg(model.model.forward)
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
     captured: list[torch.Tensor] = []
@@ -154,29 +164,38 @@ def build(model, start: int, seqs: list[list[int]], suffix_lens: list[int], pad_
                 store.index_copy_(1, dst, flat.index_select(1, src))
             h = captured[-1]
             hidden.index_copy_(0, sdst, h.reshape(-1, h.shape[-1]).index_select(0, ssrc))
-            after = s_off[idx] + s_len[idx]  # where each sequence's tails go
-            for tail in tails:
-                h = continue_with(model, tail, enc, kv_cache, cache_arg, captured)
-                rows_ = torch.from_numpy((after[:, None] + np.arange(len(tail))).reshape(-1)).to(device)
-                hidden.index_copy_(0, rows_, h.reshape(-1, h.shape[-1]))
-                after = after + len(tail)
+            after = s_off[idx] + s_len[idx]  # where each sequence's next tail goes
+            for j in range(max(len(tails[i]) for i in idx)):  # the j-th tail of every sequence: one pass
+                batch_tails = [tails[i][j] if j < len(tails[i]) else () for i in idx]
+                h = continue_with(model, batch_tails, enc, kv_cache, cache_arg, captured, pad_id)
+                counts = np.asarray([len(t) for t in batch_tails], dtype=np.int64)
+                src_ = torch.from_numpy(rows(idx, h.shape[1], [0] * len(idx), counts)).to(device)
+                dst_ = torch.from_numpy(
+                    np.concatenate([a + np.arange(c) for a, c in zip(after, counts, strict=True)])
+                )
+                hidden.index_copy_(0, dst_.to(device), h.reshape(-1, h.shape[-1]).index_select(0, src_))
+                after = after + counts
     finally:
         hook.remove()
     return PrefixCache(start, keys, values, hidden, p_off, p_len, s_off, s_len + extra)
 
 
-def continue_with(model, tail, enc, kv_cache, cache_arg, captured) -> torch.Tensor:
-    """The captured stream [batch, len(tail), hidden] of `tail` after each sequence of the batch
-    `enc` whose pass filled `kv_cache`; the cache is cut back to the batch's width after."""
+def continue_with(model, tails, enc, kv_cache, cache_arg, captured, pad_id: int = 0) -> torch.Tensor:
+    """The captured stream [batch, longest tail, hidden] of `tails[r]` after sequence r of the batch
+    `enc` whose pass filled `kv_cache` (shorter tails right-padded: a causal model's real tokens never
+    see the padding after them); the cache is cut back to the batch's width after."""
     device = enc["input_ids"].device
-    batch = enc["input_ids"].shape[0]
-    ids = torch.tensor([list(tail)] * batch, dtype=torch.long, device=device)
+    width = max(len(t) for t in tails)
+    ids = torch.full((len(tails), width), pad_id, dtype=torch.long)
+    for r, t in enumerate(tails):
+        ids[r, : len(t)] = torch.tensor(list(t), dtype=torch.long)
+    ids = ids.to(device)
     mask = torch.cat([enc["attention_mask"], torch.ones_like(ids)], dim=1)
-    positions = enc["position_ids"][:, -1:] + 1 + torch.arange(len(tail), device=device)
+    positions = enc["position_ids"][:, -1:] + 1 + torch.arange(width, device=device)
     captured.clear()
     model.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                 **{cache_arg: kv_cache})  # fmt: skip
-    kv_cache.crop(-len(tail))  # a negative count removes tokens in transformers 4.x and 5.x alike
+    kv_cache.crop(-width)  # a negative count removes tokens in transformers 4.x and 5.x alike
     return captured[-1]
 
 

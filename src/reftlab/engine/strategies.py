@@ -25,7 +25,8 @@ from .loop import answer_targets, left_pad
 from .loop import score as score_prompts
 from .loop import train as train_loop
 from .plan import Plan, max_bytes, train_inputs
-from .prefix import build, build_residual
+from .prefix import build, build_residual, own_tails
+from .shards import Source, assemble, shape_of
 from .store import obtain
 from .suffix import FullRunner, SuffixRunner, advance, attention_implementation
 
@@ -75,6 +76,7 @@ def backward(loss_and_means) -> list[float]:
 
 class Strategy:
     name = ""
+    own_loglik = False  # whether `loglik` runs on this strategy (else on the stock path)
 
     def __init__(self, ctx: Context, plan: Plan | None = None):
         self.ctx, self.plan = ctx, plan or Plan(self.name)
@@ -90,8 +92,23 @@ class Strategy:
     def loglik(self, prompts, continuations, batch_size: int) -> tuple[list[np.ndarray], dict | None]:
         """The log-likelihood of each of `continuations[i]` (token id lists) after `prompts[i]` (the sum
         over its tokens), and where a cache came from. Where a strategy has none of its own: the
-        stock path's (exact for every method, the whole sequence through the model)."""
+        stock path's (exact for every method)."""
         return Stock(self.ctx).loglik(prompts, continuations, batch_size)
+
+
+def pairs_of(continuations) -> list[tuple[int, int]]:
+    """(prompt, continuation) index pairs of a loglik request, prompt by prompt."""
+    return [(i, j) for i, conts in enumerate(continuations) for j in range(len(conts))]
+
+
+def continues_from_keys(method) -> bool:
+    """Whether a method's stock forward is the model's own (the plain model zero-shot, LoRA through
+    peft: `LanguageModelMethod.logits` as it is), so that a prompt's keys/values serve each of its
+    continuations. pyreft's IntervenableModel places its interventions by positions counted from
+    the sequence it is given: its continuations run as whole sequences."""
+    from ..methods.base import LanguageModelMethod
+
+    return getattr(type(method), "logits", None) is LanguageModelMethod.logits
 
 
 class Stock(Strategy):
@@ -129,7 +146,11 @@ class Stock(Strategy):
 
     @torch.no_grad()
     def loglik(self, prompts, continuations, batch_size):
-        pairs = [(i, j) for i, conts in enumerate(continuations) for j in range(len(conts))]
+        """Each prompt run once and its continuations from its keys/values where the method's forward
+        takes a KV cache (`continues_from_keys`); else each (prompt, continuation) a whole sequence."""
+        if continues_from_keys(self.ctx.method):
+            return self.loglik_from_keys(prompts, continuations, batch_size), None
+        pairs = pairs_of(continuations)
 
         def sums(idx):
             batch = [(prompts[i], continuations[i][j]) for i, j in (pairs[k] for k in idx)]
@@ -137,6 +158,57 @@ class Stock(Strategy):
 
         return loglik_loop(pairs, continuations, [len(prompts[i]) + len(continuations[i][j]) for i, j in pairs],
                            sums, batch_size, self.ctx.progress), None  # fmt: skip
+
+    def loglik_from_keys(self, prompts, continuations, batch_size: int) -> list[np.ndarray]:
+        """Per prompt, the log-likelihood of each of its continuations: batches of prompts of similar
+        length (longest first), each run once through the trained model with a KV cache; then the
+        j-th continuation (but its last token) of every prompt of the batch in one short pass from
+        those keys/values, which are cut back after it."""
+        from tqdm.auto import tqdm
+
+        from .. import hf_compat
+        from .loop import check_batch_size
+
+        ctx, batch_size = self.ctx, check_batch_size(batch_size)
+        base = ctx.trained.get_base_model() if hasattr(ctx.trained, "get_base_model") else ctx.trained
+        cache_arg = hf_compat.cache_kwarg(base.forward)
+        out = [np.full(len(c), np.nan) for c in continuations]
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+        for b in tqdm(range(0, len(order), batch_size), desc="eval (options)", unit="batch",
+                      disable=not ctx.progress):  # fmt: skip
+            idx = order[b : b + batch_size]
+            enc = left_pad([prompts[i] for i in idx], ctx.pad_id, ctx.device)
+            kv_cache = hf_compat.new_kv_cache(ctx.model.config)
+            first = ctx.trained(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                                position_ids=enc["position_ids"], use_cache=True, logits_to_keep=1,
+                                **{cache_arg: kv_cache}).logits[:, -1:]  # fmt: skip
+            for j in range(max(len(continuations[i]) for i in idx)):
+                conts = [continuations[i][j] if j < len(continuations[i]) else [] for i in idx]
+                sums = self.continue_from_keys(enc, kv_cache, cache_arg, first, conts)
+                for i, value in zip(idx, sums.cpu().numpy(), strict=True):
+                    if j < len(continuations[i]):
+                        out[i][j] = value
+        return out
+
+    def continue_from_keys(self, enc, kv_cache, cache_arg, first, conts) -> torch.Tensor:
+        """The summed log-probability of `conts[r]` after row r of the prompt batch `enc`, whose pass
+        filled `kv_cache` and gave the logits `first` [B, 1, vocab] of its last tokens."""
+        ctx, width = self.ctx, max(len(c) for c in conts)
+        logits = first
+        if width > 1:  # the continuations but their last tokens, right-padded (a causal model's real
+            ids = torch.full((len(conts), width - 1), ctx.pad_id, dtype=torch.long)  # tokens never see it)
+            for r, c in enumerate(conts):
+                ids[r, : max(len(c) - 1, 0)] = torch.tensor(list(c[:-1]), dtype=torch.long)
+            ids = ids.to(ctx.device)
+            mask = torch.cat([enc["attention_mask"], torch.ones_like(ids)], dim=1)
+            positions = enc["position_ids"][:, -1:] + 1 + torch.arange(width - 1, device=ctx.device)
+            more = ctx.trained(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                               **{cache_arg: kv_cache}).logits  # fmt: skip
+            kv_cache.crop(-(width - 1))  # a negative count removes tokens in transformers 4.x and 5.x alike
+            logits = torch.cat([first, more], dim=1)
+        targets = answer_targets([list(c) for c in conts], width, right=False).to(logits.device)
+        logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.clamp(min=0)[..., None])[..., 0]
+        return torch.where(targets != -100, logp, 0.0).sum(-1)
 
 
 def continuation_logprobs(logits_of, batch) -> torch.Tensor:
@@ -171,6 +243,7 @@ def loglik_loop(pairs, continuations, lengths, sums, batch_size: int, progress: 
 
 class Cached(Strategy):
     name = "cached"
+    own_loglik = True
 
     def prepare(self, prompts, tails, batch_size: int):
         """A SuffixRunner and the cache for these prompts, each followed by its tail (training: the
@@ -208,14 +281,31 @@ class Cached(Strategy):
             scores = score_prompts(list(cache.prefix_len), last, yes_id, no_id, batch_size, progress=False)
         return scores, info
 
+    @torch.no_grad()
+    def loglik(self, prompts, continuations, batch_size):
+        """One cache entry per (prompt, continuation) pair: the prompt's stored prefix (each prompt
+        built once, its keys/values not copied per continuation) and the continuation's stream."""
+        pairs = pairs_of(continuations)
+        if not pairs:
+            return [np.zeros(0) for _ in continuations], None
+        conts = [list(continuations[i][j]) for i, j in pairs]
+        runner, cache, info = self.prepare(
+            [prompts[i] for i, _ in pairs], [c[:-1] for c in conts], batch_size
+        )
+        with attention_implementation(self.ctx.model):
+            sums = lambda idx: runner.loglik(cache, idx, [conts[k] for k in idx])  # noqa: E731
+            lengths = list(cache.prefix_len + cache.suffix_len)
+            return loglik_loop(pairs, continuations, lengths, sums, batch_size, progress=False), info
+
 
 class Streamed(Strategy):
     name = "streamed"
+    own_loglik = True
 
-    def mini_cache(self, seqs, suffix_lens):
+    def mini_cache(self, seqs, suffix_lens, tails=()):
         """A prefix cache for one step's (or one eval batch's) sequences: one no-grad pass over them."""
         ctx = self.ctx
-        return build(ctx.model, self.plan.point, seqs, suffix_lens, ctx.pad_id, len(seqs), progress=False)
+        return build(ctx.model, self.plan.point, seqs, suffix_lens, ctx.pad_id, len(seqs), False, tails)
 
     def runner(self) -> SuffixRunner:
         return SuffixRunner(self.ctx.model, self.ctx.spec, self.ctx.method.interventions(self.ctx.trained))
@@ -252,6 +342,36 @@ class Streamed(Strategy):
         return score_prompts(
             lengths, last, yes_id, no_id, batch_size, self.ctx.progress, "eval (streamed)"
         ), None
+
+    @torch.no_grad()
+    def loglik(self, prompts, continuations, batch_size):
+        """Batches of prompts, each run once without grad with the streams of its continuations; then
+        every (prompt, continuation) pair of the batch from that pass, as `Cached.loglik` does."""
+        from tqdm.auto import tqdm
+
+        from .loop import check_batch_size
+
+        runner, n, batch_size = self.runner(), self.ctx.spec.last, check_batch_size(batch_size)
+        out = [np.full(len(c), np.nan) for c in continuations]
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+        for b in tqdm(range(0, len(order), batch_size), desc="eval (streamed options)", unit="batch",
+                      disable=not self.ctx.progress):  # fmt: skip
+            idx = order[b : b + batch_size]
+            tails = [[tuple(c[:-1]) for c in continuations[i]] for i in idx]
+            mini = self.mini_cache([prompts[i] for i in idx], [n] * len(idx), tails)
+            source = Source.of_cache(mini, own_tails(tails, len(idx)))
+            parts = [(source, pos, tuple(c[:-1])) for pos, i in enumerate(idx) for c in continuations[i]]
+            if not parts:
+                continue
+            cache = assemble(parts, n, shape_of(self.ctx.model))
+            with attention_implementation(self.ctx.model):
+                sums = runner.loglik(
+                    cache, np.arange(len(parts)), [list(c) for i in idx for c in continuations[i]]
+                )
+            values = iter(sums.cpu().numpy())
+            for i in idx:
+                out[i][:] = [next(values) for _ in continuations[i]]
+        return out, None
 
 
 class Residual(Strategy):

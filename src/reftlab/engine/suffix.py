@@ -174,6 +174,15 @@ class SuffixRunner:
         last = torch.from_numpy(s - 1).to(h.device)
         return self.base.lm_head(h[torch.arange(len(idx), device=h.device), last])
 
+    def loglik(self, cache, idx, continuations: list[list[int]]) -> torch.Tensor:
+        """The summed log-probability of `continuations[k]` after the prompt of entry `idx[k]`, whose
+        suffix rows are the prompt's last n tokens and the continuation but its last token: the
+        training computation of the example (prompt, continuation), without a backward."""
+        h, _ = self.hidden(cache, idx)
+        first = self.n_pos - 1  # the last prompt token predicts the first continuation token
+        targets = answer_targets(continuations, h.shape[1] - first, right=False)
+        return -answer_loss(self.base.lm_head, h[:, first:], targets).sum(1)
+
 
 class FullRunner:
     """Runs whole stored sequences from the lowest intervention point up, with the interventions."""

@@ -83,7 +83,9 @@ def test_a_prompt_repeated_for_k_continuations_is_built_once(tiny4):
     tails = [tuple(x[:-1]) for c in conts for x in c]
     store.clear_memory()
     cache, source, _ = store.obtain(model, 2, repeated, 1, tails, tokenizer.pad_token_id, None, 4, False)
-    assert source == "built" and cache.meta["built"] == len(prompts) and len(cache.prefix_len) == len(repeated)
+    assert (
+        source == "built" and cache.meta["built"] == len(prompts) and len(cache.prefix_len) == len(repeated)
+    )
     # the keys/values of a prompt are kept once, whatever the number of its continuations
     assert cache.keys.shape[1] == 1 + sum(len(p) - 1 for p in prompts)
     direct = prefix.build(model, 2, [p + list(t) for p, t in zip(repeated, tails, strict=True)],
@@ -119,7 +121,9 @@ def test_a_shard_stores_each_examples_own_continuations_once(tiny4, tmp_path):
     stored = [[tuple(meta["tails"][k]) for k in ks] for ks in meta["example_tails"]]
     for own, conts_i in zip(stored, conts, strict=True):
         asked = list(dict.fromkeys(tuple(c[:-1]) for c in conts_i if len(c) > 1))  # a 1-token one: no rows
-        assert own == (asked if not set(asked) <= set(answers) else asked + [a for a in answers if a not in asked])
+        assert own == (
+            asked if not set(asked) <= set(answers) else asked + [a for a in answers if a not in asked]
+        )
     with disk.reading(disk.shards(model_id)[0][0], meta) as handle:
         rows = handle.get_slice("hidden").get_shape()[0]
     assert rows == 1 + sum(1 + sum(map(len, own)) for own in stored)
@@ -136,7 +140,9 @@ def test_a_shard_written_before_per_example_tails_is_read_as_it_is(tiny4, tmp_pa
     model, tokenizer, builder, _, prompts = tiny4
     disk, pad = store.DiskStore(tmp_path, 10**9), tokenizer.pad_token_id
     shared = [tuple(a[:-1]) for a in builder.answer_ids.values()]
-    old = prefix.build(model, 2, prompts, [1] * len(prompts), pad, tails=[shared] * len(prompts), progress=False)
+    old = prefix.build(
+        model, 2, prompts, [1] * len(prompts), pad, tails=[shared] * len(prompts), progress=False
+    )
     model_id = store.model_identity(model)
     about = {"model": model_id, "n": 1, "tails": [list(t) for t in shared],
              "examples": store.example_keys(model_id, prompts, 1)}  # fmt: skip
@@ -165,7 +171,9 @@ def whole_sequences(stock, prompts, conts):
 def embedded_tokens(model, run) -> int:
     """How many token positions the model embedded while `run()` ran."""
     seen = []
-    hook = model.get_input_embeddings().register_forward_hook(lambda m, args, out: seen.append(args[0].numel()))
+    hook = model.get_input_embeddings().register_forward_hook(
+        lambda m, args, out: seen.append(args[0].numel())
+    )
     try:
         run()
     finally:
@@ -178,7 +186,9 @@ def test_the_stock_path_of_the_plain_model_runs_each_prompt_once(tiny4):
     sequences to 1e-5."""
     model, tokenizer = tiny4[:2]
     prompts, conts = choice_request(tiny4)
-    scorer = StockScorer(model, methods.get("none"), {"method": "none"}, tokenizer.pad_token_id, progress=False)
+    scorer = StockScorer(
+        model, methods.get("none"), {"method": "none"}, tokenizer.pad_token_id, progress=False
+    )
     want = whole_sequences(scorer.stock, prompts, conts)
     have = []
     tokens = embedded_tokens(model, lambda: have.extend(scorer.loglik(prompts, conts, 1)))

@@ -8,10 +8,16 @@ act on its own rows at its own points (a member whose lowest layer is higher get
 the frozen layers there compute what `suffix.advance` would). One backward serves all members
 (their parameters are disjoint); each keeps its own batches, optimizer and schedule (`loop.Schedule`)
 and drops out when its steps are done. A member whose loss stops being a number fails alone.
+
+Scoring is fused too, for any task: `GroupScorer` is the scorer a task scores through (`yes_no`,
+`loglik`), each call one pass over the stored prompts for every member; each member's answers are
+replayed to its own job's engine (`Recorded`), which asks the same questions.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import dataclass, field
 
@@ -150,6 +156,81 @@ def score(members: list[Member], cache, yes_id: int, no_id: int, batch_size: int
     return out
 
 
+@torch.no_grad()
+def loglik(members: list[Member], cache, continuations, batch_size: int = 16) -> list[np.ndarray]:
+    """For every member, the summed log-probability of `continuations[e]` after the prompt of every
+    cached entry e (its stored prefix, its last n prompt tokens and the continuation but its last
+    token: `strategies.Cached.loglik`'s cache), each batch of entries run once for all members."""
+    batch_size = check_batch_size(batch_size)
+    model = members[0].ctx.model
+    body, first = model.model, members[0].n_pos - 1  # the last prompt token predicts the first token
+    n = len(cache.prefix_len)
+    order = sorted(range(n), key=lambda i: -int(cache.prefix_len[i] + cache.suffix_len[i]))
+    out = [np.zeros(n, dtype=np.float64) for _ in members]
+    with attention_implementation(model):
+        for b in range(0, n, batch_size):
+            idx = np.asarray(order[b : b + batch_size])
+            rows = np.tile(idx, len(members))
+            apply, bounds = stacked(members, [len(idx)] * len(members), cache.hidden.device)
+            h, _ = suffix_states(body, cache, rows, len(body.layers), apply)
+            targets = answer_targets([list(continuations[i]) for i in rows], h.shape[1] - first, right=False)
+            sums = -answer_loss(model.lm_head, body.norm(h)[:, first:], targets).sum(1)
+            for j, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+                out[j][idx] = sums[lo:hi].cpu().numpy()
+    return out
+
+
+def request_key(kind: str, *parts) -> str:
+    """A name for one scoring request (its kind and its token ids), to match a member's recorded
+    answer with its job's own request."""
+    text = json.dumps([kind, *parts], default=lambda x: np.asarray(x).tolist())
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+@dataclass
+class Recorded:
+    """One member's answers to its group's scoring requests, by request: its job's engine takes each
+    when it asks the same request (`Engine.yes_no`, `Engine.loglik`)."""
+
+    answers: dict = field(default_factory=dict)  # request_key -> the answer
+
+    def take(self, key: str):
+        return self.answers.pop(key, None)
+
+
+class GroupScorer:
+    """The scorer a task scores a fused group through (`tasks.Task.score`): each request runs once for
+    every member, over the prompts' stored prefix (`obtain(prompts, tails)` -> (cache, source)), and
+    returns the first member's answer; `recorded(j)` is member j's answers."""
+
+    def __init__(self, members: list[Member], obtain):
+        self.members, self.obtain = members, obtain
+        self.records = [Recorded() for _ in members]
+        self.source, self.built = None, 0  # where the scored prompts' caches came from, how many built
+
+    def keep(self, key: str, answers: list, cache, source: str):
+        for record, answer in zip(self.records, answers, strict=True):
+            record.answers[key] = answer
+        self.source, self.built = source, self.built + int(cache.meta.get("built") or 0)
+        return answers[0]
+
+    def yes_no(self, prompts, yes_id: int, no_id: int, batch_size: int = 16):
+        cache, source = self.obtain(prompts, [()] * len(prompts))
+        answers = score(self.members, cache, yes_id, no_id, batch_size)
+        return self.keep(request_key("yes_no", prompts, yes_id, no_id), answers, cache, source)
+
+    def loglik(self, prompts, continuations, batch_size: int = 16):
+        pairs = [(i, list(c)) for i, conts in enumerate(continuations) for c in conts]
+        cache, source = self.obtain([prompts[i] for i, _ in pairs], [c[:-1] for _, c in pairs])
+        flat = loglik(self.members, cache, [c for _, c in pairs], batch_size)
+        ends = np.cumsum([0, *map(len, continuations)])
+        answers = [[f[a:b] for a, b in zip(ends[:-1], ends[1:], strict=True)] for f in flat]
+        return self.keep(request_key("loglik", prompts, continuations), answers, cache, source)
+
+    def recorded(self, j: int) -> Recorded:
+        return self.records[j]
+
+
 @dataclass
 class Costs:
     """What a fused group's pass cost, once for all its members."""
@@ -171,7 +252,7 @@ class Result:
     state: list  # each intervention's state_dict, in `spec.slots` order
     losses: list
     steps: int
-    scores: np.ndarray | None
+    scores: Recorded | np.ndarray | None  # its answers to the group's scoring (an array: Yes/No scores)
     group: str  # the group's id
     size: int
     costs: Costs
@@ -200,6 +281,15 @@ class Result:
             cache_source=c.cache_source, cache_mb=self.cache_mb, cache_point=self.cache_point,
             tags={"fused_group": self.group, "fused_size": str(self.size)}, metrics=metrics,
         )  # fmt: skip
+
+    def answer(self, kind: str, key: str, prompts):
+        """The job's answer to its scoring request `key` (a `kind` request of `prompts`) from the
+        group's pass, or None: the job scores on its own."""
+        if isinstance(self.scores, Recorded):
+            return self.scores.take(key)
+        if self.scores is not None and kind == "yes_no" and len(self.scores) == len(prompts):
+            return self.scores  # the group's Yes/No scores of the job's prompts
+        return None
 
     @property
     def eval_info(self) -> dict | None:

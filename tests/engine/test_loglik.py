@@ -181,6 +181,11 @@ def embedded_tokens(model, run) -> int:
     return sum(seen)
 
 
+def tree_tokens(conts) -> int:
+    """The tokens of a prompt's continuations but their last ones, each shared first part once."""
+    return len({tuple(c[:k]) for c in conts for k in range(1, len(c))})
+
+
 def test_the_stock_path_of_the_plain_model_runs_each_prompt_once(tiny4):
     """Zero-shot: each prompt once, then its continuations from its keys/values; the numbers of whole
     sequences to 1e-5."""
@@ -193,8 +198,10 @@ def test_the_stock_path_of_the_plain_model_runs_each_prompt_once(tiny4):
     have = []
     tokens = embedded_tokens(model, lambda: have.extend(scorer.loglik(prompts, conts, 1)))
     assert_close(have, want)
-    # batches of one: the prompt's tokens once, then each continuation but its last token
-    assert tokens == sum(map(len, prompts)) + sum(max(len(c) - 1, 0) for cs in conts for c in cs)
+    # batches of one: the prompt's tokens once, then its continuations but their last tokens, the
+    # first tokens several share ("the correct answer is answer") once
+    assert tokens == sum(map(len, prompts)) + sum(map(tree_tokens, conts))
+    assert sum(map(tree_tokens, conts)) < sum(max(len(c) - 1, 0) for cs in conts for c in cs)
     batched = scorer.loglik(prompts, conts, 5)  # left-padded batches, right-padded continuations
     assert_close(batched, want)
 
@@ -218,7 +225,7 @@ def test_the_stock_path_of_lora_runs_each_prompt_once(tiny4):
     tokens = embedded_tokens(trained, lambda: have.extend(engine.loglik(prompts, conts, 1)))
     assert engine.eval_path == "stock"
     assert_close(have, want)
-    assert tokens == sum(map(len, prompts)) + sum(max(len(c) - 1, 0) for cs in conts for c in cs)
+    assert tokens == sum(map(len, prompts)) + sum(map(tree_tokens, conts))
     unchanged = whole_sequences(StockScorer(tiny4[0], methods.get("none"), {"method": "none"},
                                             tokenizer.pad_token_id, progress=False).stock, prompts, conts)  # fmt: skip
     assert np.max(np.abs(np.concatenate(want) - np.concatenate(unchanged))) > 1e-3  # the adapters acted

@@ -27,7 +27,15 @@ from tqdm.auto import tqdm
 
 from .loop import Schedule, answer_loss, answer_targets, check_batch_size, step_means
 from .plan import POINT_OFFSET, start_point
-from .suffix import attention_implementation, intervene, last_prompt_tokens, points, suffix_states
+from .prefix import as_trees
+from .suffix import (
+    attention_implementation,
+    continuation_sums,
+    intervene,
+    last_prompt_tokens,
+    points,
+    suffix_states,
+)
 
 
 @dataclass
@@ -157,26 +165,33 @@ def score(members: list[Member], cache, yes_id: int, no_id: int, batch_size: int
 
 
 @torch.no_grad()
-def loglik(members: list[Member], cache, continuations, batch_size: int = 16) -> list[np.ndarray]:
-    """For every member, the summed log-probability of `continuations[e]` after the prompt of every
-    cached entry e (its stored prefix, its last n prompt tokens and the continuation but its last
-    token: `strategies.Cached.loglik`'s cache), each batch of entries run once for all members."""
+def loglik(members: list[Member], cache, continuations, batch_size: int = 16) -> list[list[np.ndarray]]:
+    """For every member, per prompt, the summed log-probability of each of `continuations[i]` after
+    it, from `cache` (one entry per (prompt, continuation) pair, as `strategies.Cached.loglik` asks
+    for it): each prompt's tree of continuations (`prefix.as_trees`), each batch of prompts run once
+    for all members (their rows stacked)."""
     batch_size = check_batch_size(batch_size)
     model = members[0].ctx.model
-    body, first = model.model, members[0].n_pos - 1  # the last prompt token predicts the first token
-    n = len(cache.prefix_len)
-    order = sorted(range(n), key=lambda i: -int(cache.prefix_len[i] + cache.suffix_len[i]))
-    out = [np.zeros(n, dtype=np.float64) for _ in members]
+    body, n = model.model, members[0].n_pos
+    asked = [i for i, c in enumerate(continuations) if len(c)]
+    ends = np.cumsum([0, *(len(continuations[i]) for i in asked)])
+    entries = [list(range(a, b)) for a, b in zip(ends[:-1], ends[1:], strict=True)]
+    trees, parents, paths = as_trees(
+        cache, entries, [[tuple(c[:-1]) for c in continuations[i]] for i in asked], n
+    )
+    conts = [[list(c) for c in continuations[i]] for i in asked]
+    out = [[np.zeros(len(c)) for c in continuations] for _ in members]
+    order = sorted(range(len(asked)), key=lambda k: -int(trees.prefix_len[k] + trees.suffix_len[k]))
     with attention_implementation(model):
-        for b in range(0, n, batch_size):
-            idx = np.asarray(order[b : b + batch_size])
+        for b in range(0, len(order), batch_size):
+            idx = order[b : b + batch_size]
             rows = np.tile(idx, len(members))
             apply, bounds = stacked(members, [len(idx)] * len(members), cache.hidden.device)
-            h, _ = suffix_states(body, cache, rows, len(body.layers), apply)
-            targets = answer_targets([list(continuations[i]) for i in rows], h.shape[1] - first, right=False)
-            sums = -answer_loss(model.lm_head, body.norm(h)[:, first:], targets).sum(1)
-            for j, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
-                out[j][idx] = sums[lo:hi].cpu().numpy()
+            h, _ = suffix_states(body, trees, rows, len(body.layers), apply, [parents[k] for k in rows])
+            sums = continuation_sums(model.lm_head, body.norm(h), rows, n, conts, paths)
+            for j, lo in enumerate(bounds[:-1]):
+                for k, found in zip(idx, sums[lo : lo + len(idx)], strict=True):
+                    out[j][asked[k]] = found
     return out
 
 
@@ -222,9 +237,7 @@ class GroupScorer:
     def loglik(self, prompts, continuations, batch_size: int = 16):
         pairs = [(i, list(c)) for i, conts in enumerate(continuations) for c in conts]
         cache, source = self.obtain([prompts[i] for i, _ in pairs], [c[:-1] for _, c in pairs])
-        flat = loglik(self.members, cache, [c for _, c in pairs], batch_size)
-        ends = np.cumsum([0, *map(len, continuations)])
-        answers = [[f[a:b] for a, b in zip(ends[:-1], ends[1:], strict=True)] for f in flat]
+        answers = loglik(self.members, cache, continuations, batch_size)
         return self.keep(request_key("loglik", prompts, continuations), answers, cache, source)
 
     def recorded(self, j: int) -> Recorded:

@@ -25,7 +25,7 @@ from .loop import answer_targets, left_pad
 from .loop import score as score_prompts
 from .loop import train as train_loop
 from .plan import Plan, max_bytes, train_inputs
-from .prefix import build, build_residual, own_tails
+from .prefix import Tree, as_trees, build, build_residual, own_tails
 from .shards import Source, assemble, shape_of
 from .store import obtain
 from .suffix import FullRunner, SuffixRunner, advance, attention_implementation
@@ -161,9 +161,9 @@ class Stock(Strategy):
 
     def loglik_from_keys(self, prompts, continuations, batch_size: int) -> list[np.ndarray]:
         """Per prompt, the log-likelihood of each of its continuations: batches of prompts of similar
-        length (longest first), each run once through the trained model with a KV cache; then the
-        j-th continuation (but its last token) of every prompt of the batch in one short pass from
-        those keys/values, which are cut back after it."""
+        length (longest first), each run once through the trained model with a KV cache, then every
+        continuation (but its last token) of every prompt of the batch in one pass from those keys and
+        values (`prefix.Tree`: the tokens continuations share computed once)."""
         from tqdm.auto import tqdm
 
         from .. import hf_compat
@@ -181,34 +181,26 @@ class Stock(Strategy):
             kv_cache = hf_compat.new_kv_cache(ctx.model.config)
             first = ctx.trained(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
                                 position_ids=enc["position_ids"], use_cache=True, logits_to_keep=1,
-                                **{cache_arg: kv_cache}).logits[:, -1:]  # fmt: skip
-            for j in range(max(len(continuations[i]) for i in idx)):
-                conts = [continuations[i][j] if j < len(continuations[i]) else [] for i in idx]
-                sums = self.continue_from_keys(enc, kv_cache, cache_arg, first, conts)
-                for i, value in zip(idx, sums.cpu().numpy(), strict=True):
-                    if j < len(continuations[i]):
-                        out[i][j] = value
+                                **{cache_arg: kv_cache}).logits[:, -1]  # fmt: skip
+            first = torch.log_softmax(first.float(), dim=-1)
+            runs = [[tuple(c[:-1]) for c in continuations[i]] for i in idx]
+            tree = Tree.of(runs, ctx.pad_id)
+            nodes = None
+            if any(any(run) for run in runs):
+                logits = ctx.trained(
+                    **tree.inputs(enc, ctx.model.dtype), use_cache=True, **{cache_arg: kv_cache}
+                ).logits
+                nodes = torch.log_softmax(logits.float(), dim=-1)
+            for r, i in enumerate(idx):
+                for j, (c, path) in enumerate(zip(continuations[i], tree.paths[r], strict=True)):
+                    if not len(c):
+                        out[i][j] = 0.0
+                        continue
+                    total = first[r, c[0]]
+                    if len(c) > 1:  # token t + 1 is predicted at the node of token t
+                        total = total + nodes[r, path, list(c[1:])].sum()
+                    out[i][j] = float(total)
         return out
-
-    def continue_from_keys(self, enc, kv_cache, cache_arg, first, conts) -> torch.Tensor:
-        """The summed log-probability of `conts[r]` after row r of the prompt batch `enc`, whose pass
-        filled `kv_cache` and gave the logits `first` [B, 1, vocab] of its last tokens."""
-        ctx, width = self.ctx, max(len(c) for c in conts)
-        logits = first
-        if width > 1:  # the continuations but their last tokens, right-padded (a causal model's real
-            ids = torch.full((len(conts), width - 1), ctx.pad_id, dtype=torch.long)  # tokens never see it)
-            for r, c in enumerate(conts):
-                ids[r, : max(len(c) - 1, 0)] = torch.tensor(list(c[:-1]), dtype=torch.long)
-            ids = ids.to(ctx.device)
-            mask = torch.cat([enc["attention_mask"], torch.ones_like(ids)], dim=1)
-            positions = enc["position_ids"][:, -1:] + 1 + torch.arange(width - 1, device=ctx.device)
-            more = ctx.trained(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                               **{cache_arg: kv_cache}).logits  # fmt: skip
-            kv_cache.crop(-(width - 1))  # a negative count removes tokens in transformers 4.x and 5.x alike
-            logits = torch.cat([first, more], dim=1)
-        targets = answer_targets([list(c) for c in conts], width, right=False).to(logits.device)
-        logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.clamp(min=0)[..., None])[..., 0]
-        return torch.where(targets != -100, logp, 0.0).sum(-1)
 
 
 def continuation_logprobs(logits_of, batch) -> torch.Tensor:
@@ -283,19 +275,38 @@ class Cached(Strategy):
 
     @torch.no_grad()
     def loglik(self, prompts, continuations, batch_size):
-        """One cache entry per (prompt, continuation) pair: the prompt's stored prefix (each prompt
-        built once, its keys/values not copied per continuation) and the continuation's stream."""
+        """From the prompts' stored prefix (each prompt built once, with the stream of each of its
+        continuations but their last tokens), each prompt's last n tokens and the tree of its
+        continuations run once (`prefix.as_trees`)."""
         pairs = pairs_of(continuations)
         if not pairs:
             return [np.zeros(0) for _ in continuations], None
-        conts = [list(continuations[i][j]) for i, j in pairs]
-        runner, cache, info = self.prepare(
-            [prompts[i] for i, _ in pairs], [c[:-1] for c in conts], batch_size
-        )
-        with attention_implementation(self.ctx.model):
-            sums = lambda idx: runner.loglik(cache, idx, [conts[k] for k in idx])  # noqa: E731
-            lengths = list(cache.prefix_len + cache.suffix_len)
-            return loglik_loop(pairs, continuations, lengths, sums, batch_size, progress=False), info
+        runner, cache, info = self.prepare([prompts[i] for i, _ in pairs],
+                                           [continuations[i][j][:-1] for i, j in pairs], batch_size)  # fmt: skip
+        return tree_loglik(self.ctx, runner, cache, continuations, batch_size), info
+
+
+def tree_loglik(ctx, runner, cache, continuations, batch_size: int) -> list[np.ndarray]:
+    """Per prompt, the log-likelihood of each of its continuations from `cache`, which holds one entry
+    per (prompt, continuation) pair in `pairs_of` order (its last n tokens, then the continuation but
+    its last token): one tree per prompt (`prefix.as_trees`), batches of prompts of similar length."""
+    from .loop import check_batch_size
+
+    batch_size = check_batch_size(batch_size)
+    asked = [i for i, c in enumerate(continuations) if len(c)]
+    ends = np.cumsum([0, *(len(continuations[i]) for i in asked)])
+    entries = [list(range(a, b)) for a, b in zip(ends[:-1], ends[1:], strict=True)]
+    runs = [[tuple(c[:-1]) for c in continuations[i]] for i in asked]
+    trees, parents, paths = as_trees(cache, entries, runs, ctx.spec.last)
+    conts = [[list(c) for c in continuations[i]] for i in asked]
+    out = [np.zeros(len(c)) for c in continuations]
+    order = sorted(range(len(asked)), key=lambda k: -int(trees.prefix_len[k] + trees.suffix_len[k]))
+    with attention_implementation(ctx.model):
+        for b in range(0, len(order), batch_size):
+            idx = order[b : b + batch_size]
+            for k, sums in zip(idx, runner.loglik(trees, idx, parents, conts, paths), strict=True):
+                out[asked[k]] = sums
+    return out
 
 
 class Streamed(Strategy):
@@ -346,31 +357,25 @@ class Streamed(Strategy):
     @torch.no_grad()
     def loglik(self, prompts, continuations, batch_size):
         """Batches of prompts, each run once without grad with the streams of its continuations; then
-        every (prompt, continuation) pair of the batch from that pass, as `Cached.loglik` does."""
+        the prompts' trees of continuations from that pass, as `Cached.loglik` does."""
         from tqdm.auto import tqdm
 
         from .loop import check_batch_size
 
         runner, n, batch_size = self.runner(), self.ctx.spec.last, check_batch_size(batch_size)
-        out = [np.full(len(c), np.nan) for c in continuations]
-        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+        out = [np.zeros(len(c)) for c in continuations]
+        order = sorted((i for i, c in enumerate(continuations) if len(c)), key=lambda i: -len(prompts[i]))
         for b in tqdm(range(0, len(order), batch_size), desc="eval (streamed options)", unit="batch",
                       disable=not self.ctx.progress):  # fmt: skip
             idx = order[b : b + batch_size]
             tails = [[tuple(c[:-1]) for c in continuations[i]] for i in idx]
             mini = self.mini_cache([prompts[i] for i in idx], [n] * len(idx), tails)
             source = Source.of_cache(mini, own_tails(tails, len(idx)))
-            parts = [(source, pos, tuple(c[:-1])) for pos, i in enumerate(idx) for c in continuations[i]]
-            if not parts:
-                continue
-            cache = assemble(parts, n, shape_of(self.ctx.model))
-            with attention_implementation(self.ctx.model):
-                sums = runner.loglik(
-                    cache, np.arange(len(parts)), [list(c) for i in idx for c in continuations[i]]
-                )
-            values = iter(sums.cpu().numpy())
-            for i in idx:
-                out[i][:] = [next(values) for _ in continuations[i]]
+            parts = [(source, pos, tail) for pos, row in enumerate(tails) for tail in row]
+            pairs = assemble(parts, n, shape_of(self.ctx.model))
+            found = tree_loglik(self.ctx, runner, pairs, [continuations[i] for i in idx], batch_size)
+            for i, sums in zip(idx, found, strict=True):
+                out[i] = sums
         return out, None
 
 

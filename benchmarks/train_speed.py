@@ -170,9 +170,9 @@ class Bench:
             self.torch.cuda.synchronize()
 
     def accuracy(self, scores):
-        from reftlab import scoring
+        from reftlab.tasks.yes_no import metrics
 
-        return scoring.metrics(self.labels, scores)["accuracy"] if self.args.eval else float("nan")
+        return metrics(self.labels, scores)["accuracy"] if self.args.eval else float("nan")
 
     def warm_up(self):
         """One small forward and backward first, so no path pays for the first-call allocations."""

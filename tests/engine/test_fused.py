@@ -7,7 +7,7 @@ import torch
 from conftest import compose
 
 from reftlab import methods, reft
-from reftlab.engine import Engine, clear_caches, fused
+from reftlab.engine import Engine, clear_caches, fused, store
 from reftlab.engine.plan import train_inputs
 from reftlab.engine.prefix import build
 from reftlab.engine.strategies import Context
@@ -79,3 +79,48 @@ def test_a_member_that_diverges_fails_alone(tiny4):
     fused.train(group, cache, examples, progress=False)
     assert group[0].error is None and group[0].steps == 12 and np.isfinite(group[0].losses).all()
     assert "diverged" in str(group[1].error) and group[1].steps < 12
+
+
+def test_a_fused_group_scores_any_task_once_for_all_members(tiny4):
+    """Through `GroupScorer` a task's requests (Yes/No scores, log-likelihoods of each prompt's own
+    continuations) run once for every member; each member's answers equal its solo engine's (cached,
+    to 1e-5) and its job's engine takes them for the same request, else scores on its own."""
+    model, tokenizer, builder, _, prompts = tiny4
+    group = [member(tiny4, {**BASE, **s}, seed, ()) for s, seed, _ in MEMBERS]
+    g = torch.Generator().manual_seed(0)
+    conts = [[builder.answer_ids["Yes"], builder.answer_ids["No"]]
+             + [torch.randint(5, 4000, (1 + j,), generator=g).tolist() for j in range(i % 3)]
+             for i in range(len(prompts))]  # fmt: skip
+    lowest, asked = min(m.start for m in group), []
+
+    def stored(seqs, tails):
+        asked.append(len(seqs))
+        cache, source, _ = store.obtain(model, lowest, seqs, 2, tails, tokenizer.pad_token_id, None, 4, False)
+        return cache, source
+
+    clear_caches()
+    scorer = fused.GroupScorer(group, stored)
+    first = scorer.loglik(prompts, conts, 5)
+    scorer.yes_no(prompts, builder.yes_id, builder.no_id, 5)
+    assert asked == [sum(map(len, conts)), len(prompts)] and scorer.built == 2 * len(prompts)
+    for j, m in enumerate(group):
+        solo = Engine(m.ctx.trained, m.ctx.method, m.ctx.spec, m.ctx.trainer, tokenizer.pad_token_id, store=None,
+                      progress=False)  # fmt: skip
+        want, want_yes = (
+            solo.loglik(prompts, conts, 5),
+            solo.predict(prompts, builder.yes_id, builder.no_id)[0],
+        )
+        assert solo.eval_path == "cached"
+        costs = fused.Costs(0.0, 0.0, 0.0, "built", 0, scorer.source, scorer.built)
+        given = fused.Result([], [], 0, scorer.recorded(j), "g", len(group), costs, lowest, 0.0)
+        job = Engine(m.ctx.trained, m.ctx.method, m.ctx.spec, m.ctx.trainer, tokenizer.pad_token_id, store=None,
+                     progress=False, given=given)  # fmt: skip
+        have = job.loglik(prompts, conts, 5)
+        assert job.eval_path == "cached" and job.eval_info == {"source": "built", "built": 2 * len(prompts)}
+        if j == 0:
+            assert all(np.array_equal(a, b) for a, b in zip(have, first, strict=True))
+        flat_have, flat_want = np.concatenate(have), np.concatenate(want)
+        assert np.max(np.abs(flat_have - flat_want) / np.abs(flat_want)) < 1e-5
+        assert np.max(np.abs(job.predict(prompts, builder.yes_id, builder.no_id)[0] - want_yes)) < 1e-4
+        other = job.loglik(prompts[:3], conts[:3], 5)  # a request the group did not answer: scored here
+        assert np.allclose(np.concatenate(other), np.concatenate(want[:3]), rtol=1e-5)

@@ -122,6 +122,25 @@ def test_shards_from_two_points_make_one_cache_at_the_higher(tiny4, tmp_path):
             assert torch.allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
+def test_a_request_of_stored_and_new_examples_keeps_its_order(tiny4, tmp_path):
+    """Examples 0, 2, 4 on disk, 1, 3, 5 new, all from one point: each example of the request gets its
+    own rows (the cache was the stored ones first, then the built ones, each under another's index)."""
+    model, tokenizer, _, examples, _ = tiny4
+    disk, pad = store.DiskStore(tmp_path, 10**9), tokenizer.pad_token_id
+    prompts, tails = [p for p, _ in examples[:6]], [tuple(a[:-1]) for _, a in examples[:6]]
+    store.clear_memory()
+    store.obtain(model, 2, prompts[::2], 1, tails[::2], pad, disk, 5, False)
+    saved_shard(disk, model, 2)
+    store.clear_memory()
+    cache, source, _ = store.obtain(model, 2, prompts, 1, tails, pad, disk, 5, False)
+    assert source == "disk+built" and cache.meta["built"] == 3 and cache.meta["reused"] == 3
+    direct = prefix.build(model, 2, *train_inputs(examples[:6], 1), pad, progress=False)
+    assert np.array_equal(cache.prefix_len, direct.prefix_len)
+    for i in range(6):
+        for got, want in zip(example_rows(cache, i), example_rows(direct, i), strict=True):
+            assert got.shape == want.shape and torch.allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
 def example_rows(cache, i):
     """Example i's prefix keys, values and suffix stream in a packed cache."""
     p, m = cache.prefix_offset[i], cache.prefix_len[i]

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from ..spec import InterventionSpec
 from ..tracking import PeakMemory
+from . import fused
 from .plan import STRATEGIES, Plan, choose, train_inputs
 from .store import clear_memory, store_for
 from .strategies import BY_NAME, Context, Stock
@@ -98,24 +99,35 @@ class Engine:
         return scores
 
     def loglik(self, prompts, continuations, batch_size: int | None = None):
-        """Per prompt, the log-likelihood of each of its continuations (token id lists)."""
+        """Per prompt, the log-likelihood of each of its continuations (token id lists): on the
+        planned strategy where it has its own (cached, streamed: each prompt run once for all its
+        continuations), else on the stock path; a fused group's answer where it scored them."""
+        found = self.from_group("loglik", prompts, continuations)
+        if found is not None:
+            return found
         batch_size = batch_size or self.ctx.trainer.eval_batch_size
         chosen = self.plan(prompts, [self.ctx.spec.last] * len(prompts))
         strategy = BY_NAME[chosen.strategy](self.ctx, chosen)
         found, info = strategy.loglik(prompts, continuations, batch_size)
-        self.eval_path = chosen.strategy if info is not None or chosen.strategy == "stock" else "stock"
+        self.eval_path = chosen.strategy if strategy.own_loglik else "stock"
         self.eval_info = info or self.eval_info
+        return found
+
+    def from_group(self, kind: str, prompts, *request):
+        """This job's answer to a scoring request from its fused group's pass over the same request
+        (`fused.GroupScorer`), or None."""
+        if self.given is None:
+            return None
+        found = self.given.answer(kind, fused.request_key(kind, prompts, *request), prompts)
+        if found is not None:
+            self.eval_info, self.eval_path = self.given.eval_info, "cached"
         return found
 
     def predict(self, prompts, yes_id: int, no_id: int) -> tuple[object, str]:
         """Yes-minus-No scores for `prompts` and the strategy that computed them."""
-        if (
-            self.given is not None
-            and self.given.scores is not None
-            and len(self.given.scores) == len(prompts)
-        ):
-            self.eval_info = self.given.eval_info  # the group's scoring pass served this job's prompts
-            return self.given.scores, "cached"
+        found = self.from_group("yes_no", prompts, yes_id, no_id)
+        if found is not None:
+            return found, "cached"
         chosen = self.plan(prompts, [self.ctx.spec.last] * len(prompts))
         if chosen.strategy == "streamed":
             log.info("Evaluating with streamed prefixes: %s", chosen.reason)

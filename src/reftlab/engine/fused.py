@@ -8,10 +8,16 @@ act on its own rows at its own points (a member whose lowest layer is higher get
 the frozen layers there compute what `suffix.advance` would). One backward serves all members
 (their parameters are disjoint); each keeps its own batches, optimizer and schedule (`loop.Schedule`)
 and drops out when its steps are done. A member whose loss stops being a number fails alone.
+
+Scoring is fused too, for any task: `GroupScorer` is the scorer a task scores through (`yes_no`,
+`loglik`), each call one pass over the stored prompts for every member; each member's answers are
+replayed to its own job's engine (`Recorded`), which asks the same questions.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import dataclass, field
 
@@ -21,7 +27,15 @@ from tqdm.auto import tqdm
 
 from .loop import Schedule, answer_loss, answer_targets, check_batch_size, step_means
 from .plan import POINT_OFFSET, start_point
-from .suffix import attention_implementation, intervene, last_prompt_tokens, points, suffix_states
+from .prefix import as_trees
+from .suffix import (
+    attention_implementation,
+    continuation_sums,
+    intervene,
+    last_prompt_tokens,
+    points,
+    suffix_states,
+)
 
 
 @dataclass
@@ -150,6 +164,86 @@ def score(members: list[Member], cache, yes_id: int, no_id: int, batch_size: int
     return out
 
 
+@torch.no_grad()
+def loglik(members: list[Member], cache, continuations, batch_size: int = 16) -> list[list[np.ndarray]]:
+    """For every member, per prompt, the summed log-probability of each of `continuations[i]` after
+    it, from `cache` (one entry per (prompt, continuation) pair, as `strategies.Cached.loglik` asks
+    for it): each prompt's tree of continuations (`prefix.as_trees`), each batch of prompts run once
+    for all members (their rows stacked)."""
+    batch_size = check_batch_size(batch_size)
+    model = members[0].ctx.model
+    body, n = model.model, members[0].n_pos
+    asked = [i for i, c in enumerate(continuations) if len(c)]
+    ends = np.cumsum([0, *(len(continuations[i]) for i in asked)])
+    entries = [list(range(a, b)) for a, b in zip(ends[:-1], ends[1:], strict=True)]
+    trees, parents, paths = as_trees(
+        cache, entries, [[tuple(c[:-1]) for c in continuations[i]] for i in asked], n
+    )
+    conts = [[list(c) for c in continuations[i]] for i in asked]
+    out = [[np.zeros(len(c)) for c in continuations] for _ in members]
+    order = sorted(range(len(asked)), key=lambda k: -int(trees.prefix_len[k] + trees.suffix_len[k]))
+    with attention_implementation(model):
+        for b in range(0, len(order), batch_size):
+            idx = order[b : b + batch_size]
+            rows = np.tile(idx, len(members))
+            apply, bounds = stacked(members, [len(idx)] * len(members), cache.hidden.device)
+            h, _ = suffix_states(body, trees, rows, len(body.layers), apply, [parents[k] for k in rows])
+            sums = continuation_sums(model.lm_head, body.norm(h), rows, n, conts, paths)
+            for j, lo in enumerate(bounds[:-1]):
+                for k, found in zip(idx, sums[lo : lo + len(idx)], strict=True):
+                    out[j][asked[k]] = found
+    return out
+
+
+def request_key(kind: str, *parts) -> str:
+    """A name for one scoring request (its kind and its token ids), to match a member's recorded
+    answer with its job's own request."""
+    text = json.dumps([kind, *parts], default=lambda x: np.asarray(x).tolist())
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+@dataclass
+class Recorded:
+    """One member's answers to its group's scoring requests, by request: its job's engine takes each
+    when it asks the same request (`Engine.yes_no`, `Engine.loglik`)."""
+
+    answers: dict = field(default_factory=dict)  # request_key -> the answer
+
+    def take(self, key: str):
+        return self.answers.pop(key, None)
+
+
+class GroupScorer:
+    """The scorer a task scores a fused group through (`tasks.Task.score`): each request runs once for
+    every member, over the prompts' stored prefix (`obtain(prompts, tails)` -> (cache, source)), and
+    returns the first member's answer; `recorded(j)` is member j's answers."""
+
+    def __init__(self, members: list[Member], obtain):
+        self.members, self.obtain = members, obtain
+        self.records = [Recorded() for _ in members]
+        self.source, self.built = None, 0  # where the scored prompts' caches came from, how many built
+
+    def keep(self, key: str, answers: list, cache, source: str):
+        for record, answer in zip(self.records, answers, strict=True):
+            record.answers[key] = answer
+        self.source, self.built = source, self.built + int(cache.meta.get("built") or 0)
+        return answers[0]
+
+    def yes_no(self, prompts, yes_id: int, no_id: int, batch_size: int = 16):
+        cache, source = self.obtain(prompts, [()] * len(prompts))
+        answers = score(self.members, cache, yes_id, no_id, batch_size)
+        return self.keep(request_key("yes_no", prompts, yes_id, no_id), answers, cache, source)
+
+    def loglik(self, prompts, continuations, batch_size: int = 16):
+        pairs = [(i, list(c)) for i, conts in enumerate(continuations) for c in conts]
+        cache, source = self.obtain([prompts[i] for i, _ in pairs], [c[:-1] for _, c in pairs])
+        answers = loglik(self.members, cache, continuations, batch_size)
+        return self.keep(request_key("loglik", prompts, continuations), answers, cache, source)
+
+    def recorded(self, j: int) -> Recorded:
+        return self.records[j]
+
+
 @dataclass
 class Costs:
     """What a fused group's pass cost, once for all its members."""
@@ -171,7 +265,7 @@ class Result:
     state: list  # each intervention's state_dict, in `spec.slots` order
     losses: list
     steps: int
-    scores: np.ndarray | None
+    scores: Recorded | np.ndarray | None  # its answers to the group's scoring (an array: Yes/No scores)
     group: str  # the group's id
     size: int
     costs: Costs
@@ -200,6 +294,15 @@ class Result:
             cache_source=c.cache_source, cache_mb=self.cache_mb, cache_point=self.cache_point,
             tags={"fused_group": self.group, "fused_size": str(self.size)}, metrics=metrics,
         )  # fmt: skip
+
+    def answer(self, kind: str, key: str, prompts):
+        """The job's answer to its scoring request `key` (a `kind` request of `prompts`) from the
+        group's pass, or None: the job scores on its own."""
+        if isinstance(self.scores, Recorded):
+            return self.scores.take(key)
+        if self.scores is not None and kind == "yes_no" and len(self.scores) == len(prompts):
+            return self.scores  # the group's Yes/No scores of the job's prompts
+        return None
 
     @property
     def eval_info(self) -> dict | None:

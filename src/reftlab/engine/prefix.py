@@ -99,84 +99,187 @@ def rows(idx, width: int, firsts, counts) -> np.ndarray:
     )
 
 
+@dataclass
+class Tree:
+    """The token runs that follow each row of a batch (its tails, its continuations) packed as one
+    prefix tree per row: tokens that runs of a row share (their first ones: "the correct answer is
+    answer1" and "... answer2") are one node, so one pass after the rows' keys/values computes every
+    run of every row, each node attending to the row's tokens, its ancestors and itself."""
+
+    ids: torch.Tensor  # [B, T]: each node's token (pad where a row has fewer nodes)
+    depth: np.ndarray  # [B, T]: how many ancestors each node has (its position after the row's last)
+    allowed: np.ndarray  # [B, T, T]: node u may attend node v (v is u or one of its ancestors)
+    paths: list  # paths[r][j]: the node of each token of run j of row r
+    parents: list  # parents[r][u]: the parent node of node u of row r (-1: a first token)
+
+    @classmethod
+    def of(cls, runs: list[list[tuple]], pad_id: int) -> Tree:
+        """The trees of `runs[r]` (row r's token runs; empty runs have no nodes)."""
+        rows = []
+        for row in runs:
+            nodes, parent, paths = {}, [], []
+            for run in row:
+                path, at = [], -1
+                for token in run:
+                    if (at, token) not in nodes:
+                        nodes[at, token] = len(parent)
+                        parent.append(at)
+                    at = nodes[at, token]
+                    path.append(at)
+                paths.append(path)
+            rows.append(([token for _, token in nodes], parent, paths))
+        width = max(1, max(len(parent) for _, parent, _ in rows))
+        ids = torch.full((len(runs), width), pad_id, dtype=torch.long)
+        depth = np.zeros((len(runs), width), dtype=np.int64)
+        allowed = np.broadcast_to(np.eye(width, dtype=bool), (len(runs), width, width)).copy()
+        for r, (tokens, parent, _) in enumerate(rows):
+            ids[r, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+            for u, p in enumerate(parent):  # parents come before their children
+                if p >= 0:
+                    allowed[r, u] |= allowed[r, p]
+                    depth[r, u] = depth[r, p] + 1
+        return cls(ids, depth, allowed, [paths for _, _, paths in rows], [parent for _, parent, _ in rows])
+
+    def inputs(self, enc: dict, dtype) -> dict:
+        """The model's inputs for the trees after the left-padded batch `enc` whose keys/values a
+        cache holds: their tokens, true positions and an additive 4-D attention mask [B, 1, T, W + T]
+        (the rows' tokens but their padding, then the tree), which transformers takes as it is."""
+        device = enc["input_ids"].device
+        b, width = self.ids.shape
+        prompt = enc["attention_mask"].bool()[:, None, None, :].expand(b, 1, width, -1)
+        allowed = torch.cat([prompt, torch.from_numpy(self.allowed)[:, None].to(device)], dim=-1)
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(
+            ~allowed, torch.finfo(dtype).min
+        )
+        positions = enc["position_ids"][:, -1:] + 1 + torch.from_numpy(self.depth).to(device)
+        return {"input_ids": self.ids.to(device), "attention_mask": mask, "position_ids": positions}
+
+
+def as_trees(cache: PrefixCache, entries: list[list[int]], runs: list[list[tuple]], n: int):
+    """One entry per prompt from a cache of one entry per (prompt, run) (the prompt's last n tokens,
+    then the run; `entries[i]`: prompt i's entries, in the order of `runs[i]`): the prompt's n rows,
+    then the nodes of its runs' `Tree` (each node's row from a run through it: a causal model's
+    stream at a token depends on the tokens before it alone). Returns the cache, each entry's
+    suffix rows' parents (-1: the first), and the suffix row of each token of each run."""
+    trees = [Tree.of([row], 0) for row in runs]
+    owners, sources, parents, paths = [], [], [], []
+    for row_entries, tree in zip(entries, trees, strict=True):
+        first = int(cache.suffix_offset[row_entries[0]])
+        where = {}  # node -> its row in the cache
+        for e, path in zip(row_entries, tree.paths[0], strict=True):
+            for t, u in enumerate(path):
+                where.setdefault(u, int(cache.suffix_offset[e]) + n + t)
+        nodes = tree.parents[0]
+        sources.append(
+            np.concatenate([first + np.arange(n), [where[u] for u in range(len(nodes))]]).astype(np.int64)
+        )
+        parents.append(
+            np.asarray([*range(-1, n - 1), *[n - 1 if q < 0 else n + q for q in nodes]], dtype=np.int64)
+        )
+        paths.append([[n + u for u in path] for path in tree.paths[0]])
+        owners.append(row_entries[0])
+    s_len = np.asarray([len(rows_) for rows_ in sources], dtype=np.int64)
+    hidden = torch.cat(
+        [cache.hidden[:1], cache.hidden[torch.from_numpy(np.concatenate(sources)).to(cache.hidden.device)]]
+    )
+    owners = np.asarray(owners, dtype=np.int64)
+    trees_cache = PrefixCache(cache.start, cache.keys, cache.values, hidden, cache.prefix_offset[owners],
+                              cache.prefix_len[owners], offsets(s_len), s_len, dict(cache.meta))  # fmt: skip
+    return trees_cache, parents, paths
+
+
+def own_tails(tails, n_seqs: int) -> list[list[tuple]]:
+    """Each sequence's distinct non-empty tails, in order (`tails`: per sequence, or none at all)."""
+    if not tails:
+        return [[] for _ in range(n_seqs)]
+    if len(tails) != n_seqs:
+        raise ValueError(f"{len(tails)} lists of tails for {n_seqs} sequences")
+    return [list(dict.fromkeys(tuple(t) for t in ts if len(t))) for ts in tails]
+
+
 @torch.no_grad()
 def build(model, start: int, seqs: list[list[int]], suffix_lens: list[int], pad_id: int, batch_size: int = 16,
-          progress: bool = True, tails: tuple = ()) -> PrefixCache:  # fmt: skip
+          progress: bool = True, tails=()) -> PrefixCache:  # fmt: skip
     """One no-grad pass of the frozen causal LM `model` over `seqs` (left-padded, longest first).
 
-    `suffix_lens[i]`: how many trailing tokens of seqs[i] the steps recompute. `tails`: token runs
-    (the answers) each sequence may go on with: the stream at point `start` of each is stored after
-    the suffix's own (suffix_len counts them), from a short continuation of the pass (its keys and
-    values are not kept), so one entry serves scoring the sequence and training on it with any of them."""
+    `suffix_lens[i]`: how many trailing tokens of seqs[i] the steps recompute. `tails[i]`: the token
+    runs (answers, options) seqs[i] may go on with (`[shared] * len(seqs)` where every sequence has
+    the same ones): the stream at point `start` of each is stored after the suffix's own, in order
+    (suffix_len counts them), from short continuations of the pass (their keys and values are not
+    kept), so one entry serves scoring the sequence and training on it with any of them."""
     device = next(model.parameters()).device
     cfg = model.config
     n_layers = cfg.num_hidden_layers
+    tails = own_tails(tails, len(seqs))
     s_len = np.asarray(suffix_lens, dtype=np.int64)
     p_len = np.asarray([len(q) for q in seqs], dtype=np.int64) - s_len
     if (p_len < 0).any():
         raise ValueError("a suffix is longer than its sequence")
-    extra = sum(len(t) for t in tails)
+    extra = np.asarray([sum(map(len, ts)) for ts in tails], dtype=np.int64)
     p_off, s_off = offsets(p_len), offsets(s_len + extra)
     shape = (n_layers - start, 1 + int(p_len.sum()), cfg.num_key_value_heads, head_dim(cfg))
     keys = torch.zeros(shape, dtype=model.dtype, device=device)
     values = torch.zeros(shape, dtype=model.dtype, device=device)
-    hidden = torch.zeros((1 + int(s_len.sum()) + extra * len(seqs), cfg.hidden_size), dtype=model.dtype,
-                         device=device)  # fmt: skip
+    hidden = torch.zeros((1 + int((s_len + extra).sum()), cfg.hidden_size), dtype=model.dtype, device=device)
     cache_arg = hf_compat.cache_kwarg(model.model.forward)
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
     captured: list[torch.Tensor] = []
-    hook = capture(model, start, captured)
-    try:
-        for b in tqdm(
-            range(0, len(order), batch_size), desc="prefix cache", unit="batch", disable=not progress
-        ):
-            idx = order[b : b + batch_size]
-            enc = left_pad([seqs[i] for i in idx], pad_id, device)
-            width = enc["input_ids"].shape[1]
-            kv_cache = hf_compat.new_kv_cache(cfg)
-            captured.clear()
+    for b in tqdm(range(0, len(order), batch_size), desc="prefix cache", unit="batch", disable=not progress):
+        idx = order[b : b + batch_size]
+        enc = left_pad([seqs[i] for i in idx], pad_id, device)
+        width = enc["input_ids"].shape[1]
+        kv_cache = hf_compat.new_kv_cache(cfg)
+        captured.clear()
+        hook = capture(model, start, captured)
+        try:
             model.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
                         position_ids=enc["position_ids"], use_cache=True, **{cache_arg: kv_cache})  # fmt: skip
-            firsts = [width - len(seqs[i]) for i in idx]  # left padding
-            src = torch.from_numpy(rows(idx, width, firsts, p_len[idx])).to(device)
-            dst = torch.from_numpy(np.concatenate([p_off[i] + np.arange(p_len[i]) for i in idx])).to(device)
-            ssrc = torch.from_numpy(rows(idx, width, [f + p_len[i] for f, i in zip(firsts, idx, strict=True)],
-                                         s_len[idx])).to(device)  # fmt: skip
-            sdst = torch.from_numpy(np.concatenate([s_off[i] + np.arange(s_len[i]) for i in idx])).to(device)
-            for store, part in ((keys, 0), (values, 1)):
-                if start == n_layers:  # intervention after the last layer: no keys/values to keep
-                    break
-                stacked = torch.stack(
-                    [hf_compat.cached_keys_values(kv_cache, j)[part] for j in range(start, n_layers)]
-                )
-                # [layers, B, kv, W, d] -> [layers, B * W, kv, d]
-                flat = stacked.transpose(2, 3).reshape(stacked.shape[0], -1, *stacked.shape[2:3], shape[-1])
-                store.index_copy_(1, dst, flat.index_select(1, src))
-            h = captured[-1]
-            hidden.index_copy_(0, sdst, h.reshape(-1, h.shape[-1]).index_select(0, ssrc))
-            after = s_off[idx] + s_len[idx]  # where each sequence's tails go
-            for tail in tails:
-                h = continue_with(model, tail, enc, kv_cache, cache_arg, captured)
-                rows_ = torch.from_numpy((after[:, None] + np.arange(len(tail))).reshape(-1)).to(device)
-                hidden.index_copy_(0, rows_, h.reshape(-1, h.shape[-1]))
-                after = after + len(tail)
-    finally:
-        hook.remove()
+        finally:
+            hook.remove()
+        firsts = [width - len(seqs[i]) for i in idx]  # left padding
+        src = torch.from_numpy(rows(idx, width, firsts, p_len[idx])).to(device)
+        dst = torch.from_numpy(np.concatenate([p_off[i] + np.arange(p_len[i]) for i in idx])).to(device)
+        ssrc = torch.from_numpy(rows(idx, width, [f + p_len[i] for f, i in zip(firsts, idx, strict=True)],
+                                     s_len[idx])).to(device)  # fmt: skip
+        sdst = torch.from_numpy(np.concatenate([s_off[i] + np.arange(s_len[i]) for i in idx])).to(device)
+        for store, part in ((keys, 0), (values, 1)):
+            if start == n_layers:  # intervention after the last layer: no keys/values to keep
+                break
+            stacked = torch.stack(
+                [hf_compat.cached_keys_values(kv_cache, j)[part] for j in range(start, n_layers)]
+            )
+            # [layers, B, kv, W, d] -> [layers, B * W, kv, d]
+            flat = stacked.transpose(2, 3).reshape(stacked.shape[0], -1, *stacked.shape[2:3], shape[-1])
+            store.index_copy_(1, dst, flat.index_select(1, src))
+        h = captured[-1]
+        hidden.index_copy_(0, sdst, h.reshape(-1, h.shape[-1]).index_select(0, ssrc))
+        if any(tails[i] for i in idx):  # every tail of every sequence of the batch: one pass, then gone
+            tree = Tree.of([tails[i] for i in idx], pad_id)
+            h = continue_with(model, start, tree, enc, kv_cache, cache_arg)
+            src_, dst_ = [], []
+            for r, i in enumerate(idx):
+                after = s_off[i] + s_len[i]
+                for path in tree.paths[r]:
+                    src_.extend(r * h.shape[1] + np.asarray(path))
+                    dst_.extend(after + np.arange(len(path)))
+                    after += len(path)
+            src_, dst_ = (torch.tensor(np.asarray(x, dtype=np.int64), device=device) for x in (src_, dst_))
+            hidden.index_copy_(0, dst_, h.reshape(-1, h.shape[-1]).index_select(0, src_))
     return PrefixCache(start, keys, values, hidden, p_off, p_len, s_off, s_len + extra)
 
 
-def continue_with(model, tail, enc, kv_cache, cache_arg, captured) -> torch.Tensor:
-    """The captured stream [batch, len(tail), hidden] of `tail` after each sequence of the batch
-    `enc` whose pass filled `kv_cache`; the cache is cut back to the batch's width after."""
-    device = enc["input_ids"].device
-    batch = enc["input_ids"].shape[0]
-    ids = torch.tensor([list(tail)] * batch, dtype=torch.long, device=device)
-    mask = torch.cat([enc["attention_mask"], torch.ones_like(ids)], dim=1)
-    positions = enc["position_ids"][:, -1:] + 1 + torch.arange(len(tail), device=device)
-    captured.clear()
-    model.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                **{cache_arg: kv_cache})  # fmt: skip
-    kv_cache.crop(-len(tail))  # a negative count removes tokens in transformers 4.x and 5.x alike
+def continue_with(model, start: int, tree: Tree, enc, kv_cache, cache_arg) -> torch.Tensor:
+    """The stream at point `start` [batch, nodes, hidden] of `tree`'s nodes after each sequence of the
+    batch `enc` whose pass filled `kv_cache`: one pass that stops there (the layers above are not
+    needed; the cache is left extended at the layers below, for no further use)."""
+    captured: list[torch.Tensor] = []
+    hook = capture(model, start, captured, stop=True)
+    try:
+        model.model(**tree.inputs(enc, model.dtype), use_cache=True, **{cache_arg: kv_cache})
+    except Reached:
+        pass
+    finally:
+        hook.remove()
     return captured[-1]
 
 

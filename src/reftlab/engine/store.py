@@ -25,9 +25,8 @@ import numpy as np
 import torch
 
 from ..locks import LockPathError, file_lock, try_file_lock
-from ..models import head_dim
 from .prefix import PrefixCache, build
-from .shards import Source, assemble, combine, example_keys, lookup
+from .shards import Source, assemble, combine, example_keys, lookup, shape_of, tails_about
 
 log = logging.getLogger(__name__)
 
@@ -385,18 +384,25 @@ MEMORY_ENTRIES = 2  # a training and an evaluation cache
 
 def obtain(model, start, prompts, n, tails, pad_id, store: DiskStore | None, batch_size, progress,
            build_at: int | None = None, answers=(), max_bytes: int | None = None):  # fmt: skip
-    """A cache for `prompts` with their last `n` tokens and, after them, `tails[i]` (the answer but
-    its last token when training; () when scoring) as each example's suffix, from point `start` or
-    below (the caller advances it to `start`): from memory, else each example from the stored shard
-    that holds it (once any job building or saving one from build_at..start is done); the rest
-    built from point `build_at` (default `start`; lower lets other layers of a sweep share it) with
-    the stream of every answer in `answers` too (one entry then serves training and scoring), and
-    saved as a new shard. Shards from below `build_at` serve too where
-    the cache from them stays within `max_bytes` (a lower point's is larger). Returns (cache,
-    source, seconds); cache.meta counts the examples built and reused."""
+    """A cache with one entry per request entry i: `prompts[i]` with its last `n` tokens and, after
+    them, `tails[i]` (the answer but its last token when training; () when scoring a prompt's last
+    position; a continuation but its last token when scoring continuations) as its suffix, from point
+    `start` or below (the caller advances it to `start`).
+
+    Each entry comes from memory, else from the stored shard that holds its prompt with that tail
+    (once any job building or saving one from build_at..start is done); the rest are built from point
+    `build_at` (default `start`; lower lets other layers of a sweep share it) and saved as a new
+    shard. A prompt is built once however many entries name it (one per continuation), with each
+    of its own tails and, where those are all among `answers` (the task's shared answers: training,
+    scoring the answers), every one of `answers` too: one entry then serves training and scoring,
+    while continuations of one example's own (the options of a question) are stored with it alone.
+    Shards from below `build_at` serve too where the cache from them stays within `max_bytes` (a
+    lower point's is larger). Returns (cache, source, seconds); cache.meta counts the distinct
+    prompts built and reused."""
     t0 = time.perf_counter()
     build_at = start if build_at is None else min(build_at, start)
     tails = [tuple(t) for t in tails]
+    answers = [tuple(a) for a in answers]
     model_id = model_identity(model)
     names = example_keys(model_id, prompts, n)
     key = cache_key(model, [[len(t), *t] for t in tails], [n], {"examples": names}, model_id)
@@ -412,35 +418,55 @@ def obtain(model, start, prompts, n, tails, pad_id, store: DiskStore | None, bat
         if store:
             _wait_for_builders(store, model_id, n, range(build_at + 1, start + 1))
         with contextlib.ExitStack() as stack:
-            wanted = list(zip(names, tails, strict=True))
-            found, opened = _find(store, model_id, wanted, build_at, start, max_bytes, stack)
-            missing = [i for i, f in enumerate(found) if f is None]
-            built, answers = None, list(dict.fromkeys([t for t in (tails[i] for i in missing) if t] +
-                                                      [tuple(a) for a in answers]))  # fmt: skip
-            if missing:
-                built = build(model, build_at, [prompts[i] for i in missing], [n] * len(missing), pad_id,
-                              batch_size, progress, tails=answers)  # fmt: skip
-                opened[None] = Source.of_cache(built, answers)
-            cache = _gather(model, found, missing, opened, n, tails, batch_size)
+            found, opened = _find(store, model_id, list(zip(names, tails, strict=True)), build_at, start,
+                                  max_bytes, stack)  # fmt: skip
+            where = [None if f is None else (opened[f[0]], f[1]) for f in found]
+            todo = to_build(names, tails, found, answers)  # prompt name -> its entries and its tails
+            built = None
+            if todo:
+                firsts = [entries[0] for entries, _ in todo.values()]
+                built = build(model, build_at, [prompts[i] for i in firsts], [n] * len(firsts), pad_id,
+                              batch_size, progress, tails=[own for _, own in todo.values()])  # fmt: skip
+                source = Source.of_cache(built, [own for _, own in todo.values()])
+                for pos, (entries, _) in enumerate(todo.values()):
+                    for i in entries:
+                        where[i] = (source, pos)
+            cache = _gather(model, where, n, tails, batch_size)
     except BaseException:
         lock.__exit__(None, None, None)
         raise
     if store and built is not None:
         # written while training runs; the lock is held until the shard is complete, so a parallel
         # job of the sweep waits for it instead of building the same examples again
-        about = shard_about(model_id, n, answers, [names[i] for i in missing])
-        name = cache_key(
-            model, [prompts[i] for i in missing], [n, build_at], {"tails": about["tails"]}, model_id
-        )
+        about = shard_about(model_id, n, [own for _, own in todo.values()], list(todo))
+        name = cache_key(model, [prompts[i] for i in firsts], [n, build_at],
+                         {"tails": about["tails"], "example_tails": about["example_tails"]}, model_id)  # fmt: skip
         threading.Thread(
             target=_save_then_unlock, args=(store, name, built, about, lock), daemon=False
         ).start()
     else:
         lock.__exit__(None, None, None)
-    source = "disk" if not missing else "built" if len(missing) == len(prompts) else "disk+built"
-    cache.meta = {"key": key, "built": len(missing), "reused": len(prompts) - len(missing)}
+    distinct = len(set(names))
+    source = "disk" if not todo else "built" if len(todo) == distinct else "disk+built"
+    cache.meta = {"key": key, "built": len(todo), "reused": distinct - len(todo)}
     _MEMORY[key] = cache
     return cache, source, time.perf_counter() - t0
+
+
+def to_build(names, tails, found, answers) -> dict[str, tuple[list[int], list[tuple]]]:
+    """The prompts to run through the model: each prompt (by name) that an entry no shard serves
+    names, with all its entries (each then served from the new pass) and the tails it is built with:
+    its own tails and, where they are all among `answers`, every one of those too."""
+    todo: dict[str, tuple[list[int], list[tuple]]] = {}
+    missing = {names[i] for i, f in enumerate(found) if f is None}
+    for i, name in enumerate(names):
+        if name in missing:
+            todo.setdefault(name, ([], []))[0].append(i)
+    for entries, own in todo.values():
+        own.extend(dict.fromkeys(tails[i] for i in entries if tails[i]))
+        if set(own) <= set(answers):
+            own.extend(a for a in answers if a and a not in own)
+    return todo
 
 
 def _enter_lock(store: DiskStore | None, name: str) -> tuple:
@@ -477,10 +503,10 @@ def _wait_for_builders(store: DiskStore, model_id: str, n: int, points) -> None:
                 pass
 
 
-def shard_about(model_id: str, n: int, answers, names) -> dict:
-    """What a shard's metadata says of it: the model, n, the answers stored after each example's
-    suffix, and its examples' keys in order."""
-    return {"model": model_id, "n": n, "tails": [list(a) for a in answers], "examples": list(names)}
+def shard_about(model_id: str, n: int, tails: list[list[tuple]], names) -> dict:
+    """What a shard's metadata says of it: the model, n, its examples' keys in order and the tails
+    stored after each one's suffix (`shards.tails_about`: format 3)."""
+    return {"model": model_id, "n": n, "examples": list(names), **tails_about(tails)}
 
 
 def _find(store, model_id, wanted, build_at, start, max_bytes, stack) -> tuple[list, dict]:
@@ -509,29 +535,22 @@ def _find(store, model_id, wanted, build_at, start, max_bytes, stack) -> tuple[l
         index = [(k, m) for k, m in index if k not in gone]
 
 
-def _gather(model, found, missing, opened, n, tails, batch_size) -> PrefixCache:
-    """The request's cache from the open shards that hold its examples and the part just built
-    (`opened[None]`): one cache per point, each advanced to the highest of them, then joined in
-    the request's order."""
+def _gather(model, where, n, tails, batch_size) -> PrefixCache:
+    """The request's cache from the sources that hold its entries (`where[i]`: (source, position),
+    the open shards and the part just built): one cache per point, each advanced to the highest of
+    them, then joined in the request's order."""
     from .suffix import advance
 
-    by_point: dict[int, list] = {}  # point -> [(example, source, position)]
-    for i, f in enumerate(found):
-        if f is not None:
-            by_point.setdefault(opened[f[0]].start, []).append((i, opened[f[0]], f[1]))
-    if missing:
-        built = opened[None]
-        by_point.setdefault(built.start, []).extend((i, built, pos) for pos, i in enumerate(missing))
-    cfg = model.config
-    shape = {"kv": (cfg.num_key_value_heads, head_dim(cfg)), "hidden": cfg.hidden_size, "dtype": model.dtype,
-             "device": next(model.parameters()).device}  # fmt: skip
-    top = max(by_point)
+    by_point: dict[int, list] = {}  # point -> [(entry, source, position)]
+    for i, (src, pos) in enumerate(where):
+        by_point.setdefault(src.start, []).append((i, src, pos))
+    shape, top = shape_of(model), max(by_point)
     caches, members = [], []
     for point, items in sorted(by_point.items()):
         cache = assemble([(src, pos, tails[i]) for i, src, pos in items], n, shape)
         caches.append(advance(model, cache, top, batch_size) if point < top else cache)
         members.append([i for i, _, _ in items])
-    return combine(caches, members, len(found))
+    return combine(caches, members, len(where))
 
 
 def _save_then_unlock(store, key, cache, about, lock) -> None:

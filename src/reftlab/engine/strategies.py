@@ -25,7 +25,8 @@ from .loop import answer_targets, left_pad
 from .loop import score as score_prompts
 from .loop import train as train_loop
 from .plan import Plan, max_bytes, train_inputs
-from .prefix import build, build_residual
+from .prefix import Tree, as_trees, build, build_residual, own_tails
+from .shards import Source, assemble, shape_of
 from .store import obtain
 from .suffix import FullRunner, SuffixRunner, advance, attention_implementation
 
@@ -75,6 +76,7 @@ def backward(loss_and_means) -> list[float]:
 
 class Strategy:
     name = ""
+    own_loglik = False  # whether `loglik` runs on this strategy (else on the stock path)
 
     def __init__(self, ctx: Context, plan: Plan | None = None):
         self.ctx, self.plan = ctx, plan or Plan(self.name)
@@ -90,8 +92,23 @@ class Strategy:
     def loglik(self, prompts, continuations, batch_size: int) -> tuple[list[np.ndarray], dict | None]:
         """The log-likelihood of each of `continuations[i]` (token id lists) after `prompts[i]` (the sum
         over its tokens), and where a cache came from. Where a strategy has none of its own: the
-        stock path's (exact for every method, the whole sequence through the model)."""
+        stock path's (exact for every method)."""
         return Stock(self.ctx).loglik(prompts, continuations, batch_size)
+
+
+def pairs_of(continuations) -> list[tuple[int, int]]:
+    """(prompt, continuation) index pairs of a loglik request, prompt by prompt."""
+    return [(i, j) for i, conts in enumerate(continuations) for j in range(len(conts))]
+
+
+def continues_from_keys(method) -> bool:
+    """Whether a method's stock forward is the model's own (the plain model zero-shot, LoRA through
+    peft: `LanguageModelMethod.logits` as it is), so that a prompt's keys/values serve each of its
+    continuations. pyreft's IntervenableModel places its interventions by positions counted from
+    the sequence it is given: its continuations run as whole sequences."""
+    from ..methods.base import LanguageModelMethod
+
+    return getattr(type(method), "logits", None) is LanguageModelMethod.logits
 
 
 class Stock(Strategy):
@@ -129,7 +146,11 @@ class Stock(Strategy):
 
     @torch.no_grad()
     def loglik(self, prompts, continuations, batch_size):
-        pairs = [(i, j) for i, conts in enumerate(continuations) for j in range(len(conts))]
+        """Each prompt run once and its continuations from its keys/values where the method's forward
+        takes a KV cache (`continues_from_keys`); else each (prompt, continuation) a whole sequence."""
+        if continues_from_keys(self.ctx.method):
+            return self.loglik_from_keys(prompts, continuations, batch_size), None
+        pairs = pairs_of(continuations)
 
         def sums(idx):
             batch = [(prompts[i], continuations[i][j]) for i, j in (pairs[k] for k in idx)]
@@ -137,6 +158,49 @@ class Stock(Strategy):
 
         return loglik_loop(pairs, continuations, [len(prompts[i]) + len(continuations[i][j]) for i, j in pairs],
                            sums, batch_size, self.ctx.progress), None  # fmt: skip
+
+    def loglik_from_keys(self, prompts, continuations, batch_size: int) -> list[np.ndarray]:
+        """Per prompt, the log-likelihood of each of its continuations: batches of prompts of similar
+        length (longest first), each run once through the trained model with a KV cache, then every
+        continuation (but its last token) of every prompt of the batch in one pass from those keys and
+        values (`prefix.Tree`: the tokens continuations share computed once)."""
+        from tqdm.auto import tqdm
+
+        from .. import hf_compat
+        from .loop import check_batch_size
+
+        ctx, batch_size = self.ctx, check_batch_size(batch_size)
+        base = ctx.trained.get_base_model() if hasattr(ctx.trained, "get_base_model") else ctx.trained
+        cache_arg = hf_compat.cache_kwarg(base.forward)
+        out = [np.full(len(c), np.nan) for c in continuations]
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+        for b in tqdm(range(0, len(order), batch_size), desc="eval (options)", unit="batch",
+                      disable=not ctx.progress):  # fmt: skip
+            idx = order[b : b + batch_size]
+            enc = left_pad([prompts[i] for i in idx], ctx.pad_id, ctx.device)
+            kv_cache = hf_compat.new_kv_cache(ctx.model.config)
+            first = ctx.trained(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                                position_ids=enc["position_ids"], use_cache=True, logits_to_keep=1,
+                                **{cache_arg: kv_cache}).logits[:, -1]  # fmt: skip
+            first = torch.log_softmax(first.float(), dim=-1)
+            runs = [[tuple(c[:-1]) for c in continuations[i]] for i in idx]
+            tree = Tree.of(runs, ctx.pad_id)
+            nodes = None
+            if any(any(run) for run in runs):
+                logits = ctx.trained(
+                    **tree.inputs(enc, ctx.model.dtype), use_cache=True, **{cache_arg: kv_cache}
+                ).logits
+                nodes = torch.log_softmax(logits.float(), dim=-1)
+            for r, i in enumerate(idx):
+                for j, (c, path) in enumerate(zip(continuations[i], tree.paths[r], strict=True)):
+                    if not len(c):
+                        out[i][j] = 0.0
+                        continue
+                    total = first[r, c[0]]
+                    if len(c) > 1:  # token t + 1 is predicted at the node of token t
+                        total = total + nodes[r, path, list(c[1:])].sum()
+                    out[i][j] = float(total)
+        return out
 
 
 def continuation_logprobs(logits_of, batch) -> torch.Tensor:
@@ -171,6 +235,7 @@ def loglik_loop(pairs, continuations, lengths, sums, batch_size: int, progress: 
 
 class Cached(Strategy):
     name = "cached"
+    own_loglik = True
 
     def prepare(self, prompts, tails, batch_size: int):
         """A SuffixRunner and the cache for these prompts, each followed by its tail (training: the
@@ -208,14 +273,50 @@ class Cached(Strategy):
             scores = score_prompts(list(cache.prefix_len), last, yes_id, no_id, batch_size, progress=False)
         return scores, info
 
+    @torch.no_grad()
+    def loglik(self, prompts, continuations, batch_size):
+        """From the prompts' stored prefix (each prompt built once, with the stream of each of its
+        continuations but their last tokens), each prompt's last n tokens and the tree of its
+        continuations run once (`prefix.as_trees`)."""
+        pairs = pairs_of(continuations)
+        if not pairs:
+            return [np.zeros(0) for _ in continuations], None
+        runner, cache, info = self.prepare([prompts[i] for i, _ in pairs],
+                                           [continuations[i][j][:-1] for i, j in pairs], batch_size)  # fmt: skip
+        return tree_loglik(self.ctx, runner, cache, continuations, batch_size), info
+
+
+def tree_loglik(ctx, runner, cache, continuations, batch_size: int) -> list[np.ndarray]:
+    """Per prompt, the log-likelihood of each of its continuations from `cache`, which holds one entry
+    per (prompt, continuation) pair in `pairs_of` order (its last n tokens, then the continuation but
+    its last token): one tree per prompt (`prefix.as_trees`), batches of prompts of similar length."""
+    from .loop import check_batch_size
+
+    batch_size = check_batch_size(batch_size)
+    asked = [i for i, c in enumerate(continuations) if len(c)]
+    ends = np.cumsum([0, *(len(continuations[i]) for i in asked)])
+    entries = [list(range(a, b)) for a, b in zip(ends[:-1], ends[1:], strict=True)]
+    runs = [[tuple(c[:-1]) for c in continuations[i]] for i in asked]
+    trees, parents, paths = as_trees(cache, entries, runs, ctx.spec.last)
+    conts = [[list(c) for c in continuations[i]] for i in asked]
+    out = [np.zeros(len(c)) for c in continuations]
+    order = sorted(range(len(asked)), key=lambda k: -int(trees.prefix_len[k] + trees.suffix_len[k]))
+    with attention_implementation(ctx.model):
+        for b in range(0, len(order), batch_size):
+            idx = order[b : b + batch_size]
+            for k, sums in zip(idx, runner.loglik(trees, idx, parents, conts, paths), strict=True):
+                out[asked[k]] = sums
+    return out
+
 
 class Streamed(Strategy):
     name = "streamed"
+    own_loglik = True
 
-    def mini_cache(self, seqs, suffix_lens):
+    def mini_cache(self, seqs, suffix_lens, tails=()):
         """A prefix cache for one step's (or one eval batch's) sequences: one no-grad pass over them."""
         ctx = self.ctx
-        return build(ctx.model, self.plan.point, seqs, suffix_lens, ctx.pad_id, len(seqs), progress=False)
+        return build(ctx.model, self.plan.point, seqs, suffix_lens, ctx.pad_id, len(seqs), False, tails)
 
     def runner(self) -> SuffixRunner:
         return SuffixRunner(self.ctx.model, self.ctx.spec, self.ctx.method.interventions(self.ctx.trained))
@@ -252,6 +353,30 @@ class Streamed(Strategy):
         return score_prompts(
             lengths, last, yes_id, no_id, batch_size, self.ctx.progress, "eval (streamed)"
         ), None
+
+    @torch.no_grad()
+    def loglik(self, prompts, continuations, batch_size):
+        """Batches of prompts, each run once without grad with the streams of its continuations; then
+        the prompts' trees of continuations from that pass, as `Cached.loglik` does."""
+        from tqdm.auto import tqdm
+
+        from .loop import check_batch_size
+
+        runner, n, batch_size = self.runner(), self.ctx.spec.last, check_batch_size(batch_size)
+        out = [np.zeros(len(c)) for c in continuations]
+        order = sorted((i for i, c in enumerate(continuations) if len(c)), key=lambda i: -len(prompts[i]))
+        for b in tqdm(range(0, len(order), batch_size), desc="eval (streamed options)", unit="batch",
+                      disable=not self.ctx.progress):  # fmt: skip
+            idx = order[b : b + batch_size]
+            tails = [[tuple(c[:-1]) for c in continuations[i]] for i in idx]
+            mini = self.mini_cache([prompts[i] for i in idx], [n] * len(idx), tails)
+            source = Source.of_cache(mini, own_tails(tails, len(idx)))
+            parts = [(source, pos, tail) for pos, row in enumerate(tails) for tail in row]
+            pairs = assemble(parts, n, shape_of(self.ctx.model))
+            found = tree_loglik(self.ctx, runner, pairs, [continuations[i] for i in idx], batch_size)
+            for i, sums in zip(idx, found, strict=True):
+                out[i] = sums
+        return out, None
 
 
 class Residual(Strategy):

@@ -89,10 +89,27 @@ def intervene(h, at: dict, point: int, where: list[torch.Tensor]):
     return h
 
 
-def suffix_states(body, cache: PrefixCache, idx, stop: int, apply=None) -> tuple[torch.Tensor, np.ndarray]:
+def within(parents, s: np.ndarray, slen: int) -> tuple[np.ndarray, np.ndarray]:
+    """Which suffix rows each suffix row may attend [B, S, S] and each row's offset after its prefix
+    [B, S]: every earlier row of its own suffix (a chain), or with `parents` (each example's suffix
+    rows' parents, -1 for the first: `prefix.as_trees`) its ancestors; padding rows as a chain."""
+    allowed = np.tril(np.ones((slen, slen), bool)) & (np.arange(slen)[None, :] < s[:, None])[:, None, :]
+    depth = np.broadcast_to(np.arange(slen), (len(s), slen)).copy()
+    for b, rows_ in enumerate(parents or ()):
+        for u, q in enumerate(rows_):  # parents come before their children
+            allowed[b, u] = allowed[b, q] if q >= 0 else False
+            allowed[b, u, u] = True
+            depth[b, u] = depth[b, q] + 1 if q >= 0 else 0
+    return allowed, depth
+
+
+def suffix_states(
+    body, cache: PrefixCache, idx, stop: int, apply=None, parents=None
+) -> tuple[torch.Tensor, np.ndarray]:
     """Residual stream [B, S, H] at point `stop` of the suffixes of examples `idx` (right-padded),
     run from the cache's point through the decoder layers `body.layers` attending to the stored
-    prefix, with `apply(h, point)` at every point; and the suffix lengths."""
+    prefix, with `apply(h, point)` at every point; and the suffix lengths. A suffix is a chain of
+    tokens, or with `parents` (per example of `idx`) a tree: a prompt's last tokens and its continuations."""
     apply = apply or (lambda h, point: h)
     cache_arg = hf_compat.cache_kwarg(body.layers[0].forward)
     device = cache.keys.device
@@ -104,15 +121,10 @@ def suffix_states(body, cache: PrefixCache, idx, stop: int, apply=None) -> tuple
     gather = np.where(pad, 0, cache.prefix_offset[idx][:, None] + cols[None, :] - (width - p)[:, None])
     svalid = scols[None, :] < s[:, None]
     sgather = np.where(svalid, cache.suffix_offset[idx][:, None] + scols[None, :], 0)
-    positions = p[:, None] + scols[None, :]  # true positions: the suffix follows its own prefix
+    chain, depth = within(parents, s, slen)
+    positions = p[:, None] + depth  # true positions: the suffix follows its own prefix
     # keys a suffix token may attend to: its prefix (not the padding) and the suffix up to itself
-    allowed = np.concatenate(
-        [
-            np.broadcast_to(~pad[:, None, :], (b, slen, width)),
-            np.tril(np.ones((slen, slen), bool)) & svalid[:, None, :],
-        ],
-        axis=2,
-    )
+    allowed = np.concatenate([np.broadcast_to(~pad[:, None, :], (b, slen, width)), chain], axis=2)
     parts = (gather, sgather, positions, allowed)  # one host-to-device copy per step
     packed = torch.from_numpy(np.concatenate([a.reshape(-1).astype(np.int64) for a in parts])).to(device)
     g, sg, positions, allowed = torch.split(packed, [a.size for a in parts])
@@ -148,15 +160,16 @@ class SuffixRunner:
         self.at = points(spec, interventions)
         self.start = start_point(spec)
 
-    def hidden(self, cache, idx) -> tuple[torch.Tensor, np.ndarray]:
-        """Final hidden states [B, S, H] of the suffixes of examples `idx` (right-padded), and their lengths."""
+    def hidden(self, cache, idx, parents=None) -> tuple[torch.Tensor, np.ndarray]:
+        """Final hidden states [B, S, H] of the suffixes of examples `idx` (right-padded; trees with
+        `parents`), and their lengths."""
         device = cache.hidden.device
         where = last_prompt_tokens(self.at, self.n_pos, len(idx), device)
 
         def apply(h, point):
             return intervene(h, self.at, point, where)
 
-        h, s = suffix_states(self.body, cache, idx, len(self.body.layers), apply)
+        h, s = suffix_states(self.body, cache, idx, len(self.body.layers), apply, parents)
         return self.body.norm(h), s
 
     def step_loss(self, cache, groups: list[list[int]], answers: list[list[int]], denominator: int):
@@ -173,6 +186,35 @@ class SuffixRunner:
         h, s = self.hidden(cache, idx)
         last = torch.from_numpy(s - 1).to(h.device)
         return self.base.lm_head(h[torch.arange(len(idx), device=h.device), last])
+
+    def loglik(self, cache, idx, parents, continuations, paths) -> list[np.ndarray]:
+        """For each entry of `idx` (a prompt's last n tokens, then the tree of its continuations but
+        their last tokens: `prefix.as_trees`), the summed log-probability of each of
+        `continuations[k]` (`continuation_sums`): the training computation of each example (prompt,
+        continuation), without a backward, the rows continuations share computed once."""
+        h, _ = self.hidden(cache, idx, [parents[k] for k in idx])
+        return continuation_sums(self.base.lm_head, h, idx, self.n_pos, continuations, paths)
+
+
+def continuation_sums(head, h, idx, n_pos: int, continuations, paths) -> list[np.ndarray]:
+    """Row b of the final hidden states `h` [B, S, H] is entry idx[b]'s suffix (its prompt's last n_pos
+    tokens, then the tree of its continuations): the summed log-probability under the output layer
+    `head` of each of `continuations[idx[b]]`, its first token from the last prompt row, each next one
+    from the row of the token before it (`paths[idx[b]][j]`: those rows)."""
+    width = h.shape[1]
+    rows, targets, owner = [], [], []
+    for b, k in enumerate(idx):
+        for j, (c, path) in enumerate(zip(continuations[k], paths[k], strict=True)):
+            at = [n_pos - 1, *path][: len(c)]  # the row that predicts each token of c
+            rows.extend(b * width + np.asarray(at, dtype=np.int64))
+            targets.extend(c)
+            owner.extend([(b, j)] * len(c))
+    flat = h.reshape(-1, h.shape[-1])[torch.from_numpy(np.asarray(rows, dtype=np.int64)).to(h.device)]
+    ce = answer_loss(head, flat[None], torch.tensor([targets]))[0].double().cpu().numpy()
+    out = [np.zeros(len(continuations[k])) for k in idx]
+    for (b, j), value in zip(owner, ce, strict=True):
+        out[b][j] -= value
+    return out
 
 
 class FullRunner:

@@ -26,7 +26,6 @@ from ..engine.plan import POINT_OFFSET, max_bytes
 from ..engine.store import obtain, store_for
 from ..reft import PYREFT_CLASSES
 from ..spec import InterventionSpec
-from ..tasks.yes_no import YesNo
 
 log = logging.getLogger(__name__)
 
@@ -170,12 +169,17 @@ def train_group(members, progress: bool = True) -> None:
                                               tokenizer.pad_token_id, store, batch, progress, build_at=build_at, answers=answers, max_bytes=bound)  # fmt: skip
         step_seconds = fused.train(group, cache, examples, progress)
     alive, scores, eval_source, eval_built = [m for m in group if m.error is None], {}, None, None
-    if isinstance(task, YesNo):  # scored fused too; another task's members score on their own
-        prompts = builder.prompts(job0.texts)
-        eval_cache, eval_source, _ = obtain(model, lowest, prompts, spec0.last, [()] * len(prompts), tokenizer.pad_token_id,
-                                            store, batch, progress, build_at=build_at, answers=answers, max_bytes=bound)  # fmt: skip
-        scored = fused.score(alive, eval_cache, builder.yes_id, builder.no_id, batch) if alive else []
-        scores, eval_built = dict(zip(map(id, alive), scored, strict=True)), eval_cache.meta.get("built")
+    if alive:  # scored fused too, any task: each request once for all members, replayed to their jobs
+
+        def stored(prompts, tails):
+            cache, source, _ = obtain(model, lowest, prompts, spec0.last, tails, tokenizer.pad_token_id, store, batch,
+                                      progress, build_at=build_at, answers=answers, max_bytes=bound)  # fmt: skip
+            return cache, source
+
+        scorer = fused.GroupScorer(alive, stored)
+        task.score(scorer, builder, job0.rows, batch)
+        scores = {id(m): scorer.recorded(j) for j, m in enumerate(alive)}
+        eval_source, eval_built = scorer.source, scorer.built
     name = hashlib.sha256("|".join(sorted(keys)).encode()).hexdigest()[:8]
     costs = fused.Costs(cache_seconds, step_seconds, memory.peak_mb, source, cache.meta.get("built"),
                         eval_source, eval_built)  # fmt: skip

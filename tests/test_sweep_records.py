@@ -44,7 +44,9 @@ def status(folder: Path, job: int) -> str | None:
 
 def shards(folder: Path) -> int:
     """Prefix-cache shards stored so far (a fused group's cache pass ends with one: it then trains)."""
-    return len(list((folder / "prefix" / "reftlab-prefix-v2").glob("*.json")))
+    from reftlab.engine.store import DiskStore
+
+    return len(list((folder / "prefix" / DiskStore.SUBFOLDER).glob("*.json")))
 
 
 def parent_of(uri: str):

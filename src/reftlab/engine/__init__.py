@@ -15,39 +15,16 @@ are part of the result, and so are the timings (the cache pass apart from the st
 from __future__ import annotations
 
 import logging
-import math
-from dataclasses import dataclass, field
 
 from ..spec import InterventionSpec
 from ..tracking import PeakMemory
-from . import fused
 from .plan import STRATEGIES, Plan, choose, train_inputs
+from .result import TrainResult
 from .store import clear_memory, store_for
 from .strategies import BY_NAME, Context, Stock
 
 log = logging.getLogger(__name__)
 __all__ = ["STRATEGIES", "Engine", "Plan", "StockScorer", "TrainResult", "clear_caches", "score"]
-
-
-@dataclass
-class TrainResult:
-    losses: list[float]
-    steps: int
-    step_seconds: float  # the optimisation steps
-    cache_seconds: float = 0.0  # building or loading the stored cache (0 on the stock path)
-    peak_memory_mb: float = math.nan
-    path: str = "stock"  # the strategy that ran (one of STRATEGIES)
-    reason: str | None = None  # why that strategy (None: the cached path, exact here)
-    cache_source: str | None = None  # built, disk, memory or streamed
-    cache_mb: float | None = None
-    cache_point: int | None = None  # the residual-stream point the cache was built from (<= the job's)
-    tags: dict = field(default_factory=dict)  # what else a run records (a fused group's id and size)
-    metrics: dict = field(default_factory=dict)
-
-    @property
-    def train_seconds(self) -> float:
-        """Training wall-clock: the cache pass plus the steps (evaluation excluded)."""
-        return self.cache_seconds + self.step_seconds
 
 
 class Engine:
@@ -118,7 +95,9 @@ class Engine:
         (`fused.GroupScorer`), or None."""
         if self.given is None:
             return None
-        found = self.given.answer(kind, fused.request_key(kind, prompts, *request), prompts)
+        from .fused import request_key  # fused imports this module's TrainResult
+
+        found = self.given.answer(kind, request_key(kind, prompts, *request), prompts)
         if found is not None:
             self.eval_info, self.eval_path = self.given.eval_info, "cached"
         return found

@@ -277,7 +277,7 @@ class Result:
         """Load the weights into the job's freshly built interventions; its TrainResult: its share of
         the group's cache pass and steps (the shares add up to the group's), the group's peak memory
         and cache source."""
-        from . import TrainResult
+        from .result import TrainResult
 
         if self.error is not None:
             raise type(self.error)(f"{self.error} (trained in fused group {self.group} of {self.size} jobs)")

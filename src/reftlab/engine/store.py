@@ -76,7 +76,7 @@ def cache_key(
 class DiskStore:
     """Prefix caches on disk, at most `max_bytes` in all (least recently used removed first).
 
-    The store keeps its entries in its own subfolder (`<folder>/reftlab-prefix-v2/`): tensors as
+    The store keeps its entries in its own subfolder (`<folder>/reftlab-prefix-v3/`): tensors as
     `<key>.safetensors` (no pickle: a shared cache folder cannot run code in a job), metadata as
     `<key>.json`, written last (an entry without it is incomplete), with a checksum of both that is
     checked whenever the entry is read (a corrupted one is deleted and built again). It only ever
@@ -86,7 +86,9 @@ class DiskStore:
     A folder that cannot be written (read-only, full) is given up: one warning, caches in memory only.
     """
 
-    SUBFOLDER = "reftlab-prefix-v2"
+    # v3: per-example tails (format 3 shards). A reftlab from before them reads `reftlab-prefix-v2/`
+    # and would take a format 3 shard's tails for every example's: it never sees this folder.
+    SUBFOLDER = "reftlab-prefix-v3"
     TENSORS = ("keys", "values", "hidden", "prefix_offset", "prefix_len", "suffix_offset", "suffix_len")
     STALE_TEMP_SECONDS = 3600
 

@@ -105,10 +105,9 @@ def continues_from_keys(method) -> bool:
     """Whether a method's stock forward is the model's own (the plain model zero-shot, LoRA through
     peft: `LanguageModelMethod.logits` as it is), so that a prompt's keys/values serve each of its
     continuations. pyreft's IntervenableModel places its interventions by positions counted from
-    the sequence it is given: its continuations run as whole sequences."""
-    from ..methods.base import LanguageModelMethod
-
-    return getattr(type(method), "logits", None) is LanguageModelMethod.logits
+    the sequence it is given: its continuations run as whole sequences. The method says which
+    (`continues_from_keys`)."""
+    return bool(getattr(method, "continues_from_keys", False))
 
 
 class Stock(Strategy):

@@ -92,6 +92,10 @@ class Method:
 class LanguageModelMethod(Method):
     """Train something small on the frozen language model, evaluate it as its task scores answers."""
 
+    # its stock forward is the model's own (`logits` below): a prompt's keys/values serve each of its
+    # continuations (a method that places interventions by sequence positions sets False)
+    continues_from_keys = True
+
     def build(self, model, settings: dict, spec):
         """What trains, on the frozen `model`, for `settings` (parsed: `spec`)."""
         raise NotImplementedError

@@ -11,6 +11,7 @@ class ReftMethod(LanguageModelMethod):
     names = ("loreft", "noreft", "direft", "consreft")
     # every strategy: the frozen model is unchanged below the interventions (engine.plan says where each is exact)
     paths = ("stock", "cached", "streamed", "residual")
+    continues_from_keys = False  # pyreft places its interventions by positions counted from the sequence
 
     @property
     def display(self) -> str:

@@ -16,8 +16,9 @@ path of the bundled model (zero-shot: each prompt once, its continuations from i
             opinion spam: the four classes of Ott et al. (deceptive/truthful x positive/negative);
 - optionsK: ARC only: each question's own option texts (per example, as the harness scores them).
 Each is measured --repeat times, interleaved; the fastest counts. Times are this process's CPU
-seconds (all its threads; other processes on a shared machine inflate wall-clock, not these) and
-wall-clock beside them. Ratios (of CPU seconds): K options / yes_no and K options / answers2
+seconds, on one thread by default (--threads: other processes on a shared machine inflate
+wall-clock, and the CPU time of several threads that wait on each other, not this), and wall-clock
+beside them. Ratios (of CPU seconds): K options / yes_no and K options / answers2
 (target: <= 1.3, the prompt pass shared).
 
 training (ARC-Easy training prompts; the same prompts, so the same lengths): a step on the choice
@@ -69,6 +70,12 @@ def parse_args(argv=None):
         default="cached,residual,stock",
         help="training paths to time: cached (--positions), residual (f7+l7), stock (--positions, cache off)",
     )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1: its CPU time is its work alone, however busy the machine)",
+    )
     ap.add_argument("--json", default=None, help="also write the results here")
     return ap.parse_args(argv)
 
@@ -95,6 +102,7 @@ class Bench:
         from reftlab import models
 
         self.args, self.torch = args, torch
+        torch.set_num_threads(args.threads)
         cfg = compose(f"model={args.model}", f"model.dtype={args.dtype}")
         self.model, self.tok, self.device, self.dtype = models.load_model_and_tokenizer(cfg.model)
         self.n_layers = self.model.config.num_hidden_layers

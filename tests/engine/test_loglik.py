@@ -206,6 +206,7 @@ def test_the_stock_path_of_the_plain_model_runs_each_prompt_once(tiny4):
     assert_close(batched, want)
 
 
+@pytest.mark.slow  # importing peft alone takes ~3 s, and no other fast test needs it
 def test_the_stock_path_of_lora_runs_each_prompt_once(tiny4):
     """LoRA through peft takes the model's KV cache too: the same numbers as whole sequences."""
     model = copy.deepcopy(tiny4[0])  # peft changes the model it wraps

@@ -11,6 +11,11 @@ stores, per example (`PrefixCache`, the cached and streamed strategies):
 
 A first-token intervention changes every later token above L, but still nothing below it: then
 the residual stream at point L of every token is stored (`ResidualCache`, the residual strategy).
+
+What may follow a prompt (its answers, the options of its question) is stored with it too: each
+example's own tails, run in one pass after the prompt's keys/values as a prefix tree (`Tree`: the
+first tokens several share computed once), up to point L only. Scoring continuations reads a
+prompt's stored rows back as one tree-shaped suffix per prompt (`as_trees`).
 """
 
 from __future__ import annotations

@@ -24,11 +24,11 @@ import torch
 from .loop import answer_targets, left_pad
 from .loop import score as score_prompts
 from .loop import train as train_loop
-from .plan import Plan, max_bytes, train_inputs
+from .plan import SUPPORTED, Plan, max_bytes, train_inputs
 from .prefix import Tree, as_trees, build, build_residual, own_tails
 from .shards import Source, assemble, shape_of
 from .store import obtain
-from .suffix import FullRunner, SuffixRunner, advance, attention_implementation
+from .suffix import FullRunner, SuffixRunner, advance, attention_implementation, continuation_sums
 
 
 @dataclass
@@ -101,13 +101,22 @@ def pairs_of(continuations) -> list[tuple[int, int]]:
     return [(i, j) for i, conts in enumerate(continuations) for j in range(len(conts))]
 
 
-def continues_from_keys(method) -> bool:
-    """Whether a method's stock forward is the model's own (the plain model zero-shot, LoRA through
-    peft: `LanguageModelMethod.logits` as it is), so that a prompt's keys/values serve each of its
-    continuations. pyreft's IntervenableModel places its interventions by positions counted from
-    the sequence it is given: its continuations run as whole sequences. The method says which
-    (`continues_from_keys`)."""
-    return bool(getattr(method, "continues_from_keys", False))
+def continues_from_keys(ctx) -> bool:
+    """Whether the stock path's forward is the model's own (the plain model zero-shot, LoRA through
+    peft: the method says so, `continues_from_keys`) and its decoder one the engine runs
+    (plan.SUPPORTED), so that a prompt's keys/values serve each of its continuations. pyreft's
+    IntervenableModel places its interventions by positions counted from the sequence it is given:
+    its continuations run as whole sequences."""
+    if not getattr(ctx.method, "continues_from_keys", False):
+        return False
+    base = base_model(ctx.trained)
+    layers = getattr(getattr(base, "model", None), "layers", None)
+    return bool(layers) and type(layers[0]).__name__ in SUPPORTED and hasattr(base, "lm_head")
+
+
+def base_model(trained):
+    """The causal LM under a peft model (whose adapters sit inside its modules), or the model itself."""
+    return trained.get_base_model() if hasattr(trained, "get_base_model") else trained
 
 
 class Stock(Strategy):
@@ -147,7 +156,7 @@ class Stock(Strategy):
     def loglik(self, prompts, continuations, batch_size):
         """Each prompt run once and its continuations from its keys/values where the method's forward
         takes a KV cache (`continues_from_keys`); else each (prompt, continuation) a whole sequence."""
-        if continues_from_keys(self.ctx.method):
+        if continues_from_keys(self.ctx):
             return self.loglik_from_keys(prompts, continuations, batch_size), None
         pairs = pairs_of(continuations)
 
@@ -160,45 +169,39 @@ class Stock(Strategy):
 
     def loglik_from_keys(self, prompts, continuations, batch_size: int) -> list[np.ndarray]:
         """Per prompt, the log-likelihood of each of its continuations: batches of prompts of similar
-        length (longest first), each run once through the trained model with a KV cache, then every
-        continuation (but its last token) of every prompt of the batch in one pass from those keys and
-        values (`prefix.Tree`: the tokens continuations share computed once)."""
+        length (longest first), each run once through the model's body with a KV cache, then every
+        continuation (but its last token) of every prompt of the batch in one pass from those keys
+        and values (`prefix.Tree`: the tokens continuations share computed once); the output layer
+        only where a token is predicted (`suffix.continuation_sums`)."""
         from tqdm.auto import tqdm
 
         from .. import hf_compat
         from .loop import check_batch_size
 
         ctx, batch_size = self.ctx, check_batch_size(batch_size)
-        base = ctx.trained.get_base_model() if hasattr(ctx.trained, "get_base_model") else ctx.trained
-        cache_arg = hf_compat.cache_kwarg(base.forward)
-        out = [np.full(len(c), np.nan) for c in continuations]
-        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-        for b in tqdm(range(0, len(order), batch_size), desc="eval (options)", unit="batch",
+        base = base_model(ctx.trained)
+        body, cache_arg = base.model, hf_compat.cache_kwarg(base.model.forward)
+        n = 1  # the suffix of a prompt here: its last token, then its continuations' tree
+        out = [np.zeros(len(c)) for c in continuations]
+        asked = sorted((i for i, c in enumerate(continuations) if len(c)), key=lambda i: -len(prompts[i]))
+        for b in tqdm(range(0, len(asked), batch_size), desc="eval (options)", unit="batch",
                       disable=not ctx.progress):  # fmt: skip
-            idx = order[b : b + batch_size]
+            idx = asked[b : b + batch_size]
             enc = left_pad([prompts[i] for i in idx], ctx.pad_id, ctx.device)
             kv_cache = hf_compat.new_kv_cache(ctx.model.config)
-            first = ctx.trained(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                                position_ids=enc["position_ids"], use_cache=True, logits_to_keep=1,
-                                **{cache_arg: kv_cache}).logits[:, -1]  # fmt: skip
-            first = torch.log_softmax(first.float(), dim=-1)
-            runs = [[tuple(c[:-1]) for c in continuations[i]] for i in idx]
-            tree = Tree.of(runs, ctx.pad_id)
-            nodes = None
-            if any(any(run) for run in runs):
-                logits = ctx.trained(
-                    **tree.inputs(enc, ctx.model.dtype), use_cache=True, **{cache_arg: kv_cache}
-                ).logits
-                nodes = torch.log_softmax(logits.float(), dim=-1)
-            for r, i in enumerate(idx):
-                for j, (c, path) in enumerate(zip(continuations[i], tree.paths[r], strict=True)):
-                    if not len(c):
-                        out[i][j] = 0.0
-                        continue
-                    total = first[r, c[0]]
-                    if len(c) > 1:  # token t + 1 is predicted at the node of token t
-                        total = total + nodes[r, path, list(c[1:])].sum()
-                    out[i][j] = float(total)
+            last = body(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], position_ids=enc["position_ids"],
+                        use_cache=True, **{cache_arg: kv_cache}).last_hidden_state[:, -1:]  # fmt: skip
+            tree = Tree.of([[tuple(c[:-1]) for c in continuations[i]] for i in idx], ctx.pad_id)
+            h = last
+            if any(tree.paths[r][j] for r in range(len(idx)) for j in range(len(tree.paths[r]))):
+                nodes = body(**tree.inputs(enc, ctx.model.dtype), use_cache=True, **{cache_arg: kv_cache})
+                h = torch.cat([last, nodes.last_hidden_state], dim=1)
+            paths = [[[n + u for u in path] for path in row] for row in tree.paths]
+            conts = [[list(c) for c in continuations[i]] for i in idx]
+            for i, sums in zip(
+                idx, continuation_sums(base.lm_head, h, range(len(idx)), n, conts, paths), strict=True
+            ):
+                out[i] = sums
         return out
 
 

@@ -67,13 +67,36 @@ def test_engine_loglik_on_a_loreft_job_equals_the_stock_path(tiny4, name):
     for mode, path in (("auto", "cached"), ("streamed", "streamed")):
         clear_caches()
         engine = loreft_engine(tiny4, settings, trainer(mode))
-        want, _ = Stock(engine.ctx).loglik(prompts, conts, 5)
+        want = Stock(engine.ctx).loglik_whole(prompts, conts, 5)
         have = engine.loglik(prompts, conts, 5)
         assert engine.eval_path == path
         assert_close(have, want)
         if path == "cached":  # 16 prompts, 55 continuations: each prompt run once
             assert sum(map(len, conts)) > 3 * len(prompts)
             assert engine.eval_info["built"] == len(prompts) and engine.eval_info["reused"] == 0
+
+
+@pytest.mark.parametrize("positions", ["l2", "f2+l2", "f3"])
+def test_a_loreft_stock_path_runs_each_prompt_once_with_its_interventions(tiny4, positions):
+    """pyreft's interventions act on prompt positions only: a prompt's intervened pass leaves the
+    keys/values its continuations run on from through the frozen model, equal to whole sequences
+    (first-token positions, tied or not, which no stored prefix serves, included)."""
+    settings = {**BASE, "layer": [0, 2], "component": "block_output", "positions": positions,
+                "share_weights": positions == "f2+l2"}  # fmt: skip
+    prompts, conts = choice_request(tiny4, seed=3)
+    engine = loreft_engine(tiny4, settings, trainer("off"), seed=3)
+    for iv in methods.get("loreft").interventions(engine.ctx.trained):  # weights that change the output
+        with torch.no_grad():
+            for p in iv.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+    stock = Stock(engine.ctx)
+    have, _ = stock.loglik(prompts, conts, 4)
+    assert_close(have, stock.loglik_whole(prompts, conts, 4))
+    plain = loreft_engine(tiny4, {**settings, "rank": 1}, trainer("off"), seed=4)  # the interventions matter
+    assert (
+        np.abs(np.concatenate(have) - np.concatenate(Stock(plain.ctx).loglik_whole(prompts, conts, 4))).max()
+        > 1e-3
+    )
 
 
 def test_a_prompt_repeated_for_k_continuations_is_built_once(tiny4):

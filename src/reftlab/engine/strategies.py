@@ -109,7 +109,7 @@ def continues_from_keys(ctx) -> bool:
     its continuations run as whole sequences."""
     if not getattr(ctx.method, "continues_from_keys", False):
         return False
-    base = base_model(ctx.trained)
+    base = base_model(ctx.model)
     layers = getattr(getattr(base, "model", None), "layers", None)
     return bool(layers) and type(layers[0]).__name__ in SUPPORTED and hasattr(base, "lm_head")
 
@@ -158,6 +158,12 @@ class Stock(Strategy):
         takes a KV cache (`continues_from_keys`); else each (prompt, continuation) a whole sequence."""
         if continues_from_keys(self.ctx):
             return self.loglik_from_keys(prompts, continuations, batch_size), None
+        return self.loglik_whole(prompts, continuations, batch_size), None
+
+    @torch.no_grad()
+    def loglik_whole(self, prompts, continuations, batch_size: int) -> list[np.ndarray]:
+        """Per prompt, the log-likelihood of each of its continuations, each (prompt, continuation)
+        run as a whole sequence through the method's forward."""
         pairs = pairs_of(continuations)
 
         def sums(idx):
@@ -165,7 +171,7 @@ class Stock(Strategy):
             return continuation_logprobs(self.logits, batch)
 
         return loglik_loop(pairs, continuations, [len(prompts[i]) + len(continuations[i][j]) for i, j in pairs],
-                           sums, batch_size, self.ctx.progress), None  # fmt: skip
+                           sums, batch_size, self.ctx.progress)  # fmt: skip
 
     def loglik_from_keys(self, prompts, continuations, batch_size: int) -> list[np.ndarray]:
         """Per prompt, the log-likelihood of each of its continuations: batches of prompts of similar
@@ -179,7 +185,7 @@ class Stock(Strategy):
         from .loop import check_batch_size
 
         ctx, batch_size = self.ctx, check_batch_size(batch_size)
-        base = base_model(ctx.trained)
+        base = base_model(ctx.model)  # the continuations run through it (LoRA's adapters sit inside it)
         body, cache_arg = base.model, hf_compat.cache_kwarg(base.model.forward)
         n = 1  # the suffix of a prompt here: its last token, then its continuations' tree
         out = [np.zeros(len(c)) for c in continuations]
@@ -189,8 +195,8 @@ class Stock(Strategy):
             idx = asked[b : b + batch_size]
             enc = left_pad([prompts[i] for i in idx], ctx.pad_id, ctx.device)
             kv_cache = hf_compat.new_kv_cache(ctx.model.config)
-            last = body(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], position_ids=enc["position_ids"],
-                        use_cache=True, **{cache_arg: kv_cache}).last_hidden_state[:, -1:]  # fmt: skip
+            lens = [len(prompts[i]) for i in idx]  # the method's own pass (a ReFT's intervenes on the prompt)
+            last = ctx.method.prompt_states(ctx.trained, ctx.spec, enc, lens, kv_cache, cache_arg)
             tree = Tree.of([[tuple(c[:-1]) for c in continuations[i]] for i in idx], ctx.pad_id)
             h = last
             if any(tree.paths[r][j] for r in range(len(idx)) for j in range(len(tree.paths[r]))):

@@ -114,6 +114,14 @@ class LanguageModelMethod(Method):
         base = {key: value for key, value in enc.items() if key != "starts"}
         return trained(**base, logits_to_keep=k).logits
 
+    def prompt_states(self, trained, spec, enc: dict, prompt_lens: list[int], kv_cache, cache_arg: str):
+        """The final hidden state [B, 1, H] of each prompt's last token of a left-padded batch (`enc`),
+        the prompts' keys and values left in `kv_cache`: the continuations of each prompt run on from
+        them through the frozen model (`engine.strategies.Stock.loglik_from_keys`)."""
+        body = (trained.get_base_model() if hasattr(trained, "get_base_model") else trained).model
+        return body(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], position_ids=enc["position_ids"],
+                    use_cache=True, **{cache_arg: kv_cache}).last_hidden_state[:, -1:]  # fmt: skip
+
     def train_mode(self, trained, on: bool) -> None:
         trained.train(on)
 

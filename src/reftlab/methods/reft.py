@@ -11,7 +11,9 @@ class ReftMethod(LanguageModelMethod):
     names = ("loreft", "noreft", "direft", "consreft")
     # every strategy: the frozen model is unchanged below the interventions (engine.plan says where each is exact)
     paths = ("stock", "cached", "streamed", "residual")
-    continues_from_keys = False  # pyreft places its interventions by positions counted from the sequence
+    # its interventions act on prompt positions only (f<n>, l<n>): a prompt's intervened pass leaves
+    # the keys/values each continuation runs on from, through the frozen model (`prompt_states`)
+    continues_from_keys = True
 
     @property
     def display(self) -> str:
@@ -81,6 +83,24 @@ class ReftMethod(LanguageModelMethod):
             {**base, "logits_to_keep": k}, unit_locations=unit_locations(spec, prompt_lens, enc["starts"])
         )
         return out.logits
+
+    def prompt_states(self, trained, spec, enc, prompt_lens, kv_cache, cache_arg):
+        """Through pyreft, as `logits`: the prompts' pass with the interventions at their positions,
+        its keys/values kept in `kv_cache`."""
+        from ..spec import unit_locations
+
+        base = {key: value for key, value in enc.items() if key != "starts"}
+        # the body's final norm's output is its last_hidden_state; read it from the norm's own forward
+        # (pyvene clears the modules' forward hooks on each call, hidden-state recorders' included)
+        norm, captured = trained.model.model.norm, []
+        forward = norm.forward
+        norm.forward = lambda *args, **kwargs: captured.append(forward(*args, **kwargs)) or captured[-1]
+        try:
+            trained({**base, "use_cache": True, cache_arg: kv_cache, "logits_to_keep": 1},
+                    unit_locations=unit_locations(spec, prompt_lens, enc["starts"]))  # fmt: skip
+        finally:
+            del norm.forward  # the class's forward again
+        return captured[-1][:, -1:]
 
     def train_mode(self, trained, on):
         trained.model.eval()

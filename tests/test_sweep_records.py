@@ -15,8 +15,9 @@ from conftest import PYTHON, ROOT, runs, store_in, tiny_overrides, train_here
 
 from reftlab.sweep import callback
 
-# a fused sweep of two groups: two jobs on 8 reviews (seconds), two on 400 (long enough to stop)
-TWO_GROUPS = ("data.max_train=8,400", "seed=1,2", "trainer.epochs=2", "save_intervention=false",
+# a fused sweep of two groups: two jobs on 8 reviews (seconds), two on 400 (long enough to stop: 6
+# epochs train ~20 s here; with 2 (~6 s) CI once missed the window as submitit ran both groups at once)
+TWO_GROUPS = ("data.max_train=8,400", "seed=1,2", "trainer.epochs=6", "save_intervention=false",
               "mlflow.log_model=false")  # fmt: skip
 
 
@@ -166,7 +167,7 @@ def test_a_sweep_folder_holds_one_sweep_and_a_dead_jobs_run_is_closed_when_it_ru
     is refused in the folder that holds its jobs; the same sweep again resumes there: the dead job's
     run is KILLED (its status file too), its new run FINISHED, nothing is left RUNNING."""
     uri = store_in(tmp_path, empty_store)
-    grid = ("data.max_train=400", "seed=1,2", "trainer.epochs=2", "save_intervention=false",
+    grid = ("data.max_train=400", "seed=1,2", "trainer.epochs=6", "save_intervention=false",
             "mlflow.log_model=false")  # fmt: skip
     folder, log = tmp_path / "multirun", tmp_path / "multirun" / "0" / "train.log"
     proc = start(tmp_path, uri, *grid)

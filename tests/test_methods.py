@@ -66,7 +66,9 @@ def test_zero_shot_logs_both_prompts_and_no_training(in_root, mlflow_uri, tmp_pa
     metrics = run.run(compose(*overrides, f"mlflow.tracking_uri={mlflow_uri}"), output_dir=tmp_path / "none")
     assert metrics["train_seconds"] == 0 and metrics["trainable_params"] == 0
     assert 0 <= metrics["hint_accuracy"] <= 1 and 0 <= metrics["accuracy"] <= 1
-    assert runs(mlflow_uri)["tags.method"].tolist() == ["none"]
+    (row,) = runs(mlflow_uri).to_dict("records")
+    assert row["tags.method"] == "none" and row["params.intervention.hint"].startswith("Answer with only")
+    assert not isinstance(row.get("tags.unused_settings"), str)  # the hint is applied on Yes/No
 
 
 def test_tfidf_baseline_on_the_same_split(in_root, mlflow_uri, tmp_path):

@@ -114,7 +114,10 @@ def record(cfg, method, resolved: dict, key: str, output_dir: Path) -> dict:
                 **{f"version.{k}": v for k, v in versions.items()},
             }
         )
-        mlflow.log_params(tracking.flatten(resolved))
+        unused = method.unused(cfg) if method else {}
+        mlflow.log_params({k: v for k, v in tracking.flatten(resolved).items() if k not in unused})
+        if unused:
+            mlflow.set_tag("unused_settings", "; ".join(f"{k}: {why}" for k, why in unused.items()))
         mlflow.log_artifact(str(output_dir / "config.yaml"))
         mlflow.log_dict(versions, "environment.json")
         metrics, notes = execute(cfg, output_dir, key)

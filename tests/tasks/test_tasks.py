@@ -226,3 +226,10 @@ def test_tfidf_and_zero_shot_answer_four_classes(in_root, mlflow_uri, tmp_path):
     zero = run.run(compose(*[o for o in tiny_overrides("task=classify", "data=opinion_spam4", "intervention=none", *caps)
                              if not o.startswith("intervention.layer")]), tmp_path / "none")  # fmt: skip
     assert 0 <= zero["accuracy"] <= 1 and zero["trainable_params"] == 0 and "val_f1" in zero
+    # the Yes/No hint is not applied to four labels: not recorded as a param, named as unused
+    from conftest import runs
+
+    table = runs(mlflow_uri)
+    (logged,) = table[table["params.intervention.method"] == "none"].to_dict("records")
+    assert not isinstance(logged.get("params.intervention.hint"), str) and "metrics.hint_accuracy" not in table
+    assert logged["tags.unused_settings"].startswith("intervention.hint: a Yes/No hint")

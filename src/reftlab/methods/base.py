@@ -85,6 +85,11 @@ class Method:
             layer = "-".join(map(str, layer))
         return f"{self.name}-L{layer}-r{cfg.intervention.rank}-{cfg.data.name}"
 
+    def unused(self, cfg) -> dict[str, str]:
+        """Settings (dotted keys) this method does not apply to the job's task, with why: left out of
+        the run's params (a recorded setting is an applied one), named in its `unused_settings` tag."""
+        return {}
+
     def run(self, job: Job) -> Outcome:
         raise NotImplementedError
 

@@ -15,6 +15,11 @@ class ZeroShot(LanguageModelMethod):
     trains = False
     has_layers = False
 
+    def unused(self, cfg) -> dict[str, str]:
+        if (cfg.get("task") or {}).get("name", "yes_no") == "yes_no":
+            return {}
+        return {"intervention.hint": "a Yes/No hint: only task=yes_no scores a second, hinted pass"}
+
     def run(self, job: Job) -> Outcome:
         from ..engine import StockScorer
         from ..tasks.yes_no import YesNo

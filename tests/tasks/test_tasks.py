@@ -231,5 +231,7 @@ def test_tfidf_and_zero_shot_answer_four_classes(in_root, mlflow_uri, tmp_path):
 
     table = runs(mlflow_uri)
     (logged,) = table[table["params.intervention.method"] == "none"].to_dict("records")
-    assert not isinstance(logged.get("params.intervention.hint"), str) and "metrics.hint_accuracy" not in table
+    assert (
+        not isinstance(logged.get("params.intervention.hint"), str) and "metrics.hint_accuracy" not in table
+    )
     assert logged["tags.unused_settings"].startswith("intervention.hint: a Yes/No hint")

@@ -139,6 +139,34 @@ def test_choice_scores_both_ways_as_direct_log_likelihoods(tiny4):
     assert set(table["prediction"]) <= {f"answer{i}" for i in range(1, 6)}
 
 
+def test_a_long_choice_prompt_loses_part_of_its_question_never_its_options(tiny4):
+    """At a max_length too short for the instruction, a choice prompt keeps the instruction's start and
+    its end (the options and the answer format); a Yes/No prompt is cut at its end, as it always was."""
+    tokenizer = tiny4[1]
+    cfg = compose("model=tiny_random", "task=choice", "trainer.max_length=96")
+    task = tasks.of(cfg)
+    frame = choice_frame()
+    builder = task.builder(
+        tokenizer, cfg, type("P", (), {"train": frame, "val": frame.iloc[:0], "eval": frame})()
+    )
+    from reftlab.data.choice import build_text
+
+    options = ["red", "green", "blue"]
+    text = build_text("Which colour " + "is very much the colour " * 40 + "of the sky?", options,
+                      ["answer1", "answer2", "answer3"])  # fmt: skip
+    full = tokenizer(text, add_special_tokens=False)["input_ids"]
+    (prompt,) = builder.prompts([text])
+    body = prompt[len(builder.before) : len(prompt) - len(builder.after)]
+    assert len(prompt) == 96 and len(full) > builder.budget
+    assert body == full[: builder.HEAD] + full[len(full) - (builder.budget - builder.HEAD) :]
+    kept = tokenizer.decode(body)
+    assert all(f"{k}: {o}" in kept for k, o in zip(("Answer1", "Answer2", "Answer3"), options, strict=True))
+    assert kept.endswith("Answer format: answer1/answer2/answer3") and "of the sky?" in kept
+    yes_no = tasks.get(None).builder(tokenizer, compose("trainer.max_length=96"))
+    (cut,) = yes_no.prompts([text])
+    assert cut[len(yes_no.before) : len(cut) - len(yes_no.after)] == full[: yes_no.budget]
+
+
 @pytest.mark.parametrize(
     "frame_change, message",
     [

@@ -2,7 +2,9 @@
 
 The prompt is the model's chat template with the dataset's system prompt and the text as the user
 message, ending with the assistant header. A text that does not fit `max_length` is cut (the
-template around it is kept, so the answer position is always the last prompt token). An answer is
+template around it is kept, so the answer position is always the last prompt token): at its end, or
+with `cut="middle"` in its middle (its first tokens and its end kept: a multiple-choice instruction
+keeps its lead-in, its options and its answer format, and loses part of the question). An answer is
 what the template puts after the prompt when the assistant says it (its end-of-turn included).
 """
 
@@ -17,7 +19,12 @@ class PromptBuilder:
     """Chat prompts of texts and the token ids of each of `answers` after them. With the answers
     Yes and No (the default), `yes_id`/`no_id` are their first tokens, which must differ."""
 
-    def __init__(self, tokenizer, system_prompt: str, max_length: int, answers=(YES, NO)):
+    HEAD = 16  # the tokens `cut="middle"` keeps at a text's start (at most a quarter of the budget)
+
+    def __init__(self, tokenizer, system_prompt: str, max_length: int, answers=(YES, NO), cut: str = "end"):
+        if cut not in ("end", "middle"):
+            raise ValueError(f"cut={cut!r} is not valid: choose 'end' or 'middle'")
+        self.cut = cut
         self.tokenizer = tokenizer
         self.system_prompt = system_prompt
         self.max_length = int(max_length)
@@ -64,7 +71,13 @@ class PromptBuilder:
         if not texts:  # no texts, no prompts (the tokenizer raises IndexError on an empty list)
             return []
         bodies = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-        return [self.before + body[: self.budget] + self.after for body in bodies]
+        return [self.before + self._fit(body) + self.after for body in bodies]
+
+    def _fit(self, body: list[int]) -> list[int]:
+        if len(body) <= self.budget or self.cut == "end":
+            return body[: self.budget]
+        head = min(self.HEAD, self.budget // 4)
+        return body[:head] + body[len(body) - (self.budget - head) :]
 
     def examples(self, texts, labels) -> list[tuple[list[int], list[int]]]:
         """(prompt ids, answer ids) pairs for training."""

@@ -105,7 +105,9 @@ class Choice(Task):
         if self.keys is None and prepared is not None:
             self.check_data(prepared)
         answers = tuple(KEYWORD.format(key=k) for k in self.keys)
-        builder = PromptBuilder(tokenizer, cfg.data.system_prompt, cfg.trainer.max_length, answers=answers)
+        builder = PromptBuilder(
+            tokenizer, cfg.data.system_prompt, cfg.trainer.max_length, answers=answers, cut="middle"
+        )  # a long question loses its middle, never its options
         builder.harness = HarnessPrompts(tokenizer, cfg.trainer.max_length)
         return builder
 

@@ -58,7 +58,7 @@ def run(cfg, output_dir: Path | None = None) -> dict:
     tracking.write_atomic(output_dir / "config.yaml", tracking.redact(OmegaConf.to_yaml(resolved)))
     experiment_id = tracking.setup(cfg.mlflow)
     method = method_of(cfg)
-    key = identity.config_hash(resolved, method.trains if method else True, identity.identity(cfg))
+    key = job_key(cfg, method, resolved)
     # one job per key at a time on this machine: a parallel twin waits, then finds it FINISHED
     with run_lock(f"{experiment_id}-{key}"):  # in a private per-user folder, never through a link
         close_dead_twins(experiment_id, key, tracking.tracking_uri(cfg.mlflow.get("tracking_uri")))
@@ -69,6 +69,14 @@ def run(cfg, output_dir: Path | None = None) -> dict:
             tracking.write_status(output_dir, "skipped", run_id=previous.info.run_id)
             return dict(previous.data.metrics)
         return record(cfg, method, resolved, key, output_dir)
+
+
+def job_key(cfg, method, resolved: dict) -> str:
+    """The job's identity for resume: its resolved config without the settings its method does not
+    apply to its task (`Method.unused`: not recorded either), and what `identity.identity` adds."""
+    unused = method.unused(cfg) if method else {}
+    applied = identity.without(resolved, lambda k: k in unused)
+    return identity.config_hash(applied, method.trains if method else True, identity.identity(cfg))
 
 
 def close_dead_twins(experiment_id: str, key: str, uri: str) -> None:

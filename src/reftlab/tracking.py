@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import os
 import platform
@@ -170,7 +171,10 @@ def flatten(tree, prefix: str = "") -> dict[str, str]:
     return out
 
 
+@functools.cache
 def git_sha(folder: Path | None = None) -> str:
+    """The commit (with -dirty) this process's code came from: read once, like
+    `identity.code_version`, so a commit made while a sweep runs is not credited to its later jobs."""
     folder = folder or Path(__file__).resolve().parent
     try:
         sha = subprocess.run(

@@ -236,6 +236,23 @@ def test_runs_logged_before_tasks_existed_group_with_new_yes_no_runs():
 
 
 @pytest.mark.slow
+def test_a_setting_a_method_does_not_apply_is_no_part_of_the_jobs_identity():
+    """Zero-shot's Yes/No hint: another hint is another job on Yes/No, the same job on a choice task."""
+    from omegaconf import OmegaConf
+
+    from reftlab.run import job_key
+
+    def key(*overrides):
+        cfg = compose("intervention=none", *overrides)
+        return job_key(cfg, methods.get("none"), OmegaConf.to_container(cfg, resolve=True))
+
+    assert key("intervention.hint=a") != key("intervention.hint=b")
+    assert key("task=choice", "data=arc_easy", "intervention.hint=a") == key(
+        "task=choice", "data=arc_easy", "intervention.hint=b"
+    )
+
+
+@pytest.mark.slow
 def test_tfidf_and_zero_shot_answer_four_classes(in_root, mlflow_uri, tmp_path):
     """Ott et al.'s four classes: TF-IDF (multinomial logistic regression) beats the 4-class chance
     rate by far and logs every class's precision and recall; zero-shot scores the four labels."""

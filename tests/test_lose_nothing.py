@@ -275,3 +275,17 @@ def test_a_job_outside_hydra_is_never_a_child_of_a_sweep_left_in_the_environment
 
     monkeypatch.setenv(parent.ENV, "0123456789abcdef0123456789abcdef")  # e.g. from an in-process sweep
     assert parent.of_this_job() is None
+
+
+def test_reference_lines_come_from_runs_of_the_same_task():
+    """Another experiment's runs on the same data draw reference lines only where they answered the same
+    task (a run logged before tasks existed answered Yes/No)."""
+    from reftlab.report.runs import comparable, tidy
+
+    finished = tidy(report_rows(**{"params.task.name": "classify"}))
+    assert comparable(report_rows(), finished).empty
+    assert comparable(report_rows(**{"params.task.name": "yes_no"}), finished).empty
+    same = comparable(report_rows(**{"params.task.name": "classify"}), finished)
+    assert len(same) and len(same) == len(
+        comparable(report_rows(), tidy(report_rows()))
+    )  # Yes/No beside Yes/No

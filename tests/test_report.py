@@ -488,3 +488,21 @@ def test_a_groups_bootstrap_interval_draws_a_folds_reviews_once_for_all_of_its_s
     two_folds = replicates("b", {"1": 0.7}, truth=truth)  # 2 x 200 reviews: a narrower interval
     low, high, _ = accuracy_interval(two_folds, truth.get)
     assert one[0] < low < 0.7 < high < one[1]
+
+
+def test_a_loreft_with_other_intervention_settings_is_not_the_default_reference():
+    """Groups told apart by their method alone: the LoReFT group is the project's default only where its
+    intervention settings are the defaults (experiment=commonsense's rank 8 at f7+l7 is not)."""
+    import pandas as pd
+
+    from reftlab.report import stats
+
+    defaults = stats.default_settings()
+
+    def table(rank: str) -> pd.DataFrame:
+        runs = [pd.DataFrame([{"method": "loreft", "intervention.rank": rank, "intervention.layer": "15"}]),
+                pd.DataFrame([{"method": "none", "intervention.hint": "x"}])]  # fmt: skip
+        return pd.DataFrame({"method": ["loreft", "none"], "_runs": runs})
+
+    assert stats.reference_group(table(str(defaults["intervention.rank"])), ["method"], defaults) == 0
+    assert stats.reference_group(table("8"), ["method"], defaults) is None

@@ -27,7 +27,7 @@ def test_a_run_logs_metrics_tags_and_artifacts(in_root, mlflow_uri, tmp_path, ca
     assert f"validation {100 * metrics['val_accuracy']:.1f}% on 16" in said
     assert str(tmp_path / "job") in said and row["run_id"] in said and "make ui" in said
     assert f"#/experiments/{row['experiment_id']}/runs/{row['run_id']}" in said
-    assert "python report.py --experiment reftlab" in said
+    assert "python report.py --experiment reftlab --filter \"tags.dataset = 'opinion_spam'\"" in said
     assert f"MLflow model: runs:/{row['run_id']}/loreft-L1-r4-opinion_spam" in said
     # the splits are MLflow dataset inputs: name, content digest, context, Oxen commit, row counts
     inputs = mlflow.get_run(row["run_id"]).inputs.dataset_inputs

@@ -283,3 +283,30 @@ def test_a_sweep_over_datasets_has_one_parent_run_a_dataset_with_its_report(tmp_
     for name in ("opinion_spam", "persuasion_sample"):  # the summary points to each dataset's parent
         part = parts.loc[f"data={name}", "run_id"]
         assert f"data={name}: run {part}, python report.py --run {part}" in done.stderr
+
+
+def test_a_sweep_over_datasets_ranks_each_datasets_jobs_apart(tmp_path):
+    """BoolQ's 2 options and ARC's 4 do not compare: the closing ranking lists each dataset's jobs
+    apart, best validation first within it; a sweep over one dataset keeps its one list."""
+    import yaml
+
+    def job(n: int, data: str, method: str, val: float) -> dict:
+        folder = tmp_path / str(n)
+        (folder / ".hydra").mkdir(parents=True)
+        (folder / ".hydra" / "overrides.yaml").write_text(
+            yaml.safe_dump([f"data={data}", f"intervention={method}"])
+        )
+        (folder / "metrics.json").write_text(
+            json.dumps({"val_accuracy": val, "accuracy": val, "train_seconds": 1})
+        )
+        return {"job": n, "folder": folder, "status": "finished"}
+
+    rows = [job(0, "arc_easy", "lora", 0.3), job(1, "arc_easy", "none", 0.4), job(2, "boolq", "lora", 0.7),
+            job(3, "boolq", "none", 0.6)]  # fmt: skip
+    said = callback.ranking(rows)
+    assert "within each dataset" in said
+    arc, boolq = said.split("data=arc_easy:")[1].split("data=boolq:")
+    assert arc.index("intervention=none") < arc.index("intervention=lora") and "boolq" not in arc
+    assert boolq.index("intervention=lora") < boolq.index("intervention=none")
+    one = callback.ranking(rows[:2])
+    assert "within each dataset" not in one and "data=" not in one and one.count("overrides") == 1

@@ -280,3 +280,22 @@ def test_tfidf_and_zero_shot_answer_four_classes(in_root, mlflow_uri, tmp_path):
         not isinstance(logged.get("params.intervention.hint"), str) and "metrics.hint_accuracy" not in table
     )
     assert logged["tags.unused_settings"].startswith("intervention.hint: a Yes/No hint")
+
+
+def test_reports_name_chance_and_f1_as_the_task_computes_them():
+    """The chance line is the majority label's rate for labels and 1/options for multiple choice; the
+    F1 column is macro-F1 for k labels, said so where a table holds both kinds."""
+    from reftlab.report.plots import chance_kind
+    from reftlab.report.tables import f1_label
+    from reftlab.serving.card import results_table
+
+    frame = lambda *names: pd.DataFrame({"task": list(names)})  # noqa: E731
+    assert (
+        chance_kind(frame("choice", "choice")) == "1/options" and chance_kind(frame("yes_no")) == "majority"
+    )
+    assert chance_kind(frame("classify", "choice")) == "majority or 1/options"
+    assert chance_kind(pd.DataFrame({"method": ["loreft"]})) == "majority"  # a table from before tasks
+    assert f1_label(frame("yes_no")) == "F1" and f1_label(frame("classify")) == "macro-F1"
+    assert f1_label(frame("yes_no", "classify")) == "F1 (macro for classify)"
+    card = results_table({"accuracy": 0.5, "f1": 0.4}, tasks.get({"name": "classify"}))
+    assert "| accuracy | macro-F1 |" in card and "| accuracy | F1 |" in results_table({}, tasks.get(None))

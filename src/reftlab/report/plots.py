@@ -34,7 +34,7 @@ def reference_lines(table: pd.DataFrame, others: pd.DataFrame) -> list[tuple[str
     lines = []
     c = table["chance"].dropna()
     if len(c):
-        lines.append(("chance (majority)", float(c.iloc[0])))
+        lines.append((f"chance ({chance_kind(table)})", float(c.iloc[0])))
     pool = others if len(others) else pd.DataFrame(columns=["method"])
     wanted = list(dict.fromkeys(list(table.loc[untrained(table["method"]), "method"]) + list(pool["method"])))
     here = set(table["method"])
@@ -52,6 +52,13 @@ def reference_lines(table: pd.DataFrame, others: pd.DataFrame) -> list[tuple[str
             (method_name(method) + ("" if is_baseline else " (best by validation)"), float(best["accuracy"]))
         )
     return lines
+
+
+def chance_kind(table: pd.DataFrame) -> str:
+    """How its task computes chance: the majority label (Yes/No, k labels), the mean of 1/options."""
+    kinds = {"choice": "1/options"}
+    found = {kinds.get(t, "majority") for t in (table["task"] if "task" in table else ["yes_no"])}
+    return found.pop() if len(found) == 1 else "majority or 1/options"
 
 
 def describe(refs: list[tuple[str, float]]) -> str:

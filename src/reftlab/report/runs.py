@@ -285,10 +285,12 @@ def same_budget(others: pd.DataFrame, finished: pd.DataFrame) -> pd.DataFrame:
 
 def comparable(others: pd.DataFrame | None, finished: pd.DataFrame) -> pd.DataFrame:
     """Tidied runs of other experiments that may draw a reference line beside `finished`: finished,
-    on the same data and model (or no model), at the same budget."""
+    on the same data and model (or no model), answering the same task, at the same budget."""
     others = tidy(others) if others is not None and len(others) else pd.DataFrame()
     if len(others):
         others = others[(others["status"] == "FINISHED") & others["data"].isin(set(finished["data"]))]
+        task = lambda t: t["task.name"] if "task.name" in t else pd.Series("yes_no", index=t.index)  # noqa: E731
+        others = others[task(others).isin(set(task(finished)))]
         others = others[others["model"].isin(set(finished["model"])) | others["model"].isin(["-", ""])]
         others = same_budget(others, finished)
     return others

@@ -234,6 +234,7 @@ def summarise(finished: pd.DataFrame, keys: list[str], correct=None) -> pd.DataF
                 "cache_seconds": g["cache_seconds"].max(),
                 "peak_memory_mb": g["peak_memory_mb"].mean(),
                 "chance": chance(g),
+                "task": g["task.name"].iloc[0] if "task.name" in g else "yes_no",
                 "_runs": g,
             }
         )
@@ -356,9 +357,16 @@ def find_reference(table: pd.DataFrame, keys: list[str], reference: dict) -> tup
 
 def reference_group(table: pd.DataFrame, keys: list[str], reference: dict) -> int | None:
     """The group whose settings match `reference` (the project's defaults) on every key it names
-    (and the method); None where no single group does."""
+    (and the method), and on every intervention setting its runs logged (a LoReFT of rank 8 at
+    f7+l7 is not the default LoReFT, even where only the method tells groups apart); None where no
+    single group does."""
     wanted = {k: v for k, v in reference.items() if k in keys}
     if not wanted:
         return None
-    found = matching(table, wanted)
+    method = {
+        k: v for k, v in reference.items() if k.startswith("intervention.") and k != "intervention.method"
+    }
+    found = [i for i in matching(table, wanted)
+             if all(same_value(s, method[k], k) for k, s in table.loc[i, "_runs"].iloc[0].items()
+                    if k in method and isinstance(s, str) and s != "-")]  # fmt: skip
     return found[0] if len(found) == 1 else None

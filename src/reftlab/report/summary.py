@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import tracking
+from .. import tasks, tracking
 from ..serving.pyfunc import model_name
 
 
@@ -16,7 +16,7 @@ def closing_summary(name: str, cfg, metrics: dict, info, output_dir: Path, notes
     if "accuracy" in metrics:
         line = f"  test accuracy {100 * metrics['accuracy']:.1f}%"
         if "f1" in metrics:
-            line += f", F1 {metrics['f1']:.3f}"
+            line += f", {tasks.of(cfg).f1_name} {metrics['f1']:.3f}"
         if "acc" in metrics:  # multiple choice: as the evaluation harness scores it too
             line += f" (harness: acc {100 * metrics['acc']:.1f}%, acc_norm {100 * metrics['acc_norm']:.1f}%)"
         if "chance" in metrics:
@@ -43,5 +43,7 @@ def closing_summary(name: str, cfg, metrics: dict, info, output_dir: Path, notes
     )
     uri = tracking.tracking_uri(cfg.mlflow.get("tracking_uri"))
     lines.append(f"  {tracking.ui_link(uri, info.experiment_id, info.run_id)}")
-    lines.append(f"  compare runs: python report.py --experiment {cfg.mlflow.experiment}")
+    # on this run's data only: an experiment may hold several (experiment=commonsense: four)
+    lines.append(f"  compare runs: python report.py --experiment {cfg.mlflow.experiment} "
+                 f"--filter \"tags.dataset = '{cfg.data.name}'\"")  # fmt: skip
     return "\n".join(lines)

@@ -96,6 +96,14 @@ def harness(table: pd.DataFrame, row) -> dict:
     return {"test acc (harness)": pct(row["acc"]), "test acc_norm": pct(row["acc_norm"])}
 
 
+def f1_label(table: pd.DataFrame) -> str:
+    """The F1 column's name: binary F1 of Yes (yes_no), macro-F1 over k labels (classify), or both."""
+    tasks = set(table["task"]) if "task" in table else {"yes_no"}
+    if tasks & {"classify"}:
+        return "macro-F1" if tasks <= {"classify", "choice"} else "F1 (macro for classify)"
+    return "F1"
+
+
 def display(
     table: pd.DataFrame, keys: list[str], chosen: dict, ref: int | None, compared: dict | None
 ) -> pd.DataFrame:
@@ -116,7 +124,7 @@ def display(
             "seeds": int(row["seeds"]),
             "val acc": pct(row["val_accuracy"]),
             "test acc (95% CI)": with_interval(row),
-            "F1": f"{row['f1']:.3f}" if not math.isnan(row["f1"]) else "-",
+            f1_label(table): f"{row['f1']:.3f}" if not math.isnan(row["f1"]) else "-",
             **harness(table, row),
             "trainable": count(row["trainable_params"]),
             "% of model": share(row["trainable_percent"]),

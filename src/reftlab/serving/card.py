@@ -109,7 +109,7 @@ def results_table(metrics: dict, task) -> str:
             ["accuracy", "acc", "acc_norm"],
         )
     else:
-        head, cells, names = ["accuracy", "F1"], [pct, num], ["accuracy", "f1"]
+        head, cells, names = ["accuracy", task.f1_name], [pct, num], ["accuracy", "f1"]
     rows = [f"| split | examples | {' | '.join(head)} |", "|---" * (len(head) + 2) + "|"]
     for split, prefix, count in (("validation (settings chosen on it)", "val_", "val_examples"),
                                  ("test (reported once)", "", "eval_examples")):  # fmt: skip

@@ -228,8 +228,11 @@ def mark_killed(row: dict, tracking_uri: str, client=None):
 def ranking(rows: list[dict], top: int = 20) -> str:
     """The sweep's jobs that produced metrics, best validation accuracy first (test beside it:
     reported, not used to choose), with the overrides that tell them apart (those all share are
-    left out)."""
+    left out). A sweep over datasets ranks each dataset's jobs apart (accuracies of different data
+    do not compare: 2 options against 5)."""
     import yaml
+
+    from .parent import job_part
 
     table = []
     for row in rows:
@@ -241,16 +244,24 @@ def ranking(rows: list[dict], top: int = 20) -> str:
         overrides_path = folder / ".hydra" / "overrides.yaml"
         overrides = yaml.safe_load(overrides_path.read_text()) if overrides_path.exists() else []
         table.append((m.get("val_accuracy", float("nan")), m.get("accuracy", float("nan")),
-                      m.get("train_seconds", float("nan")), row["job"], " ".join(overrides or [])))  # fmt: skip
+                      m.get("train_seconds", float("nan")), row["job"], " ".join(overrides or []),
+                      job_part(row)))  # fmt: skip
     if not table:
         return ""
     common = set.intersection(*(set(t[4].split(" ")) for t in table)) if len(table) > 1 else set()
-    table = [(*t[:4], " ".join(o for o in t[4].split(" ") if o not in common)) for t in table]
+    table = [(*t[:4], " ".join(o for o in t[4].split(" ") if o not in common), t[5]) for t in table]
+    parts = list(dict.fromkeys(t[5] for t in table))  # in the sweep's order
     table.sort(key=lambda t: (-(t[0] if t[0] == t[0] else -1), -(t[1] if t[1] == t[1] else -1)))
-    lines = [f"jobs ranked by validation accuracy (test beside it, not used to choose); top {min(top, len(table))}:",
-             f"  {'job':>4} {'val':>6} {'test':>6} {'train_s':>8}  overrides"]  # fmt: skip
-    for val, test, seconds, job, overrides in table[:top]:
-        lines.append(f"  {job:>4} {100 * val:>5.1f}% {100 * test:>5.1f}% {seconds:>8.0f}  {overrides}")
+    apart = len(parts) > 1
+    heading = "jobs ranked by validation accuracy" + (" within each dataset" if apart else "")
+    lines = [f"{heading} (test beside it, not used to choose); top {min(top, len(table))}"
+             + (" of each:" if apart else ":")]  # fmt: skip
+    for part in parts:
+        if apart:
+            lines.append(f"  data={part}:")
+        lines.append(f"  {'job':>4} {'val':>6} {'test':>6} {'train_s':>8}  overrides")
+        for val, test, seconds, job, overrides, _ in [t for t in table if t[5] == part][:top]:
+            lines.append(f"  {job:>4} {100 * val:>5.1f}% {100 * test:>5.1f}% {seconds:>8.0f}  {overrides}")
     return "\n".join(lines)
 
 

@@ -38,6 +38,7 @@ class Task:
     family: str = LABEL
     display: str = ""
     val_metrics: tuple[str, ...] = ("accuracy",)  # logged again on the validation split as val_<name>
+    f1_name: str = "F1"  # what its `f1` metric is (binary F1 of Yes; macro-F1 over k labels)
 
     def __init__(self, tcfg):
         self.cfg = tcfg

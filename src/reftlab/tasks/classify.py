@@ -65,6 +65,7 @@ def label_metrics(labels: list[str], truth, scores: np.ndarray) -> dict:
 class Classify(Task):
     names = ("classify",)
     family = LABEL
+    f1_name = "macro-F1"
     display = "labels"
     val_metrics = ("accuracy", "f1", "log_loss", "roc_auc")
 

@@ -192,3 +192,8 @@ def mlflow_model_name_problem(name: str) -> str | None:
     except Exception as e:
         return str(getattr(e, "message", e))
     return None
+
+
+def base_model(model):
+    """The causal LM under a peft model (whose adapters sit inside its modules), or the model itself."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model

@@ -58,7 +58,8 @@ def run(cfg, output_dir: Path | None = None) -> dict:
     tracking.write_atomic(output_dir / "config.yaml", tracking.redact(OmegaConf.to_yaml(resolved)))
     experiment_id = tracking.setup(cfg.mlflow)
     method = method_of(cfg)
-    key = job_key(cfg, method, resolved)
+    unused = method.unused(cfg) if method else {}  # neither recorded nor part of the job's identity
+    key = job_key(cfg, method, resolved, unused)
     # one job per key at a time on this machine: a parallel twin waits, then finds it FINISHED
     with run_lock(f"{experiment_id}-{key}"):  # in a private per-user folder, never through a link
         close_dead_twins(experiment_id, key, tracking.tracking_uri(cfg.mlflow.get("tracking_uri")))
@@ -68,13 +69,13 @@ def run(cfg, output_dir: Path | None = None) -> dict:
                      previous.info.run_id)  # fmt: skip
             tracking.write_status(output_dir, "skipped", run_id=previous.info.run_id)
             return dict(previous.data.metrics)
-        return record(cfg, method, resolved, key, output_dir)
+        return record(cfg, method, resolved, key, output_dir, unused)
 
 
-def job_key(cfg, method, resolved: dict) -> str:
+def job_key(cfg, method, resolved: dict, unused: dict) -> str:
     """The job's identity for resume: its resolved config without the settings its method does not
-    apply to its task (`Method.unused`: not recorded either), and what `identity.identity` adds."""
-    unused = method.unused(cfg) if method else {}
+    apply to its task (`unused`, `Method.unused`: not recorded either), and what `identity.identity`
+    adds."""
     applied = identity.without(resolved, lambda k: k in unused)
     return identity.config_hash(applied, method.trains if method else True, identity.identity(cfg))
 
@@ -99,7 +100,7 @@ def close_dead_twins(experiment_id: str, key: str, uri: str) -> None:
             mark_killed(row, uri)
 
 
-def record(cfg, method, resolved: dict, key: str, output_dir: Path) -> dict:
+def record(cfg, method, resolved: dict, key: str, output_dir: Path, unused: dict | None = None) -> dict:
     """The MLflow run of one job: tags, params, config, then `execute`; FAILED/KILLED on errors."""
     import mlflow
 
@@ -122,7 +123,7 @@ def record(cfg, method, resolved: dict, key: str, output_dir: Path) -> dict:
                 **{f"version.{k}": v for k, v in versions.items()},
             }
         )
-        unused = method.unused(cfg) if method else {}
+        unused = unused or {}
         mlflow.log_params({k: v for k, v in tracking.flatten(resolved).items() if k not in unused})
         if unused:
             mlflow.set_tag("unused_settings", "; ".join(f"{k}: {why}" for k, why in unused.items()))

@@ -244,7 +244,8 @@ def test_a_setting_a_method_does_not_apply_is_no_part_of_the_jobs_identity():
 
     def key(*overrides):
         cfg = compose("intervention=none", *overrides)
-        return job_key(cfg, methods.get("none"), OmegaConf.to_container(cfg, resolve=True))
+        method = methods.get("none")
+        return job_key(cfg, method, OmegaConf.to_container(cfg, resolve=True), method.unused(cfg))
 
     assert key("intervention.hint=a") != key("intervention.hint=b")
     assert key("task=choice", "data=arc_easy", "intervention.hint=a") == key(

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .. import hf_compat
 from .loop import answer_targets, left_pad
 from .loop import score as score_prompts
 from .loop import train as train_loop
@@ -109,14 +110,9 @@ def continues_from_keys(ctx) -> bool:
     its continuations run as whole sequences."""
     if not getattr(ctx.method, "continues_from_keys", False):
         return False
-    base = base_model(ctx.model)
+    base = hf_compat.base_model(ctx.model)
     layers = getattr(getattr(base, "model", None), "layers", None)
     return bool(layers) and type(layers[0]).__name__ in SUPPORTED and hasattr(base, "lm_head")
-
-
-def base_model(trained):
-    """The causal LM under a peft model (whose adapters sit inside its modules), or the model itself."""
-    return trained.get_base_model() if hasattr(trained, "get_base_model") else trained
 
 
 class Stock(Strategy):
@@ -181,11 +177,12 @@ class Stock(Strategy):
         only where a token is predicted (`suffix.continuation_sums`)."""
         from tqdm.auto import tqdm
 
-        from .. import hf_compat
         from .loop import check_batch_size
 
         ctx, batch_size = self.ctx, check_batch_size(batch_size)
-        base = base_model(ctx.model)  # the continuations run through it (LoRA's adapters sit inside it)
+        base = hf_compat.base_model(
+            ctx.model
+        )  # the continuations run through it (LoRA's adapters sit inside it)
         body, cache_arg = base.model, hf_compat.cache_kwarg(base.model.forward)
         n = 1  # the suffix of a prompt here: its last token, then its continuations' tree
         out = [np.zeros(len(c)) for c in continuations]

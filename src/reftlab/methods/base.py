@@ -123,7 +123,9 @@ class LanguageModelMethod(Method):
         """The final hidden state [B, 1, H] of each prompt's last token of a left-padded batch (`enc`),
         the prompts' keys and values left in `kv_cache`: the continuations of each prompt run on from
         them through the frozen model (`engine.strategies.Stock.loglik_from_keys`)."""
-        body = (trained.get_base_model() if hasattr(trained, "get_base_model") else trained).model
+        from .. import hf_compat
+
+        body = hf_compat.base_model(trained).model
         return body(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], position_ids=enc["position_ids"],
                     use_cache=True, **{cache_arg: kv_cache}).last_hidden_state[:, -1:]  # fmt: skip
 

@@ -164,7 +164,11 @@ def execute(cfg, output_dir: Path, key: str = "") -> tuple[dict, list[str]]:
     task = job.task  # checked against the data before any model loads
     outcome = method.run(job)  # the trained weights are on disk
     results.check_scores(task, outcome.scores, cfg)
-    metrics = {**results.split_metrics(task, prepared, outcome.scores), **outcome.metrics}
+    metrics = {
+        **results.split_metrics(task, prepared, outcome.scores),
+        **outcome.metrics,
+        **task.run_metrics(),
+    }
     notes = results.judge(prepared, task.judged_labels())
     tags = dict(outcome.tags)
     if notes:

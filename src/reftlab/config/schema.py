@@ -131,6 +131,22 @@ class ChoiceData(Data):
 
 
 @dataclass
+class ArithmeticData(Data):
+    """Questions with worked solutions and gold answers (data=gsm8k; MAWPS and AQuA as test files)."""
+
+    name: str = "gsm8k"
+    recipe: str = "arithmetic"
+    split: str = "random"
+    test_path: str | None = None  # the test file, kept as given (null: data.eval_fraction of data.path)
+    test_format: str | None = (
+        None  # gsm8k | llm_adapters (null: by the file's name: .jsonl gsm8k, .json llm_adapters)
+    )
+    calculator_notes: bool = False  # keep GSM8K's <<48/2=24>> notes in the targets (false: removed)
+    answer_line: str = "The answer is {answer}."  # how a target ends (GSM8K's "#### 72" becomes this)
+    extractor: str | None = "last_number"  # what reads its answers (task.extractor overrides)
+
+
+@dataclass
 class YesNoTask:
     name: str = "yes_no"
 
@@ -144,11 +160,33 @@ class ClassifyTask:
 @dataclass
 class ChoiceTask:
     name: str = "choice"
+    generate: bool = True  # also the ReFT paper's score by generation (gen_accuracy)
+    max_new_tokens: int = 32  # the paper's for commonsense
+
+
+@dataclass
+class GenerateTask:
+    name: str = "generate"
+    extractor: str | None = None  # last_number | letter | keyword | exact | regex (null: the data's)
+    keywords: list[str] | None = None  # extractor=keyword: the answers to look for
+    pattern: str | None = None  # extractor=regex: a regular expression (its first group is the answer)
+    max_new_tokens: int = 256
+    max_target_tokens: int = 512  # a longer training target is cut (counted: truncated_targets)
+    do_sample: bool = False  # greedy unless true
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None  # sampling seed (null: the run's seed)
 
 
 SCHEMAS = {
-    "task": {"yes_no": YesNoTask, "classify": ClassifyTask, "choice": ChoiceTask},
-    "data": {"table": TableData, "persuasion": PersuasionData, "choice": ChoiceData},
+    "task": {"yes_no": YesNoTask, "classify": ClassifyTask, "choice": ChoiceTask, "generate": GenerateTask},
+    "data": {
+        "table": TableData,
+        "persuasion": PersuasionData,
+        "choice": ChoiceData,
+        "arithmetic": ArithmeticData,
+    },
     "trainer": {"default": Trainer},
     "intervention": {"reft": Reft, "lora": Lora, "zero_shot": ZeroShot, "tfidf": Tfidf},
 }

@@ -80,10 +80,11 @@ class Prepared:
         return hashlib.sha256(self.full[["text", "label"]].to_csv(index=False).encode()).hexdigest()[:16]
 
     def version(self) -> str:
-        """Content hash of the train, validation and test rows (text, label): what the run saw."""
+        """Content hash of the train, validation and test rows (text, label, and the target a generated
+        answer is trained on where the data has one): what the run saw."""
         h = hashlib.sha256()
         for part in (self.train, self.eval) + ((self.val,) if len(self.val) else ()):
-            h.update(part[["text", "label"]].to_csv(index=False).encode())
+            h.update(part[[c for c in ("text", "label", "target") if c in part]].to_csv(index=False).encode())
         return h.hexdigest()[:16]
 
 
@@ -569,7 +570,52 @@ def choice_recipe(cfg) -> Prepared:
     return Prepared(cfg.name, full, train, eval_, info, val)
 
 
-RECIPES = {"table": table_recipe, "persuasion": persuasion_recipe, "choice": choice_recipe}
+def arithmetic_recipe(cfg) -> Prepared:
+    """Word problems with worked solutions (data/arithmetic.py reads the files): `data.test_path` is
+    the test part as given (GSM8K's test file, or a transfer set: MAWPS, AQuA), the validation split is
+    drawn at random from the training file; without it the test part is `data.eval_fraction` of the
+    rows. A question in both files stays in the test file."""
+    from . import arithmetic
+
+    if cfg.get("folds") is not None:
+        raise DataError(f"data.folds={cfg.folds} is not supported by the arithmetic recipe (data={cfg.name}): "
+                        "its test part is a file of its own; set data.folds=null")  # fmt: skip
+    if cfg.split != "random":
+        raise DataError(
+            f"data.split={cfg.split!r} is not valid for data={cfg.name}: choose one of ['random']"
+        )
+    train = arithmetic.read(cfg, cfg.path, "data.path", cfg.get("format"))
+    given = cfg.get("test_path") is not None
+    test = (
+        arithmetic.read(cfg, cfg.test_path, "data.test_path", cfg.get("test_format"))
+        if given
+        else train.iloc[:0]
+    )
+    pooled = pd.concat([test.assign(given="test"), train.assign(given="train")], ignore_index=True)
+    copies = pooled["text"].duplicated(keep="first")  # the test file's copy stays
+    full = pooled[~copies]
+    full = pd.concat([full[full["given"] == "train"], full[full["given"] == "test"]], ignore_index=True)
+    full = full.assign(group=range(len(full)))
+    note = f" ({int(copies.sum())} repeated questions dropped)" if copies.any() else ""
+
+    def splitter(df, fraction, part):
+        return random_split(df, fraction, cfg.split_seed, part, note)
+
+    if given:
+        train, eval_ = full[full["given"] == "train"], full[full["given"] == "test"]
+    else:
+        train, eval_ = splitter(full, float(cfg.eval_fraction), "test")
+    train, val = carve_val(train, cfg, splitter)
+    info = {"source": str(cfg.path), **({"test_source": str(cfg.test_path)} if given else {}), "split": cfg.split,
+            "read": {"train": int((pooled["given"] == "train").sum()), **({"test": len(test)} if given else {})},
+            "duplicates_removed": int(copies.sum()), "calculator_notes": bool(cfg.get("calculator_notes", False)),
+            "answer_line": cfg.get("answer_line")}  # fmt: skip
+    full, train, eval_, val = (df.drop(columns="given") for df in (full, train, eval_, val))
+    return Prepared(cfg.name, full, train, eval_, info, val)
+
+
+RECIPES = {"table": table_recipe, "persuasion": persuasion_recipe, "choice": choice_recipe,
+           "arithmetic": arithmetic_recipe}  # fmt: skip
 
 
 def prepare(cfg, caps: bool = True) -> Prepared:
@@ -619,7 +665,7 @@ def described_settings(cfg) -> dict:
 
 
 def apply_caps(prepared: Prepared, cfg) -> Prepared:
-    balanced = cfg.recipe != "choice"
+    balanced = cfg.recipe not in ("choice", "arithmetic")  # answers are not classes to balance
     for part in ("train", "eval", "val"):
         capped = cap(getattr(prepared, part), cfg.get(f"max_{part}"), cfg.split_seed, balanced)
         setattr(prepared, part, capped.reset_index(drop=True))
@@ -632,6 +678,8 @@ def apply_caps(prepared: Prepared, cfg) -> Prepared:
 def counts(df: pd.DataFrame, labels: list[str] | None = None) -> str:
     """'N rows (a Yes / b No)'; with the data's `labels` (k classes, option keys) the count of each."""
     c = df["label"].value_counts()
+    if labels == []:  # answers, not classes
+        return f"{len(df)} rows"
     if labels is None:
         return f"{len(df)} rows ({c.get(YES, 0)} Yes / {c.get(NO, 0)} No)"
     return f"{len(df)} rows ({' / '.join(f'{c.get(label, 0)} {label}' for label in labels)})"
@@ -640,6 +688,8 @@ def counts(df: pd.DataFrame, labels: list[str] | None = None) -> str:
 def counted_labels(prepared: Prepared) -> list[str] | None:
     """The labels the README counts: None for Yes/No data (counted as Yes / No), else every label of
     the data, sorted."""
+    if "target" in prepared.full:  # generated answers: no label set to count
+        return []
     found = sorted(str(x) for x in prepared.full["label"].unique())
     return None if set(found) <= {YES, NO} else found
 
@@ -649,6 +699,11 @@ def labels_line(info: dict) -> str:
     or the columns whose values are kept as labels, or a multiple-choice question's option keys."""
     if info.get("recipe") == "choice":
         return choice.labels_line(info)
+    if info.get("recipe") == "arithmetic":
+        notes = "kept" if info.get("calculator_notes") else "removed"
+        return (f"- Answers: `label` is each question's gold answer (a number, or a letter A-E), `target` the worked "
+                f"solution trained on (GSM8K's calculator notes {notes}; its `####` line written as "
+                f"{info.get('answer_line')!r}); a test file without solutions has empty targets.")  # fmt: skip
     column = info.get("label_column", "label")
     if info.get("labels") is not None:
         named = (" + ".join(f"`{c}`" for c in column) + " (joined with a space)" if isinstance(column, list)

@@ -90,6 +90,15 @@ class Engine:
         self.eval_info = info or self.eval_info
         return found
 
+    def generate(self, prompts, decoding, batch_size: int | None = None, on_tokens=None):
+        """The tokens the trained model generates after each prompt, the intervention on the prompt
+        only (`generate.generate`); a fused member generates with its own adopted weights."""
+        from .generate import generate
+
+        return generate(
+            self.ctx, prompts, decoding, batch_size or self.ctx.trainer.eval_batch_size, on_tokens
+        )
+
     def from_group(self, kind: str, prompts, *request):
         """This job's answer to a scoring request from its fused group's pass over the same request
         (`fused.GroupScorer`), or None."""
@@ -130,6 +139,11 @@ class StockScorer:
 
     def loglik(self, prompts, continuations, batch_size: int = 16):
         return self.stock.loglik(prompts, continuations, batch_size)[0]
+
+    def generate(self, prompts, decoding, batch_size: int = 16, on_tokens=None):
+        from .generate import generate
+
+        return generate(self.stock.ctx, prompts, decoding, batch_size, on_tokens)
 
 
 def score(trained, method, spec, prompts, yes_id: int, no_id: int, pad_id: int, device="cpu", batch_size: int = 16,

@@ -97,6 +97,8 @@ class Method:
 class LanguageModelMethod(Method):
     """Train something small on the frozen language model, evaluate it as its task scores answers."""
 
+    families = ("label", "choice", "generate")  # a language model also writes answers
+
     # its stock forward is the model's own (`logits` below): a prompt's keys/values serve each of its
     # continuations (a method that places interventions by sequence positions sets False)
     continues_from_keys = True

@@ -140,9 +140,9 @@ def test_correct(run_id: str) -> pd.Series | None:
                 path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="predictions.parquet")
             rows = pd.read_parquet(path)
             test = rows[rows["split"] == "test"]
-            right = pd.Series(
-                (test["prediction"] == test["label"]).astype(int).to_numpy(), index=test["text"]
-            )
+            # a generated answer's own verdict (numbers equal within 1e-3); else prediction == label
+            verdict = test["correct"] if "correct" in test else test["prediction"] == test["label"]
+            right = pd.Series(verdict.astype(int).to_numpy(), index=test["text"])
             _CORRECT[run_id] = right[~right.index.duplicated()]
         except Exception:  # no such artifact (an older run, a fake one), or unreadable: no pairing
             _CORRECT[run_id] = None

@@ -4,7 +4,8 @@ names (`task.name` in the config picks it), one module and one YAML in conf/task
 - `yes_no` (the default): a Yes or a No after a chat prompt, scored as logit(Yes) - logit(No);
 - `classify`: any label set, scored by the log-likelihood of each label's whole answer;
 - `choice`: multiple choice, each example with its own options, scored as the ReFT paper trains it
-  and as the evaluation harness scores it.
+  and as the evaluation harness scores it;
+- `generate`: a generated answer (a worked solution) read by an extractor and scored by exact match.
 
 `chat.py` makes the chat prompts, `results.py` turns any task's scores into a run's results.
 """
@@ -12,15 +13,15 @@ names (`task.name` in the config picks it), one module and one YAML in conf/task
 from __future__ import annotations
 
 from ..plugins import Registry
-from .base import CHOICE, LABEL, Task
+from .base import CHOICE, GENERATE, LABEL, Task
 
-BUILTIN = ("reftlab.tasks.yes_no", "reftlab.tasks.classify", "reftlab.tasks.choice")
+BUILTIN = ("reftlab.tasks.yes_no", "reftlab.tasks.classify", "reftlab.tasks.choice", "reftlab.tasks.generate")
 _PLUGINS = Registry(BUILTIN)
 REGISTRY: dict[str, type[Task]] = _PLUGINS.classes
 register = _PLUGINS.register
 names = _PLUGINS.names
 
-__all__ = ["CHOICE", "LABEL", "REGISTRY", "Task", "get", "names", "of", "register"]
+__all__ = ["CHOICE", "GENERATE", "LABEL", "REGISTRY", "Task", "get", "names", "of", "register"]
 
 
 def get(tcfg) -> Task:
@@ -36,5 +37,7 @@ def get(tcfg) -> Task:
 
 
 def of(cfg) -> Task:
-    """The task of a composed config."""
-    return get(cfg.get("task"))
+    """The task of a composed config (told the run's settings: `Task.bind`)."""
+    task = get(cfg.get("task"))
+    task.bind(cfg)
+    return task

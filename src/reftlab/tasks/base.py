@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-LABEL, CHOICE = "label", "choice"  # families: a label from a fixed set, or one of each example's options
+LABEL, CHOICE, GENERATE = "label", "choice", "generate"  # families: a label from a fixed set, one of each
+# example's options, or a generated answer
 
 
 def take(scores, rows):
@@ -46,6 +47,9 @@ class Task:
     def saved(self) -> dict:
         """What a saved model keeps of its task (`reft_settings.json`), to answer as it was trained."""
         return {"name": self.names[0]}
+
+    def bind(self, cfg) -> None:
+        """What the task takes from the run's other settings (a generated answer's extractor and seed)."""
 
     def check(self, cfg) -> None:
         """Settings checks before any data is read (a ConfigError naming the value and the choices)."""
@@ -82,6 +86,14 @@ class Task:
     def table(self, frame, scores):
         """`frame` with each row's scores, probabilities and prediction (predictions.parquet)."""
         raise NotImplementedError
+
+    def run_metrics(self) -> dict:
+        """Metrics of the run's scoring as a whole (tokens per second of a decoding), after `score`."""
+        return {}
+
+    def sample(self, table):
+        """A few predictions to show as an MLflow table (None: none beside predictions.parquet)."""
+        return None
 
     def figures(self, prepared, scores) -> list[tuple[str, object]]:
         """(artifact file, matplotlib figure) pairs of the run."""

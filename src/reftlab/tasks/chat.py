@@ -11,6 +11,7 @@ what the template puts after the prompt when the assistant says it (its end-of-t
 from __future__ import annotations
 
 PLACEHOLDER = "\u2063TEXT\u2063"
+SAID = "\u2063SAID\u2063"  # where an answer's own text goes in the assistant's turn
 FALLBACK_TEMPLATE = "{system}\n\n{text}\nAnswer:"
 YES, NO = "Yes", "No"
 
@@ -31,9 +32,11 @@ class PromptBuilder:
         if tokenizer.chat_template:
             prompt = self._render(PLACEHOLDER, None)
             said = {a: self._render(PLACEHOLDER, a)[len(prompt) :] for a in answers}
+            self.turn = tuple(self._render(PLACEHOLDER, SAID)[len(prompt) :].split(SAID))
         else:
             prompt = FALLBACK_TEMPLATE.format(system=system_prompt, text=PLACEHOLDER)
             said = {a: f" {a}{tokenizer.eos_token}" for a in answers}
+            self.turn = (" ", tokenizer.eos_token or "")
         before, after = prompt.split(PLACEHOLDER)
         self.before = self._ids(before)
         self.after = self._ids(after)
@@ -60,6 +63,24 @@ class PromptBuilder:
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def said(self, texts) -> list[list[int]]:
+        """The token ids of each text as the assistant's whole answer (its end-of-turn included)."""
+        before, after = self.turn
+        texts = list(texts)
+        return (
+            self.tokenizer([before + str(t) + after for t in texts], add_special_tokens=False)["input_ids"]
+            if texts
+            else []
+        )
+
+    @property
+    def stop_ids(self) -> tuple[int, ...]:
+        """What ends the assistant's answer when it generates: its end-of-turn token (the first token
+        after an answer's text) and the end-of-sequence token."""
+        ends = self._ids(self.turn[1]) if self.turn[1] else []
+        eos = self.tokenizer.eos_token_id
+        return tuple(sorted({*ends[:1], *([eos] if eos is not None else [])}))
 
     @property
     def tails(self) -> list[list[int]]:

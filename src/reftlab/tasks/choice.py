@@ -9,7 +9,10 @@ logged:
   is <key>"; the prediction is the key whose whole answer has the highest log-likelihood;
 - as EleutherAI's evaluation harness scores it (`acc`, `acc_norm`): the log-likelihood of each
   option's text (" <option>") after "Question: <question>\\nAnswer:", without a chat template, the
-  highest wins; `acc_norm` divides it by the continuation's length in characters first.
+  highest wins; `acc_norm` divides it by the continuation's length in characters first;
+- as the ReFT paper reports it (`gen_accuracy`, with `task.generate`): the model generates after the
+  chat prompt (greedy, `task.max_new_tokens`, the intervention on the prompt only); the first key
+  in the text after "the correct answer is " (the whole text where that is missing) is its answer.
 
 The chance rate is the mean of 1/options.
 """
@@ -71,7 +74,7 @@ class Choice(Task):
     names = ("choice",)
     family = CHOICE
     display = "multiple choice"
-    val_metrics = ("accuracy", "acc", "acc_norm")
+    val_metrics = ("accuracy", "acc", "acc_norm", "gen_accuracy")
 
     def __init__(self, tcfg):
         super().__init__(tcfg)
@@ -123,11 +126,28 @@ class Choice(Task):
         harness = scorer.loglik([p for p, _ in asked], [c for _, c in asked], batch_size) if asked else []
         width = max((len(k) for k in frame["keys"]), default=2)
         chars = [[len(" " + str(o)) for o in options] for options in frame["options"]]
-        return {
+        out = {
             "keyword": padded(keyword, width),
             "harness": padded(harness, width),
             "chars": padded(chars, width),
         }
+        if self.cfg is not None and self.cfg.get("generate") and hasattr(scorer, "generate") and prompts:
+            from .generate import decoding
+
+            found = scorer.generate(prompts, decoding({"max_new_tokens": self.cfg.get("max_new_tokens", 32)},
+                                                      builder.stop_ids), batch_size)  # fmt: skip
+            out["generated"] = np.asarray(builder.tokenizer.batch_decode(found.tokens, skip_special_tokens=True),
+                                          dtype=object)  # fmt: skip
+        return out
+
+    def generated_keys(self, scores) -> list[str | None]:
+        """The key each generated answer names: the first key after "the correct answer is " (the
+        whole text where it does not say that), as the ReFT paper reads its commonsense answers."""
+        from .extract import Extractor
+
+        lead = KEYWORD.split("{key}")[0]
+        find = Extractor("keyword", self.keys)
+        return [find(t.split(lead, 1)[1] if lead in t else t) for t in scores["generated"]]
 
     def predicted(self, frame, scores) -> dict[str, np.ndarray]:
         """Each row's chosen option (its index) by each scoring."""
@@ -140,12 +160,19 @@ class Choice(Task):
         )
         chosen = self.predicted(frame, scores)
         n = max(len(right), 1)
-        return {
+        out = {
             "accuracy": float((chosen["keyword"] == right).sum() / n),
             "acc": float((chosen["harness"] == right).sum() / n),
             "acc_norm": float((chosen["norm"] == right).sum() / n),
             "chance": float(np.mean([1 / len(o) for o in frame["options"]])) if len(frame) else float("nan"),
         }
+        if "generated" in scores:
+            named = self.generated_keys(scores)
+            out["gen_accuracy"] = float(
+                sum(k == str(lab) for k, lab in zip(named, frame["label"], strict=True)) / n
+            )
+            out["gen_no_answer_rate"] = float(sum(k is None for k in named) / n)
+        return out
 
     def finite(self, scores) -> np.ndarray:
         ok = np.ones(len(scores["keyword"]), dtype=bool)
@@ -165,7 +192,9 @@ class Choice(Task):
             probabilities=probs,
             loglik_keyword=[row[~np.isnan(row)] for row in scores["keyword"]],
             loglik_harness=[row[~np.isnan(row)] for row in scores["harness"]],
-        )
+            **({"generated": list(scores["generated"]), "prediction_gen": [k or "" for k in self.generated_keys(scores)]}
+               if "generated" in scores else {}),
+        )  # fmt: skip
 
     def served_inputs(self) -> list[tuple[str, str, bool]]:
         return [("question", "string", True), ("options", "list[string]", True),

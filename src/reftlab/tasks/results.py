@@ -83,9 +83,13 @@ def save_predictions(task, prepared, scores, output_dir: Path) -> None:
         [prepared.val.assign(split="val"), prepared.eval.assign(split="test")], ignore_index=True
     )
     tmp = output_dir / f".predictions.parquet.tmp{os.getpid()}"
-    task.table(rows, scores).to_parquet(tmp, index=False)
+    table = task.table(rows, scores)
+    table.to_parquet(tmp, index=False)
     tmp.replace(output_dir / "predictions.parquet")
     mlflow.log_artifact(str(output_dir / "predictions.parquet"))
+    sample = task.sample(table)
+    if sample is not None:  # viewable in the run's Artifacts tab (and Evaluation tables)
+        mlflow.log_table(data=sample.reset_index(drop=True), artifact_file="predictions_sample.json")
 
 
 def log_figures(task, prepared, scores) -> None:

@@ -34,7 +34,8 @@ def check_data(dcfg, task: str | None = None) -> None:
 
 def check_feeds(dcfg, task: str) -> None:
     """Whether the data settings can feed `task`: multiple-choice data (data.recipe=choice) feeds
-    task=choice only and task=choice needs it; task=yes_no needs the labels mapped to Yes/No, so a
+    task=choice only and task=choice needs it; word problems with solutions (data.recipe=arithmetic)
+    feed task=generate only and it needs them; task=yes_no needs the labels mapped to Yes/No, so a
     table with `data.positive_label=null` (its labels kept as they are) is for task=classify."""
     choice_data = dcfg.recipe == "choice"
     if choice_data and task != "choice":
@@ -48,6 +49,14 @@ def check_feeds(dcfg, task: str) -> None:
             f"your own with options); data={dcfg.name} (data.recipe={dcfg.recipe}) has labels: use task=yes_no "
             "or task=classify"
         )
+    arithmetic = dcfg.recipe == "arithmetic"
+    if arithmetic != (task == "generate"):
+        if arithmetic:
+            raise ConfigError(f"task={task} cannot use data={dcfg.name}: its questions are answered by writing a "
+                              "solution (data.recipe=arithmetic); run it with task=generate")  # fmt: skip
+        raise ConfigError(f"task=generate needs data with target texts to train on (data.recipe=arithmetic: "
+                          f"data=gsm8k, data=mawps, data=aqua); data={dcfg.name} (data.recipe={dcfg.recipe}) has "
+                          "labels: use task=yes_no, task=classify or task=choice")  # fmt: skip
     if task == "yes_no" and dcfg.recipe == "table" and dcfg.get("positive_label", "Yes") is None:
         raise ConfigError(
             f"data.positive_label=null keeps the labels of data={dcfg.name} as they are (k classes), which "

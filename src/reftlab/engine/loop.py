@@ -67,21 +67,41 @@ def answer_targets(answers: list[list[int]], width: int, right: bool) -> torch.T
     return targets
 
 
+CHUNK = 1024  # answer tokens whose logits are materialised at once (49,152 x 1,024 fp32 = 201 MB)
+
+
 def answer_loss(head, h, targets) -> torch.Tensor:
     """Cross-entropy [B, K] of each answer token (`targets` [B, K], -100 where none: 0 there) from
     final hidden states `h` [B, K, H] through the output layer `head` (a bias-free linear), as
-    F.cross_entropy(head(h)) computes it, but with the logits laid out [vocab, rows] (W @ h^T):
-    on a CPU that product runs ~1.8x faster than h @ W^T for the few rows a step has (measured
-    here: 61 against 108 GFLOP/s for 96 rows of 49,152 logits), and its backward is faster too."""
-    rows = h.reshape(-1, h.shape[-1])
-    logits = torch.mm(head.weight, rows.T).float()  # [vocab, rows], contiguous: no strided CE
-    if head.bias is not None:
-        logits = logits + head.bias.float()[:, None]
-    t = targets.reshape(-1).to(logits.device)
-    valid = t != -100
-    picked = logits.gather(0, t.clamp(min=0)[None]).squeeze(0)
-    ce = torch.where(valid, torch.logsumexp(logits, dim=0) - picked, 0.0)
+    F.cross_entropy(head(h)) computes it, on the answer tokens only and `CHUNK` of them at a time:
+    a long target (a worked solution of hundreds of tokens) never has its full-vocabulary logits
+    all in memory at once; with more than one chunk each chunk's logits are recomputed in the
+    backward pass (activation checkpointing) instead of kept. The logits are laid out [vocab, rows]
+    (W @ h^T): on a CPU that product runs ~1.8x faster than h @ W^T for the few rows a step has
+    (measured here: 61 against 108 GFLOP/s for 96 rows of 49,152 logits), and its backward is
+    faster too."""
+    t = targets.reshape(-1).to(h.device)
+    where = (t != -100).nonzero()[:, 0]
+    rows, picked = h.reshape(-1, h.shape[-1])[where], t[where]
+    bias = head.bias
+    if len(where) <= CHUNK:
+        parts = [token_loss(head.weight, bias, rows, picked)]
+    else:
+        from torch.utils.checkpoint import checkpoint
+
+        parts = [checkpoint(token_loss, head.weight, bias, rows[i : i + CHUNK], picked[i : i + CHUNK], use_reentrant=False)
+                 for i in range(0, len(where), CHUNK)]  # fmt: skip
+    ce = torch.zeros(t.shape, dtype=torch.float32, device=h.device)
+    ce = ce.index_put((where,), torch.cat(parts)) if len(where) else ce
     return ce.view(targets.shape)
+
+
+def token_loss(weight, bias, rows, picked) -> torch.Tensor:
+    """Cross-entropy of each row of final hidden states `rows` [N, H] against its target token."""
+    logits = torch.mm(weight, rows.T).float()  # [vocab, rows], contiguous: no strided CE
+    if bias is not None:
+        logits = logits + bias.float()[:, None]
+    return torch.logsumexp(logits, dim=0) - logits.gather(0, picked[None]).squeeze(0)
 
 
 def step_means(ce, targets, groups, denominator):

@@ -140,3 +140,29 @@ def test_a_loreft_intervention_gets_the_fast_orthogonal_map(tiny):
     )
     (iv,) = reft.interventions(trained)
     assert type(iv.rotate_layer.parametrizations.weight[0]).__name__ == "FastOrthogonal"
+
+
+def test_outputs_of_collects_a_modules_outputs_through_pyvenes_hook_clearing(tiny):
+    """Generation reads the prompt pass's final norm output through pyreft (which removes every
+    forward hook on each call); the wrapper collects it, equals the body's last hidden state, and the
+    module is left as it was."""
+    from reftlab import reft
+
+    model, _ = tiny
+    trained = reft.build(model, {"method": "loreft", "layer": 1, "component": "block_output", "rank": 2,
+                                 "positions": "l1", "share_weights": False, "dropout": 0.0})  # fmt: skip
+    with torch.no_grad():
+        for iv in reft.interventions(trained):
+            iv.learned_source.weight.copy_(iv.rotate_layer.weight.T)  # identity: the frozen model's states
+            iv.learned_source.bias.zero_()
+    ids = torch.arange(5, 12)[None]
+    norm = model.model.norm
+    with torch.no_grad(), hf_compat.outputs_of(norm) as captured:
+        trained(
+            {"input_ids": ids, "attention_mask": torch.ones_like(ids)},
+            unit_locations={"sources->base": (None, [[[6]]])},
+        )
+    assert len(captured) == 1 and "forward" not in vars(norm)
+    with torch.no_grad():
+        want = model.model(input_ids=ids).last_hidden_state
+    torch.testing.assert_close(captured[0], want, rtol=1e-5, atol=1e-5)

@@ -23,6 +23,21 @@ def pyreft():
     return module
 
 
+@contextlib.contextmanager
+def outputs_of(module):
+    """Context: a list that collects what `module` returns each time it runs inside. A forward hook
+    would not do through pyreft: pyvene (0.1.8) removes every forward hook of the model on each
+    intervened forward, recorders' included; so the module's forward is wrapped on the instance and
+    the class's forward restored after. Generation reads the prompt pass's final norm output this way
+    (`methods.reft.ReftMethod.prompt_states`)."""
+    captured, forward = [], module.forward
+    module.forward = lambda *args, **kwargs: captured.append(forward(*args, **kwargs)) or captured[-1]
+    try:
+        yield captured
+    finally:
+        del module.forward  # the class's forward again
+
+
 def cache_kwarg(forward) -> str:
     """The keyword a decoder layer's / model's forward takes its KV cache by: `cache` in
     transformers 5.24, `past_key_values` in 4.x."""

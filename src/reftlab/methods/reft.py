@@ -89,17 +89,13 @@ class ReftMethod(LanguageModelMethod):
         its keys/values kept in `kv_cache`."""
         from ..spec import unit_locations
 
+        from .. import hf_compat
+
         base = {key: value for key, value in enc.items() if key != "starts"}
-        # the body's final norm's output is its last_hidden_state; read it from the norm's own forward
-        # (pyvene clears the modules' forward hooks on each call, hidden-state recorders' included)
-        norm, captured = trained.model.model.norm, []
-        forward = norm.forward
-        norm.forward = lambda *args, **kwargs: captured.append(forward(*args, **kwargs)) or captured[-1]
-        try:
+        # the body's final norm's output is its last_hidden_state (generation continues from it)
+        with hf_compat.outputs_of(trained.model.model.norm) as captured:
             trained({**base, "use_cache": True, cache_arg: kv_cache, "logits_to_keep": 1},
                     unit_locations=unit_locations(spec, prompt_lens, enc["starts"]))  # fmt: skip
-        finally:
-            del norm.forward  # the class's forward again
         return captured[-1][:, -1:]
 
     def train_mode(self, trained, on):

@@ -221,15 +221,17 @@ class Classifier:
             self._built_for = answers
         return self._builder
 
-    def __call__(self, rows, batch_size: int = 16, progress: bool = True) -> pd.DataFrame:
+    def __call__(self, rows, batch_size: int = 16, progress: bool = True, on_tokens=None) -> pd.DataFrame:
         """The answers to `rows` (texts, records or a frame): the input shown first, then the task's
-        served outputs. What cannot be scored is a DataError naming the rows."""
+        served outputs. What cannot be scored is a DataError naming the rows. A task that generates
+        calls `on_tokens(rows, tokens)` after each decoding step (a terminal streams them)."""
         from ..engine import StockScorer
 
         frame = self.task.request(as_frame(rows))
         scorer = StockScorer(self.trained, self.method, self.settings, self.tokenizer.pad_token_id,
                              self.device, progress)  # fmt: skip
-        scores = self.task.score(scorer, self.builder(), frame, batch_size)
+        more = {"on_tokens": on_tokens} if on_tokens is not None else {}
+        scores = self.task.score(scorer, self.builder(), frame, batch_size, **more)
         return self.task.answers(self.task.table(frame, scores))
 
 
@@ -255,6 +257,29 @@ def lines(task, result: pd.DataFrame) -> list[str]:
         "\t".join([*(shown(row[c]) for c in names), str(row[first])[:80]])
         for row in result.to_dict("records")
     ]
+
+
+def stream(classifier, rows: pd.DataFrame) -> pd.DataFrame:
+    """A generating model's answers, one prompt at a time, its text printed token by token as it is
+    generated (transformers' TextStreamer), then the answer its extractor reads."""
+    import torch
+    from transformers import TextStreamer
+
+    parts = []
+    for n in range(len(rows)):
+        print(f"[{n + 1}] ", end="", flush=True)
+        streamer = TextStreamer(classifier.tokenizer, skip_special_tokens=True)
+
+        def put(_, tokens, streamer=streamer):
+            for token in tokens:
+                if token is not None:
+                    streamer.put(torch.tensor([token]))
+
+        part = classifier(rows.iloc[[n]], 1, progress=False, on_tokens=put)
+        streamer.end()
+        print(f"    answer: {part['answer'].iloc[0] or '(none found)'}", flush=True)
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True)
 
 
 def write(result: pd.DataFrame, path: str) -> None:
@@ -286,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
                         "multiple choice: the question column, default: question)")  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--output", help="also write the predictions to this CSV/parquet file")
+    parser.add_argument("--no-stream", dest="stream", action="store_false",
+                        help="a model that generates: print each answer when it is done, not token by token")  # fmt: skip
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"--batch-size {args.batch_size} is not valid: it must be an integer >= 1")
@@ -311,9 +338,12 @@ def main(argv: list[str] | None = None) -> int:
         texts = task.served_inputs()[0][0] == "text"
         what, how = ("texts to classify", "one text") if texts else ("questions to answer", "one JSON object")
         parser.error(f"no {what}: {empty} (give {how} per line on stdin, or a file with --input)")
-    result = classify(folder, rows, args.batch_size)
-    for line in lines(task, result):
-        print(line)
+    if task.family == "generate" and args.stream:
+        result = stream(Classifier(folder), rows)
+    else:
+        result = classify(folder, rows, args.batch_size)
+        for line in lines(task, result):
+            print(line)
     if args.output:
         write(result, args.output)
     return 0

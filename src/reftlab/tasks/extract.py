@@ -51,7 +51,7 @@ class Extractor:
         text = str(text)
         if self.name == "last_number":
             found = NUMBER.findall(text.replace(",", ""))
-            return found[-1] if found else None
+            return found[-1].rstrip(".") if found else None  # "7." as 7 (read within 1e-3 anyway)
         if self.name == "letter":
             found = LETTER.search(text)
             return found.group(0) if found else None

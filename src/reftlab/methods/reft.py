@@ -87,9 +87,8 @@ class ReftMethod(LanguageModelMethod):
     def prompt_states(self, trained, spec, enc, prompt_lens, kv_cache, cache_arg):
         """Through pyreft, as `logits`: the prompts' pass with the interventions at their positions,
         its keys/values kept in `kv_cache`."""
-        from ..spec import unit_locations
-
         from .. import hf_compat
+        from ..spec import unit_locations
 
         base = {key: value for key, value in enc.items() if key != "starts"}
         # the body's final norm's output is its last_hidden_state (generation continues from it)

@@ -2,6 +2,7 @@
 
     python benchmarks/train_speed.py                      # bundled SmolLM2-135M, bf16 where fast
     python benchmarks/train_speed.py --examples 64 --epochs 1 --eval 32    # a quick look
+    python benchmarks/train_speed.py --task generate --data gsm8k --eval 0 --positions l7 --rank 8   # worked solutions
 
 All paths run in this one process on the same model, data slice, dtype and settings, from the
 same initial intervention weights (fp32 parameters and optimizer state, frozen model in bf16
@@ -61,6 +62,9 @@ def parse_args(argv=None):
         "--random-divide", type=int, default=1, help="llama3_8b_random: divide widths (smoke runs)"
     )
     ap.add_argument("--data", default="opinion_spam", help="a conf/data name")
+    ap.add_argument(
+        "--task", default="yes_no", help="yes_no, or generate (--data gsm8k: worked solutions; --eval 0)"
+    )
     ap.add_argument("--examples", type=int, default=256, help="training examples")
     ap.add_argument("--eval", type=int, default=200, help="held-out examples for accuracy (0: skip)")
     ap.add_argument("--layer", type=int, default=15)
@@ -123,16 +127,22 @@ def load(args):
 
 
 def examples_of(args, tokenizer):
+    """Training pairs of the data as its task trains them (`--task`: yes_no, or generate for GSM8K's
+    worked solutions), and the held-out Yes/No prompts (yes_no only) with their labels."""
+    from reftlab import tasks
     from reftlab.data import recipes
-    from reftlab.tasks.chat import PromptBuilder
 
-    dcfg = compose(
-        f"data={args.data}", f"data.max_train={args.examples}", f"data.max_eval={args.eval or 1}"
-    ).data
-    dcfg.path = str(ROOT / dcfg.path)
-    prepared = recipes.prepare(dcfg)
-    builder = PromptBuilder(tokenizer, dcfg.system_prompt, args.max_length)
-    train = builder.examples(prepared.train["text"], prepared.train["label"])
+    cfg = compose(f"task={args.task}", f"data={args.data}", f"data.max_train={args.examples}",
+                  f"data.max_eval={args.eval or 1}", f"trainer.max_length={args.max_length}")  # fmt: skip
+    for key in ("path", "test_path"):
+        if cfg.data.get(key) is not None and not recipes.is_url(cfg.data[key]):
+            cfg.data[key] = str(ROOT / cfg.data[key])
+    prepared = recipes.prepare(cfg.data)
+    task = tasks.of(cfg)
+    builder = task.builder(tokenizer, cfg, prepared)
+    train = task.examples(builder, prepared.train)
+    if args.task != "yes_no" and args.eval:
+        raise SystemExit(f"--task {args.task}: give --eval 0 (held-out accuracy is measured for yes_no only)")
     evals = builder.prompts(prepared.eval["text"]) if args.eval else []
     return train, evals, list(prepared.eval["label"]), builder
 

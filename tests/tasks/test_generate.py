@@ -381,3 +381,59 @@ def test_a_generate_job_records_its_answers_and_its_model_serves_them(tiny_job):
     served = predict.Classifier(job / "intervention")(list(test["text"][:3]), batch_size=2, progress=False)
     assert list(served.columns) == ["text", "generated", "answer"]
     assert list(served["generated"]) == list(test["generated"][:3])  # greedy: what the run generated
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_a_generate_request_with_text_and_answer(in_root, tiny_job):
+    """The run's MLflow model (a model from code) returns the generated text and the extracted answer,
+    in Python and from `mlflow models serve`, as the saved folder answers."""
+    import os
+    import signal
+    import subprocess
+    from pathlib import Path
+
+    import mlflow
+    from conftest import runs
+    from test_predict import MLFLOW, logged_model, post
+    from test_servers import free_port, wait_for_port
+
+    from reftlab.serving import predict
+
+    overrides = (
+        "task=generate",
+        "data=gsm8k",
+        "task.max_new_tokens=6",
+        "task.max_target_tokens=24",
+        "trainer.max_length=96",
+    )
+    _, job, uri = tiny_job(*overrides)
+    asked = ["Tom has 3 apples and buys 4 more. How many apples does he have?", "What is 12 times 3?"]
+    want = predict.Classifier(job / "intervention")(asked, progress=False)
+    mlflow.set_tracking_uri(uri)
+    model_uri = logged_model(runs(uri)["run_id"].iloc[0]).model_uri
+    info = mlflow.models.get_model_info(model_uri)
+    assert [c["name"] for c in info.signature.outputs.to_dict()] == ["generated", "answer"]
+    got = mlflow.pyfunc.load_model(model_uri).predict(pd.DataFrame({"text": asked}))
+    assert list(got["generated"]) == list(want["generated"]) and list(got["answer"]) == list(want["answer"])
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": uri,
+        "PATH": f"{Path(MLFLOW).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    port = free_port()
+    server = subprocess.Popen([MLFLOW, "models", "serve", "-m", model_uri, "-h", "127.0.0.1", "-p", str(port),
+                               "--env-manager", "local", "-w", "1"], cwd=ROOT, env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        wait_for_port(port, 120, server)
+        status, answer = post(port, {"dataframe_split": {"columns": ["text"], "data": [[t] for t in asked]}})
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(30)
+        mlflow.set_tracking_uri(None)
+    assert status == 200, answer
+    served = pd.DataFrame(answer["predictions"])
+    assert list(served["generated"]) == list(want["generated"]) and list(served["answer"]) == list(
+        want["answer"]
+    )

@@ -437,3 +437,23 @@ def test_mlflow_models_serve_answers_a_generate_request_with_text_and_answer(in_
     assert list(served["generated"]) == list(want["generated"]) and list(served["answer"]) == list(
         want["answer"]
     )
+
+
+@pytest.mark.slow
+def test_a_fused_sweep_of_generate_jobs_trains_together_and_each_generates_its_own(tmp_path, empty_store):
+    """Two ranks fused on GSM8K's solutions: one group, each job its own FINISHED run, each decoding
+    with its own trained intervention (the group shares training, not generation)."""
+    from conftest import runs, store_in, tiny_overrides, train_here
+
+    uri = store_in(tmp_path, empty_store)
+    done = train_here("-m", "hydra/launcher=fused", *tiny_overrides(
+        "model.num_layers=3", "trainer.epochs=2", "task=generate", "data=gsm8k", "intervention.rank=1,2",
+        "task.max_new_tokens=4", "task.max_target_tokens=16", "trainer.max_length=96", "mlflow.log_model=false",
+        f"mlflow.tracking_uri={uri}", f"hydra.sweep.dir={tmp_path / 'multirun'}", f"trainer.cache_dir={tmp_path / 'prefix'}"))  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = runs(uri)
+    assert len(table) == 2 and (table["status"] == "FINISHED").all()
+    assert (table["tags.fused_size"] == "2").all() and table["tags.fused_group"].nunique() == 1
+    assert (table["metrics.tokens_per_second"] > 0).all() and table[
+        "metrics.mean_generated_tokens"
+    ].notna().all()

@@ -169,7 +169,9 @@ def train_group(members, progress: bool = True) -> None:
                                               tokenizer.pad_token_id, store, batch, progress, build_at=build_at, answers=answers, max_bytes=bound)  # fmt: skip
         step_seconds = fused.train(group, cache, examples, progress)
     alive, scores, eval_source, eval_built = [m for m in group if m.error is None], {}, None, None
-    if alive:  # scored fused too, any task: each request once for all members, replayed to their jobs
+    # scored fused too: each request once for all members, replayed to their jobs; a generated answer
+    # is each member's own decoding (its job generates after adopting its weights)
+    if alive and task.family != "generate":
 
         def stored(prompts, tails):
             cache, source, _ = obtain(model, lowest, prompts, spec0.last, tails, tokenizer.pad_token_id, store, batch,

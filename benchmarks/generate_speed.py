@@ -36,16 +36,6 @@ def compose(*overrides):
     return reftlab_compose(list(overrides))
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def best_of(repeats: int, fn):
     times, out = [], None
     for _ in range(repeats):
@@ -162,7 +152,7 @@ def main(argv=None) -> int:
     same = theirs[0, len(prompts[0]) :].tolist() == mine
     ratio_hf = results["reftlab"]["tokens_per_second"] / results["hf_frozen"]["tokens_per_second"]
     ratio_pyreft = results["reftlab"]["tokens_per_second"] / results["pyreft"]["tokens_per_second"]
-    print(json.dumps({"cpu": cpu_name(), "threads": torch.get_num_threads(), "dtype": str(dtype), "prompts": len(prompts),
+    print(json.dumps({"cpu": models.cpu_model() or platform.processor(), "threads": torch.get_num_threads(), "dtype": str(dtype), "prompts": len(prompts),
                       "batch": args.batch, "new_tokens": args.new, "layers": layers, "positions": args.positions,
                       "pyreft_batch": args.pyreft_batch, "same_tokens_as_pyreft": same, **results}))  # fmt: skip
     print(

@@ -21,6 +21,13 @@ from reftlab.engine.loop import left_pad
 from reftlab.engine.strategies import BY_NAME, Stock, attention_implementation
 from reftlab.tasks.extract import Extractor
 
+GENERATE_JOB = (
+    "task=generate",
+    "data=gsm8k",
+    "task.max_new_tokens=6",
+    "task.max_target_tokens=24",
+    "trainer.max_length=96",
+)
 LOREFT = {"method": "loreft", "rank": 4, "share_weights": False, "dropout": 0.0}
 MULTI = {**LOREFT, "layer": [0, 2], "component": "block_output", "positions": "f2+l2"}
 
@@ -341,13 +348,7 @@ def test_a_generate_job_records_its_answers_and_its_model_serves_them(tiny_job):
     from reftlab.report import runs as report_runs
     from reftlab.serving import predict
 
-    overrides = (
-        "task=generate",
-        "data=gsm8k",
-        "task.max_new_tokens=6",
-        "task.max_target_tokens=24",
-        "trainer.max_length=96",
-    )
+    overrides = GENERATE_JOB
     metrics, job, uri = tiny_job(*overrides)
     for name in ("accuracy", "val_accuracy", "no_answer_rate", "val_no_answer_rate", "mean_generated_tokens",
                  "unfinished_rate", "gold_unreadable", "tokens_per_second", "truncated_targets"):  # fmt: skip
@@ -399,13 +400,7 @@ def test_mlflow_models_serve_answers_a_generate_request_with_text_and_answer(in_
 
     from reftlab.serving import predict
 
-    overrides = (
-        "task=generate",
-        "data=gsm8k",
-        "task.max_new_tokens=6",
-        "task.max_target_tokens=24",
-        "trainer.max_length=96",
-    )
+    overrides = GENERATE_JOB
     _, job, uri = tiny_job(*overrides)
     asked = ["Tom has 3 apples and buys 4 more. How many apples does he have?", "What is 12 times 3?"]
     want = predict.Classifier(job / "intervention")(asked, progress=False)

@@ -400,10 +400,15 @@ def test_the_model_card_says_the_task_and_how_to_call_it():
         (("task=choice",), {"name": "choice", "keys": ["answer1", "answer2"]},
          ["A multiple-choice model", "trained on the keys `answer1`, `answer2`",
           "takes `question`, `options`, `text` (optional), `keys` (optional) and answers `choice`, `choice_text`, `probabilities`",
-          "| split | examples | accuracy (keyword) | acc (harness) | acc_norm |", "| test (reported once) | 40 | 55.0% | 47.5% | 50.0% |",
+          "| split | examples | accuracy (keyword) | acc (harness) | acc_norm | accuracy (generated) |",
+          "| test (reported once) | 40 | 55.0% | 47.5% | 50.0% | 45.0% |",
           "--input questions.csv --column question", "`option_1`, `option_2`"]),
+        (("task=generate", "data=gsm8k"), {"name": "generate", "data_extractor": "last_number"},
+         ["A model that writes its answer", "never on a generated token", "by `last_number`",
+          "takes `text` and answers `generated`, `answer`", "| test (reported once) | 40 | 55.0% | 12.5% |"]),
     ]  # fmt: skip
-    metrics = {"accuracy": 0.55, "acc": 0.475, "acc_norm": 0.5, "eval_examples": 40}
+    metrics = {"accuracy": 0.55, "acc": 0.475, "acc_norm": 0.5, "gen_accuracy": 0.45, "no_answer_rate": 0.125,
+               "eval_examples": 40}  # fmt: skip
     for overrides, task, words in cases:
         text = card.model_card(compose(*overrides), metrics, "abc123", "def456", task)
         for w in words:

@@ -43,6 +43,11 @@ def about(task) -> str:
                 'intervention answers "the correct answer is <key>" (trained on the keys '
                 f"{keys}); the chosen option is the key with the highest log-likelihood, each option's "
                 "probability the softmax over the question's keys.")  # fmt: skip
+    elif name == "generate":
+        extractor = task.saved().get("extractor") or task.saved().get("data_extractor") or "its extractor"
+        what = ("A model that writes its answer: the frozen base model with this intervention on the prompt "
+                "(never on a generated token) generates a solution, greedy, and the answer is read from it "
+                f"by `{extractor}`.")  # fmt: skip
     else:
         what = ("A Yes/No classifier: the frozen base model with this intervention answers the data's "
                 "question; the score is logit(Yes) - logit(No).")  # fmt: skip
@@ -104,9 +109,15 @@ def results_table(metrics: dict, task) -> str:
     num = lambda k: f"{metrics[k]:.3f}" if k in metrics else "-"  # noqa: E731
     if task.names[0] == "choice":
         head, cells, names = (
-            ["accuracy (keyword)", "acc (harness)", "acc_norm"],
-            [pct] * 3,
-            ["accuracy", "acc", "acc_norm"],
+            ["accuracy (keyword)", "acc (harness)", "acc_norm", "accuracy (generated)"],
+            [pct] * 4,
+            ["accuracy", "acc", "acc_norm", "gen_accuracy"],
+        )
+    elif task.names[0] == "generate":
+        head, cells, names = (
+            ["accuracy (exact match)", "no answer"],
+            [pct, pct],
+            ["accuracy", "no_answer_rate"],
         )
     else:
         head, cells, names = ["accuracy", task.f1_name], [pct, num], ["accuracy", "f1"]

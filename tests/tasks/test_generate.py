@@ -337,6 +337,7 @@ def test_training_on_long_targets_gives_the_stock_paths_loss_and_gradients(
 # --- a whole job ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_generate_job_records_its_answers_and_its_model_serves_them(tiny_job):
     """A tiny job on GSM8K: the metrics of a generated answer, the predictions (generated text,
     extracted and gold answers, correct) on disk and as an MLflow table, the decoding settings as

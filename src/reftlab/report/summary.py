@@ -19,6 +19,11 @@ def closing_summary(name: str, cfg, metrics: dict, info, output_dir: Path, notes
             line += f", {tasks.of(cfg).f1_name} {metrics['f1']:.3f}"
         if "acc" in metrics:  # multiple choice: as the evaluation harness scores it too
             line += f" (harness: acc {100 * metrics['acc']:.1f}%, acc_norm {100 * metrics['acc_norm']:.1f}%)"
+        if "gen_accuracy" in metrics:  # multiple choice scored by generation too (the paper's)
+            line += f", generated {100 * metrics['gen_accuracy']:.1f}%"
+        if "no_answer_rate" in metrics:  # generated answers
+            line += (f" (no answer found in {100 * metrics['no_answer_rate']:.0f}%, "
+                     f"{metrics.get('mean_generated_tokens', float('nan')):.0f} tokens each on average)")  # fmt: skip
         if "chance" in metrics:
             line += f", chance {100 * metrics['chance']:.1f}%"
         line += f" on {int(metrics.get('eval_examples', 0))} examples"
@@ -32,6 +37,8 @@ def closing_summary(name: str, cfg, metrics: dict, info, output_dir: Path, notes
         percent = metrics.get("trainable_percent", float("nan"))
         share = f" ({percent:.4f}%)" if percent == percent else ""  # no share for a method without a model
         times.append(f"{int(metrics['trainable_params']):,} trainable parameters{share}")
+    if metrics.get("tokens_per_second", 0) > 0:
+        times.append(f"{metrics['tokens_per_second']:.0f} tokens/s generated")
     if times:
         lines.append("  " + ", ".join(times))
     lines.append(f"  outputs: {output_dir}")

@@ -186,7 +186,7 @@ def train(params, examples, trainer_cfg, seed: int, step, progress: bool = True)
 def check_finite(recent: list[float], step: int, total: int, trainer_cfg) -> None:
     """Stop a diverged run at the step where its loss stopped being a number (NaN or inf): its
     scores would be meaningless and an untrained-looking 50% would be recorded as a result."""
-    from ..validate import DivergedError
+    from ..config import DivergedError
 
     bad = [x for x in recent if not math.isfinite(x)]
     if bad:

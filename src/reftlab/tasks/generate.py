@@ -197,7 +197,9 @@ class Generate(Task):
 
     def sample(self, table, n: int = 50):
         """The first `n` predictions of each split as an MLflow table (prompt, generated, answers, correct)."""
-        columns = [c for c in ("split", "correct", "answer", "gold", "text", "generated") if c in table]  # the verdict first
+        columns = [
+            c for c in ("split", "correct", "answer", "gold", "text", "generated") if c in table
+        ]  # the verdict first
         return (
             table.groupby("split", sort=False).head(n)[columns]
             if "split" in table

@@ -406,6 +406,10 @@ def main(argv=None):
     if "uncached" in ratios:
         print(f"speedup_vs_uncached single={ratios['uncached'][0]:.1f} sweep4={ratios['uncached'][1]:.1f}")
     r1, r2 = ratios.get("pyreft", (float("nan"), float("nan")))
+    if "pyreft" in rows:  # the step alone, without the cache pass: pyreft's ms/step over the cached path's
+        per_step = (rows["pyreft"]["train_s"] / rows["pyreft"]["steps"]) / (rows["cached"]["train_s"] / steps)
+        result["step_vs_pyreft"] = per_step
+        print(f"step_vs_pyreft={per_step:.2f} (pyreft's ms/step / the cached path's)")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2, default=str))
     tmp.cleanup()

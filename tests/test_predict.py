@@ -6,6 +6,7 @@ below 1 and missing texts (a 400 when served) and gives no rows for no rows; the
 code (nothing pickled) under the run's name, checks its input, and can be registered by name with the
 run's results as tags."""
 
+import contextlib
 import io
 import json
 import os
@@ -503,6 +504,24 @@ def test_predict_round_trip(method, job, tmp_path, monkeypatch, capsys):
 MLFLOW = str(Path(sys.executable).parent / "mlflow")  # the environment's own CLI
 
 
+@contextlib.contextmanager
+def model_server(model_uri: str, tracking_uri: str):
+    """`mlflow models serve` of `model_uri` on a free loopback port, in the current environment (its
+    bin folder on PATH, as an activated virtualenv has it): (port, process, env); stopped on exit."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri,
+           "PATH": f"{Path(MLFLOW).parent}{os.pathsep}{os.environ['PATH']}"}  # fmt: skip
+    port = free_port()
+    server = subprocess.Popen([MLFLOW, "models", "serve", "-m", model_uri, "-h", "127.0.0.1", "-p", str(port),
+                               "--env-manager", "local", "-w", "1"], cwd=ROOT, env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        yield port, server, env
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(30)
+
+
 def post(port: int, payload: dict) -> tuple[int, dict]:
     """POST `payload` to the /invocations of the `mlflow models serve` on `port`: (HTTP status, its JSON)."""
     request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(payload).encode(),
@@ -546,20 +565,9 @@ def test_the_runs_mlflow_model_predicts_like_predict_py_everywhere(in_root, job,
     # in Python
     got = mlflow.pyfunc.load_model(uri).predict(pd.DataFrame({"text": TEXTS}))
     assert list(got["label"]) == list(want["label"]) and np.allclose(got["p_yes"], want["p_yes"], atol=1e-6)
-    # the serving command starts its web server by name: the environment's bin folder on PATH, as an
-    # activated virtualenv has it (`source .venv/bin/activate`)
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": mlflow_uri,
-        "PATH": f"{Path(MLFLOW).parent}{os.pathsep}{os.environ['PATH']}",
-    }
     # `mlflow models serve` on the loopback address (started first: it loads the model while the
     # predict command below runs) and `mlflow models predict`, the current environment
-    port = free_port()
-    server = subprocess.Popen([MLFLOW, "models", "serve", "-m", uri, "-h", "127.0.0.1", "-p", str(port),
-                               "--env-manager", "local", "-w", "1"], cwd=ROOT, env=env, start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
-    try:
+    with model_server(uri, mlflow_uri) as (port, server, env):
         # a CSV's empty cell reads as a missing text (refused, as predict.py refuses it): the texts given
         pd.DataFrame({"text": TEXTS[:2]}).to_csv(tmp_path / "texts.csv", index=False)
         done = subprocess.run([MLFLOW, "models", "predict", "-m", uri, "-i", str(tmp_path / "texts.csv"), "-t",
@@ -574,10 +582,6 @@ def test_the_runs_mlflow_model_predicts_like_predict_py_everywhere(in_root, job,
                                                        {"dataframe_records": one, "params": {"batch_size": 0}},
                                                        {"dataframe_records": [*one, {"text": None}]})]  # fmt: skip
         nothing = post(port, {"dataframe_split": {"columns": ["text"], "data": []}})
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(30)
     assert list(cli["label"]) == list(want["label"][:2]) and np.allclose(
         cli["p_yes"], want["p_yes"][:2], atol=1e-6
     )

@@ -389,15 +389,10 @@ def test_a_generate_job_records_its_answers_and_its_model_serves_them(tiny_job):
 def test_mlflow_models_serve_answers_a_generate_request_with_text_and_answer(in_root, tiny_job):
     """The run's MLflow model (a model from code) returns the generated text and the extracted answer,
     in Python and from `mlflow models serve`, as the saved folder answers."""
-    import os
-    import signal
-    import subprocess
-    from pathlib import Path
-
     import mlflow
     from conftest import runs
-    from test_predict import MLFLOW, logged_model, post
-    from test_servers import free_port, wait_for_port
+    from test_predict import logged_model, model_server, post
+    from test_servers import wait_for_port
 
     from reftlab.serving import predict
 
@@ -411,22 +406,13 @@ def test_mlflow_models_serve_answers_a_generate_request_with_text_and_answer(in_
     assert [c["name"] for c in info.signature.outputs.to_dict()] == ["generated", "answer"]
     got = mlflow.pyfunc.load_model(model_uri).predict(pd.DataFrame({"text": asked}))
     assert list(got["generated"]) == list(want["generated"]) and list(got["answer"]) == list(want["answer"])
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": uri,
-        "PATH": f"{Path(MLFLOW).parent}{os.pathsep}{os.environ['PATH']}",
-    }
-    port = free_port()
-    server = subprocess.Popen([MLFLOW, "models", "serve", "-m", model_uri, "-h", "127.0.0.1", "-p", str(port),
-                               "--env-manager", "local", "-w", "1"], cwd=ROOT, env=env, start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
     try:
-        wait_for_port(port, 120, server)
-        status, answer = post(port, {"dataframe_split": {"columns": ["text"], "data": [[t] for t in asked]}})
+        with model_server(model_uri, uri) as (port, server, _):
+            wait_for_port(port, 120, server)
+            status, answer = post(
+                port, {"dataframe_split": {"columns": ["text"], "data": [[t] for t in asked]}}
+            )
     finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(30)
         mlflow.set_tracking_uri(None)
     assert status == 200, answer
     served = pd.DataFrame(answer["predictions"])

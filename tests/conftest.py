@@ -285,7 +285,7 @@ def tiny4():
 # that `pytest -n 2 --dist loadfile` (make test) hands them out before the short ones and the two
 # workers end together. Order within a file is kept; without xdist the order changes nothing proven.
 LONGEST_FIRST = ("test_sweep_kills.py", "test_servers.py", "test_sweeps.py", "test_predict.py",
-                 "test_fused_sweeps.py", "test_fused_slurm.py", "test_report.py", "test_reliability.py", "test_versioning.py",
+                 "test_fused_sweeps.py", "test_fused_slurm.py", "test_generate.py", "test_report.py", "test_reliability.py", "test_versioning.py",
                  "test_lose_nothing.py")  # fmt: skip
 
 

@@ -292,3 +292,23 @@ LONGEST_FIRST = ("test_sweep_kills.py", "test_servers.py", "test_sweeps.py", "te
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # a stable sort
+
+
+# The suite's process ends without the interpreter's teardown of torch, transformers, pyvene and
+# MLflow (~2 s here, as train.py's does): after pytest has reported and written its cache, the last
+# hook exits with pytest's status. An xdist worker ends as xdist ends it.
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session, exitstatus):
+    session.config.stash[EXIT_STATUS] = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    if hasattr(config, "workerinput") or EXIT_STATUS not in config.stash:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(config.stash[EXIT_STATUS])
+
+
+EXIT_STATUS = pytest.StashKey[int]()

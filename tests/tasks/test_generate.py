@@ -99,9 +99,14 @@ def prepared(*overrides):
     return recipes.prepare(cfg), cfg
 
 
-def test_gsm8k_targets_are_its_solutions_without_calculator_notes_ending_with_the_answer():
-    data, _ = prepared("data=gsm8k", "data.max_train=40", "data.max_val=10", "data.max_eval=20")
-    raw = pd.read_json(ROOT / "data/reft_tasks/arithmetic/gsm8k/train.jsonl", lines=True)
+def test_gsm8k_targets_are_its_solutions_without_calculator_notes_ending_with_the_answer(tmp_path):
+    shipped = ROOT / "data/reft_tasks/arithmetic/gsm8k/train.jsonl"
+    small = tmp_path / "train.jsonl"  # GSM8K's first 200 solutions: the recipe reads each file whole
+    small.write_text("".join(shipped.read_text().splitlines(keepends=True)[:200]))
+    data, _ = prepared(
+        "data=gsm8k", f"data.path={small}", "data.max_train=40", "data.max_val=10", "data.max_eval=20"
+    )
+    raw = pd.read_json(small, lines=True)
     by_question = dict(zip(raw["question"], raw["answer"], strict=True))
     for row in data.train.itertuples():
         solution = by_question[row.text]
@@ -109,13 +114,14 @@ def test_gsm8k_targets_are_its_solutions_without_calculator_notes_ending_with_th
         assert row.label == solution.rsplit("####", 1)[1].strip().replace(",", "")
         assert Extractor("last_number").same(Extractor("last_number")(row.target), row.label)
     assert len(data.eval) == 20 and set(data.eval["text"]).isdisjoint(data.train["text"])
-    kept, _ = prepared("data=gsm8k", "data.max_train=40", "data.calculator_notes=true")
+    kept, _ = prepared("data=gsm8k", f"data.path={small}", "data.max_train=40", "data.max_val=10", "data.max_eval=20",
+                       "data.calculator_notes=true")  # fmt: skip
     assert kept.train["target"].str.contains("<<").any()
     assert kept.version() != data.version()  # the targets are part of what a run saw
-    aqua, cfg = prepared("data=aqua", "data.max_train=8", "data.max_eval=30")
+    aqua, cfg = prepared("data=aqua", f"data.path={small}", "data.max_train=8", "data.max_eval=30")
     assert set(aqua.eval["label"]) <= set("ABCDE") and cfg.extractor == "letter"
     assert aqua.train["target"].str.endswith(".").all()  # trained on GSM8K's solutions
-    mawps, _ = prepared("data=mawps", "data.max_train=8")
+    mawps, _ = prepared("data=mawps", f"data.path={small}", "data.max_train=8")
     assert len(mawps.eval) == 234 and (mawps.eval["target"] == "").all()  # 238, 4 repeated questions dropped
 
 
@@ -184,21 +190,21 @@ def loreft_engine(tiny4, settings, *trainer):
 
 def test_an_identity_intervention_generates_the_frozen_models_own_tokens(tiny4):
     """LoReFT with W = R and b = 0 changes nothing: on several layers, first and last positions,
-    prompts of different lengths batched with left padding, the tokens transformers' `generate`
+    prompts of 4 lengths batched with left padding, the tokens transformers' `generate`
     gives the frozen model one prompt at a time."""
     model, tokenizer, _, _, prompts = tiny4
-    prompts = [p[: 30 + 6 * i] for i, p in enumerate(prompts[:6])]
+    prompts = [p[: 30 + 9 * i] for i, p in enumerate(prompts[:4])]
     engine = loreft_engine(tiny4, MULTI)
     with torch.no_grad():
         for iv in reft.interventions(engine.ctx.trained):
             iv.learned_source.weight.copy_(iv.rotate_layer.weight.T)
             iv.learned_source.bias.zero_()
     assert len({len(p) for p in prompts}) > 1
-    want = hf_generate(model, prompts, 10, tokenizer.pad_token_id)
-    got = engine.generate(prompts, Decoding(max_new_tokens=10), batch_size=4)
-    assert got.tokens == want and not got.stopped.any() and got.new_tokens == 60
+    want = hf_generate(model, prompts, 8, tokenizer.pad_token_id)
+    got = engine.generate(prompts, Decoding(max_new_tokens=8), batch_size=3)
+    assert got.tokens == want and not got.stopped.any() and got.new_tokens == 32
     zero = StockScorer(model, methods.get("none"), {"method": "none", "layer": None}, tokenizer.pad_token_id, "cpu",
-                       progress=False).generate(prompts, Decoding(max_new_tokens=10), 3)  # fmt: skip
+                       progress=False).generate(prompts, Decoding(max_new_tokens=8), 3)  # fmt: skip
     assert zero.tokens == want
 
 

@@ -24,7 +24,7 @@ import re
 import pandas as pd
 
 from ..tracking import redact
-from .files import DataError, is_url, keep_rows
+from .files import DataError, check_path, keep_rows
 
 FORMATS = ("gsm8k", "llm_adapters")
 NOTE = re.compile(r"<<[^<>]*>>")
@@ -63,8 +63,7 @@ def target_of(solution: str, cfg) -> tuple[str, str]:
 def read(cfg, path, setting: str, fmt: str | None) -> pd.DataFrame:
     """The rows of one file: text, target, label."""
     kind = file_format(path, fmt, setting)
-    if not is_url(str(path)) and not __import__("pathlib").Path(path).exists():
-        raise DataError(f"{setting}={redact(str(path))!r} does not exist")
+    check_path(path, setting)
     try:
         raw = pd.read_json(path, lines=kind == "gsm8k", orient="records", dtype=False, convert_dates=False)
     except Exception as e:

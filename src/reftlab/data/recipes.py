@@ -532,11 +532,24 @@ def pooled_questions(cfg) -> tuple[pd.DataFrame, dict, dict]:
     train, how = choice.questions(cfg, cfg.path, "data.path")
     given = cfg.get("test_path") is not None
     test = choice.questions(cfg, cfg.test_path, "data.test_path")[0] if given else train.iloc[:0]
-    pooled = pd.concat([test.assign(given="test"), train.assign(given="train")], ignore_index=True)
-    full, cleaning = drop_duplicates(pooled)
-    full = pd.concat([full[full["given"] == "train"], full[full["given"] == "test"]], ignore_index=True)
+    full, cleaning = pool(train, test, drop_duplicates)
     read = {"train": len(train), **({"test": len(test)} if given else {})}
-    return full.assign(group=range(len(full))), {"read": read, **how}, cleaning
+    return full, {"read": read, **how}, cleaning
+
+
+def pool(train: pd.DataFrame, test: pd.DataFrame, dedupe) -> tuple[pd.DataFrame, dict]:
+    """The rows of a training file and a test file as one frame (column `given`: which file), after
+    `dedupe` (frame -> (frame, counts); its first copy is the test file's, so a row in both files
+    stays in test), training rows first, with a row id `group`; and dedupe's counts."""
+    pooled = pd.concat([test.assign(given="test"), train.assign(given="train")], ignore_index=True)
+    full, cleaning = dedupe(pooled)
+    full = pd.concat([full[full["given"] == "train"], full[full["given"] == "test"]], ignore_index=True)
+    return full.assign(group=range(len(full))), cleaning
+
+
+def given_split(full: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(training rows, test rows) of a pooled frame as their files gave them."""
+    return full[full["given"] == "train"], full[full["given"] == "test"]
 
 
 def choice_recipe(cfg) -> Prepared:
@@ -558,7 +571,7 @@ def choice_recipe(cfg) -> Prepared:
         return split(df, fraction, cfg.split_seed, part, note)
 
     if cfg.get("test_path") is not None and cfg.get("folds") is None:
-        train, eval_ = full[full["given"] == "train"], full[full["given"] == "test"]
+        train, eval_ = given_split(full)
     else:
         train, eval_ = test_part(full, cfg, splitter, None, note, stratified)
     train, val = carve_val(train, cfg, splitter)
@@ -591,24 +604,27 @@ def arithmetic_recipe(cfg) -> Prepared:
         if given
         else train.iloc[:0]
     )
-    pooled = pd.concat([test.assign(given="test"), train.assign(given="train")], ignore_index=True)
-    copies = pooled["text"].duplicated(keep="first")  # the test file's copy stays
-    full = pooled[~copies]
-    full = pd.concat([full[full["given"] == "train"], full[full["given"] == "test"]], ignore_index=True)
-    full = full.assign(group=range(len(full)))
-    note = f" ({int(copies.sum())} repeated questions dropped)" if copies.any() else ""
+    read = {"train": len(train), **({"test": len(test)} if given else {})}
+
+    def first_copies(pooled):  # a repeated question is kept once (the test file's copy)
+        copies = pooled["text"].duplicated(keep="first")
+        return pooled[~copies], {"duplicates_removed": int(copies.sum())}
+
+    full, cleaning = pool(train, test, first_copies)
+    removed = cleaning["duplicates_removed"]
+    note = f" ({removed} repeated questions dropped)" if removed else ""
 
     def splitter(df, fraction, part):
         return random_split(df, fraction, cfg.split_seed, part, note)
 
     if given:
-        train, eval_ = full[full["given"] == "train"], full[full["given"] == "test"]
+        train, eval_ = given_split(full)
     else:
         train, eval_ = splitter(full, float(cfg.eval_fraction), "test")
     train, val = carve_val(train, cfg, splitter)
     info = {"source": str(cfg.path), **({"test_source": str(cfg.test_path)} if given else {}), "split": cfg.split,
-            "read": {"train": int((pooled["given"] == "train").sum()), **({"test": len(test)} if given else {})},
-            "duplicates_removed": int(copies.sum()), "calculator_notes": bool(cfg.get("calculator_notes", False)),
+            "read": read,
+            "duplicates_removed": removed, "calculator_notes": bool(cfg.get("calculator_notes", False)),
             "answer_line": cfg.get("answer_line")}  # fmt: skip
     full, train, eval_, val = (df.drop(columns="given") for df in (full, train, eval_, val))
     return Prepared(cfg.name, full, train, eval_, info, val)

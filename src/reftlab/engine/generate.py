@@ -13,7 +13,7 @@ token or after `max_new_tokens`.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -56,7 +56,6 @@ class Generated:
     tokens: list[list[int]]  # per prompt, the generated tokens (its stop token left out)
     stopped: np.ndarray  # per prompt: it ended with a stop token (else it ran out of max_new_tokens)
     seconds: float = 0.0
-    extra: dict = field(default_factory=dict)
 
     @property
     def new_tokens(self) -> int:
@@ -120,28 +119,24 @@ def generate(ctx, prompts, decoding: Decoding, batch_size: int, on_tokens=None) 
                 chosen = logits.argmax(-1)
             chosen = torch.where(done, ctx.pad_id, chosen)
             ends = torch.isin(chosen, stops) & ~done
-            for r, (token, end, finished) in enumerate(
-                zip(chosen.tolist(), ends.tolist(), done.tolist(), strict=True)
-            ):
-                if finished:
-                    continue
-                if end:
-                    stopped[idx[r]] = True
-                else:
+            # per row: its new token, None where it ended now (its stop token) or before
+            new = [
+                None if f or e else t
+                for t, e, f in zip(chosen.tolist(), ends.tolist(), done.tolist(), strict=True)
+            ]
+            for r, (token, end) in enumerate(zip(new, ends.tolist(), strict=True)):
+                if token is not None:
                     out[idx[r]].append(token)
+                elif end:
+                    stopped[idx[r]] = True
             made += int((~done).sum())
             if on_tokens is not None:
-                on_tokens(
-                    idx,
-                    [
-                        None if f or e else t
-                        for t, e, f in zip(chosen.tolist(), ends.tolist(), done.tolist(), strict=True)
-                    ],
-                )
+                on_tokens(idx, new)
             done |= ends
             if bool(done.all()) or step == int(decoding.max_new_tokens) - 1:
                 break
-            ids = torch.cat([ids, chosen[:, None]], dim=1)
+            if decoding.do_sample:  # the warpers see the sequence so far; greedy needs none of it
+                ids = torch.cat([ids, chosen[:, None]], dim=1)
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             positions = positions + 1
             h = body(input_ids=chosen[:, None], attention_mask=mask, position_ids=positions, use_cache=True,

@@ -180,9 +180,8 @@ class Stock(Strategy):
         from .loop import check_batch_size
 
         ctx, batch_size = self.ctx, check_batch_size(batch_size)
-        base = hf_compat.base_model(
-            ctx.model
-        )  # the continuations run through it (LoRA's adapters sit inside it)
+        # the continuations run through the causal LM (LoRA's adapters sit inside it)
+        base = hf_compat.base_model(ctx.model)
         body, cache_arg = base.model, hf_compat.cache_kwarg(base.model.forward)
         n = 1  # the suffix of a prompt here: its last token, then its continuations' tree
         out = [np.zeros(len(c)) for c in continuations]

@@ -36,7 +36,7 @@ def decoding(tcfg, stop_ids=(), seed: int = 0):
 
     return Decoding(int(tcfg.get("max_new_tokens", 256)), tuple(stop_ids), bool(tcfg.get("do_sample", False)),
                     float(tcfg.get("temperature", 1.0)), int(tcfg.get("top_k", 0)), float(tcfg.get("top_p", 1.0)),
-                    int(tcfg.get("seed", seed) if tcfg.get("seed") is not None else seed))  # fmt: skip
+                    int(seed if tcfg.get("seed") is None else tcfg.get("seed")))  # fmt: skip
 
 
 def listed_rows(rows) -> str:

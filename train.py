@@ -25,8 +25,9 @@ def main(cfg: DictConfig) -> float:
 
     from reftlab.run import USER_ERRORS, run  # lazy: --help and --cfg stay fast
 
-    def objective(metrics: dict) -> float:  # what a sweeper optimises: validation, never test accuracy
-        return metrics.get("val_accuracy", float("nan"))
+    def objective(metrics: dict) -> float:  # a single run's answer: validation, never test accuracy
+        metric = cfg.get("optimized_metric")
+        return metrics.get(metric if isinstance(metric, str) else "val_accuracy", float("nan"))
 
     if HydraConfig.get().mode != RunMode.MULTIRUN:
         try:
@@ -41,10 +42,10 @@ def main(cfg: DictConfig) -> float:
                 raise
             print(redact(traceback.format_exc()), file=sys.stderr)
             sys.exit(1)
-    try:  # in a sweep a failed job is recorded (MLflow FAILED, status.json) and the others go on
-        return objective(run(cfg))
+    try:  # in a sweep a failed job is recorded (MLflow FAILED, status.json) and the others go on; a
+        return run(cfg)  # sweeper (the search's) reads its metrics (validation ones to choose)
     except Exception:
-        return float("nan")
+        return None
 
 
 def main_then_exit() -> None:

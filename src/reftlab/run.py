@@ -13,7 +13,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from . import methods, tracking, validate
+from . import methods, search, tracking, validate
 from .config import identity
 from .data import recipes, versioning
 from .data.datasets import log_datasets
@@ -160,9 +160,12 @@ def execute(cfg, output_dir: Path, key: str = "") -> tuple[dict, list[str]]:
     )
     mlflow.log_text(recipes.readme(prepared, cfg.data), "data/README.md")
     log_datasets(cfg, prepared, data_version)
-    job = methods.Job(cfg, prepared, output_dir, key)
+    job = methods.Job(cfg, prepared, output_dir, key, search.reporter(cfg))
     task = job.task  # checked against the data before any model loads
-    outcome = method.run(job)  # the trained weights are on disk
+    try:
+        outcome = method.run(job)  # the trained weights are on disk
+    except search.Pruned as stopped:  # a search trial its study stopped: a finished run, tagged pruned
+        return pruned(stopped, output_dir)
     results.check_scores(task, outcome.scores, cfg)
     metrics = {
         **results.split_metrics(task, prepared, outcome.scores),
@@ -185,6 +188,19 @@ def execute(cfg, output_dir: Path, key: str = "") -> tuple[dict, list[str]]:
     if problems:
         mlflow.set_tag("warning", tracking.redact("; ".join(problems))[:5000])
     return metrics, notes + problems
+
+
+def pruned(stopped, output_dir: Path) -> tuple[dict, list[str]]:
+    """The record of a trial its study's pruner stopped: its last validation metric, the epochs it
+    ran and saved, tag `pruned`; no test scoring, no weights (it is not a result to use)."""
+    import mlflow
+
+    metrics = stopped.metrics()
+    note = f"search: {stopped}"
+    mlflow.set_tags({"pruned": "true", "result_warning": note})
+    mlflow.log_metrics(metrics)
+    tracking.write_atomic(output_dir / "metrics.json", results.strict_json(metrics))
+    return metrics, [note]
 
 
 def log_extras(cfg, outcome, metrics: dict, data_version: str, prepared, task) -> list[str]:

@@ -19,7 +19,8 @@ from .. import tracking
 # Settings that change no result: bookkeeping, where things are stored or logged. A name stands for
 # that key and every key under it ("mlflow" is mlflow.*). Resume ignores them and the report never
 # splits a group by them.
-NO_RESULT = ("force", "run_name", "mlflow", "hydra", "save_intervention", "trainer.log_every",
+NO_RESULT = ("force", "run_name", "mlflow", "hydra", "save_intervention", "trainer.log_every", "optimized_metric",
+             "search.trial", "search.per_epoch",
              "trainer.cache_from", "trainer.cache_dir", "trainer.cache_disk_gb", "data.license")  # fmt: skip
 # Settings that choose how a job computes its result, not what it is (an exact prefix-cache path,
 # the scoring batch): the report groups across them; resume keeps them, so a job run one way can

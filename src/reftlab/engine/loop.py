@@ -165,22 +165,28 @@ class Schedule:
         self.done += 1
 
 
-def train(params, examples, trainer_cfg, seed: int, step, progress: bool = True) -> dict:
+def train(params, examples, trainer_cfg, seed: int, step, progress: bool = True, on_epoch=None) -> dict:
     """Train `params` on `examples` ((prompt ids, answer ids) pairs); returns the per-batch losses,
-    the number of optimizer steps and the steps' wall-clock seconds.
+    the number of optimizer steps and the steps' wall-clock seconds (without `on_epoch`'s).
 
     Each optimizer step covers trainer.grad_accum batches; `step(batches, denominator)` computes and
     backpropagates their loss (sum over batches of mean loss x len(batch) / denominator) and returns
-    the batch means as floats."""
+    the batch means as floats. `on_epoch(epoch)` runs after each epoch but the last (a search trial
+    scores its validation split there; it may stop the run by raising)."""
     run = Schedule(params, examples, trainer_cfg, seed)
-    start = time.perf_counter()
+    start, between = time.perf_counter(), 0.0
     bar = tqdm(total=run.total, desc="train", unit="step", disable=not progress)
     while (group := run.next_group()) is not None:
         run.finish(step(group, run.denominator))
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean(run.losses[-run.accum * 10 :]):.4f}")
+        if on_epoch is not None and not run._queue and run.epoch < trainer_cfg.epochs:
+            tic = time.perf_counter()
+            on_epoch(run.epoch)
+            between += time.perf_counter() - tic
     bar.close()
-    return {"losses": run.losses, "steps": run.done, "train_seconds": time.perf_counter() - start}
+    return {"losses": run.losses, "steps": run.done, "train_seconds": time.perf_counter() - start - between,
+            "epoch_eval_seconds": between}  # fmt: skip
 
 
 def check_finite(recent: list[float], step: int, total: int, trainer_cfg) -> None:

@@ -47,6 +47,9 @@ class Context:
     store: object = None  # a store.DiskStore, or None: memory only
     progress: bool = True
     answers: tuple = ()  # the task's answers but their last token: a scoring pass stores their stream too
+    on_epoch: object = (
+        None  # called with the epoch number after each epoch but the last (a search trial's report)
+    )
 
     @property
     def model(self):
@@ -64,9 +67,17 @@ class Context:
 
     def fit(self, examples, seed: int, step) -> dict:
         with self.training():
-            return train_loop(
-                self.method.trainable(self.trained), examples, self.trainer, seed, step, self.progress
-            )
+            return train_loop(self.method.trainable(self.trained), examples, self.trainer, seed, step,
+                              self.progress, self.between_epochs if self.on_epoch else None)  # fmt: skip
+
+    def between_epochs(self, epoch: int) -> None:
+        """`on_epoch` in eval mode (it scores the validation split), train mode again after."""
+        self.method.train_mode(self.trained, False)
+        try:
+            with torch.no_grad():
+                self.on_epoch(epoch)
+        finally:
+            self.method.train_mode(self.trained, True)
 
 
 def backward(loss_and_means) -> list[float]:

@@ -25,6 +25,7 @@ class Job:
     prepared: object  # data.Prepared
     output_dir: Path
     key: str = ""  # the job's identity (config.identity.config_hash): a fused sweep's result is found by it
+    reporter: object = None  # a search trial's per-epoch report (search.trial.EpochReporter), else None
 
     @property
     def texts(self) -> list[str]:
@@ -201,6 +202,14 @@ class LanguageModelMethod(Method):
         engine = Engine(trained, self, spec, cfg.trainer, tokenizer.pad_token_id, device,
                         given=fused.take(job.key), answers=task.tails(builder))  # fmt: skip
         examples = task.examples(builder, job.prepared.train)
+        if job.reporter is not None:  # a search trial: the validation metrics after each epoch
+            val = job.prepared.val
+
+            def after_epoch(epoch: int) -> None:
+                scores = task.score(engine, builder, val, cfg.trainer.eval_batch_size)
+                job.reporter(epoch, task.metrics(val, scores))
+
+            engine.ctx.on_epoch = after_epoch
         result = engine.train(examples, cfg.seed)
         start = time.perf_counter()
         scores = task.score(engine, builder, job.rows, cfg.trainer.eval_batch_size)

@@ -265,6 +265,26 @@ def ranking(rows: list[dict], top: int = 20) -> str:
     return "\n".join(lines)
 
 
+def check_sweeper(config) -> None:
+    """The sweeper's own checks of its settings where it has them (`check(config)`: the search's
+    space, objectives, storage): a bad value prints its message and exits 2, nothing recorded."""
+    from hydra.utils import get_class
+
+    from ..config import ConfigError
+
+    try:
+        check = getattr(get_class(str(config.hydra.sweeper._target_)), "check", None)
+    except Exception:
+        return
+    if check is None:
+        return
+    try:
+        check(config)
+    except ConfigError as e:  # Hydra turns a callback's exceptions into warnings: stop here, exit 2
+        print(f"error: {tracking.redact(e)}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 class SweepCallback(Callback):
     """Sets MLflow up before the jobs, shares one prefix cache over the layers of a sweep, and at its
     end closes the runs of jobs that died and prints a summary. A launcher that fails (a worker
@@ -278,6 +298,7 @@ class SweepCallback(Callback):
         tracking.redact_logging()  # the launchers log each job's overrides
         tracking.remember_secrets([str(o) for o in config.hydra.overrides.task])
 
+        check_sweeper(config)  # a search's bad setting stops here, before its parent run opens
         uri = tracking.tracking_uri(config.mlflow.get("tracking_uri"))
         launcher = str(config.hydra.launcher.get("_target_", ""))
         if uri.startswith("sqlite:") and "slurm" in launcher.lower():

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..tracking import redact
-from . import plots, stats, tables
+from . import plots, stats, study, tables
 from .runs import caveats, comparable, constant_settings, dedupe, method_settings, test_correct, tidy, varying
 from .tables import label, pct, with_interval
 
@@ -83,6 +83,7 @@ class Found:
     )
     references: list[tuple[str, float]] = field(default_factory=list)
     plots: list[tuple[str, str]] = field(default_factory=list)  # (file, title), drawn by `write`
+    search: object = None  # a search's trials (study.Study), when the runs are one's
 
 
 def analyse(rows: pd.DataFrame, title: str, others: pd.DataFrame | None, reference: dict | None,
@@ -90,12 +91,16 @@ def analyse(rows: pd.DataFrame, title: str, others: pd.DataFrame | None, referen
     """Tidy, group, deduplicate and summarise MLflow's runs frame (`others`: runs of any experiment
     for the reference lines; `reference`: the group to test against, default the project's, a
     ConfigError where it names no single group; `correct`: a run's per-review correctness)."""
+    search = study.of_runs(rows)
+    if "tags.pruned" in rows:  # a search's pruned trials are no results: the search section shows them
+        rows = rows[rows["tags.pruned"].ne("true")]
     rows = tidy(rows)
     finished_all = rows[rows["status"] == "FINISHED"]
     failed = rows[rows["status"] != "FINISHED"][["run_id", "status", "method", "seed", "error"]]
     keys = varying(finished_all) if len(finished_all) else ["method"]
     finished = dedupe(finished_all, keys)
     found = Found(redact(title), finished, failed, keys, caveats(finished))  # a sweep's name may hold a URL
+    found.search = search
     if len(finished):
         found.table = stats.summarise(finished, keys, correct)
         found.chosen = stats.choose(found.table)
@@ -172,6 +177,18 @@ def results(found: Found) -> list[Section]:
     return [Section("Results", blocks)]
 
 
+def searched(found: Found) -> list[Section]:
+    """A search's own section: its counts, best trial (test once), pictures and Pareto front."""
+    if found.search is None:
+        return []
+    blocks = [Text(study.summary(found.search))]
+    if found.search.front is not None and len(found.search.front):
+        blocks += [Text(["The Pareto front (no other trial has both a higher validation metric and fewer "
+                         "trainable parameters):"], "note"), Table(study.front_table(found.search).reset_index(drop=True))]  # fmt: skip
+    blocks += [Images(found.search.plots)] if found.search.plots else []
+    return [Section("Search", blocks)]
+
+
 def figures(found: Found) -> list[Section]:
     if found.table is None:
         return []
@@ -196,7 +213,7 @@ def failed_runs(found: Found) -> list[Section]:
     return [Section("Failed or unfinished runs", [block])]
 
 
-SECTIONS = (intro, results, figures, per_method, shared, failed_runs)
+SECTIONS = (intro, searched, results, figures, per_method, shared, failed_runs)
 
 
 def sections(found: Found) -> list[Section]:
@@ -299,6 +316,8 @@ def write(runs: pd.DataFrame, out: Path, title: str, others: pd.DataFrame | None
         found.plots = plots.draw(
             found.table, found.keys, out, found.references, found.compared, found.reference
         )
+    if found.search is not None:
+        found.search.plots = study.draw(found.search, out)
     doc = sections(found)
     (out / "report.md").write_text(markdown(doc))
     (out / "report.html").write_text(html(doc))

@@ -243,6 +243,8 @@ def ranking(rows: list[dict], top: int = 20) -> str:
         m = {k: float("nan") if v is None else v for k, v in json.loads(metrics_path.read_text()).items()}
         overrides_path = folder / ".hydra" / "overrides.yaml"
         overrides = yaml.safe_load(overrides_path.read_text()) if overrides_path.exists() else []
+        if m.get("pruned"):  # a search's trial its pruner stopped: no test score, marked in the table
+            overrides = [*(overrides or []), f"[pruned_after_epoch={m.get('epochs_done', 0):.0f}]"]
         table.append((m.get("val_accuracy", float("nan")), m.get("accuracy", float("nan")),
                       m.get("train_seconds", float("nan")), row["job"], " ".join(overrides or []),
                       job_part(row)))  # fmt: skip

@@ -287,17 +287,20 @@ def end(client, run_id: str, rows: list[dict], launcher_ended: bool, stopped: bo
 
 
 def best_child(client, run_id: str) -> dict | None:
-    """The finished child with the highest validation accuracy (test beside it, not used to choose)."""
+    """The finished child with the highest validation accuracy (a search's: the best by its optimised
+    metric; its pruned trials are no candidates), test beside it, not used to choose."""
     run = client.get_run(run_id)
+    metric = run.data.tags.get("optimized_metric", "val_accuracy")
+    order = "ASC" if run.data.tags.get("optimized_direction") == "minimize" else "DESC"
     children = client.search_runs(
         [run.info.experiment_id],
         filter_string=f"tags.mlflow.parentRunId = '{run_id}' and attributes.status = 'FINISHED'",
-        order_by=["metrics.val_accuracy DESC"],
-        max_results=1,
+        order_by=[f"metrics.{metric} {order}"],
+        max_results=200,
     )
     for child in children:
         m = child.data.metrics
-        if "val_accuracy" in m:
+        if metric in m and "val_accuracy" in m and child.data.tags.get("pruned") != "true":
             return {"run_id": child.info.run_id, "name": child.info.run_name, "val": m["val_accuracy"],
                     "test": m.get("accuracy", float("nan"))}  # fmt: skip
     return None

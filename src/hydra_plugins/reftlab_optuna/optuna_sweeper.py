@@ -69,5 +69,15 @@ class OptunaSweeper(Sweeper):
         sweep_dir = Path(self.search.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.search.config, sweep_dir / "multirun.yaml")
-        self.search.prepare(list(arguments))
-        return self.search.run()
+        import sys
+
+        from reftlab.config import ConfigError
+        from reftlab.search.driver import TooManyFailures
+        from reftlab.tracking import redact
+
+        try:
+            self.search.prepare(list(arguments))
+            return self.search.run()
+        except (ConfigError, TooManyFailures) as e:  # the message says it all; the sweep's summary follows
+            print(f"error: {redact(e)}", file=sys.stderr)
+            raise SystemExit(2 if isinstance(e, ConfigError) else 1) from None

@@ -21,7 +21,9 @@ HIDDEN = ("search.", "mlflow.", "hydra.", "run_name", "optimized_metric")
 @dataclass
 class Study:
     metric: str
-    trials: pd.DataFrame  # trial, state, value, test, trainable_params, train_seconds, epochs..., and each setting
+    trials: (
+        pd.DataFrame
+    )  # trial, state, value, test, trainable_params, train_seconds, epochs..., and each setting
     settings: list[str]
     best: dict | None = None
     front: pd.DataFrame | None = None
@@ -120,7 +122,9 @@ def as_optuna(study: Study, two: bool = False):
     out = optuna.create_study(directions=["maximize", "minimize"] if two else ["maximize"])
     State = optuna.trial.TrialState
     for _, row in t.iterrows():
-        params = {s: (float(row[s]) if isinstance(d, FloatDistribution) else str(row[s])) for s, d in dists.items()}
+        params = {
+            s: (float(row[s]) if isinstance(d, FloatDistribution) else str(row[s])) for s, d in dists.items()
+        }
         complete = row["state"] == "complete" and not math.isnan(row["value"])
         if two and not complete:
             continue

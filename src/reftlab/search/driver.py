@@ -32,6 +32,10 @@ def settings_of(value):
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
+class TooManyFailures(RuntimeError):
+    """More of the study's trials failed than hydra.sweeper.max_failure_rate allows: it stops."""
+
+
 class Search:
     """One search over `config` (the composed sweep config) with `conf` (hydra.sweeper's settings)."""
 
@@ -46,6 +50,7 @@ class Search:
         import optuna
 
         storage = self.check(arguments)
+        self.job_idx = next_job_number(Path(str(self.config.hydra.sweep.dir)))
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         try:
             self.study = optuna.create_study(
@@ -55,7 +60,14 @@ class Search:
         except ValueError as e:  # an existing study of the same name with other directions
             raise ConfigError(f"study {self.name!r} in {tracking.redact(self.url)}: {e}; give another "
                               "hydra.sweeper.study_name") from None  # fmt: skip
-        again = parts.recover(self.study)
+        again = parts.recover(self.study, tracking.tracking_uri(self.config.mlflow.get("tracking_uri")))
+        if self.study.trials and (self.conf.get("sampler") or {}).get("seed") is not None:
+            # a continued study: the seed moves on by the trials it has, so the sampler does not
+            # propose the first run's trials again (the same seed, a fresh process)
+            self.study.sampler = parts.sampler(
+                {**self.conf["sampler"], "seed": int(self.conf["sampler"]["seed"]) + len(self.study.trials)},
+                len(self.metrics),
+            )
         if again:
             log.warning("Trials %s were left running by a worker that died: their parameters run again",
                         ", ".join(map(str, again)))  # fmt: skip
@@ -122,7 +134,12 @@ class Search:
             lines += [f"{spaces.FOLD_KEY}={fold}", "search.per_epoch=false"]
         return lines
 
-    def launch(self, jobs: list[list[str]]) -> list:
+    def launch(self, jobs: list[list[str]], trials: list) -> list:
+        folder = Path(str(self.config.hydra.sweep.dir))
+        for i, trial in enumerate(trials):  # where its job's status will be (a killed worker's, for recover)
+            self.study._storage.set_trial_system_attr(
+                trial._trial_id, "reftlab:folder", str(folder / str(self.job_idx + i))
+            )
         results = self.launcher.launch(jobs, initial_job_idx=self.job_idx)
         self.job_idx += len(jobs)
         return list(results)
@@ -130,7 +147,7 @@ class Search:
     def run_batch(self, batch: list) -> list:
         """The batch's jobs (a trial with folds: its folds in rounds, pruned between them), told."""
         if not self.space.instances:
-            results = self.launch([self.overrides(t) for t in batch])
+            results = self.launch([self.overrides(t) for t in batch], batch)
             for trial, ret in zip(batch, results, strict=True):
                 self.tell(trial, [outcome(ret)])
             return results
@@ -138,7 +155,7 @@ class Search:
         for step, fold in enumerate(self.space.instances):
             if not alive:
                 break
-            returned = self.launch([self.overrides(t, fold) for t in alive])
+            returned = self.launch([self.overrides(t, fold) for t in alive], alive)
             results += returned
             still = []
             for trial, ret in zip(alive, returned, strict=True):
@@ -197,7 +214,7 @@ class Search:
         ended = counts["complete"] + counts["pruned"] + counts["fail"]
         rate = float(self.conf.get("max_failure_rate", 0.5))
         if ended and counts["fail"] / ended > rate and counts["fail"] > 1:
-            raise ConfigError(f"search {self.name}: {counts['fail']} of {ended} trials failed, more than "
+            raise TooManyFailures(f"search {self.name}: {counts['fail']} of {ended} trials failed, more than "
                               f"hydra.sweeper.max_failure_rate={rate}: stopped (each trial's error is in its "
                               "MLflow run and the study's trials)")  # fmt: skip
 
@@ -305,6 +322,17 @@ def outcome(ret) -> dict:
         pass
     epochs = int(ret.cfg.trainer.epochs) if ret.cfg is not None and "trainer" in ret.cfg else 0
     return {"metrics": metrics, "run_id": run_id, "epochs": epochs, "error": error}
+
+
+def next_job_number(sweep_dir: Path) -> int:
+    """The first job number no folder of `sweep_dir` has: a study continued in its own sweep folder
+    never writes over the jobs an earlier run of it left there."""
+    taken = (
+        [int(p.name) for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()]
+        if sweep_dir.is_dir()
+        else []
+    )
+    return max(taken, default=-1) + 1
 
 
 def default_name(config) -> str:

@@ -127,7 +127,8 @@ def known(config, key: str) -> bool:
     """Whether `key` (dotted, or a config group like `intervention`) is a setting of `config`."""
     from omegaconf import OmegaConf
 
-    if key in (config.hydra.runtime.choices or {}):
+    hydra = config.get("hydra") if OmegaConf.is_dict(config) and "hydra" in config else None
+    if hydra is not None and key in (hydra.runtime.choices or {}):
         return True
     node = config
     for part in key.split("."):

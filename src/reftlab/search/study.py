@@ -147,13 +147,14 @@ def counted(study) -> list:
     ]
 
 
-def recover(study) -> list[int]:
+def recover(study, tracking_uri: str | None = None) -> list[int]:
     """Trials left RUNNING by a worker that died (SIGKILL, a lost node): marked failed (`KILLED`),
-    their parameters asked again first; trials of a worker that still runs (or of another host with
-    no word from its scheduler) are left to it. Returns the numbers of the trials re-asked."""
+    their parameters asked again first, their job's MLflow run (if its status file says running)
+    marked KILLED; trials of a worker that still runs (or of another host with no word from its
+    scheduler) are left to it. Returns the numbers of the trials re-asked."""
     from optuna.trial import TrialState
 
-    from ..sweep.callback import alive
+    from ..sweep.callback import alive, mark_killed
 
     again = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -164,6 +165,10 @@ def recover(study) -> list[int]:
             continue
         if alive(row, attrs.get("reftlab:since")) is not False:
             continue
+        folder = attrs.get("reftlab:folder")
+        status = tracking.read_status(folder) if folder else None
+        if status and status.get("status") == "running" and tracking_uri:
+            mark_killed({**status, "folder": Path(folder)}, tracking_uri)
         storage = study._storage
         storage.set_trial_system_attr(t._trial_id, KILLED, True)
         storage.set_trial_state_values(t._trial_id, TrialState.FAIL)

@@ -45,6 +45,17 @@ def test_the_space_reads_as_optunas_distributions_and_goes_back_as_overrides():
                              "trainer.epochs": 3, "trainer.warmup_ratio": 0.1, "trainer.batch_size": 8})  # fmt: skip
     cfg = compose(*lines)  # what a trial's job composes: a layer set is a list again
     assert list(cfg.intervention.layer) == [2, 5, 8, 11] and cfg.trainer.lr == 0.003 and cfg.seed == 7
+    later = space.parse(
+        [
+            "intervention.rank=choice(1,2)",
+            "trainer.lr=0.01",
+            "intervention.rank=4",
+            "trainer.lr=interval(0.001, 0.1)",
+        ]
+    )
+    assert later.fixed == ["intervention.rank=4"] and list(later.distributions) == [
+        "trainer.lr"
+    ]  # the last line wins
     folds = space.parse(["data.fold=0,1,2", "intervention.rank=choice(1,4)"], compose("folds=hotel5"))
     assert folds.instances == [0, 1, 2] and list(folds.distributions) == ["intervention.rank"]
 

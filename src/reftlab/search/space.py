@@ -59,6 +59,10 @@ def parse(lines: list[str], config=None) -> Space:
         if config is not None and not override.is_add() and not known(config, key):
             raise ConfigError(f"search space: {key!r} is not a setting of the composed config (a typo? "
                               f"settings under it: {siblings(config, key)})")  # fmt: skip
+        # a later line for a key wins (the command line over the preset's params)
+        space.fixed = [f for f in space.fixed if f.split("=", 1)[0].lstrip("+~") != key]
+        space.distributions.pop(key, None)
+        space.written.pop(key, None)
         if not override.is_sweep_override():
             space.fixed.append(line)
             continue

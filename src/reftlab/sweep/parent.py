@@ -41,11 +41,19 @@ def swept(config) -> dict[str, str]:
     return out
 
 
+# a search's settings that make another study (its sampler, pruner, space, name); its number of trials
+# and batch size do not: the same command with more trials continues the study
+NOT_OF_THE_SWEEP = ("hydra.sweeper.n_trials=", "hydra.sweeper.n_jobs=")
+
+
 def sweep_key(config) -> str:
-    """What makes two sweeps the same sweep (a re-run resumes it): the experiment and every override."""
+    """What makes two sweeps the same sweep (a re-run resumes it): the experiment, every override,
+    and the search settings given on the command line (`hydra.sweeper.*`, but how many trials)."""
     lines = sorted(str(o) for o in config.hydra.overrides.get("task", []))
     preset = config.hydra.runtime.choices.get("experiment")
-    text = json.dumps([config.mlflow.experiment, preset, lines])
+    search = sorted(str(o) for o in config.hydra.overrides.get("hydra", [])
+                    if str(o).startswith("hydra.sweeper.") and not str(o).startswith(NOT_OF_THE_SWEEP))  # fmt: skip
+    text = json.dumps([config.mlflow.experiment, preset, lines] + ([search] if search else []))
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 

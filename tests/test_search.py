@@ -85,6 +85,10 @@ def test_objectives_are_validation_metrics_never_test_ones():
     )
     two = study.objectives(["val_accuracy", "trainable_params"], "maximize", ("accuracy",))
     assert two == (["val_accuracy", "trainable_params"], ["maximize", "minimize"])
+    assert study.objectives(["val_log_loss", "train_seconds"], None, ("log_loss",))[1] == [
+        "minimize",
+        "minimize",
+    ]
     with pytest.raises(ConfigError, match="never on test"):
         study.objectives("accuracy", "maximize", ("accuracy",))
     with pytest.raises(ConfigError, match="val_accuracy, val_f1"):
@@ -383,3 +387,45 @@ def study_of(sweep) -> str:
 
     overrides = yaml.safe_load((sweep / "0" / ".hydra" / "overrides.yaml").read_text())
     return next(o.split("=", 1)[1] for o in overrides if o.startswith("search.study="))
+
+
+def test_two_objectives_give_a_pareto_front_of_accuracy_and_parameters(tmp_path):
+    def job(v):  # more rank: more accuracy and more parameters
+        rank = int(v["intervention.rank"])
+        return {"val_accuracy": 0.5 + rank / 10, "trainable_params": 1000.0 * rank}
+
+    search, _ = search_with(tmp_path, job, n_trials=8, sampler={"name": "nsga2", "seed": 1},
+                            extra=("optimized_metric=[val_accuracy,trainable_params]",))  # fmt: skip
+    assert search.directions == ["maximize", "minimize"]
+    search.run()
+    front = {t.params["intervention.rank"] for t in search.study.best_trials}
+    assert front == {
+        t.params["intervention.rank"] for t in search.study.trials
+    }  # each rank trades one for the other
+
+
+def test_a_search_setting_on_the_command_line_makes_another_sweep_but_its_trial_count_does_not():
+    from reftlab.config.compose import compose as with_hydra
+    from reftlab.sweep.parent import sweep_key
+
+    def key(*hydra):
+        cfg = with_hydra(["hparams_search=loreft", *hydra], return_hydra_config=True)
+        return sweep_key(cfg)
+
+    assert key() == key("hydra.sweeper.n_trials=80", "hydra.sweeper.n_jobs=4")  # the same study, continued
+    assert key() != key("hydra.sweeper.pruner.name=none") != key("hydra.sweeper.sampler.seed=3")
+
+
+@pytest.mark.slow
+def test_a_batch_of_trials_that_share_a_prefix_cache_trains_fused(tmp_path, empty_store):
+    uri = store_in(tmp_path, empty_store)
+    done = train_here("-m", "hparams_search=loreft", "hydra/launcher=fused", *tiny_overrides(f"mlflow.tracking_uri={uri}"),
+                      f"hydra.sweep.dir={tmp_path / 'sweep'}", f"hydra.sweeper.storage={tmp_path / 's.journal'}",
+                      "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=3", "intervention.positions=l3",
+                      "intervention.layer=choice([1])", "trainer.epochs=2")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "train x3" in done.stderr  # one training loop for the three
+    trials = runs(uri)
+    assert len(trials) == 3 and (trials["status"] == "FINISHED").all()
+    assert trials["tags.fused_group"].nunique() == 1 and (trials["tags.fused_size"] == "3").all()
+    assert trials["params.trainer.lr"].nunique() == 3  # three trials, each its own run and weights

@@ -91,7 +91,7 @@ class Search:
             raise ConfigError(f"hydra.sweeper.max_failure_rate={rate}: give a fraction in [0, 1]")
         task = tasks.of(config)  # the task's own checks of its settings
         self.metrics, self.directions = parts.objectives(
-            settings_of(config.get("optimized_metric")), settings_of(conf.get("direction")) or "maximize",
+            settings_of(config.get("optimized_metric")), settings_of(conf.get("direction")),
             tuple(task.val_metrics),
         )  # fmt: skip
         self.sampler = parts.sampler(conf.get("sampler") or {}, len(self.metrics))

@@ -22,6 +22,7 @@ DIRECTIONS = ("maximize", "minimize")
 STUDY_DIR = "multirun/studies"
 # What a job logs that a study may optimise besides the task's validation metrics: its cost.
 COSTS = ("trainable_params", "train_seconds", "eval_seconds", "peak_memory_mb")
+LOWER_IS_BETTER = ("val_log_loss", "val_no_answer_rate", "val_mean_generated_tokens")
 KILLED = "reftlab:killed"  # a trial's system attribute: its worker died; its parameters were asked again
 
 
@@ -117,8 +118,11 @@ def objectives(metric, direction, val_metrics: tuple[str, ...]) -> tuple[list[st
                    if f"val_{m}" in allowed else "")  # fmt: skip
             raise ConfigError(f"optimized_metric={m!r}{why} is not a metric this task logs for a search: choose "
                               f"from {', '.join(allowed)}")  # fmt: skip
-    if len(directions) == 1 and len(metrics) > 1:
-        directions = directions + [("minimize" if m in COSTS else "maximize") for m in metrics[1:]]
+    natural = ["minimize" if m in COSTS or m in LOWER_IS_BETTER else "maximize" for m in metrics]
+    if not directions:  # null: each metric's own (accuracy up, loss and cost down)
+        directions = natural
+    elif len(directions) == 1 and len(metrics) > 1:
+        directions = directions + natural[1:]
     if len(directions) != len(metrics) or any(d not in DIRECTIONS for d in directions):
         raise ConfigError(f"hydra.sweeper.direction={direction}: give one of {', '.join(DIRECTIONS)} for each "
                           f"optimized metric ({', '.join(metrics)})")  # fmt: skip

@@ -429,3 +429,28 @@ def test_a_batch_of_trials_that_share_a_prefix_cache_trains_fused(tmp_path, empt
     assert len(trials) == 3 and (trials["status"] == "FINISHED").all()
     assert trials["tags.fused_group"].nunique() == 1 and (trials["tags.fused_size"] == "3").all()
     assert trials["params.trainer.lr"].nunique() == 3  # three trials, each its own run and weights
+
+
+def test_the_validation_between_epochs_builds_its_prefix_with_the_models_own_attention():
+    """A strategy trains under its own attention (few queries over a stored prefix, no causal mask);
+    the validation scored between epochs builds its prompts' prefix cache with the model's own, or its
+    keys would be wrong (they were: 16 of 19 apart in bf16 on the bundled model)."""
+    import torch
+
+    from reftlab import methods, models
+    from reftlab.engine.prefix import build
+    from reftlab.engine.strategies import Context
+    from reftlab.engine.suffix import attention_implementation
+
+    model, tok, _, _ = models.load_model_and_tokenizer(compose("model=tiny_random").model)
+    seqs = [tok("The room was clean and the staff kind. " * k)["input_ids"] for k in (3, 2)]
+    expected = build(model, 0, seqs, [3, 3], tok.pad_token_id, progress=False)
+    ctx = Context(model, methods.get("none"), None, None, tok.pad_token_id)
+    got = []
+    ctx.on_epoch = lambda epoch: got.append(build(model, 0, seqs, [3, 3], tok.pad_token_id, progress=False))
+    with attention_implementation(model):  # as a strategy's training holds it
+        inside = model.config._attn_implementation
+        ctx.between_epochs(1)
+        assert model.config._attn_implementation == inside  # the strategy's again for the next epoch
+    torch.testing.assert_close(got[0].keys, expected.keys)
+    torch.testing.assert_close(got[0].values, expected.values)

@@ -78,6 +78,12 @@ def register_attention(name: str, function) -> None:
     AttentionInterface.register(name, function)
 
 
+def attention_in_use(model) -> str | None:
+    """The attention implementation the model's layers use now (the private
+    `config._attn_implementation`; transformers 5.24); None for a model without one."""
+    return getattr(getattr(model, "config", None), "_attn_implementation", None)
+
+
 class attention_implementation:
     """Context: the model's layers use the registered attention `name` inside, then the old one
     (reads the private `config._attn_implementation`, switches with `set_attn_implementation`;

@@ -51,6 +51,10 @@ class Context:
         None  # called with the epoch number after each epoch but the last (a search trial's report)
     )
 
+    def __post_init__(self):
+        # the attention the frozen model uses outside a strategy's own (which fits its steps only)
+        self.attention = hf_compat.attention_in_use(self.model)
+
     @property
     def model(self):
         """The frozen causal LM under the interventions."""
@@ -71,10 +75,17 @@ class Context:
                               self.progress, self.between_epochs if self.on_epoch else None)  # fmt: skip
 
     def between_epochs(self, epoch: int) -> None:
-        """`on_epoch` in eval mode (it scores the validation split), train mode again after."""
+        """`on_epoch` in eval mode (it scores the validation split) and with the model's own attention
+        (a strategy's attention for its steps, `suffix.grouped_attention`, is no causal full pass: a
+        prefix built under it would be wrong), then train mode and the strategy's attention again."""
+        import contextlib
+
         self.method.train_mode(self.trained, False)
+        own = (hf_compat.attention_implementation(self.model, self.attention)
+               if self.attention and hf_compat.attention_in_use(self.model) != self.attention
+               else contextlib.nullcontext())  # fmt: skip
         try:
-            with torch.no_grad():
+            with torch.no_grad(), own:
                 self.on_epoch(epoch)
         finally:
             self.method.train_mode(self.trained, True)

@@ -22,7 +22,9 @@ class ReftlabOptunaConf:
     storage: str | None = (
         None  # null: multirun/studies/<study>.journal; a path (journal file) or a database URL
     )
-    direction: Any = None  # null: each optimized metric's own (accuracy up; loss, parameters, seconds down); or a list
+    direction: Any = (
+        None  # null: each optimized metric's own (accuracy up; loss, parameters, seconds down); or a list
+    )
     n_trials: int = 20  # trials that count: complete, pruned, failed by their own error
     n_jobs: int = 1  # trials asked together, launched as one batch (joblib, submitit, fused: in parallel)
     max_failure_rate: float = 0.5  # the study stops when more of its trials failed

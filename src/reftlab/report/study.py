@@ -32,9 +32,12 @@ class Study:
 
 def of_runs(runs: pd.DataFrame) -> Study | None:
     """The search in MLflow's runs frame `runs`, or None where its runs are no search's trials."""
-    if "params.search.trial" not in runs or runs["params.search.trial"].isna().all():
+    if "params.search.trial" not in runs:
         return None
-    runs = runs[runs["params.search.trial"].notna()]
+    numbers = pd.to_numeric(runs["params.search.trial"], errors="coerce")  # "None": no search's trial
+    if numbers.isna().all():
+        return None
+    runs = runs[numbers.notna()].assign(**{"params.search.trial": numbers[numbers.notna()]})
     metric = "val_accuracy"
     if "params.optimized_metric" in runs and runs["params.optimized_metric"].notna().any():
         metric = str(runs["params.optimized_metric"].dropna().iloc[0]).split(",")[0].strip("[]' ")

@@ -66,16 +66,13 @@ def reporter(cfg) -> EpochReporter | None:
         return None
     import optuna
 
-    from . import study as parts
+    from .study import open_storage, pruner, storage_url
 
-    prune = (
-        parts.pruner(sweeper.get("pruner"), 1, folds=False)
-        if (sweeper.get("pruner") or {}).get("name", "none") not in ("none", "wilcoxon", None)
-        else None
-    )
+    name = (sweeper.get("pruner") or {}).get("name") or "none"
+    prune = pruner(sweeper.get("pruner"), 1, folds=False) if name not in ("none", "wilcoxon") else None
     if prune is None:
         return EpochReporter(None, metric, int(cfg.trainer.epochs))  # the curve is still logged
-    url = parts.storage_url(sweeper.get("storage"), str(search.study))
-    study = optuna.load_study(study_name=str(search.study), storage=parts.open_storage(url), pruner=prune)
+    url = storage_url(sweeper.get("storage"), str(search.study))
+    study = optuna.load_study(study_name=str(search.study), storage=open_storage(url), pruner=prune)
     trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, int(search.trial))
     return EpochReporter(optuna.trial.Trial(study, trial_id), metric, int(cfg.trainer.epochs))

@@ -67,7 +67,8 @@ class Engine:
             cache_seconds=info.get("seconds", 0.0), peak_memory_mb=memory.peak_mb, path=chosen.strategy,
             reason=chosen.reason, cache_source=info.get("source"), cache_mb=info.get("mb"),
             cache_point=info.get("from_point"),
-            metrics={} if info.get("built") is None else {"cache_built_examples": info["built"]},
+            metrics=({} if info.get("built") is None else {"cache_built_examples": info["built"]})
+            | ({"epoch_eval_seconds": res["epoch_eval_seconds"]} if res.get("epoch_eval_seconds") else {}),
         )  # fmt: skip
 
     # The scorer a task scores through (`tasks.Task.score`); `eval_path` says which strategy ran.

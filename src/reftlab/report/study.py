@@ -44,8 +44,8 @@ def of_runs(runs: pd.DataFrame) -> Study | None:
     settings = [c.removeprefix("params.") for c in runs.columns if c.startswith("params.")
                 and not c.removeprefix("params.").startswith(HIDDEN) and runs[c].nunique(dropna=False) > 1]  # fmt: skip
     pruned = runs["tags.pruned"].eq("true") if "tags.pruned" in runs else pd.Series(False, index=runs.index)
-    state = ["pruned" if p else ("complete" if s == "FINISHED" else "failed")
-             for p, s in zip(pruned, runs["status"], strict=True)]  # fmt: skip
+    named = {"FINISHED": "complete", "KILLED": "killed", "RUNNING": "running"}
+    state = ["pruned" if p else named.get(s, "failed") for p, s in zip(pruned, runs["status"], strict=True)]
     get = lambda name: runs[name] if name in runs else pd.Series(math.nan, index=runs.index)  # noqa: E731
     table = pd.DataFrame({
         "trial": runs["params.search.trial"].astype(int), "state": state, "value": get(f"metrics.{metric}"),
@@ -83,10 +83,12 @@ def summary(study: Study) -> list[str]:
     """The search in words: counts, trial-epochs saved by pruning, the best trial with its test once."""
     t = study.trials
     counts = t["state"].value_counts()
-    run = t["epochs_done"].fillna(t["epochs"]).sum()
-    saved = t["epochs_saved"].fillna(0).sum()
+    ended = t[t["state"].isin(["complete", "pruned"])]
+    run = ended["epochs_done"].fillna(ended["epochs"]).sum()
+    saved = ended["epochs_saved"].fillna(0).sum()
+    others = "".join(f", {counts[s]} {s}" for s in ("killed", "running") if counts.get(s))
     lines = [f"{len(t)} trials: {counts.get('complete', 0)} complete, {counts.get('pruned', 0)} pruned, "
-             f"{counts.get('failed', 0)} failed; trial-epochs run {run:.0f}, saved by pruning {saved:.0f}"
+             f"{counts.get('failed', 0)} failed{others}; trial-epochs run {run:.0f}, saved by pruning {saved:.0f}"
              + (f" ({100 * saved / (run + saved):.0f}% of {run + saved:.0f})" if run + saved else "") + "."]  # fmt: skip
     if study.best:
         b = study.best

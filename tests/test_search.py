@@ -454,3 +454,25 @@ def test_the_validation_between_epochs_builds_its_prefix_with_the_models_own_att
         assert model.config._attn_implementation == inside  # the strategy's again for the next epoch
     torch.testing.assert_close(got[0].keys, expected.keys)
     torch.testing.assert_close(got[0].values, expected.values)
+
+
+def test_two_workers_share_one_study_and_run_each_trial_once(tmp_path):
+    """Worker B starts while worker A's first batch runs (its trials RUNNING, its process alive): B
+    leaves them to A, asks only what is left, and together they run the planned trials once each."""
+    seen = {}
+
+    def job_b(v):
+        return {"val_accuracy": 0.5}
+
+    def job_a(v):
+        if "b" not in seen:  # B starts, and runs to its end, while A's first batch runs
+            seen["b"], launcher_b = search_with(tmp_path, job_b, n_trials=6)
+            seen["b"].run()
+            seen["b trials"] = [x["search.trial"] for x in launcher_b.launched]
+        return {"val_accuracy": 0.6}
+
+    a, launcher_a = search_with(tmp_path, job_a, n_trials=6)
+    a.run()
+    numbers = [x["search.trial"] for x in launcher_a.launched] + seen["b trials"]
+    assert sorted(map(int, numbers)) == list(range(6))  # every trial once, across the two workers
+    assert len(seen["b trials"]) == 4 and len(study.counted(a.study)) == 6

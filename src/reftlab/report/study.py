@@ -41,8 +41,8 @@ def of_runs(runs: pd.DataFrame) -> Study | None:
     metric = "val_accuracy"
     if "params.optimized_metric" in runs and runs["params.optimized_metric"].notna().any():
         metric = str(runs["params.optimized_metric"].dropna().iloc[0]).split(",")[0].strip("[]' ")
-    settings = [c.removeprefix("params.") for c in runs.columns if c.startswith("params.")
-                and not c.removeprefix("params.").startswith(HIDDEN) and runs[c].nunique(dropna=False) > 1]  # fmt: skip
+    settings = sorted(c.removeprefix("params.") for c in runs.columns if c.startswith("params.")
+                and not c.removeprefix("params.").startswith(HIDDEN) and runs[c].nunique(dropna=False) > 1)  # fmt: skip
     pruned = runs["tags.pruned"].eq("true") if "tags.pruned" in runs else pd.Series(False, index=runs.index)
     named = {"FINISHED": "complete", "KILLED": "killed", "RUNNING": "running"}
     state = ["pruned" if p else named.get(s, "failed") for p, s in zip(pruned, runs["status"], strict=True)]

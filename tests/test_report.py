@@ -25,6 +25,7 @@ def test_one_list_of_sections_is_written_as_markdown_and_as_html():
     assert "<title>a &lt;title&gt;</title>" in page and "<h1>a &lt;title&gt;</h1>" in page
     assert "<p>2 runs.</p>" in page and "<p class='note'><b>Caution: few</b></p>" in page
     assert "<p class='note'>Chosen on validation</p>" in page and "**" not in page
+    assert render.html_text("`a<b>` and `c`") == "<code>a&lt;b&gt;</code> and <code>c</code>"
     assert "<tr class='chosen'><td>15</td><td>chosen (best validation)</td></tr>" in page
     assert "<img src='accuracy_vs_layer.png' alt='accuracy vs layer'>" in page
     assert "<li><code>trainer.lr</code> = 0.004</li>" in page and page.endswith("</body></html>")
@@ -506,3 +507,9 @@ def test_a_loreft_with_other_intervention_settings_is_not_the_default_reference(
 
     assert stats.reference_group(table(str(defaults["intervention.rank"])), ["method"], defaults) == 0
     assert stats.reference_group(table("8"), ["method"], defaults) is None
+
+
+def test_the_html_report_carries_its_plots_inside(tmp_path):
+    (tmp_path / "plot.png").write_bytes(b"\x89PNG fake")
+    page = render.inline_images("<img src='plot.png' alt='a'><img src='missing.png' alt='b'>", tmp_path)
+    assert "<img src='data:image/png;base64,iVBORyBmYWtl' alt='a'>" in page and "src='missing.png'" in page

@@ -267,9 +267,26 @@ def html(doc: list[Section]) -> str:
     return "\n".join(lines)
 
 
+def inline_images(page: str, folder: Path) -> str:
+    """The page with each of its images from `folder` inlined (a data: URL): one self-contained file,
+    so MLflow's artifact preview (which cannot load sibling files) shows the plots too."""
+    import base64
+    import re
+
+    def inline(match):
+        path = folder / escaping.unescape(match.group(1))
+        if not path.is_file():
+            return match.group(0)
+        return f"<img src='data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}'"
+
+    return re.sub(r"<img src='([^':]+\.png)'", inline, page)
+
+
 def html_text(text: str) -> str:
-    """Markdown inline text as HTML text: escaped, without the bold marks."""
-    return escaping.escape(text).replace("**", "")
+    """Markdown inline text as HTML text: escaped, without the bold marks, `code` as <code>."""
+    import re
+
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", escaping.escape(text).replace("**", ""))
 
 
 def html_block(block) -> list[str]:
@@ -320,7 +337,7 @@ def write(runs: pd.DataFrame, out: Path, title: str, others: pd.DataFrame | None
         found.search.plots = study.draw(found.search, out)
     doc = sections(found)
     (out / "report.md").write_text(markdown(doc))
-    (out / "report.html").write_text(html(doc))
+    (out / "report.html").write_text(inline_images(html(doc), out))
     result = {"finished": len(found.finished), "failed": len(found.failed), "keys": found.keys,
               "chosen": found.chosen, "table": found.table, "caveats": found.caveats}  # fmt: skip
     if found.table is not None:

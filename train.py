@@ -19,7 +19,7 @@ redact_logging()  # credentials in URLs are masked in every log line, Hydra's in
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig) -> float | dict | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 

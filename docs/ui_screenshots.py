@@ -31,7 +31,9 @@ def main() -> None:
     parser.add_argument("--parent", required=True, help="the sweep's parent run id")
     parser.add_argument("--name", default="ablate_rank", help="the parent run's name (shown in the table)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "img"))
-    parser.add_argument("--stem", default="mlflow_sweep", help="file names: <stem>_runs.png, <stem>_report.png")
+    parser.add_argument(
+        "--stem", default="mlflow_sweep", help="file names: <stem>_runs.png, <stem>_report.png"
+    )
     parser.add_argument("--chromium", default="/usr/bin/chromium")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright

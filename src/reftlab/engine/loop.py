@@ -155,6 +155,11 @@ class Schedule:
                 return self.next_group()
         return self._queue.pop(0)
 
+    @property
+    def between_epochs(self) -> bool:
+        """Whether the last step ended an epoch that is not the run's last."""
+        return not self._queue and self.epoch < self.cfg.epochs
+
     def finish(self, group_losses: list[float]) -> None:
         """After the step's backward: record its batch losses (a NaN/inf fails the run here), step."""
         self.losses.extend(group_losses)
@@ -180,7 +185,7 @@ def train(params, examples, trainer_cfg, seed: int, step, progress: bool = True,
         run.finish(step(group, run.denominator))
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean(run.losses[-run.accum * 10 :]):.4f}")
-        if on_epoch is not None and not run._queue and run.epoch < trainer_cfg.epochs:
+        if on_epoch is not None and run.between_epochs:
             tic = time.perf_counter()
             on_epoch(run.epoch)
             between += time.perf_counter() - tic

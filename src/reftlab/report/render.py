@@ -9,7 +9,9 @@ a table, images, settings; `markdown` and `html` each know how to write every bl
 
 from __future__ import annotations
 
+import base64
 import html as escaping
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -270,8 +272,6 @@ def html(doc: list[Section]) -> str:
 def inline_images(page: str, folder: Path) -> str:
     """The page with each of its images from `folder` inlined (a data: URL): one self-contained file,
     so MLflow's artifact preview (which cannot load sibling files) shows the plots too."""
-    import base64
-    import re
 
     def inline(match):
         path = folder / escaping.unescape(match.group(1))
@@ -284,8 +284,6 @@ def inline_images(page: str, folder: Path) -> str:
 
 def html_text(text: str) -> str:
     """Markdown inline text as HTML text: escaped, without the bold marks, `code` as <code>."""
-    import re
-
     return re.sub(r"`([^`]+)`", r"<code>\1</code>", escaping.escape(text).replace("**", ""))
 
 

@@ -21,9 +21,7 @@ HIDDEN = ("search.", "mlflow.", "hydra.", "run_name", "optimized_metric")
 @dataclass
 class Study:
     metric: str
-    trials: (
-        pd.DataFrame
-    )  # trial, state, value, test, trainable_params, train_seconds, epochs..., and each setting
+    trials: pd.DataFrame  # trial, state, value, test, trainable_params, epochs..., and each setting
     settings: list[str]
     best: dict | None = None
     front: pd.DataFrame | None = None
@@ -60,23 +58,15 @@ def of_runs(runs: pd.DataFrame) -> Study | None:
     if len(done):
         row = done.sort_values(["value", "trial"], ascending=[False, True]).iloc[0]
         study.best = row.to_dict()
-        study.front = pareto(done)
+        study.front = pareto(study)
     return study
 
 
-def pareto(done: pd.DataFrame) -> pd.DataFrame:
+def pareto(study: Study) -> pd.DataFrame:
     """The complete trials no other beats on both validation metric (higher) and trainable
-    parameters (fewer)."""
-    keep = []
-    for i, row in done.iterrows():
-        beaten = (
-            (done["value"] >= row["value"])
-            & (done["trainable_params"] <= row["trainable_params"])
-            & ((done["value"] > row["value"]) | (done["trainable_params"] < row["trainable_params"]))
-        )
-        if not beaten.any():
-            keep.append(i)
-    return done.loc[keep].sort_values("trainable_params")
+    parameters (fewer): Optuna's best trials of the two objectives."""
+    rows = sorted(t.user_attrs["row"] for t in as_optuna(study, two=True).best_trials)
+    return study.trials.loc[rows].sort_values("trainable_params")
 
 
 def summary(study: Study) -> list[str]:
@@ -126,7 +116,7 @@ def as_optuna(study: Study, two: bool = False):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     out = optuna.create_study(directions=["maximize", "minimize"] if two else ["maximize"])
     State = optuna.trial.TrialState
-    for _, row in t.iterrows():
+    for index, row in t.iterrows():
         params = {
             s: (float(row[s]) if isinstance(d, FloatDistribution) else str(row[s])) for s, d in dists.items()
         }
@@ -138,7 +128,8 @@ def as_optuna(study: Study, two: bool = False):
         if not two and row["state"] == "pruned" and not math.isnan(row["value"]):
             kwargs["intermediate_values"] = {int(row["epochs_done"] or 1): row["value"]}
         state = State.COMPLETE if complete else (State.PRUNED if row["state"] == "pruned" else State.FAIL)
-        out.add_trial(optuna.trial.create_trial(params=params, distributions=dists, state=state, **kwargs))
+        out.add_trial(optuna.trial.create_trial(params=params, distributions=dists, state=state,
+                                                user_attrs={"row": int(index)}, **kwargs))  # fmt: skip
     return out
 
 

@@ -5,8 +5,10 @@
 - `study.py`: storage, sampler, pruner and objectives from the sweeper's settings; trial bookkeeping
   (which count, which a killed worker left and run again);
 - `driver.py`: the sweep itself: ask a batch, launch it with any launcher, tell the results;
-- `trial.py`: the job side: a trial reports its validation metric per epoch and may be pruned;
-- `figures.py`: the study's pictures from its MLflow runs (history, importances, slices, Pareto front).
+- `trial.py`: the job side: a trial reports its validation metric per epoch and may be pruned.
+
+A study's report (history, importances, slices, Pareto front) is drawn from its MLflow runs by
+`reftlab.report.study`.
 
 The Hydra plugin (`hydra_plugins/reftlab_optuna`) only registers the sweeper and hands over here.
 """

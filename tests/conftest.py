@@ -14,6 +14,19 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ["REFTLAB_DATA_REPOS"] = tempfile.mkdtemp(prefix="reftlab-repos-")
 
 
+@pytest.fixture(autouse=True)
+def no_parent_run_left_behind():
+    """A test that opens a sweep's parent run in this process (the sweep callback sets its id in the
+    environment for the jobs) must not hand it to the tests after it in the same worker."""
+    name = "REFTLAB_PARENT_RUN"
+    before = os.environ.get(name)
+    yield
+    if before is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = before
+
+
 _COMPOSED: dict = {}
 
 

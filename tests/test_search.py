@@ -200,6 +200,17 @@ def test_a_failing_trial_fails_alone_and_too_many_failures_stop_the_study(tmp_pa
     assert study.states(worse.study)["fail"] < 10  # stopped early
 
 
+def test_a_parent_run_id_from_another_store_is_warned_about_and_the_study_runs(tmp_path, monkeypatch, caplog):
+    from reftlab.sweep import parent
+
+    monkeypatch.setenv(parent.ENV, "d692ee9334f047199f13e7f00b881ccc")  # e.g. left by an earlier sweep
+    search, _ = search_with(tmp_path, lambda v: {"val_accuracy": 0.5}, n_trials=2)
+    with caplog.at_level("WARNING"):
+        search.run()
+    assert len(study.counted(search.study)) == 2
+    assert "d692ee9334f047199f13e7f00b881ccc is not a run of this tracking store" in caplog.text
+
+
 def test_a_pruned_trial_counts_and_its_saved_epochs_are_summed(tmp_path):
     def job(v):
         if float(v["trainer.lr"]) < 0.005:

@@ -255,8 +255,16 @@ class Search:
         from ..sweep.parent import ENV
 
         run_id = os.environ.get(ENV)
-        uri = tracking.tracking_uri(self.config.mlflow.get("tracking_uri"))
-        return (MlflowClient(uri), run_id) if run_id else (None, None)
+        if not run_id:
+            return None, None
+        client = MlflowClient(tracking.tracking_uri(self.config.mlflow.get("tracking_uri")))
+        try:  # an id left in the environment by another sweep (another store) is not this one's
+            client.get_run(run_id)
+        except Exception as e:
+            log.warning("%s=%s is not a run of this tracking store; the study is not logged on a parent run: %s",
+                        ENV, run_id, tracking.redact(e))  # fmt: skip
+            return None, None
+        return client, run_id
 
     def log_parent_settings(self) -> None:
         """The study's settings on the sweep's parent run (once; a resumed study has the same)."""

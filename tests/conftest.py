@@ -18,7 +18,8 @@ os.environ["REFTLAB_DATA_REPOS"] = tempfile.mkdtemp(prefix="reftlab-repos-")
 def no_parent_run_left_behind():
     """A test that opens a sweep's parent run in this process (the sweep callback sets its id in the
     environment for the jobs) must not hand it to the tests after it in the same worker."""
-    name = "REFTLAB_PARENT_RUN"
+    from reftlab.sweep.parent import ENV as name
+
     before = os.environ.get(name)
     yield
     if before is None:

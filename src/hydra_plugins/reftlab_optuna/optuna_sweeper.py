@@ -64,19 +64,18 @@ class OptunaSweeper(Sweeper):
         self.search = Search({k: settings_of(v) for k, v in self.settings.items()}, config, launcher)
 
     def sweep(self, arguments):
+        import sys
         from pathlib import Path
 
         from omegaconf import OmegaConf
-
-        sweep_dir = Path(self.search.config.hydra.sweep.dir)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.search.config, sweep_dir / "multirun.yaml")
-        import sys
 
         from reftlab.config import ConfigError
         from reftlab.search.driver import TooManyFailures
         from reftlab.tracking import redact
 
+        sweep_dir = Path(self.search.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.search.config, sweep_dir / "multirun.yaml")
         try:
             self.search.prepare(list(arguments))
             return self.search.run()

@@ -159,9 +159,9 @@ def draw(study: Study, out: Path) -> list[tuple[str, str]]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 axes = make()
-            fig = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
-            fig.set_size_inches(max(6.4, 3.2 * len(study.settings)) if "slices" in name else 6.4, 4.2)
-            fig.tight_layout()
+                fig = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
+                fig.set_size_inches(max(6.4, 3.2 * len(study.settings)) if "slices" in name else 6.4, 4.2)
+                fig.tight_layout()
             fig.savefig(out / name, dpi=110)
             plt.close(fig)
             drawn.append((name, what))

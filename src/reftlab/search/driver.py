@@ -248,17 +248,18 @@ class Search:
         return "\n".join(lines)
 
     def parent(self):
-        import os
-
+        """The sweep's parent run (`sweep.parent.of_sweep`: its folder's record, else the environment)
+        and a client of its tracking store; (None, None) where there is none or the id is not a run of
+        that store (an id another sweep left in the environment)."""
         from mlflow.tracking import MlflowClient
 
-        from ..sweep.parent import ENV
+        from ..sweep.parent import ENV, of_sweep
 
-        run_id = os.environ.get(ENV)
+        run_id = of_sweep(self.config.hydra.sweep.dir)
         if not run_id:
             return None, None
         client = MlflowClient(tracking.tracking_uri(self.config.mlflow.get("tracking_uri")))
-        try:  # an id left in the environment by another sweep (another store) is not this one's
+        try:
             client.get_run(run_id)
         except Exception as e:
             log.warning("%s=%s is not a run of this tracking store; the study is not logged on a parent run: %s",

@@ -49,7 +49,6 @@ def parse(lines: list[str], config=None) -> Space:
     parser = OverridesParser.create()
     space = Space()
     for line in lines:
-        key = line.split("=", 1)[0].lstrip("+~")
         try:
             (override,) = parser.parse_overrides([line])
         except HydraException as e:

@@ -68,8 +68,9 @@ def reporter(cfg) -> EpochReporter | None:
 
     from .study import open_storage, pruner, storage_url
 
-    name = (sweeper.get("pruner") or {}).get("name") or "none"
-    prune = pruner(sweeper.get("pruner"), 1, folds=False) if name not in ("none", "wilcoxon") else None
+    # Wilcoxon prunes between folds (the sweeper, `driver.run_batch`), never between epochs
+    wilcoxon = (sweeper.get("pruner") or {}).get("name") == "wilcoxon"
+    prune = None if wilcoxon else pruner(sweeper.get("pruner"), 1, folds=False)
     if prune is None:
         return EpochReporter(None, metric, int(cfg.trainer.epochs))  # the curve is still logged
     url = storage_url(sweeper.get("storage"), str(search.study))

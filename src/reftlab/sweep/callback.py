@@ -19,7 +19,7 @@ from hydra.experimental.callback import Callback
 
 from .. import tracking
 from ..tracking import CACHE_FROM_ENV, STATUS_FILE
-from .parent import SweepDirBusy
+from .parent import SweepDirBusy, opened
 from .parent import close as close_parent
 from .parent import open_for as open_parent
 from .parent import release as release_dir
@@ -58,8 +58,7 @@ def read_statuses(sweep_dir: Path, jobs: list[list[str]] | None = None) -> list[
 
 def parts_of_sweep(sweep_dir: Path) -> dict[str, str]:
     """A sweep over datasets: each dataset's parent run (`parent.open_for`), else {}."""
-    path = Path(sweep_dir) / "parent_run.json"
-    return (json.loads(path.read_text()).get("parts") or {}) if path.is_file() else {}
+    return opened(sweep_dir).get("parts") or {}
 
 
 NEVER_RAN = "the job never started: its launcher or worker ended first (killed?), or the sweep was stopped"

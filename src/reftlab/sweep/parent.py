@@ -97,7 +97,7 @@ def claim(folder: Path, key: str, name: str) -> dict | None:
                 "end, or give this sweep a folder of its own (hydra.sweep.dir=...)"
             ) from None
         _HELD[where] = fd  # released when this process ends, however it ends
-    earlier = json.loads((folder / FILE).read_text()) if (folder / FILE).is_file() else None
+    earlier = opened(folder)
     if earlier and earlier.get("sweep_key", key) != key:
         release(folder)
         raise SweepDirBusy(
@@ -106,7 +106,7 @@ def claim(folder: Path, key: str, name: str) -> dict | None:
             "Give this sweep a folder of its own (hydra.sweep.dir=...), or run that sweep's own command to "
             "resume it"
         )
-    return earlier
+    return earlier or None
 
 
 def release(folder: Path) -> None:
@@ -147,9 +147,9 @@ def open_for(config, uri: str, experiment_id: str, jobs: int | None = None) -> s
             client.log_param(run_id, k, tracking.redact(v)[: tracking.MAX_PARAM_CHARS])
     parts = {value: open_part(client, experiment_id, run_id, key, name_of(config, keys), value)
              for value in parts_of(keys)}  # fmt: skip
-    opened = {"run_id": run_id, "started": time.time(), "sweep_key": key, "name": name_of(config, keys),
+    record = {"run_id": run_id, "started": time.time(), "sweep_key": key, "name": name_of(config, keys),
               "jobs": jobs, "parts": parts}  # fmt: skip
-    tracking.write_atomic(folder / FILE, json.dumps(opened))
+    tracking.write_atomic(folder / FILE, json.dumps(record))
     os.environ[ENV] = run_id
     return run_id
 
@@ -182,6 +182,17 @@ def open_part(client, experiment_id: str, top: str, key: str, name: str, value: 
     return run.info.run_id
 
 
+def opened(sweep_dir) -> dict:
+    """What the sweep's main process wrote into `sweep_dir` when it opened the parent (`open_for`), else {}."""
+    path = Path(sweep_dir) / FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def of_sweep(sweep_dir) -> str | None:
+    """The parent run of the sweep in `sweep_dir` (its folder's record), else the environment's."""
+    return opened(sweep_dir).get("run_id") or os.environ.get(ENV)
+
+
 def of_this_job() -> str | None:
     """The parent run of the job running now: from its sweep's folder, else the environment (set by
     the sweep's main process); None for a single run or a job run outside Hydra."""
@@ -193,12 +204,8 @@ def of_this_job() -> str | None:
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode != RunMode.MULTIRUN:
         return None
-    path = Path(hydra_cfg.sweep.dir) / FILE
-    if path.is_file():
-        opened = json.loads(path.read_text())
-        part = (opened.get("parts") or {}).get(str(hydra_cfg.runtime.choices.get(PART)))
-        return part or opened["run_id"]
-    return os.environ.get(ENV)
+    part = (opened(hydra_cfg.sweep.dir).get("parts") or {}).get(str(hydra_cfg.runtime.choices.get(PART)))
+    return part or of_sweep(hydra_cfg.sweep.dir)
 
 
 def close(sweep_dir: Path, uri: str, rows: list[dict], launcher_ended: bool, run_id: str,
@@ -210,11 +217,10 @@ def close(sweep_dir: Path, uri: str, rows: list[dict], launcher_ended: bool, run
     from mlflow.tracking import MlflowClient
 
     os.environ.pop(ENV, None)
-    path = Path(sweep_dir) / FILE
-    opened = json.loads(path.read_text()) if path.is_file() else {}
-    started = opened.get("started", time.time()) if opened.get("run_id") == run_id else time.time()
+    record = opened(sweep_dir)
+    started = record.get("started", time.time()) if record.get("run_id") == run_id else time.time()
     client = MlflowClient(uri)
-    parts = (opened.get("parts") or {}) if opened.get("run_id") == run_id else {}
+    parts = (record.get("parts") or {}) if record.get("run_id") == run_id else {}
     for value, part in parts.items():  # each dataset's parent: its jobs' counts, best and report
         mine = [r for r in rows if job_part(r) == value]
         end(

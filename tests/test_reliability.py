@@ -1,6 +1,7 @@
 """Lose nothing, leak nothing: the store never deletes what it did not write, no pickle is loaded
 from a shared folder, credentials never reach logs, bad input stops early with its name."""
 
+import os
 import pickle
 import subprocess
 
@@ -206,6 +207,38 @@ def test_the_pre_timeout_system_exit_is_recorded_killed(mlflow_uri, tmp_path):
             raise SystemExit(0)
     assert runs(mlflow_uri, "t")["status"].tolist() == ["KILLED"]
     assert '"killed"' in (tmp_path / "status.json").read_text()
+
+
+@pytest.mark.slow  # a fresh MLflow store: ~2 s
+def test_a_sigterm_as_a_run_ends_waits_until_its_run_and_its_status_both_say_finished(
+    mlflow_uri, tmp_path, monkeypatch
+):
+    """SIGTERM (a stopped sweep, SLURM) just as a job's run ends: the MLflow run and the job's status
+    file are recorded first (both FINISHED; a status "finished" beside a RUNNING run made a stopped
+    fused sweep's finished job look alive), then the signal goes on to the handler outside."""
+    import signal
+
+    import mlflow
+    from mlflow.tracking import fluent
+
+    mlflow.set_tracking_uri(mlflow_uri)
+    mlflow.set_experiment("t")
+    end = fluent.end_run
+
+    def end_after_a_sigterm(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return end(*args, **kwargs)
+
+    monkeypatch.setattr(fluent, "end_run", end_after_a_sigterm)
+    outside = signal.signal(signal.SIGTERM, tracking._terminate)  # a sweep's own handler
+    try:
+        with pytest.raises(tracking.Terminated):
+            with tracking.recorded_run("job", tmp_path):
+                pass
+    finally:
+        signal.signal(signal.SIGTERM, outside)
+    assert runs(mlflow_uri, "t")["status"].tolist() == ["FINISHED"]
+    assert '"finished"' in (tmp_path / "status.json").read_text()
 
 
 @pytest.mark.slow

@@ -342,6 +342,31 @@ def stopped_by() -> int | None:
     return _STOPPED[-1] if _STOPPED else None
 
 
+class held_sigterm:
+    """Context: a SIGTERM that comes inside waits until the block is done (a run's start or end is
+    recorded whole: its MLflow status and its job's status file never disagree), then goes to `then`,
+    the handler from there on. Only the main thread handles signals: elsewhere it does nothing."""
+
+    def __init__(self, main: bool, then):
+        self.main, self.then, self.pending = main, then, []
+
+    def __enter__(self):
+        import signal
+
+        if self.main:
+            signal.signal(signal.SIGTERM, lambda signum, frame: self.pending.append(signum))
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self.main:
+            signal.signal(signal.SIGTERM, self.then)
+            if self.pending:
+                signal.raise_signal(signal.SIGTERM)
+        return False
+
+
 class recorded_run:
     """`with recorded_run(name, output_dir) as active:` an MLflow run that ends FINISHED only when
     the block does; an exception marks it FAILED (tag `error`, artifact `error.txt`), SIGTERM or
@@ -356,10 +381,14 @@ class recorded_run:
     def __enter__(self):
         import signal
 
+        self._main = threading.current_thread() is threading.main_thread()
+        self._old = signal.getsignal(signal.SIGTERM) if self._main else None
+        with held_sigterm(self._main, then=_terminate):  # the run and its status start together
+            return self._start()
+
+    def _start(self):
         import mlflow
 
-        self._main = threading.current_thread() is threading.main_thread()
-        self._old = signal.signal(signal.SIGTERM, _terminate) if self._main else None
         if self.system_metrics:  # MLflow's own sampler (psutil; GPUs through nvidia-ml-py where present)
             mlflow.set_system_metrics_sampling_interval(self.interval)
             mlflow.set_system_metrics_samples_before_logging(1)
@@ -380,7 +409,10 @@ class recorded_run:
         return self.active
 
     def __exit__(self, kind, error, tb):
-        import signal
+        with held_sigterm(self._main, then=self._old):  # the run and its status end together
+            return self._end(kind, error, tb)
+
+    def _end(self, kind, error, tb):
         import traceback
 
         import mlflow
@@ -401,8 +433,6 @@ class recorded_run:
             return False
         finally:
             self._run.__exit__(kind, error, tb)  # FAILED on an exception, unless ended KILLED above
-            if self._main:
-                signal.signal(signal.SIGTERM, self._old)
 
 
 def log_losses(losses: list[float], every: int) -> None:
